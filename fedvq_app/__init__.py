@@ -1,0 +1,1 @@
+"""fedvq: one Flower app for federated learning on non-IID data."""

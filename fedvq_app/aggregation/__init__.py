@@ -1,0 +1,1 @@
+"""Pure aggregation math (numpy/torch/scikit-learn/POT); no flwr import here."""

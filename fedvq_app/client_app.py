@@ -1,0 +1,28 @@
+"""ClientApp: resolve the method from the run config and delegate to its client."""
+
+from __future__ import annotations
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from fedvq_app.config import load_settings
+from fedvq_app.registry import get_method
+
+app = ClientApp()
+
+
+def _client(context: Context):
+    settings = load_settings(context.run_config, context.node_config)
+    return get_method(settings.method).client(settings, context)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Local training of the method's shared parameters."""
+    return _client(context).train(msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluation of the client's model on its validation split and the test set."""
+    return _client(context).evaluate(msg)

@@ -1,0 +1,1 @@
+"""Client trainers: what a ClientApp does with a train or evaluate message."""

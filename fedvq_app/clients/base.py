@@ -1,0 +1,174 @@
+"""The neural client every classification method builds on (FedAvg's client).
+
+A method changes behaviour by overriding a hook, never by copying the flow:
+``batch_loss`` (model-specific loss), ``forward`` (prediction), ``train_hooks``
+(FedProx, SCAFFOLD), ``reply_extras`` (statistics sent next to the parameters).
+Private tensors live in ``context.state`` between rounds.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from torch import nn
+
+from fedvq_app.config import Settings
+from fedvq_app.data.client_data import (
+    ClientData,
+    eval_loader,
+    load_client_data,
+    train_loader,
+)
+from fedvq_app.data.datasets import DatasetInfo
+from fedvq_app.models.state import load_arrays, private_arrays, shared_arrays
+from fedvq_app.registry import get_method
+from fedvq_app.training.device import configure_threads, resolve_device
+from fedvq_app.training.loop import (
+    EvalResult,
+    TrainHook,
+    TrainResult,
+    cross_entropy_loss,
+    evaluate,
+    make_optimizer,
+    plain_forward,
+    train_epochs,
+)
+
+PRIVATE_KEY = "private"
+
+
+def seed_everything(*parts: int) -> torch.Generator:
+    """Seed python, numpy and torch from a tuple; return a matching generator."""
+    seed = int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+class NeuralClient:
+    """Local training and evaluation of one partition for one method."""
+
+    def __init__(self, settings: Settings, context: Context) -> None:
+        self.settings = settings
+        self.context = context
+        self.spec = get_method(settings.method)
+        self.partition_id = int(context.node_config["partition-id"])
+        self.num_partitions = int(context.node_config["num-partitions"])
+        self.device = resolve_device(settings.device)
+        configure_threads(settings.train.num_threads)
+        self.data: ClientData = load_client_data(settings, self.partition_id, self.num_partitions)
+
+    # ------------------------------------------------------------------ model
+    @property
+    def info(self) -> DatasetInfo:
+        x = self.data.train_x
+        return DatasetInfo(
+            self.settings.dataset.name,
+            self.data.num_classes,
+            int(x.shape[1]),
+            int(x.shape[-1]),
+            self.data.class_names,
+        )
+
+    def build_model(self) -> nn.Module:
+        """Same seed as the server, so private parts start where shared ones did."""
+        torch.manual_seed(self.settings.seed)
+        return self.spec.build_model(self.settings, self.info)
+
+    def load_model(self, msg: Message) -> nn.Module:
+        """Fresh model + this client's private state + the server's shared arrays."""
+        model = self.build_model()
+        if PRIVATE_KEY in self.context.state:
+            load_arrays(model, self.context.state[PRIVATE_KEY])
+        load_arrays(model, msg.content["arrays"])
+        return model.to(self.device)
+
+    def save_private(self, model: nn.Module) -> None:
+        self.context.state[PRIVATE_KEY] = private_arrays(model, self.spec.is_shared)
+
+    # ------------------------------------------------------------------ hooks
+    def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        """Training loss and logits of one batch."""
+        return cross_entropy_loss(model, x, y)
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Logits used for evaluation."""
+        return plain_forward(model, x)
+
+    def train_hooks(self, model: nn.Module, msg: Message) -> list[TrainHook]:
+        """Hooks for the local loop (FedProx and SCAFFOLD add theirs)."""
+        return []
+
+    def trainable_parameters(self, model: nn.Module):
+        return model.parameters()
+
+    def local_train(self, model: nn.Module, msg: Message, hooks: list[TrainHook]) -> TrainResult:
+        """Run the configured local epochs; subclasses may wrap it (warm-up, best-val)."""
+        config = msg.content["config"]
+        lr = float(config.get("lr", self.settings.train.lr))
+        generator = seed_everything(self.settings.seed, int(config["server-round"]), self.partition_id)
+        loader = train_loader(self.data, self.settings, generator)
+        optimizer = make_optimizer(self.trainable_parameters(model), self.settings.train, lr)
+        return train_epochs(
+            model,
+            loader,
+            optimizer,
+            self.settings.train.local_epochs,
+            self.device,
+            self.batch_loss,
+            hooks,
+        )
+
+    def reply_extras(self, model: nn.Module, msg: Message, hooks: list[TrainHook]) -> dict:
+        """Extra records (name -> ArrayRecord/MetricRecord) for the train reply."""
+        return {}
+
+    def base_metrics(self) -> dict:
+        return {
+            "num-examples": self.data.num_train,
+            "partition-id": self.partition_id,
+        }
+
+    # ------------------------------------------------------------------ actions
+    def train(self, msg: Message) -> Message:
+        """Train on the local split and reply with the shared arrays and metrics."""
+        model = self.load_model(msg)
+        hooks = self.train_hooks(model, msg)
+        result = self.local_train(model, msg, hooks)
+        self.save_private(model)
+        metrics = {
+            **self.base_metrics(),
+            "train-loss": result.loss,
+            "train-accuracy": result.accuracy,
+            "train-steps": result.steps,
+            "label-counts": self.data.label_counts(),
+            "rotated": int(self.data.rotated),
+        }
+        content = RecordDict(
+            {
+                "arrays": shared_arrays(model, self.spec.is_shared),
+                "metrics": MetricRecord(metrics),
+                **self.reply_extras(model, msg, hooks),
+            }
+        )
+        return Message(content=content, reply_to=msg)
+
+    def evaluate_splits(self, model: nn.Module) -> tuple[EvalResult, EvalResult]:
+        """Scores on the local validation split and the global test set."""
+        n_cls = self.data.num_classes
+        val = evaluate(model, eval_loader(self.data.val_x, self.data.val_y), self.device, n_cls, self.forward)
+        test = evaluate(model, eval_loader(self.data.test_x, self.data.test_y), self.device, n_cls, self.forward)
+        return val, test
+
+    def evaluate(self, msg: Message) -> Message:
+        """Evaluate the client's model (shared + private) on val and global test."""
+        model = self.load_model(msg)
+        val, test = self.evaluate_splits(model)
+        metrics = {**self.base_metrics(), **val.as_metrics("val"), **test.as_metrics("test")}
+        return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+

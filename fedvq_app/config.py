@@ -1,0 +1,331 @@
+"""Typed, validated settings: the only module that reads ``context.run_config``.
+
+Every key of ``[tool.flwr.app.config]`` maps to one field of a frozen dataclass
+declared with :func:`option`. :func:`load_settings` parses all of them once and
+raises :class:`ConfigError` -- a one-line message naming the key, the bad value
+and what is allowed -- on the first bad value. Method-specific sections (``cfl.*``,
+``codebook.*``...) are dataclasses declared next to their method and listed in the
+method registry; they are parsed by the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+ConfigValue = bool | int | float | str
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line fit for a user."""
+
+
+def option(
+    key: str,
+    default: ConfigValue,
+    *,
+    choices: tuple[str, ...] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+    help: str = "",  # noqa: A002 - mirrors argparse
+) -> Any:
+    """Declare a dataclass field bound to run-config ``key`` with its constraints."""
+    meta = {
+        "key": key,
+        "choices": choices,
+        "minimum": minimum,
+        "maximum": maximum,
+        "exclusive_minimum": exclusive_minimum,
+        "help": help,
+    }
+    return field(default=default, metadata=meta)
+
+
+def _allowed_text(meta: Mapping[str, Any], kind: type) -> str:
+    if meta["choices"]:
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    low, high = meta["minimum"], meta["maximum"]
+    op = ">" if meta["exclusive_minimum"] else ">="
+    if low is not None and high is not None:
+        return f"a {kind.__name__} {op} {low} and <= {high}"
+    if low is not None:
+        return f"a {kind.__name__} {op} {low}"
+    if high is not None:
+        return f"a {kind.__name__} <= {high}"
+    return f"a {kind.__name__}"
+
+
+def _coerce(key: str, value: Any, kind: type, meta: Mapping[str, Any]) -> Any:
+    """Check ``value`` against the field's type and constraints; return it typed."""
+    allowed = _allowed_text(meta, kind)
+    bad = ConfigError(f"config key '{key}' has invalid value {value!r}: expected {allowed}")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise bad
+    elif kind is str:
+        if not isinstance(value, str):
+            raise bad
+    if meta["choices"] and value not in meta["choices"]:
+        raise bad
+    low, high = meta["minimum"], meta["maximum"]
+    if low is not None and (value < low or (meta["exclusive_minimum"] and value == low)):
+        raise bad
+    if high is not None and value > high:
+        raise bad
+    return value
+
+
+def parse_section(cls: type[T], run_config: Mapping[str, ConfigValue]) -> T:
+    """Build dataclass ``cls`` from the run-config keys its fields are bound to."""
+    values: dict[str, Any] = {}
+    types = {f.name: f.type for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        meta = f.metadata
+        if "key" not in meta:
+            continue
+        kind = {"bool": bool, "int": int, "float": float, "str": str}[str(types[f.name])]
+        raw = run_config.get(meta["key"], f.default)
+        values[f.name] = _coerce(meta["key"], raw, kind, meta)
+    return cls(**values)
+
+
+def option_keys(cls: type) -> dict[str, ConfigValue]:
+    """The run-config keys (and defaults) a settings dataclass reads."""
+    return {
+        f.metadata["key"]: f.default
+        for f in dataclasses.fields(cls)
+        if "key" in f.metadata
+    }
+
+
+# ----------------------------------------------------------------------------
+# Common sections
+# ----------------------------------------------------------------------------
+DATASETS = (
+    "digits",
+    "pathmnist",
+    "chestmnist",
+    "dermamnist",
+    "octmnist",
+    "pneumoniamnist",
+    "retinamnist",
+    "breastmnist",
+    "bloodmnist",
+    "tissuemnist",
+    "organamnist",
+    "organcmnist",
+    "organsmnist",
+    "emnist",
+    "cifar10",
+    "npz",
+)
+PARTITIONS = ("iid", "dirichlet", "dirichlet-min-per-class", "pathological", "long-tail")
+DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """Which images, where they live, and how they are shaped for the model."""
+
+    name: str = option("dataset.name", "digits", choices=DATASETS)
+    data_dir: str = option("dataset.data-dir", "data")
+    download: bool = option("dataset.download", False)
+    npz_file: str = option("dataset.npz-file", "")
+    size: int = option("dataset.size", 28, choices=None, minimum=8, maximum=224)
+    channels: int = option("dataset.channels", 0, minimum=0, maximum=3)
+    val_fraction: float = option("dataset.val-fraction", 0.15, minimum=0.0, maximum=0.5)
+    test_fraction: float = option(
+        "dataset.test-fraction", 0.2, minimum=0.0, maximum=0.5, exclusive_minimum=True
+    )
+
+
+@dataclass(frozen=True)
+class PartitionSettings:
+    """How the training split is cut into client partitions."""
+
+    kind: str = option("partition.kind", "dirichlet", choices=PARTITIONS)
+    alpha: float = option("partition.alpha", 0.5, minimum=0.0, exclusive_minimum=True)
+    min_partition_size: int = option("partition.min-partition-size", 10, minimum=0)
+    min_per_class: int = option("partition.min-per-class", 2, minimum=0)
+    classes_per_client: int = option("partition.classes-per-client", 2, minimum=1)
+    imbalance_factor: float = option(
+        "partition.imbalance-factor", 0.01, minimum=0.0, maximum=1.0, exclusive_minimum=True
+    )
+
+
+@dataclass(frozen=True)
+class ShiftSettings:
+    """Covariate shift: rotate the images of a fraction of the clients."""
+
+    rotate_fraction: float = option("shift.rotate-fraction", 0.0, minimum=0.0, maximum=1.0)
+    rotate_degrees: int = option("shift.rotate-degrees", 180, choices=None)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which network to build."""
+
+    name: str = option("model.name", "cnn", choices=("cnn", "resnet18"))
+    weights: str = option("model.weights", "")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Local training on each client."""
+
+    local_epochs: int = option("train.local-epochs", 2, minimum=0)
+    lr: float = option("train.lr", 0.05, minimum=0.0, exclusive_minimum=True)
+    batch_size: int = option("train.batch-size", 32, minimum=1)
+    optimizer: str = option("train.optimizer", "sgd", choices=("sgd", "adam"))
+    momentum: float = option("train.momentum", 0.9, minimum=0.0, maximum=1.0)
+    weight_decay: float = option("train.weight-decay", 0.0001, minimum=0.0)
+    equalize_iterations: bool = option("train.equalize-iterations", False)
+    augment: bool = option("train.augment", False)
+    num_threads: int = option("train.num-threads", 1, minimum=0)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs, validated once."""
+
+    method: str
+    num_server_rounds: int
+    seed: int
+    device: str
+    log_dir: str
+    experiment_name: str
+    resume_from: str
+    round_timeout: float
+    fraction_train: float
+    fraction_evaluate: float
+    min_train_nodes: int
+    min_evaluate_nodes: int
+    min_available_nodes: int
+    eval_every: int
+    dataset: DatasetSettings
+    partition: PartitionSettings
+    shift: ShiftSettings
+    model: ModelSettings
+    train: TrainSettings
+    method_options: Any = None
+    raw: Mapping[str, ConfigValue] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved run config, flat and JSON-friendly (``config.json``)."""
+        return dict(sorted(self.raw.items()))
+
+
+@dataclass(frozen=True)
+class _TopLevel:
+    method: str = option("method", "fedavg")
+    num_server_rounds: int = option("num-server-rounds", 15, minimum=1)
+    seed: int = option("seed", 42, minimum=0)
+    device: str = option("device", "auto")
+    log_dir: str = option("log-dir", "logs")
+    experiment_name: str = option("experiment-name", "")
+    resume_from: str = option("resume-from", "")
+    round_timeout: float = option("round-timeout", 600.0, minimum=0.0, exclusive_minimum=True)
+    fraction_train: float = option("fraction-train", 1.0, minimum=0.0, maximum=1.0)
+    fraction_evaluate: float = option("fraction-evaluate", 1.0, minimum=0.0, maximum=1.0)
+    min_train_nodes: int = option("min-train-nodes", 2, minimum=1)
+    min_evaluate_nodes: int = option("min-evaluate-nodes", 2, minimum=0)
+    min_available_nodes: int = option("min-available-nodes", 2, minimum=1)
+    eval_every: int = option("eval-every", 1, minimum=1)
+
+
+COMMON_SECTIONS: tuple[type, ...] = (
+    _TopLevel,
+    DatasetSettings,
+    PartitionSettings,
+    ShiftSettings,
+    ModelSettings,
+    TrainSettings,
+)
+
+
+def _check_device(device: str) -> None:
+    valid = device in ("auto", "cpu", "cuda") or (
+        device.startswith("cuda:") and device[5:].isdigit()
+    )
+    if not valid:
+        raise ConfigError(
+            f"config key 'device' has invalid value {device!r}: expected {DEVICES_HELP}"
+        )
+
+
+def _check_experiment_name(name: str) -> None:
+    if name and (os.sep in name or name in (".", "..")):
+        raise ConfigError(
+            f"config key 'experiment-name' has invalid value {name!r}: "
+            "expected a plain folder name without path separators"
+        )
+
+
+def load_settings(
+    run_config: Mapping[str, ConfigValue],
+    node_config: Mapping[str, ConfigValue] | None = None,
+) -> Settings:
+    """Validate the whole run config once and return frozen settings.
+
+    ``node_config`` may carry a site's own ``data-dir`` (a real deployment sets it
+    per SuperNode with ``--node-config``); it overrides ``dataset.data-dir``.
+    """
+    from fedvq_app.registry import get_method, method_names  # noqa: PLC0415 (cycle)
+
+    top = parse_section(_TopLevel, run_config)
+    if top.method not in method_names():
+        raise ConfigError(
+            f"config key 'method' has invalid value {top.method!r}: expected one of "
+            + ", ".join(repr(m) for m in method_names())
+        )
+    _check_device(top.device)
+    _check_experiment_name(top.experiment_name)
+    dataset = parse_section(DatasetSettings, run_config)
+    if node_config and node_config.get("data-dir"):
+        dataset = dataclasses.replace(dataset, data_dir=str(node_config["data-dir"]))
+    spec = get_method(top.method)
+    options = parse_section(spec.options_type, run_config) if spec.options_type else None
+    settings = Settings(
+        **{f.name: getattr(top, f.name) for f in dataclasses.fields(_TopLevel)},
+        dataset=dataset,
+        partition=parse_section(PartitionSettings, run_config),
+        shift=parse_section(ShiftSettings, run_config),
+        model=parse_section(ModelSettings, run_config),
+        train=parse_section(TrainSettings, run_config),
+        method_options=options,
+        raw=dict(run_config),
+    )
+    if spec.validate is not None:
+        spec.validate(settings)
+    return settings
+
+
+def all_option_keys() -> dict[str, ConfigValue]:
+    """Every key any section reads, with its default (used to check pyproject)."""
+    from fedvq_app.registry import all_option_types  # noqa: PLC0415 (cycle)
+
+    keys: dict[str, ConfigValue] = {}
+    for cls in (*COMMON_SECTIONS, *all_option_types()):
+        keys.update(option_keys(cls))
+    return keys
+
+
+def resolve_log_root(log_dir: str) -> Path:
+    """Absolute experiments root; a relative ``log-dir`` is taken from the cwd once."""
+    return Path(log_dir).expanduser().resolve()

@@ -1,0 +1,1 @@
+"""Data layer: datasets by name, partitioning, covariate shifts, client loaders."""

@@ -1,0 +1,292 @@
+"""Image datasets by name, loaded into memory as uint8 arrays (N, H, W, C).
+
+``digits`` ships inside scikit-learn and is the offline default. MedMNIST flags are
+read from ``<data-dir>/<flag>.npz`` (``<flag>_<size>.npz`` for other sizes) by our own
+npz reader -- medmnist's classes assert the official sample counts, which would
+reject the small files tests write -- while labels, channels and task come from
+``medmnist.INFO`` and the download (only when ``dataset.download=true``) goes
+through medmnist. EMNIST and CIFAR-10 come through torchvision from a local root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from fedvq_app.config import ConfigError, DatasetSettings
+
+MEDMNIST_2D = (
+    "pathmnist",
+    "chestmnist",
+    "dermamnist",
+    "octmnist",
+    "pneumoniamnist",
+    "retinamnist",
+    "breastmnist",
+    "bloodmnist",
+    "tissuemnist",
+    "organamnist",
+    "organcmnist",
+    "organsmnist",
+)
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A dataset split into the training pool and the global test set."""
+
+    name: str
+    train_x: np.ndarray  # uint8 (N, H, W, C)
+    train_y: np.ndarray  # int64 (N,)
+    test_x: np.ndarray
+    test_y: np.ndarray
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return int(self.train_x.shape[-1])
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the server needs to build a model, without touching the images."""
+
+    name: str
+    num_classes: int
+    channels: int
+    size: int
+    class_names: tuple[str, ...]
+
+
+def _as_nhwc(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise ConfigError(f"images must have shape (N, H, W) or (N, H, W, C), got {images.shape}")
+    if images.dtype != np.uint8:
+        images = np.clip(images, 0, 255).astype(np.uint8)
+    return images
+
+
+def _labels(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ConfigError(
+            f"labels must be one integer class per image (shape (N,) or (N, 1)), got {labels.shape}"
+        )
+    return labels.astype(np.int64)
+
+
+def _held_out_split(
+    x: np.ndarray, y: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified train/test split for datasets that ship without a test split."""
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415
+
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=fraction, random_state=seed, stratify=y
+    )
+    return x_tr, y_tr, x_te, y_te
+
+
+def _load_digits(settings: DatasetSettings, seed: int) -> ImageData:
+    from sklearn.datasets import load_digits  # noqa: PLC0415
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    x_tr, y_tr, x_te, y_te = _held_out_split(
+        _as_nhwc(images), digits.target.astype(np.int64), settings.test_fraction, seed
+    )
+    names = tuple(str(c) for c in range(10))
+    return ImageData("digits", x_tr, y_tr, x_te, y_te, names)
+
+
+def medmnist_file(settings: DatasetSettings) -> Path:
+    """Where the npz for a MedMNIST flag is expected."""
+    suffix = "" if settings.size == 28 else f"_{settings.size}"
+    return Path(settings.data_dir).expanduser() / f"{settings.name}{suffix}.npz"
+
+
+def _medmnist_info(flag: str) -> dict:
+    from medmnist import INFO  # noqa: PLC0415
+
+    return INFO[flag]
+
+
+def _download_medmnist(settings: DatasetSettings) -> None:
+    import medmnist  # noqa: PLC0415
+
+    info = _medmnist_info(settings.name)
+    data_class = getattr(medmnist, info["python_class"])
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    kwargs = {"size": settings.size} if settings.size != 28 else {}
+    data_class(split="test", root=settings.data_dir, download=True, **kwargs)
+
+
+def _check_single_label(flag: str, task: str) -> None:
+    if task.startswith("multi-label"):
+        raise ConfigError(
+            f"config key 'dataset.name' has invalid value {flag!r}: it is a {task} task and the "
+            "project's classifiers are single-label; choose a multi-class or binary flag"
+        )
+
+
+def _read_npz(path: Path, key: str) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise ConfigError(
+            f"config key '{key}': data file {str(path)!r} does not exist; put the file there "
+            "or set dataset.download=true on a machine with internet access"
+        )
+    with np.load(path) as archive:
+        return {k: archive[k] for k in archive.files}
+
+
+def _split_arrays(arrays: dict[str, np.ndarray], path: Path, seed: int, fraction: float):
+    """Train pool (train+val) and test split from a MedMNIST-style npz archive."""
+    required = ("train_images", "train_labels")
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise ConfigError(
+            f"data file {str(path)!r} lacks keys {missing}; expected train_images, train_labels "
+            "and optionally val_images, val_labels, test_images, test_labels"
+        )
+    xs = [_as_nhwc(arrays["train_images"])]
+    ys = [_labels(arrays["train_labels"])]
+    if "val_images" in arrays:
+        xs.append(_as_nhwc(arrays["val_images"]))
+        ys.append(_labels(arrays["val_labels"]))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    if "test_images" in arrays:
+        return x, y, _as_nhwc(arrays["test_images"]), _labels(arrays["test_labels"])
+    return _held_out_split(x, y, fraction, seed)
+
+
+def _load_medmnist(settings: DatasetSettings, seed: int) -> ImageData:
+    info = _medmnist_info(settings.name)
+    _check_single_label(settings.name, info["task"])
+    path = medmnist_file(settings)
+    if not path.is_file() and settings.download:
+        _download_medmnist(settings)
+    arrays = _read_npz(path, "dataset.data-dir")
+    x_tr, y_tr, x_te, y_te = _split_arrays(arrays, path, seed, settings.test_fraction)
+    names = tuple(info["label"][k] for k in sorted(info["label"], key=int))
+    return ImageData(settings.name, x_tr, y_tr, x_te, y_te, names)
+
+
+def _load_npz(settings: DatasetSettings, seed: int) -> ImageData:
+    if not settings.npz_file:
+        raise ConfigError(
+            "config key 'dataset.npz-file' is empty: dataset.name='npz' needs the path of an "
+            "npz file with train_images and train_labels (test_images/test_labels optional)"
+        )
+    path = Path(settings.npz_file).expanduser()
+    if not path.is_absolute():
+        path = Path(settings.data_dir).expanduser() / path
+    arrays = _read_npz(path, "dataset.npz-file")
+    x_tr, y_tr, x_te, y_te = _split_arrays(arrays, path, seed, settings.test_fraction)
+    num_classes = int(max(y_tr.max(), y_te.max())) + 1
+    return ImageData("npz", x_tr, y_tr, x_te, y_te, tuple(str(c) for c in range(num_classes)))
+
+
+def _torchvision_arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
+    data = dataset.data
+    data = data.numpy() if hasattr(data, "numpy") else np.asarray(data)
+    targets = dataset.targets
+    targets = targets.numpy() if hasattr(targets, "numpy") else np.asarray(targets)
+    return _as_nhwc(data), targets.astype(np.int64)
+
+
+def _load_torchvision(settings: DatasetSettings, seed: int) -> ImageData:
+    from torchvision import datasets  # noqa: PLC0415
+
+    root = Path(settings.data_dir).expanduser()
+    try:
+        if settings.name == "emnist":
+            make = lambda train: datasets.EMNIST(  # noqa: E731
+                str(root), split="byclass", train=train, download=settings.download
+            )
+        else:
+            make = lambda train: datasets.CIFAR10(  # noqa: E731
+                str(root), train=train, download=settings.download
+            )
+        train, test = make(True), make(False)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"config key 'dataset.data-dir': {settings.name} not found under {str(root)!r} "
+            f"({err}); put torchvision's files there or set dataset.download=true"
+        ) from None
+    x_tr, y_tr = _torchvision_arrays(train)
+    x_te, y_te = _torchvision_arrays(test)
+    if settings.name == "emnist":  # EMNIST is stored transposed
+        x_tr, x_te = x_tr.transpose(0, 2, 1, 3), x_te.transpose(0, 2, 1, 3)
+    names = tuple(str(c) for c in getattr(train, "classes", range(int(y_tr.max()) + 1)))
+    return ImageData(settings.name, x_tr, y_tr, x_te, y_te, names)
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    import torch  # noqa: PLC0415
+    import torch.nn.functional as F  # noqa: PLC0415
+
+    t = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+    return t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _to_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    have = images.shape[-1]
+    if channels in (0, have):
+        return images
+    if have == 1 and channels == 3:
+        return np.repeat(images, 3, axis=-1)
+    if have == 3 and channels == 1:
+        gray = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return np.round(gray)[..., None].astype(np.uint8)
+    raise ConfigError(f"config key 'dataset.channels': cannot convert {have} channels to {channels}")
+
+
+_LOADERS = {
+    "digits": _load_digits,
+    "npz": _load_npz,
+    "emnist": _load_torchvision,
+    "cifar10": _load_torchvision,
+    **{flag: _load_medmnist for flag in MEDMNIST_2D},
+}
+
+
+@lru_cache(maxsize=2)
+def load_image_data(settings: DatasetSettings, seed: int) -> ImageData:
+    """Load, resize and channel-convert a dataset (cached per process)."""
+    raw = _LOADERS[settings.name](settings, seed)
+    shape = lambda x: _to_channels(_resize(x, settings.size), settings.channels)  # noqa: E731
+    return ImageData(
+        raw.name,
+        shape(raw.train_x),
+        raw.train_y,
+        shape(raw.test_x),
+        raw.test_y,
+        raw.class_names,
+    )
+
+
+def dataset_info(settings: DatasetSettings, seed: int) -> DatasetInfo:
+    """Shape and classes of a dataset; MedMNIST answers from INFO without the file."""
+    if settings.name in MEDMNIST_2D:
+        info = _medmnist_info(settings.name)
+        _check_single_label(settings.name, info["task"])
+        channels = settings.channels or int(info["n_channels"])
+        names = tuple(info["label"][k] for k in sorted(info["label"], key=int))
+        return DatasetInfo(settings.name, len(names), channels, settings.size, names)
+    data = load_image_data(settings, seed)
+    return DatasetInfo(data.name, data.num_classes, data.channels, settings.size, data.class_names)

@@ -1,0 +1,1 @@
+"""Method wiring: each module exposes ``SPEC``, a :class:`~fedvq_app.registry.MethodSpec`."""

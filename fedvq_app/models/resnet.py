@@ -1,0 +1,40 @@
+"""ResNet-18 from torchvision, with local weights only (no download at run time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+from fedvq_app.config import ConfigError
+
+
+def _load_local_weights(model: nn.Module, weights: str) -> None:
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"config key 'model.weights' has invalid value {weights!r}: no such file; give the "
+            "path of a torchvision resnet18 state_dict (.pth) or leave it empty for random init"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    model.load_state_dict(state, strict=False)
+
+
+def resnet18_trunk(in_channels: int, weights: str = "") -> tuple[nn.Module, int]:
+    """ResNet-18 without pooling and fc: (N, C, H, W) -> (N, 512, H/32, W/32)."""
+    net = resnet18(weights=None)
+    if weights:
+        _load_local_weights(net, weights)
+    if in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    trunk = nn.Sequential(*list(net.children())[:-2])
+    return trunk, 512
+
+
+def resnet18_backbone(in_channels: int, weights: str = "") -> tuple[nn.Module, int]:
+    """ResNet-18 trunk + global average pooling: images -> 512-d vector."""
+    trunk, channels = resnet18_trunk(in_channels, weights)
+    return nn.Sequential(trunk, nn.AdaptiveAvgPool2d(1), nn.Flatten()), channels

@@ -1,0 +1,41 @@
+"""The default ServerApp workflow of neural methods: build, run the loop, report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from flwr.serverapp import Grid
+
+from fedvq_app.config import Settings
+from fedvq_app.data.datasets import dataset_info
+from fedvq_app.models.state import shared_arrays
+from fedvq_app.registry import get_method
+from fedvq_app.server.loop import LoopPlan, run_rounds
+from fedvq_app.tracking.experiment import ExperimentTracker
+
+
+def train_config(settings: Settings) -> dict[str, Any]:
+    """Per-round values clients read from the ConfigRecord."""
+    return {"lr": settings.train.lr, "local-epochs": settings.train.local_epochs}
+
+
+def run_neural_workflow(grid: Grid, settings: Settings, tracker: ExperimentTracker) -> dict[str, Any]:
+    """Initial model on the server, the round loop, and the method's final report."""
+    spec = get_method(settings.method)
+    info = dataset_info(settings.dataset, settings.seed)
+    torch.manual_seed(settings.seed)
+    model = spec.build_model(settings, info)
+    arrays = shared_arrays(model, spec.is_shared)
+    strategy = spec.build_strategy(settings, info)
+    plan = LoopPlan(
+        first_round=1,
+        last_round=settings.num_server_rounds,
+        timeout=settings.round_timeout,
+        eval_every=settings.eval_every,
+        train_config=train_config(settings),
+        evaluate_config={},
+    )
+    run_rounds(strategy, grid, arrays, plan, tracker)
+    final_report = getattr(strategy, "final_report", None)
+    return final_report() if callable(final_report) else {}

@@ -1,0 +1,1 @@
+"""Flower strategies of the project: one class per module."""

@@ -1,0 +1,145 @@
+"""A mixin that screens replies before any strategy aggregates them.
+
+Placed before a Flower strategy in the bases (``class X(ReplyGuard, FedAvg)``), it
+remembers what each node was sent, drops replies that carry an error, miss or
+reshape arrays, change dtypes, contain NaN/inf or lack a positive ``num-examples``,
+logs why, and keeps the list in :attr:`rejections` for the experiment log. Records
+other than ``arrays``/``metrics`` (method statistics) are set aside in
+:attr:`extras` by node id, so the parent strategy sees the two records it expects.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from logging import WARNING
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+
+from fedvq_app.aggregation.validation import (
+    Schema,
+    array_problem,
+    array_schema,
+    metric_problem,
+)
+from fedvq_app.records import to_numpy
+
+ARRAYS = "arrays"
+METRICS = "metrics"
+
+
+class ReplyGuard:
+    """Screens train/evaluate replies; subclasses call ``super()`` as usual."""
+
+    weighted_by_key = "num-examples"
+    #: names of extra records a method's clients add to their train replies
+    extra_record_names: tuple[str, ...] = ()
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.expected: dict[int, Schema] = {}
+        self.rejections: list[tuple[int, str]] = []
+        self.extras: dict[int, RecordDict] = {}
+        self.accepted_nodes: list[int] = []
+
+    # ---------------------------------------------------------------- sending
+    def remember_sent(self, messages: Iterable[Message]) -> list[Message]:
+        """Record the array schema each node was sent (its reply must match it)."""
+        messages = list(messages)
+        self.expected = {
+            m.metadata.dst_node_id: array_schema(to_numpy(m.content[ARRAYS]))
+            for m in messages
+            if ARRAYS in m.content.array_records
+        }
+        return messages
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid):
+        return self.remember_sent(super().configure_train(server_round, arrays, config, grid))
+
+    # ---------------------------------------------------------------- screening
+    def _problem(self, msg: Message, train: bool) -> str | None:
+        if msg.has_error():
+            return f"client error: {msg.error.reason}"
+        content = msg.content
+        metrics = content.metric_records.get(METRICS)
+        if metrics is None:
+            return "no 'metrics' record"
+        problem = metric_problem(dict(metrics), self.weighted_by_key)
+        if problem or not train:
+            return problem
+        arrays = content.array_records.get(ARRAYS)
+        if arrays is None:
+            return "no 'arrays' record"
+        expected = self.expected.get(msg.metadata.src_node_id)
+        if expected is None:
+            return "reply from a node that was not sent a train message"
+        missing_extras = [n for n in self.extra_record_names if n not in content]
+        if missing_extras:
+            return f"missing records {missing_extras}"
+        return array_problem(expected, to_numpy(arrays))
+
+    def screen(self, replies: Iterable[Message], train: bool) -> list[Message]:
+        """Valid replies, stripped to arrays+metrics; rejections logged and kept."""
+        self.rejections, self.extras, accepted = [], {}, []
+        for msg in replies:
+            problem = self._problem(msg, train)
+            node = msg.metadata.src_node_id
+            if problem is None:
+                problem = self.method_problem(msg) if train else None
+            if problem is not None:
+                log(WARNING, "Rejected reply from node %s: %s", node, problem)
+                self.rejections.append((node, problem))
+                continue
+            accepted.append(msg)
+        accepted = self._consistent_metric_keys(accepted)
+        self.accepted_nodes = [m.metadata.src_node_id for m in accepted]
+        if train:
+            self.extras = {
+                m.metadata.src_node_id: RecordDict(
+                    {k: v for k, v in m.content.items() if k not in (ARRAYS, METRICS)}
+                )
+                for m in accepted
+            }
+        return [self._strip(m, train) for m in accepted]
+
+    def method_problem(self, msg: Message) -> str | None:
+        """Method-specific checks of a train reply (e.g. codebook size); None = fine."""
+        return None
+
+    def _consistent_metric_keys(self, accepted: list[Message]) -> list[Message]:
+        """Keep replies whose metric names match the majority (Flower requires it)."""
+        if not accepted:
+            return accepted
+        keysets = [frozenset(m.content[METRICS].keys()) for m in accepted]
+        majority, _ = Counter(keysets).most_common(1)[0]
+        kept = []
+        for msg, keys in zip(accepted, keysets, strict=True):
+            if keys != majority:
+                node = msg.metadata.src_node_id
+                reason = f"metric names differ from the other replies: {sorted(keys ^ majority)}"
+                log(WARNING, "Rejected reply from node %s: %s", node, reason)
+                self.rejections.append((node, reason))
+            else:
+                kept.append(msg)
+        return kept
+
+    @staticmethod
+    def _strip(msg: Message, train: bool) -> Message:
+        records = {METRICS: msg.content[METRICS]}
+        if train:
+            records[ARRAYS] = msg.content[ARRAYS]
+        return Message(content=RecordDict(records), metadata=msg.metadata)
+
+    # ---------------------------------------------------------------- aggregation
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        accepted = self.screen(replies, train=True)
+        if not accepted:
+            return None, None
+        return super().aggregate_train(server_round, accepted)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        accepted = self.screen(replies, train=False)
+        if not accepted:
+            return None
+        return super().aggregate_evaluate(server_round, accepted)

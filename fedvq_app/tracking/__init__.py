@@ -1,0 +1,1 @@
+"""Experiment folders, per-round logs, summaries and plots."""
