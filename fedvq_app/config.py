@@ -91,15 +91,17 @@ def _coerce(key: str, value: Any, kind: type, meta: Mapping[str, Any]) -> Any:
     return value
 
 
+_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
+
+
 def parse_section(cls: type[T], run_config: Mapping[str, ConfigValue]) -> T:
     """Build dataclass ``cls`` from the run-config keys its fields are bound to."""
     values: dict[str, Any] = {}
-    types = {f.name: f.type for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         meta = f.metadata
         if "key" not in meta:
             continue
-        kind = {"bool": bool, "int": int, "float": float, "str": str}[str(types[f.name])]
+        kind = f.type if isinstance(f.type, type) else _TYPES[f.type]
         raw = run_config.get(meta["key"], f.default)
         values[f.name] = _coerce(meta["key"], raw, kind, meta)
     return cls(**values)

@@ -44,6 +44,7 @@ class MethodSpec:
     options_type: type | None = None
     validate: Callable[[Settings], None] | None = None
     server_workflow: Callable[..., Any] | None = None
+    plots: Callable[..., Any] | None = None
 
 
 @cache

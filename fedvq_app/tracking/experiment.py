@@ -25,6 +25,7 @@ from flwr.app import Message
 from flwr.common.logger import log
 
 from fedvq_app.config import Settings, resolve_log_root
+from fedvq_app.registry import get_method
 
 
 def _jsonable(value: Any) -> Any:
@@ -192,6 +193,9 @@ class ExperimentTracker:
         summary = self.summary(method_report)
         write_json(self.dir / "summary.json", summary)
         plots.standard_plots(self.dir, self.rounds, self.label_counts, summary)
+        method_plots = get_method(self.settings.method).plots
+        if method_plots is not None:
+            method_plots(self.dir, self.rounds, summary)
         log(INFO, "[fedvq] final mean test accuracy %s; results in %s",
             summary["final"].get("accuracy"), self.dir)
         return summary
