@@ -109,11 +109,7 @@ def parse_section(cls: type[T], run_config: Mapping[str, ConfigValue]) -> T:
 
 def option_keys(cls: type) -> dict[str, ConfigValue]:
     """The run-config keys (and defaults) a settings dataclass reads."""
-    return {
-        f.metadata["key"]: f.default
-        for f in dataclasses.fields(cls)
-        if "key" in f.metadata
-    }
+    return {f.metadata["key"]: f.default for f in dataclasses.fields(cls) if "key" in f.metadata}
 
 
 # ----------------------------------------------------------------------------
@@ -145,29 +141,85 @@ DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 class DatasetSettings:
     """Which images, where they live, and how they are shaped for the model."""
 
-    name: str = option("dataset.name", "digits", choices=DATASETS)
-    data_dir: str = option("dataset.data-dir", "data")
-    download: bool = option("dataset.download", False)
-    npz_file: str = option("dataset.npz-file", "")
-    size: int = option("dataset.size", 28, choices=None, minimum=8, maximum=224)
-    channels: int = option("dataset.channels", 0, minimum=0, maximum=3)
-    val_fraction: float = option("dataset.val-fraction", 0.15, minimum=0.0, maximum=0.5)
-    test_fraction: float = option(
-        "dataset.test-fraction", 0.2, minimum=0.0, maximum=0.5, exclusive_minimum=True
+    name: str = option(
+        "dataset.name",
+        "digits",
+        choices=DATASETS,
+        help="image dataset: digits (scikit-learn, offline default), a 2D MedMNIST flag, emnist, cifar10, or npz",
     )
+    data_dir: str = option(
+        "dataset.data-dir",
+        "data",
+        help="folder of <flag>.npz MedMNIST files / torchvision roots; node-config data-dir overrides it",
+    )
+    download: bool = option(
+        "dataset.download", False, help="let medmnist/torchvision download missing files (needs internet)"
+    )
+    npz_file: str = option(
+        "dataset.npz-file",
+        "",
+        help="for dataset.name=npz: file with train_images, train_labels [, test_images, test_labels]",
+    )
+    size: int = option(
+        "dataset.size",
+        28,
+        choices=None,
+        minimum=8,
+        maximum=224,
+        help="image side length the images are resized to (MedMNIST files: <flag>_<size>.npz)",
+    )
+    channels: int = option(
+        "dataset.channels", 0, minimum=0, maximum=3, help="0 = native channels; 1 or 3 converts (gray <-> RGB)"
+    )
+    val_fraction: float = option(
+        "dataset.val-fraction",
+        0.15,
+        minimum=0.0,
+        maximum=0.5,
+        help="share of each client's partition held out as its local validation split",
+    )
+    test_fraction: float = option("dataset.test-fraction", 0.2, minimum=0.0, maximum=0.5, exclusive_minimum=True)
 
 
 @dataclass(frozen=True)
 class PartitionSettings:
     """How the training split is cut into client partitions."""
 
-    kind: str = option("partition.kind", "dirichlet", choices=PARTITIONS)
-    alpha: float = option("partition.alpha", 0.5, minimum=0.0, exclusive_minimum=True)
-    min_partition_size: int = option("partition.min-partition-size", 10, minimum=0)
-    min_per_class: int = option("partition.min-per-class", 2, minimum=0)
-    classes_per_client: int = option("partition.classes-per-client", 2, minimum=1)
+    kind: str = option(
+        "partition.kind",
+        "dirichlet",
+        choices=PARTITIONS,
+        help="iid | dirichlet | dirichlet-min-per-class (seed 000) | pathological | long-tail",
+    )
+    alpha: float = option(
+        "partition.alpha",
+        0.5,
+        minimum=0.0,
+        exclusive_minimum=True,
+        help="Dirichlet concentration (smaller = more label skew): dirichlet, dirichlet-min-per-class, long-tail",
+    )
+    min_partition_size: int = option(
+        "partition.min-partition-size",
+        10,
+        minimum=0,
+        help="dirichlet/long-tail: resample (max 10 tries) until every client has this many samples",
+    )
+    min_per_class: int = option(
+        "partition.min-per-class",
+        2,
+        minimum=0,
+        help="dirichlet-min-per-class: samples of every class each client gets before the Dirichlet split",
+    )
+    classes_per_client: int = option(
+        "partition.classes-per-client", 2, minimum=1, help="pathological: number of classes per client"
+    )
     imbalance_factor: float = option(
-        "partition.imbalance-factor", 0.01, minimum=0.0, maximum=1.0, exclusive_minimum=True
+        "partition.imbalance-factor",
+        0.01,
+        minimum=0.0,
+        maximum=1.0,
+        exclusive_minimum=True,
+        help="long-tail: n_tail / n_head of the exponential class profile (0.01 = 100x)",
     )
 
 
@@ -175,31 +227,58 @@ class PartitionSettings:
 class ShiftSettings:
     """Covariate shift: rotate the images of a fraction of the clients."""
 
-    rotate_fraction: float = option("shift.rotate-fraction", 0.0, minimum=0.0, maximum=1.0)
-    rotate_degrees: int = option("shift.rotate-degrees", 180, choices=None)
+    rotate_fraction: float = option(
+        "shift.rotate-fraction",
+        0.0,
+        minimum=0.0,
+        maximum=1.0,
+        help="covariate shift: rotate the images of the last round(fraction x N) clients (seed 001: 0.5)",
+    )
+    rotate_degrees: int = option(
+        "shift.rotate-degrees", 180, choices=None, help="rotation angle of the shifted clients (seed 001: 180)"
+    )
 
 
 @dataclass(frozen=True)
 class ModelSettings:
     """Which network to build."""
 
-    name: str = option("model.name", "cnn", choices=("cnn", "resnet18"))
-    weights: str = option("model.weights", "")
+    name: str = option(
+        "model.name",
+        "cnn",
+        choices=("cnn", "resnet18"),
+        help="cnn (2-conv CNN, CPU default) or resnet18 (torchvision, weights=None)",
+    )
+    weights: str = option(
+        "model.weights", "", help="optional local .pth state_dict for resnet18 (nothing is downloaded at run time)"
+    )
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     """Local training on each client."""
 
-    local_epochs: int = option("train.local-epochs", 2, minimum=0)
-    lr: float = option("train.lr", 0.05, minimum=0.0, exclusive_minimum=True)
-    batch_size: int = option("train.batch-size", 32, minimum=1)
-    optimizer: str = option("train.optimizer", "sgd", choices=("sgd", "adam"))
-    momentum: float = option("train.momentum", 0.9, minimum=0.0, maximum=1.0)
-    weight_decay: float = option("train.weight-decay", 0.0001, minimum=0.0)
-    equalize_iterations: bool = option("train.equalize-iterations", False)
-    augment: bool = option("train.augment", False)
-    num_threads: int = option("train.num-threads", 1, minimum=0)
+    local_epochs: int = option("train.local-epochs", 2, minimum=0, help="local epochs per round")
+    lr: float = option(
+        "train.lr",
+        0.05,
+        minimum=0.0,
+        exclusive_minimum=True,
+        help="client learning rate (sent each round in the ConfigRecord as 'lr')",
+    )
+    batch_size: int = option("train.batch-size", 32, minimum=1, help="client batch size")
+    optimizer: str = option("train.optimizer", "sgd", choices=("sgd", "adam"), help="sgd (with momentum) or adam")
+    momentum: float = option("train.momentum", 0.9, minimum=0.0, maximum=1.0, help="SGD momentum")
+    weight_decay: float = option("train.weight-decay", 0.0001, minimum=0.0, help="L2 weight decay")
+    equalize_iterations: bool = option(
+        "train.equalize-iterations",
+        False,
+        help="seed 000: all clients run the largest client's batches per epoch; strong augmentation below 70 %",
+    )
+    augment: bool = option("train.augment", False, help="random affine augmentation for every client")
+    num_threads: int = option(
+        "train.num-threads", 1, minimum=0, help="torch intra-op threads per client process (0 = torch default)"
+    )
 
 
 @dataclass(frozen=True)
@@ -235,20 +314,40 @@ class Settings:
 
 @dataclass(frozen=True)
 class _TopLevel:
-    method: str = option("method", "fedavg")
-    num_server_rounds: int = option("num-server-rounds", 15, minimum=1)
-    seed: int = option("seed", 42, minimum=0)
-    device: str = option("device", "auto")
-    log_dir: str = option("log-dir", "logs")
-    experiment_name: str = option("experiment-name", "")
-    resume_from: str = option("resume-from", "")
-    round_timeout: float = option("round-timeout", 600.0, minimum=0.0, exclusive_minimum=True)
-    fraction_train: float = option("fraction-train", 1.0, minimum=0.0, maximum=1.0)
-    fraction_evaluate: float = option("fraction-evaluate", 1.0, minimum=0.0, maximum=1.0)
-    min_train_nodes: int = option("min-train-nodes", 2, minimum=1)
-    min_evaluate_nodes: int = option("min-evaluate-nodes", 2, minimum=0)
-    min_available_nodes: int = option("min-available-nodes", 2, minimum=1)
-    eval_every: int = option("eval-every", 1, minimum=1)
+    method: str = option("method", "fedavg", help="registered method name (see the method table)")
+    num_server_rounds: int = option("num-server-rounds", 15, minimum=1, help="federated rounds")
+    seed: int = option("seed", 42, minimum=0, help="seed of partitioning, model init and local shuffling")
+    device: str = option("device", "auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    log_dir: str = option(
+        "log-dir", "logs", help="experiments root; a relative path resolves against the ServerApp's working directory"
+    )
+    experiment_name: str = option(
+        "experiment-name", "", help="experiment folder name (empty = <method>_<dataset>_<timestamp>)"
+    )
+    resume_from: str = option("resume-from", "", help="experiment folder to resume from its last checkpointed round")
+    round_timeout: float = option(
+        "round-timeout",
+        600.0,
+        minimum=0.0,
+        exclusive_minimum=True,
+        help="seconds the server waits for replies in a round; late nodes count as dropped",
+    )
+    fraction_train: float = option(
+        "fraction-train",
+        1.0,
+        minimum=0.0,
+        maximum=1.0,
+        help="fraction of connected nodes sampled for training each round",
+    )
+    fraction_evaluate: float = option(
+        "fraction-evaluate", 1.0, minimum=0.0, maximum=1.0, help="fraction of connected nodes sampled for evaluation"
+    )
+    min_train_nodes: int = option("min-train-nodes", 2, minimum=1, help="minimum nodes sampled for training")
+    min_evaluate_nodes: int = option("min-evaluate-nodes", 2, minimum=0, help="minimum nodes sampled for evaluation")
+    min_available_nodes: int = option(
+        "min-available-nodes", 2, minimum=1, help="nodes that must be connected before a round starts"
+    )
+    eval_every: int = option("eval-every", 1, minimum=1, help="evaluate every k rounds (and always after the last)")
 
 
 COMMON_SECTIONS: tuple[type, ...] = (
@@ -262,13 +361,9 @@ COMMON_SECTIONS: tuple[type, ...] = (
 
 
 def _check_device(device: str) -> None:
-    valid = device in ("auto", "cpu", "cuda") or (
-        device.startswith("cuda:") and device[5:].isdigit()
-    )
+    valid = device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
     if not valid:
-        raise ConfigError(
-            f"config key 'device' has invalid value {device!r}: expected {DEVICES_HELP}"
-        )
+        raise ConfigError(f"config key 'device' has invalid value {device!r}: expected {DEVICES_HELP}")
 
 
 def _check_experiment_name(name: str) -> None:

@@ -12,7 +12,7 @@ from fedvq_app.strategies.fedprox import GuardedFedProx
 
 @dataclass(frozen=True)
 class FedProxOptions:
-    mu: float = option("fedprox.mu", 0.01, minimum=0.0, help="proximal coefficient")
+    mu: float = option("fedprox.mu", 0.01, minimum=0.0, help="proximal coefficient mu of (mu/2)||w - w_global||^2")
 
 
 SPEC = MethodSpec(

@@ -12,7 +12,9 @@ from fedvq_app.strategies.scaffold import Scaffold
 
 @dataclass(frozen=True)
 class ScaffoldOptions:
-    server_lr: float = option("scaffold.server-lr", 1.0, minimum=0.0, exclusive_minimum=True)
+    server_lr: float = option(
+        "scaffold.server-lr", 1.0, minimum=0.0, exclusive_minimum=True, help="server step size towards the mean model"
+    )
 
 
 SPEC = MethodSpec(
