@@ -5,7 +5,6 @@ from __future__ import annotations
 from flwr.serverapp.strategy import FedAvg
 
 from fedvq_app.strategies.guard import ReplyGuard
-from fedvq_app.strategies.metrics import aggregate_scalar_metrics
 
 
 def sampling_kwargs(settings) -> dict:
@@ -16,8 +15,6 @@ def sampling_kwargs(settings) -> dict:
         "min_train_nodes": settings.min_train_nodes,
         "min_evaluate_nodes": settings.min_evaluate_nodes,
         "min_available_nodes": settings.min_available_nodes,
-        "train_metrics_aggr_fn": aggregate_scalar_metrics,
-        "evaluate_metrics_aggr_fn": aggregate_scalar_metrics,
     }
 
 

@@ -24,6 +24,7 @@ from fedvq_app.aggregation.validation import (
     metric_problem,
 )
 from fedvq_app.records import to_numpy
+from fedvq_app.strategies.metrics import aggregate_scalar_metrics
 
 ARRAYS = "arrays"
 METRICS = "metrics"
@@ -37,6 +38,8 @@ class ReplyGuard:
     extra_record_names: tuple[str, ...] = ()
 
     def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("train_metrics_aggr_fn", aggregate_scalar_metrics)
+        kwargs.setdefault("evaluate_metrics_aggr_fn", aggregate_scalar_metrics)
         super().__init__(*args, **kwargs)
         self.expected: dict[int, Schema] = {}
         self.rejections: list[tuple[int, str]] = []

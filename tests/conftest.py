@@ -1,0 +1,36 @@
+"""Shared fixtures: Flower's server identity, run configs and fake replies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+from fedvq_app.local_grid import claim_server_identity, full_run_config
+from fedvq_app.records import to_record
+
+
+@pytest.fixture(autouse=True)
+def _server_identity():
+    """Messages can only be built where Flower knows the run (as in a ServerApp)."""
+    claim_server_identity()
+
+
+@pytest.fixture
+def run_config():
+    """``run_config(**{"partition.alpha": 0.1})`` -> the pyproject defaults with overrides."""
+    return full_run_config
+
+
+def instruction(node_id: int, arrays: dict[str, np.ndarray], message_type: str = "train") -> Message:
+    """A server->client message as a strategy would send it."""
+    content = RecordDict({"arrays": to_record(arrays), "config": ConfigRecord({"server-round": 1})})
+    return Message(content=content, dst_node_id=node_id, message_type=message_type)
+
+
+def reply(to: Message, arrays: dict[str, np.ndarray] | None, metrics: dict, **extras) -> Message:
+    """A client's reply to ``to`` carrying ``arrays`` + ``metrics`` (+ extra records)."""
+    records = {"metrics": MetricRecord(metrics), **extras}
+    if arrays is not None:
+        records["arrays"] = to_record(arrays)
+    return Message(content=RecordDict(records), reply_to=to)
