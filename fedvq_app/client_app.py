@@ -5,6 +5,7 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from fedvq_app.clients.kmeans import ACTIONS as KMEANS_ACTIONS
 from fedvq_app.config import load_settings
 from fedvq_app.registry import get_method
 
@@ -26,3 +27,19 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluation of the client's model on its validation split and the test set."""
     return _client(context).evaluate(msg)
+
+
+def _action(handler_name: str):
+    """A handler that routes one custom message type to the method client's method."""
+
+    def handle(msg: Message, context: Context) -> Message:
+        return getattr(_client(context), handler_name)(msg)
+
+    handle.__name__ = handler_name
+    return handle
+
+
+# federated k-means phases: "query.kmeans_handshake" -> KMeansClient.handshake, ...
+for _message_type, _handler in KMEANS_ACTIONS.items():
+    _category, _name = _message_type.split(".")
+    getattr(app, _category)(_name)(_action(_handler))

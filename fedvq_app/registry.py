@@ -21,6 +21,7 @@ _METHOD_MODULES = (
     "fedvq_app.methods.fedavg",
     "fedvq_app.methods.fedprox",
     "fedvq_app.methods.scaffold",
+    "fedvq_app.methods.kmeans",
 )
 
 

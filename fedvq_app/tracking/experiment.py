@@ -27,6 +27,9 @@ from flwr.common.logger import log
 from fedvq_app.config import Settings, resolve_log_root
 from fedvq_app.registry import get_method
 
+#: key of a method report whose entries are merged into the top level of summary.json
+TOP_LEVEL_KEY = "top_level"
+
 
 def _jsonable(value: Any) -> Any:
     """Floats that JSON can carry (NaN/inf -> None), lists and dicts recursively."""
@@ -86,6 +89,8 @@ class ExperimentTracker:
         self.rounds: list[dict[str, Any]] = []
         self.label_counts: dict[int, list[int]] = {}
         self.node_to_partition: dict[int, int] = {}
+        #: rounds shown in the progress log (a workflow with its own limit may change it)
+        self.planned_rounds = settings.num_server_rounds
         write_json(self.dir / "config.json", settings.to_dict())
         log(INFO, "[fedvq] experiment folder: %s", self.dir)
 
@@ -145,7 +150,7 @@ class ExperimentTracker:
     def _log_progress(self, record: dict[str, Any]) -> None:
         spread = record["evaluate"]["summary"]
         train_loss = record["train"]["aggregated"].get("train-loss")
-        parts = [f"[fedvq] round {record['round']}/{self.settings.num_server_rounds}"]
+        parts = [f"[fedvq] round {record['round']}/{self.planned_rounds}"]
         if train_loss is not None:
             parts.append(f"train loss {train_loss:.4f}")
         if spread:
@@ -183,6 +188,9 @@ class ExperimentTracker:
             "rejected_total": sum(len(r["rejected"]) for r in self.rounds),
         }
         if method_report:
+            method_report = dict(method_report)
+            # a method without accuracies (k-means) names its headline figures at the top level
+            summary.update(method_report.pop(TOP_LEVEL_KEY, {}))
             summary[self.settings.method] = method_report
         return _jsonable(summary)
 

@@ -1,0 +1,1 @@
+"""Synthetic data generators (run as scripts or imported by tests)."""

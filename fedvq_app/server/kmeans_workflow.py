@@ -1,0 +1,298 @@
+"""The federated k-means job on the ServerApp: five phases, each its own message type.
+
+1. handshake (``query.kmeans_handshake``): sizes and feature counts; a mismatch stops
+   the run with an error naming the clients;
+2. normalization (``query.kmeans_normalization``): global mean/std from moments;
+3. PCA (``query.kmeans_pca``, when there are more than 2 features): merged scatter;
+4. initialisation (``query.kmeans_init``) and Lloyd steps (``train.kmeans_step``)
+   until the largest centroid shift is below ``kmeans.tol`` or ``kmeans.max-rounds``;
+5. evaluation (``evaluate.kmeans_evaluation``): inertia, silhouette, ARI.
+
+Every Lloyd step is one round of the common tracker (``rounds.jsonl``); the seed's
+per-round log layout is written next to it (:mod:`fedvq_app.tracking.kmeans_logs`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import Message
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+from fedvq_app.aggregation.kmeans import FeatureTransform
+from fedvq_app.config import Settings
+from fedvq_app.registry import get_method
+from fedvq_app.strategies.kmeans_evaluation import KMeansEvaluation
+from fedvq_app.strategies.kmeans_handshake import Federation, Handshake
+from fedvq_app.strategies.kmeans_init import SummaryInit
+from fedvq_app.strategies.kmeans_normalization import Normalization
+from fedvq_app.strategies.kmeans_pca import FederatedPCA, PCAResult
+from fedvq_app.strategies.kmeans_phase import CENTROIDS
+from fedvq_app.strategies.kmeans_step import LloydStep, StepResult
+from fedvq_app.tracking.experiment import ExperimentTracker, RoundOutcome
+from fedvq_app.tracking.kmeans_logs import KMeansLogs
+
+
+@dataclass(frozen=True)
+class KMeansPhases:
+    """The phases after the handshake, configured for this federation."""
+
+    normalization: Normalization
+    pca: FederatedPCA | None
+    init: SummaryInit
+    step: LloydStep
+    evaluation: KMeansEvaluation
+    cluster_dim: int
+
+
+def build_phases(settings: Settings, federation: Federation) -> KMeansPhases:
+    """The registry's ``build_strategy`` for k-means: the federation plays the dataset info."""
+    opts = settings.method_options
+    d = federation.num_features
+    pca = FederatedPCA(d, opts.pca_components) if d > 2 else None
+    dim = pca.num_components if pca is not None and opts.cluster_space == "pca" else d
+    local_k = opts.local_k or 2 * opts.k
+    return KMeansPhases(
+        normalization=Normalization(d),
+        pca=pca,
+        init=SummaryInit(opts.k, local_k, dim, opts.privacy_threshold, settings.seed, opts.n_init),
+        step=LloydStep(opts.k, dim, opts.privacy_threshold, opts.n_init),
+        evaluation=KMeansEvaluation(opts.k, federation.num_classes, opts.silhouette_sample),
+        cluster_dim=dim,
+    )
+
+
+def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
+    """Send one phase's instructions and wait for the replies (missing ones = dropped)."""
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    dropped = sorted({m.metadata.dst_node_id for m in messages} - {r.metadata.src_node_id for r in replies})
+    if dropped:
+        log(WARNING, "[kmeans] %s: no reply from nodes %s", messages[0].metadata.message_type, dropped)
+    return replies
+
+
+def connected_nodes(grid: Grid, minimum: int) -> list[int]:
+    """Every connected node, once at least ``minimum`` are (k-means uses all of them)."""
+    _, all_nodes = sample_nodes(grid, minimum, minimum)
+    return sorted(all_nodes)
+
+
+def _round_metadata(result: StepResult, run: int, federation: Federation) -> dict[str, Any]:
+    return {
+        "convergence_change": float(result.shifts[run]),
+        "max_change_all_runs": result.shift,
+        "participating_clients": result.participating,
+        "num_participating_clients": len(result.participating),
+        "cluster_counts": result.counts[run].tolist(),
+        "empty_clusters": np.flatnonzero(result.empty[run]).tolist(),
+        "inertia_before_update": float(result.inertia[run]),
+        "withheld_local_means": result.withheld,
+        "total_samples": federation.num_samples,
+    }
+
+
+def _shared_means(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    means = np.full(sums.shape, np.nan)
+    shared = counts > 0
+    means[shared] = sums[shared] / counts[shared][:, None]
+    return means
+
+
+def write_round_logs(
+    logs: KMeansLogs, initial: np.ndarray, results: list[StepResult], run: int, federation: Federation
+) -> list[dict[str, Any]]:
+    """The seed's per-round files for the kept run; returns its convergence history."""
+    logs.write_global_means(0, initial[run], {"convergence_change": None, "run": run})
+    history = []
+    for result in results:
+        meta = {**_round_metadata(result, run, federation), "run": run}
+        logs.write_global_means(result.server_round, result.centroids[run], meta)
+        for pid, (sums, counts) in result.local.items():
+            logs.write_local_means(pid, result.server_round, _shared_means(sums[run], counts[run]), counts[run])
+        history.append({"round": result.server_round, **meta})
+    return history
+
+
+def run_lloyd(
+    grid: Grid,
+    step: LloydStep,
+    transform: FeatureTransform,
+    federation: Federation,
+    settings: Settings,
+    tracker: ExperimentTracker,
+) -> tuple[list[StepResult], bool]:
+    """Lloyd rounds until no run moves more than tol; returns every round's result and convergence."""
+    opts = settings.method_options
+    results: list[StepResult] = []
+    for rnd in range(1, opts.max_rounds + 1):
+        started = time.time()
+        config = {"server-round": rnd, "experiment": tracker.dir.name}
+        messages = step.instructions(federation.nodes, config, transform, {CENTROIDS: step.centroids}, str(rnd))
+        replies = exchange(grid, messages, settings.round_timeout)
+        result = step.aggregate(rnd, replies)
+        metrics = {}
+        if result is not None:
+            best = step.best_run()
+            metrics = {"inertia": float(result.inertia[best]), "centroid-shift": result.shift,
+                       "mean-squared-distance": float(result.inertia[best]) / max(int(result.counts[best].sum()), 1)}
+        tracker.record_round(
+            RoundOutcome(
+                server_round=rnd,
+                sampled_train=federation.nodes,
+                train_replies=replies,
+                train_metrics=metrics,
+                train_rejected=list(step.rejections),
+                strategy_report=step.round_report(),
+                wall_time_s=time.time() - started,
+            )
+        )
+        if result is None:
+            log(WARNING, "[kmeans] round %d: no usable reply, centroids unchanged", rnd)
+            continue
+        results.append(result)
+        log(INFO, "[kmeans] round %d: largest shift %.6f, best inertia %.4f (run %d), clients %s", rnd,
+            result.shift, metrics["inertia"], step.best_run(), result.participating)
+        if result.shift < opts.tol:
+            return results, True
+    return results, False
+
+
+def _pca_report(pca: PCAResult | None) -> dict[str, Any] | None:
+    if pca is None:
+        return None
+    return {
+        "components": pca.components.shape[1],
+        "explained_variance": pca.explained_variance.tolist(),
+        "explained_variance_ratio": pca.explained_variance_ratio.tolist(),
+    }
+
+
+def _report(
+    settings: Settings,
+    federation: Federation,
+    phases: KMeansPhases,
+    transform: FeatureTransform,
+    pca: PCAResult | None,
+    history: list[dict[str, Any]],
+    converged: bool,
+    evaluation: dict[str, Any],
+) -> dict[str, Any]:
+    """The method report (summary.json under 'kmeans') with its top-level summary keys."""
+    opts = settings.method_options
+    headline = {
+        "inertia": evaluation["inertia"],
+        "silhouette": evaluation["silhouette"],
+        **({"ari": evaluation["ari"]} if "ari" in evaluation else {}),
+        "rounds": history[-1]["round"] if history else 0,
+        "converged": converged,
+    }
+    return {
+        "top_level": {"dataset": opts.data_source, "num_clients": len(federation.clients), **headline},
+        **headline,
+        "k": opts.k,
+        "tol": opts.tol,
+        "max_rounds": opts.max_rounds,
+        "num_samples": federation.num_samples,
+        "num_features": federation.num_features,
+        "cluster_space": "pca" if transform.projects else "normalized",
+        "cluster_dim": phases.cluster_dim,
+        "silhouette_kind": f"simplified (centroid) silhouette, <= {opts.silhouette_sample} rows per client",
+        "cluster_sizes": evaluation["cluster_sizes"],
+        "pca": _pca_report(pca),
+        "normalization": {"mean": transform.mean.tolist(), "std": transform.std.tolist()},
+        "local_k": phases.init.local_k,
+        "init_local_means": phases.init.num_summaries,
+        "withheld_local_means_total": int(sum(h.get("withheld_local_means", 0) for h in history)),
+        "n_init": opts.n_init,
+        "kept_run_converged_round": next(
+            (h["round"] for h in history if h["convergence_change"] is not None and h["convergence_change"] < opts.tol),
+            None,
+        ),
+        "convergence_history": history,
+        **({"contingency": evaluation["contingency"]} if "contingency" in evaluation else {}),
+    }
+
+
+def _experiment_summary(settings: Settings, federation: Federation, report: dict[str, Any]) -> dict[str, Any]:
+    """experiment_summary.json in the seed's shape."""
+    opts = settings.method_options
+    return {
+        "config": {
+            "k_global": opts.k,
+            "max_iterations": opts.max_rounds,
+            "tol": opts.tol,
+            "privacy_threshold": opts.privacy_threshold,
+            "local_k": report["local_k"],
+            "n_init": opts.n_init,
+            "cluster_space": report["cluster_space"],
+            "pca_components": opts.pca_components,
+            "data_source": opts.data_source,
+            "split": opts.split,
+            "seed": settings.seed,
+            "num_clients": len(federation.clients),
+            "partitions": sorted(c.partition_id for c in federation.clients.values()),
+        },
+        "total_rounds": report["rounds"],
+        "converged": report["converged"],
+        "final_means_shape": list(np.shape(report["centroids"])),
+        **{key: report[key] for key in ("inertia", "silhouette", "rounds") if key in report},
+        **({"ari": report["ari"]} if "ari" in report else {}),
+        "final_means": report["centroids"],
+        "final_means_original_scale": report["centroids_original_scale"],
+        "convergence_history": report["convergence_history"],
+    }
+
+
+def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTracker) -> dict[str, Any]:
+    """Run all phases against the connected nodes; return the method report."""
+    opts = settings.method_options
+    logs = KMeansLogs(tracker.dir)
+    tracker.planned_rounds = opts.max_rounds
+    timeout = settings.round_timeout
+    with logs.server_log():
+        handshake = Handshake()
+        nodes = connected_nodes(grid, settings.min_available_nodes)
+        federation = handshake.aggregate(exchange(grid, handshake.instructions(nodes), timeout))
+        log(INFO, "[kmeans] handshake: %d clients, %d rows, %d features, %d classes", len(federation.clients),
+            federation.num_samples, federation.num_features, federation.num_classes)
+        phases: KMeansPhases = get_method(settings.method).build_strategy(settings, federation)
+        nodes = federation.nodes
+
+        def run(phase, config: dict | None = None, **instruction_kwargs) -> Any:
+            config = {**(config or {}), "experiment": tracker.dir.name}
+            return phase.aggregate(exchange(grid, phase.instructions(nodes, config, **instruction_kwargs), timeout))
+
+        mean, std, _ = run(phases.normalization)
+        transform = FeatureTransform(mean, std)
+        pca = None
+        if phases.pca is not None:
+            pca = run(phases.pca, transform=transform)
+            transform = FeatureTransform(mean, std, pca.components, opts.cluster_space == "pca")
+            log(INFO, "[kmeans] PCA: explained variance ratio %s", np.round(pca.explained_variance_ratio, 4).tolist())
+        logs.write_transform(transform)
+
+        initial = run(phases.init, config=phases.init.config(), transform=transform)
+        phases.step.centroids = initial
+        results, converged = run_lloyd(grid, phases.step, transform, federation, settings, tracker)
+        best = phases.step.best_run()
+        history = write_round_logs(logs, initial, results, best, federation)
+        centroids = phases.step.centroids[best]
+        evaluation = run(phases.evaluation, config=phases.evaluation.config(), transform=transform,
+                         arrays={CENTROIDS: centroids})
+        report = _report(settings, federation, phases, transform, pca, history, converged, evaluation)
+        report.update(centroids=centroids.tolist(), centroids_original_scale=transform.to_original(centroids).tolist(),
+                      kept_run=best, run_inertia=results[-1].inertia.tolist() if results else [])
+        logs.write_experiment_summary(_experiment_summary(settings, federation, report))
+        logs.write_metrics({key: report.get(key) for key in ("inertia", "silhouette", "ari", "silhouette_kind",
+                                                              "num_samples", "k", "rounds", "converged")
+                            if key in report})
+        log(INFO, "[kmeans] done after %d rounds (converged: %s): inertia %.4f, silhouette %s, ARI %s",
+            report["rounds"], converged, report["inertia"], report["silhouette"], report.get("ari"))
+    return report
+

@@ -1,0 +1,64 @@
+"""Phase 5 of federated k-means: inertia, silhouette and ARI from returned statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import Message
+
+from fedvq_app.aggregation.kmeans import ari_from_contingency
+from fedvq_app.aggregation.validation import Schema
+from fedvq_app.strategies.kmeans_phase import EVALUATION, KMeansPhase, reply_arrays, reply_metrics
+
+
+class KMeansEvaluation(KMeansPhase):
+    """Sums clients' inertia, silhouette sums and contingency tables.
+
+    The silhouette is the simplified (centroid) silhouette averaged over each
+    client's bounded sample; the ARI comes from the summed (cluster x class)
+    contingency table and is exact.
+    """
+
+    message_type = EVALUATION
+
+    def __init__(self, k: int, num_classes: int, silhouette_sample: int) -> None:
+        super().__init__()
+        self.k, self.num_classes, self.silhouette_sample = k, num_classes, silhouette_sample
+
+    def config(self) -> dict:
+        return {"num-classes": self.num_classes, "silhouette-sample": self.silhouette_sample}
+
+    def expected_arrays(self) -> Schema:
+        schema = {"counts": ((self.k,), "int64")}
+        if self.num_classes:
+            schema["contingency"] = ((self.k, self.num_classes), "int64")
+        return schema
+
+    def method_problem(self, msg: Message) -> str | None:
+        metrics = reply_metrics(msg)
+        missing = [k for k in ("inertia", "silhouette-sum", "silhouette-count") if k not in metrics]
+        return f"missing metrics {missing}" if missing else None
+
+    def aggregate(self, replies: Iterable[Message]) -> dict:
+        accepted = self.screen(replies)
+        if not accepted:
+            raise ValueError("no client returned evaluation statistics")
+        metrics = [reply_metrics(m) for m in accepted]
+        arrays = [reply_arrays(m) for m in accepted]
+        sil_count = sum(int(m["silhouette-count"]) for m in metrics)
+        result = {
+            "inertia": float(sum(m["inertia"] for m in metrics)),
+            "silhouette": (
+                float(sum(m["silhouette-sum"] for m in metrics)) / sil_count if sil_count and self.k > 1 else None
+            ),
+            "silhouette_samples": sil_count,
+            "num_samples": int(sum(m["num-examples"] for m in metrics)),
+            "cluster_sizes": np.sum([a["counts"] for a in arrays], axis=0).tolist(),
+            "evaluated_partitions": sorted(int(m["partition-id"]) for m in metrics),
+        }
+        if self.num_classes:
+            table = np.sum([a["contingency"] for a in arrays], axis=0)
+            result["ari"] = ari_from_contingency(table)
+            result["contingency"] = table.tolist()
+        return result
