@@ -41,13 +41,16 @@ def test_proximal_term_is_zero_at_the_anchor_and_pulls_back():
     assert torch.allclose(model.weight.grad, torch.full((2, 3), 0.5))
 
 
-def test_scaffold_correction_adds_c_minus_ci_to_gradients():
+def test_scaffold_correction_moves_weights_by_lr_times_c_minus_ci():
     model = torch.nn.Linear(2, 1, bias=False)
-    model.weight.grad = torch.zeros(1, 2)
-    hook = ScaffoldCorrection({"weight": torch.tensor([[1.0, 2.0]])}, {"weight": torch.tensor([[0.5, 0.5]])})
+    with torch.no_grad():
+        model.weight.zero_()
+    model.weight.grad = torch.tensor([[7.0, 7.0]])
+    hook = ScaffoldCorrection({"weight": torch.tensor([[1.0, 2.0]])}, {"weight": torch.tensor([[0.5, 0.5]])}, lr=0.1)
     hook.before_step(model)
+    assert torch.equal(model.weight.grad, torch.tensor([[7.0, 7.0]]))  # the optimizer sees the raw gradient
     hook.after_step(model)
-    assert torch.allclose(model.weight.grad, torch.tensor([[0.5, 1.5]])) and hook.steps == 1
+    assert torch.allclose(model.weight, torch.tensor([[-0.05, -0.15]])) and hook.steps == 1
 
 
 def test_shared_and_private_arrays_partition_the_state():
@@ -69,3 +72,13 @@ def test_classification_metrics_match_hand_counts():
     assert result.class_accuracy == (1.0, pytest.approx(1 / 3), -1.0)  # class 2 absent -> -1
     assert result.balanced_accuracy == pytest.approx((1.0 + 1 / 3) / 2)
     assert result.macro_f1 == pytest.approx((0.5 + 0.5) / 2)
+
+
+def test_scaffold_control_variate_is_the_mean_raw_gradient():
+    model = torch.nn.Linear(1, 1, bias=False)
+    hook = ScaffoldCorrection({"weight": torch.tensor([[10.0]])}, {"weight": torch.tensor([[0.0]])}, lr=0.0)
+    for grad in (1.0, 3.0):
+        model.weight.grad = torch.tensor([[grad]])
+        hook.before_step(model)
+        hook.after_step(model)
+    assert hook.mean_gradient()["weight"].item() == 2.0  # the correction itself is not counted

@@ -34,8 +34,10 @@ def test_seed_changes_a_dirichlet_split():
     assert [len(p) for p in a] != [len(p) for p in b]
 
 
-def test_iid_sizes_are_equal():
-    assert {len(p) for p in _parts("iid")} == {100}
+def test_iid_sizes_are_equal_and_mixed_even_on_label_sorted_data():
+    parts = _parts("iid")
+    assert {len(p) for p in parts} == {100}
+    assert all(len(np.unique(LABELS[p])) == 10 for p in parts)  # LABELS is sorted by class
 
 
 def test_dirichlet_respects_min_partition_size_and_skews_labels():

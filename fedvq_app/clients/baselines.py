@@ -26,32 +26,22 @@ class ScaffoldClient(NeuralClient):
     """Corrects gradients by c - c_i and sends the change of c_i."""
 
     def train_hooks(self, model, msg: Message):
-        self.global_start = {n: p.detach().clone() for n, p in model.named_parameters()}
         global_c = {k: torch.from_numpy(v.numpy()) for k, v in msg.content[CONTROL].items()}
         stored = self.context.state.get(LOCAL_CONTROL)
-        local_c = (
+        self.local_c = (
             {k: torch.from_numpy(v.numpy()) for k, v in stored.items()}
             if stored is not None
             else {k: torch.zeros_like(v) for k, v in global_c.items()}
         )
         params = dict(model.named_parameters())
-        self.global_c = global_c
-        self.local_c = local_c
-        return [ScaffoldCorrection({k: v for k, v in global_c.items() if k in params},
-                                   {k: v for k, v in local_c.items() if k in params})]
+        trained = [k for k in global_c if k in params]
+        lr = float(msg.content["config"].get("lr", self.settings.train.lr))
+        return [ScaffoldCorrection({k: global_c[k] for k in trained}, {k: self.local_c[k] for k in trained}, lr)]
 
     def reply_extras(self, model, msg: Message, hooks) -> dict:
-        steps = hooks[0].steps
-        lr = float(msg.content["config"].get("lr", self.settings.train.lr))
-        params = {n: p.detach().cpu() for n, p in model.named_parameters()}
-        new_c, delta = {}, {}
-        for name, c in self.global_c.items():
-            ci = self.local_c[name]
-            if name in params and steps > 0:
-                updated = ci - c + (self.global_start[name].cpu() - params[name]) / (steps * lr)
-            else:
-                updated = ci
-            new_c[name] = updated
-            delta[name] = (updated - ci).numpy().astype(c.numpy().dtype)
+        """Store c_i+ (mean raw gradient) and send delta c_i = c_i+ - c_i for every array."""
+        hook = hooks[0]
+        updated = hook.mean_gradient() if hook.steps > 0 else {}
+        new_c = {k: updated.get(k, c) for k, c in self.local_c.items()}
         self.context.state[LOCAL_CONTROL] = to_record({k: v.numpy() for k, v in new_c.items()})
-        return {CONTROL_DELTA: to_record(delta)}
+        return {CONTROL_DELTA: to_record({k: (new_c[k] - self.local_c[k]).numpy() for k in new_c})}

@@ -76,6 +76,8 @@ def partition_indices(
             f"{settings.classes_per_client}: the dataset has only {len(np.unique(labels))} classes"
         )
     table = Dataset.from_dict({"label": labels.tolist(), "row": list(range(len(labels)))})
+    if settings.kind == "iid":  # IidPartitioner cuts contiguous shards: shuffle rows first
+        table = table.shuffle(seed=seed)
     partitioner = build_partitioner(settings, num_partitions, seed)
     partitioner.dataset = table
     try:

@@ -204,8 +204,12 @@ class ExperimentTracker:
         method_plots = get_method(self.settings.method).plots
         if method_plots is not None:
             method_plots(self.dir, self.rounds, summary)
-        log(INFO, "[fedvq] final mean test accuracy %s; results in %s",
-            summary["final"].get("accuracy"), self.dir)
+        headline = (
+            f"final mean test accuracy {summary['final']['accuracy']:.4f}"
+            if summary["final"].get("accuracy") is not None
+            else "finished"
+        )
+        log(INFO, "[fedvq] %s; results in %s", headline, self.dir)
         return summary
 
 
