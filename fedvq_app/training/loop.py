@@ -8,6 +8,7 @@ Methods never copy this loop: FedProx adds a proximal term through
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -162,11 +163,14 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_class
         mask = y == c
         per_class.append(float((pred[mask] == c).mean()) if mask.any() else ABSENT_CLASS)
     present = np.unique(y)
+    with warnings.catch_warnings():  # a small val split may lack classes the model predicts
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = float(balanced_accuracy_score(y, pred))
     return EvalResult(
         loss=loss,
         accuracy=float((pred == y).mean()),
         macro_f1=float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
-        balanced_accuracy=float(balanced_accuracy_score(y, pred)),
+        balanced_accuracy=balanced,
         class_accuracy=tuple(per_class),
         num_examples=n,
     )
