@@ -55,6 +55,8 @@ class LocalGrid(Grid):
             for node_id in range(1, self.num_nodes + 1)
         }
         self._run = None
+        #: bytes of every record each node sent back (Flower's own count_bytes)
+        self.reply_bytes = {node_id: 0 for node_id in self.contexts}
         claim_server_identity()
 
     # The Grid interface ---------------------------------------------------
@@ -91,6 +93,8 @@ class LocalGrid(Grid):
                 reply = self.tamper(node, reply)
                 if reply is None:
                     continue
+            if not reply.has_error():
+                self.reply_bytes[node] += sum(record.count_bytes() for record in reply.content.values())
             replies.append(reply)
         return replies
 
