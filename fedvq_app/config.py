@@ -282,6 +282,24 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """Extra measurements every classification method can report."""
+
+    gradient_dissimilarity: bool = option(
+        "metrics.gradient-dissimilarity",
+        False,
+        help="each evaluation, clients send the gradient of their local loss at the global parameters and the "
+        "server reports Gamma = sum p_i ||g_i||^2 / ||sum p_i g_i||^2 (seed 003)",
+    )
+    gradient_batches: int = option(
+        "metrics.gradient-batches",
+        10,
+        minimum=1,
+        help="batches (of train.batch-size, a fixed random subset of the local train split) behind that gradient",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a run needs, validated once."""
 
@@ -304,6 +322,7 @@ class Settings:
     shift: ShiftSettings
     model: ModelSettings
     train: TrainSettings
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     method_options: Any = None
     raw: Mapping[str, ConfigValue] = field(default_factory=dict, compare=False)
 
@@ -357,6 +376,7 @@ COMMON_SECTIONS: tuple[type, ...] = (
     ShiftSettings,
     ModelSettings,
     TrainSettings,
+    MetricsSettings,
 )
 
 
@@ -405,6 +425,7 @@ def load_settings(
         shift=parse_section(ShiftSettings, run_config),
         model=parse_section(ModelSettings, run_config),
         train=parse_section(TrainSettings, run_config),
+        metrics=parse_section(MetricsSettings, run_config),
         method_options=options,
         raw=dict(run_config),
     )

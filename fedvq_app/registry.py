@@ -22,6 +22,7 @@ _METHOD_MODULES = (
     "fedvq_app.methods.fedprox",
     "fedvq_app.methods.scaffold",
     "fedvq_app.methods.kmeans",
+    "fedvq_app.methods.fusedspace",
 )
 
 

@@ -2,7 +2,8 @@
 
 A method changes behaviour by overriding a hook, never by copying the flow:
 ``batch_loss`` (model-specific loss), ``forward`` (prediction), ``train_hooks``
-(FedProx, SCAFFOLD), ``reply_extras`` (statistics sent next to the parameters).
+(FedProx, SCAFFOLD), ``reply_extras`` (statistics sent next to the parameters),
+``gradient_parameters`` (what the gradient-dissimilarity statistic covers).
 Private tensors live in ``context.state`` between rounds.
 """
 
@@ -12,19 +13,23 @@ import random
 
 import numpy as np
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from torch import nn
 
+from fedvq_app.aggregation.dissimilarity import model_fingerprint
 from fedvq_app.config import Settings
 from fedvq_app.data.client_data import (
     ClientData,
     eval_loader,
     load_client_data,
+    normalize_batch,
     train_loader,
 )
 from fedvq_app.data.datasets import DatasetInfo
 from fedvq_app.models.state import load_arrays, private_arrays, shared_arrays
+from fedvq_app.records import to_numpy, to_record
 from fedvq_app.registry import get_method
+from fedvq_app.strategies.guard import GRADIENT_AT_RECORD, GRADIENT_RECORD
 from fedvq_app.training.device import configure_threads, resolve_device
 from fedvq_app.training.loop import (
     EvalResult,
@@ -169,6 +174,40 @@ class NeuralClient:
         model = self.load_model(msg)
         val, test = self.evaluate_splits(model)
         metrics = {**self.base_metrics(), **val.as_metrics("val"), **test.as_metrics("test")}
-        return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+        records = {"metrics": MetricRecord(metrics)}
+        if self.settings.metrics.gradient_dissimilarity:
+            records[GRADIENT_RECORD] = self.local_gradient(model)
+            at = model_fingerprint(to_numpy(msg.content["arrays"]))
+            records[GRADIENT_AT_RECORD] = ConfigRecord({"model": at})
+        return Message(content=RecordDict(records), reply_to=msg)
+
+    # ------------------------------------------------------------------ gradient dissimilarity
+    def gradient_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """Parameters whose gradient the server compares across clients: the shared, trainable ones."""
+        return {n: p for n, p in model.named_parameters() if p.requires_grad and self.spec.is_shared(n)}
+
+    def local_gradient(self, model: nn.Module) -> ArrayRecord:
+        """Mean gradient of the local loss at the received parameters over a fixed batch budget.
+
+        The batches are the same every round (a seeded subset of the train split), so
+        changes of Gamma reflect the model, not the sampling. Eval mode: no dropout
+        noise, no BatchNorm statistics updated.
+        """
+        params = self.gradient_parameters(model)
+        budget = self.settings.metrics.gradient_batches * self.settings.train.batch_size
+        generator = torch.Generator().manual_seed(self.settings.seed * 100_003 + self.partition_id)
+        rows = torch.randperm(self.data.num_train, generator=generator)[:budget]
+        loader = eval_loader(self.data.train_x[rows], self.data.train_y[rows], self.settings.train.batch_size)
+        model.eval()
+        model.zero_grad(set_to_none=True)
+        for x, y in loader:
+            loss, _ = self.batch_loss(model, normalize_batch(x.to(self.device)), y.to(self.device))
+            (loss * len(y) / max(len(rows), 1)).backward()
+        gradient = {
+            n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().cpu().numpy().astype(np.float32)
+            for n, p in params.items()
+        }
+        model.zero_grad(set_to_none=True)
+        return to_record(gradient)
 
 

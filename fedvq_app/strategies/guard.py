@@ -6,17 +6,27 @@ reshape arrays, change dtypes, contain NaN/inf or lack a positive ``num-examples
 logs why, and keeps the list in :attr:`rejections` for the experiment log. Records
 other than ``arrays``/``metrics`` (method statistics) are set aside in
 :attr:`extras` by node id, so the parent strategy sees the two records it expects.
+
+Evaluate replies may carry a ``gradient`` record (``metrics.gradient-dissimilarity``):
+the guard turns the accepted ones into the federation's gradient dissimilarity Gamma,
+added to the aggregated evaluate metrics (rounds.jsonl) and to :meth:`final_report`
+(summary.json). Each client names the model it was evaluated at (a digest in the
+``gradient-at`` record), so nodes sent different models (clustered FL) are compared
+only with the nodes sent the same model, however the strategy built its messages.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 from logging import WARNING
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 
+from fedvq_app.aggregation.dissimilarity import grouped_dissimilarity
 from fedvq_app.aggregation.validation import (
     Schema,
     array_problem,
@@ -25,9 +35,14 @@ from fedvq_app.aggregation.validation import (
 )
 from fedvq_app.records import to_numpy
 from fedvq_app.strategies.metrics import aggregate_scalar_metrics
+from fedvq_app.tracking.experiment import TOP_LEVEL_KEY
 
 ARRAYS = "arrays"
 METRICS = "metrics"
+#: evaluate-reply record: the client's local-loss gradient at the global parameters
+GRADIENT_RECORD = "gradient"
+#: evaluate-reply ConfigRecord: {"model": digest of the arrays that gradient was taken at}
+GRADIENT_AT_RECORD = "gradient-at"
 
 
 class ReplyGuard:
@@ -45,6 +60,7 @@ class ReplyGuard:
         self.rejections: list[tuple[int, str]] = []
         self.extras: dict[int, RecordDict] = {}
         self.accepted_nodes: list[int] = []
+        self.last_dissimilarity: dict[str, float] = {}
 
     # ---------------------------------------------------------------- sending
     def remember_sent(self, messages: Iterable[Message]) -> list[Message]:
@@ -142,7 +158,63 @@ class ReplyGuard:
         return super().aggregate_train(server_round, accepted)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
         accepted = self.screen(replies, train=False)
         if not accepted:
             return None
-        return super().aggregate_evaluate(server_round, accepted)
+        metrics = super().aggregate_evaluate(server_round, accepted)
+        return self._add_dissimilarity(server_round, replies, metrics)
+
+    # ---------------------------------------------------------------- gradient dissimilarity
+    def _accepted_gradients(self, replies: list[Message]) -> tuple[dict, dict, dict]:
+        """Finite gradients of the accepted evaluate replies, their data weights and model digests."""
+        accepted = set(self.accepted_nodes)
+        gradients, weights, models = {}, {}, {}
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if node not in accepted or GRADIENT_RECORD not in msg.content.array_records:
+                continue
+            gradient = to_numpy(msg.content[GRADIENT_RECORD])
+            if not gradient or not all(np.isfinite(v).all() for v in gradient.values()):
+                log(WARNING, "Ignored the gradient of node %s: empty or not finite", node)
+                continue
+            gradients[node] = gradient
+            weights[node] = float(msg.content[METRICS][self.weighted_by_key])
+            at = msg.content.config_records.get(GRADIENT_AT_RECORD)
+            if at is not None and "model" in at:
+                models[node] = str(at["model"])
+        return gradients, weights, models
+
+    def _add_dissimilarity(self, server_round: int, replies: list[Message], metrics: MetricRecord | None):
+        """Gamma of the accepted gradients, grouped by the model each node was evaluated at."""
+        gradients, weights, models = self._accepted_gradients(replies)
+        if not gradients:
+            return metrics
+        result = grouped_dissimilarity(gradients, weights, models)
+        values = {
+            "gradient-dissimilarity": result.gamma,
+            "gradient-variance": result.variance,
+            "gradient-groups": len(result.groups),
+        }
+        values = {k: v for k, v in values.items() if math.isfinite(v)}
+        metrics = metrics if metrics is not None else MetricRecord()
+        for key, value in values.items():
+            metrics[key] = value
+        self.last_dissimilarity = {"round": server_round, **values}
+        return metrics
+
+    def final_report(self) -> dict:
+        """Gamma of the last evaluated round, at the top level of summary.json (empty when off).
+
+        A subclass with its own report should merge ``super().final_report()`` into it.
+        """
+        if not self.last_dissimilarity:
+            return {}
+        last = self.last_dissimilarity
+        report = {
+            "final": last.get("gradient-dissimilarity"),
+            "variance": last.get("gradient-variance"),
+            "groups": last.get("gradient-groups"),
+            "round": last["round"],
+        }
+        return {TOP_LEVEL_KEY: {"gradient_dissimilarity": report}}
