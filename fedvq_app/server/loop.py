@@ -4,20 +4,36 @@ It speaks the Strategy protocol of Flower's Message API (``configure_train`` ->
 ``send_and_receive`` -> ``aggregate_train`` -> ``configure_evaluate`` ->
 ``aggregate_evaluate``), exactly like ``Strategy.start``, and adds what that loop
 lacks: a first round other than 1 (resume), per-round tracking of every client,
-dropouts and rejections, evaluation every k rounds, and a hook after each round
-(checkpointing).
+dropouts and rejections, evaluation every k rounds, a checkpoint after each round
+(:mod:`fedvq_app.server.checkpoint`; ``resume-from`` continues after the last one)
+and a hook after each round.
+
+Faults of a real deployment:
+
+* a node that dies or stalls mid-round sends nothing within ``round-timeout`` (or
+  the SuperLink answers for it with a "node unavailable" error once its heartbeat
+  lapses): the round goes on with the replies that arrived and the node is
+  recorded as dropped;
+* Flower's ``sample_nodes`` waits *forever* for ``min_available_nodes``. The loop
+  hands strategies a grid whose ``get_node_ids`` waits at most ``round-timeout``
+  seconds for the strategy's minimum; when too few nodes remain the run stops
+  after the last completed round (``stopped_early`` in summary.json) instead of
+  hanging or running below the minimum.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from logging import ERROR, INFO, WARNING
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedvq_app.server.checkpoint import Checkpointer, resume
 from fedvq_app.tracking.experiment import ExperimentTracker, RoundOutcome
 
 RoundHook = Callable[[int, ArrayRecord], None]
@@ -35,12 +51,97 @@ class LoopPlan:
     evaluate_config: dict
 
 
+class NodesUnavailable(RuntimeError):
+    """Fewer connected nodes than the strategy's minimum, for longer than the wait allowed."""
+
+
+class PatientGrid(Grid):
+    """The run's grid, except that ``get_node_ids`` waits a bounded time for ``required`` nodes.
+
+    Strategies sample through it (Flower's ``sample_nodes`` loops on
+    ``get_node_ids`` until ``min_available_nodes`` are connected); past the
+    deadline it raises :class:`NodesUnavailable`, which ends that loop.
+    """
+
+    def __init__(self, grid: Grid, required: int, wait_s: float, poll_s: float = 1.0) -> None:
+        self.grid = grid
+        self.required = required
+        self.deadline = time.time() + wait_s
+        self.poll_s = poll_s
+
+    def get_node_ids(self) -> Iterable[int]:
+        announced = False
+        while True:
+            nodes = list(self.grid.get_node_ids())
+            if len(nodes) >= self.required:
+                return nodes
+            if time.time() >= self.deadline:
+                raise NodesUnavailable(f"{len(nodes)} nodes connected, the strategy needs at least {self.required}")
+            if not announced:
+                log(INFO, "[fedvq] waiting for nodes: %d connected, %d needed", len(nodes), self.required)
+                announced = True
+            time.sleep(self.poll_s)
+
+    # everything else goes to the real grid
+    def set_run(self, run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.grid.send_and_receive(messages, timeout=timeout)
+
+    def __getattr__(self, name: str):
+        return getattr(self.grid, name)
+
+
+def required_nodes(strategy: Strategy, phase: str) -> int:
+    """The node count Flower's ``sample_nodes`` will wait for in ``phase`` (train/evaluate)."""
+    phase_minimum = getattr(strategy, f"min_{phase}_nodes", 0) or 0
+    return max(int(getattr(strategy, "min_available_nodes", 1) or 1), int(phase_minimum), 1)
+
+
+def _configure(strategy: Strategy, phase: str, rnd: int, arrays, config: dict, grid: Grid, wait_s: float):
+    patient = PatientGrid(grid, required_nodes(strategy, phase), wait_s)
+    configure = strategy.configure_train if phase == "train" else strategy.configure_evaluate
+    return list(configure(rnd, arrays, ConfigRecord(dict(config)), patient))
+
+
 def _send(grid: Grid, messages, timeout: float) -> tuple[list[int], list]:
+    """Send and wait at most ``timeout``; errors the SuperLink returns for absent nodes are no replies."""
     messages = list(messages)
     if not messages:
         return [], []
     sampled = [m.metadata.dst_node_id for m in messages]
-    return sampled, list(grid.send_and_receive(messages, timeout=timeout))
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    destination = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
+    kept = []
+    for reply in replies:
+        node = destination.get(reply.metadata.reply_to_message_id)
+        if reply.has_error() and node is not None and node != reply.metadata.src_node_id:
+            log(WARNING, "[fedvq] node %s is unavailable: %s", node, reply.error.reason)
+            continue
+        kept.append(reply)
+    silent = sorted(set(sampled) - {r.metadata.src_node_id for r in kept})
+    if silent:
+        log(WARNING, "[fedvq] no reply within the round from nodes %s", silent)
+    return sampled, kept
+
+
+def _stop(tracker: ExperimentTracker, rnd: int, err: Exception) -> None:
+    log(ERROR, "[fedvq] stopping before round %d: %s", rnd, err)
+    tracker.stopped_early = {"before_round": rnd, "reason": str(err)}
 
 
 def _as_dict(record: MetricRecord | None) -> dict:
@@ -55,12 +156,25 @@ def run_rounds(
     tracker: ExperimentTracker,
     after_round: RoundHook | None = None,
 ) -> ArrayRecord:
-    """Run rounds ``first_round..last_round``; return the final global arrays."""
-    for rnd in range(plan.first_round, plan.last_round + 1):
+    """Run rounds ``first_round..last_round``; return the final global arrays.
+
+    With ``resume-from`` set, the checkpoint replaces ``arrays`` and the strategy's
+    state, and the loop starts after the checkpointed round. Each completed round
+    is checkpointed into the experiment folder.
+    """
+    first_round = plan.first_round
+    resumed = resume(tracker.settings, strategy, tracker)
+    if resumed is not None:
+        first_round, arrays = resumed
+    checkpoint = Checkpointer(tracker.dir, strategy, tracker, dict(tracker.settings.raw))
+    for rnd in range(first_round, plan.last_round + 1):
         started = time.time()
-        sampled, replies = _send(
-            grid, strategy.configure_train(rnd, arrays, ConfigRecord(dict(plan.train_config)), grid), plan.timeout
-        )
+        try:
+            messages = _configure(strategy, "train", rnd, arrays, plan.train_config, grid, plan.timeout)
+        except NodesUnavailable as err:
+            _stop(tracker, rnd, err)
+            break
+        sampled, replies = _send(grid, messages, plan.timeout)
         new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
         if new_arrays is not None:
             arrays = new_arrays
@@ -71,17 +185,24 @@ def run_rounds(
             train_metrics=_as_dict(train_metrics),
             train_rejected=list(getattr(strategy, "rejections", [])),
         )
+        unavailable = None
         if rnd % plan.eval_every == 0 or rnd == plan.last_round:
-            eval_config = ConfigRecord(dict(plan.evaluate_config))
-            outcome.sampled_evaluate, outcome.evaluate_replies = _send(
-                grid, strategy.configure_evaluate(rnd, arrays, eval_config, grid), plan.timeout
-            )
-            outcome.evaluate_metrics = _as_dict(strategy.aggregate_evaluate(rnd, outcome.evaluate_replies))
-            outcome.evaluate_rejected = list(getattr(strategy, "rejections", []))
+            try:
+                eval_messages = _configure(strategy, "evaluate", rnd, arrays, plan.evaluate_config, grid, plan.timeout)
+            except NodesUnavailable as err:
+                unavailable = err
+            else:
+                outcome.sampled_evaluate, outcome.evaluate_replies = _send(grid, eval_messages, plan.timeout)
+                outcome.evaluate_metrics = _as_dict(strategy.aggregate_evaluate(rnd, outcome.evaluate_replies))
+                outcome.evaluate_rejected = list(getattr(strategy, "rejections", []))
         report = getattr(strategy, "round_report", None)
         outcome.strategy_report = report() if callable(report) else {}
         outcome.wall_time_s = time.time() - started
         tracker.record_round(outcome)
+        checkpoint(rnd, arrays)
         if after_round is not None:
             after_round(rnd, arrays)
+        if unavailable is not None:
+            _stop(tracker, rnd + 1, unavailable)
+            break
     return arrays

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.serverapp import Grid
 
@@ -20,11 +22,22 @@ def train_config(settings: Settings) -> dict[str, Any]:
     return {"lr": settings.train.lr, "local-epochs": settings.train.local_epochs}
 
 
+def seed_server(seed: int) -> None:
+    """Seed every generator the server uses (node sampling, model init): same seed, same run."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def run_neural_workflow(grid: Grid, settings: Settings, tracker: ExperimentTracker) -> dict[str, Any]:
-    """Initial model on the server, the round loop, and the method's final report."""
+    """Initial model on the server, the round loop, and the method's final report.
+
+    The loop checkpoints every round and, with ``resume-from``, continues from the
+    checkpoint (see :mod:`fedvq_app.server.checkpoint`).
+    """
     spec = get_method(settings.method)
     info = dataset_info(settings.dataset, settings.seed)
-    torch.manual_seed(settings.seed)
+    seed_server(settings.seed)
     model = spec.build_model(settings, info)
     arrays = shared_arrays(model, spec.is_shared)
     strategy = spec.build_strategy(settings, info)

@@ -48,11 +48,12 @@ def write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
 
 
-def _client_metrics(replies: Iterable[Message]) -> dict[int, dict[str, Any]]:
-    """partition-id -> that client's metric record, from replies that carry one."""
+def _client_metrics(replies: Iterable[Message], rejected: Iterable[tuple[int, str]] = ()) -> dict[int, dict[str, Any]]:
+    """partition-id -> that client's metric record, from replies that carry one and were not rejected."""
     out: dict[int, dict[str, Any]] = {}
+    rejected_nodes = {node for node, _ in rejected}
     for msg in replies:
-        if msg.has_error() or "metrics" not in msg.content.metric_records:
+        if msg.has_error() or "metrics" not in msg.content.metric_records or msg.metadata.src_node_id in rejected_nodes:
             continue
         metrics = dict(msg.content["metrics"])
         if "partition-id" in metrics:
@@ -91,6 +92,8 @@ class ExperimentTracker:
         self.node_to_partition: dict[int, int] = {}
         #: rounds shown in the progress log (a workflow with its own limit may change it)
         self.planned_rounds = settings.num_server_rounds
+        #: why the round loop ended before the last planned round (None = it did not)
+        self.stopped_early: dict[str, Any] | None = None
         write_json(self.dir / "config.json", settings.to_dict())
         log(INFO, "[fedvq] experiment folder: %s", self.dir)
 
@@ -108,8 +111,8 @@ class ExperimentTracker:
     # ------------------------------------------------------------------ rounds
     def record_round(self, outcome: RoundOutcome) -> dict[str, Any]:
         """Append one line to rounds.jsonl and log the headline figures."""
-        train_clients = _client_metrics(outcome.train_replies)
-        eval_clients = _client_metrics(outcome.evaluate_replies)
+        train_clients = _client_metrics(outcome.train_replies, outcome.train_rejected)
+        eval_clients = _client_metrics(outcome.evaluate_replies, outcome.evaluate_rejected)
         for pid, metrics in {**train_clients, **eval_clients}.items():
             self.node_to_partition[int(metrics["node-id"])] = pid
         for pid, metrics in train_clients.items():
@@ -146,6 +149,25 @@ class ExperimentTracker:
             fh.write(json.dumps(self.rounds[-1]) + "\n")
         self._log_progress(record)
         return record
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the tracker (rounds.jsonl holds the rest)."""
+        return {
+            "label_counts": {str(k): v for k, v in self.label_counts.items()},
+            "node_to_partition": {str(k): v for k, v in self.node_to_partition.items()},
+            "elapsed_s": time.time() - self.started,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], last_round: int) -> None:
+        """Continue a checkpointed run: reload its rounds up to ``last_round``, drop later ones."""
+        path = self.dir / "rounds.jsonl"
+        lines = path.read_text().splitlines() if path.is_file() else []
+        self.rounds = [r for r in (json.loads(line) for line in lines if line.strip()) if r["round"] <= last_round]
+        path.write_text("".join(json.dumps(r) + "\n" for r in self.rounds))
+        self.label_counts = {int(k): list(v) for k, v in state.get("label_counts", {}).items()}
+        self.node_to_partition = {int(k): int(v) for k, v in state.get("node_to_partition", {}).items()}
+        self.started -= float(state.get("elapsed_s", 0.0))
 
     def _log_progress(self, record: dict[str, Any]) -> None:
         spread = record["evaluate"]["summary"]
@@ -187,6 +209,8 @@ class ExperimentTracker:
             "dropped_total": sum(len(r["dropped"]) for r in self.rounds),
             "rejected_total": sum(len(r["rejected"]) for r in self.rounds),
         }
+        if self.stopped_early:
+            summary["stopped_early"] = self.stopped_early
         if method_report:
             method_report = dict(method_report)
             # a method without accuracies (k-means) names its headline figures at the top level
