@@ -174,14 +174,21 @@ class NeuralClient:
         model = self.load_model(msg)
         val, test = self.evaluate_splits(model)
         metrics = {**self.base_metrics(), **val.as_metrics("val"), **test.as_metrics("test")}
-        records = {"metrics": MetricRecord(metrics)}
-        if self.settings.metrics.gradient_dissimilarity:
-            records[GRADIENT_RECORD] = self.local_gradient(model)
-            at = model_fingerprint(to_numpy(msg.content["arrays"]))
-            records[GRADIENT_AT_RECORD] = ConfigRecord({"model": at})
+        records = {"metrics": MetricRecord(metrics), **self.gradient_records(model, msg)}
         return Message(content=RecordDict(records), reply_to=msg)
 
     # ------------------------------------------------------------------ gradient dissimilarity
+    def gradient_records(self, model: nn.Module, msg: Message) -> dict:
+        """Evaluate-reply records behind Gamma (empty unless ``metrics.gradient-dissimilarity``).
+
+        A client that overrides :meth:`evaluate` adds ``**self.gradient_records(model, msg)``
+        to its reply to take part in the measurement.
+        """
+        if not self.settings.metrics.gradient_dissimilarity:
+            return {}
+        at = model_fingerprint(to_numpy(msg.content["arrays"]))
+        return {GRADIENT_RECORD: self.local_gradient(model), GRADIENT_AT_RECORD: ConfigRecord({"model": at})}
+
     def gradient_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
         """Parameters whose gradient the server compares across clients: the shared, trainable ones."""
         return {n: p for n, p in model.named_parameters() if p.requires_grad and self.spec.is_shared(n)}
