@@ -139,8 +139,11 @@ def run_lloyd(
         metrics = {}
         if result is not None:
             best = step.best_run()
-            metrics = {"inertia": float(result.inertia[best]), "centroid-shift": result.shift,
-                       "mean-squared-distance": float(result.inertia[best]) / max(int(result.counts[best].sum()), 1)}
+            metrics = {
+                "inertia": float(result.inertia[best]),
+                "centroid-shift": result.shift,
+                "mean-squared-distance": float(result.inertia[best]) / max(int(result.counts[best].sum()), 1),
+            }
         tracker.record_round(
             RoundOutcome(
                 server_round=rnd,
@@ -156,11 +159,49 @@ def run_lloyd(
             log(WARNING, "[kmeans] round %d: no usable reply, centroids unchanged", rnd)
             continue
         results.append(result)
-        log(INFO, "[kmeans] round %d: largest shift %.6f, best inertia %.4f (run %d), clients %s", rnd,
-            result.shift, metrics["inertia"], step.best_run(), result.participating)
+        log(
+            INFO,
+            "[kmeans] round %d: largest shift %.6f, best inertia %.4f (run %d), clients %s",
+            rnd,
+            result.shift,
+            metrics["inertia"],
+            step.best_run(),
+            result.participating,
+        )
         if result.shift < opts.tol:
             return results, True
+        orbit = _orbit_start(results)
+        if orbit is not None:
+            _settle_on_best_state(step, results[orbit:])
+            log(
+                WARNING,
+                "[kmeans] round %d: centroids repeat round %d's; the privacy-filtered update orbits "
+                "instead of converging, so the lowest-inertia state of the orbit is kept",
+                rnd,
+                results[orbit].server_round,
+            )
+            return results, False
     return results, False
+
+
+def _orbit_start(results: list[StepResult]) -> int | None:
+    """Index of the earlier round whose centroids the newest update reproduced, if any.
+
+    With exact statistics Lloyd's inertia only decreases, so states never repeat;
+    withheld small local means (privacy threshold) make the update inexact and it
+    can cycle forever between a few states (seen with 3 clients, non-IID 0.9).
+    """
+    newest = results[-1].centroids
+    for index, earlier in enumerate(results[:-1]):
+        if np.allclose(earlier.previous, newest, rtol=0.0, atol=1e-12):
+            return index
+    return None
+
+
+def _settle_on_best_state(step: LloydStep, orbit: list[StepResult]) -> None:
+    """Make the orbit's lowest-inertia centroid sets the step's current ones."""
+    best = min(orbit, key=lambda r: float(r.inertia.min()))
+    step.centroids, step.last = best.previous, best
 
 
 def _pca_report(pca: PCAResult | None) -> dict[str, Any] | None:
@@ -259,8 +300,14 @@ def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
         handshake = Handshake()
         nodes = connected_nodes(grid, settings.min_available_nodes)
         federation = handshake.aggregate(exchange(grid, handshake.instructions(nodes), timeout))
-        log(INFO, "[kmeans] handshake: %d clients, %d rows, %d features, %d classes", len(federation.clients),
-            federation.num_samples, federation.num_features, federation.num_classes)
+        log(
+            INFO,
+            "[kmeans] handshake: %d clients, %d rows, %d features, %d classes",
+            len(federation.clients),
+            federation.num_samples,
+            federation.num_features,
+            federation.num_classes,
+        )
         phases: KMeansPhases = get_method(settings.method).build_strategy(settings, federation)
         nodes = federation.nodes
 
@@ -283,16 +330,40 @@ def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
         best = phases.step.best_run()
         history = write_round_logs(logs, initial, results, best, federation)
         centroids = phases.step.centroids[best]
-        evaluation = run(phases.evaluation, config=phases.evaluation.config(), transform=transform,
-                         arrays={CENTROIDS: centroids})
+        evaluation = run(
+            phases.evaluation, config=phases.evaluation.config(), transform=transform, arrays={CENTROIDS: centroids}
+        )
         report = _report(settings, federation, phases, transform, pca, history, converged, evaluation)
-        report.update(centroids=centroids.tolist(), centroids_original_scale=transform.to_original(centroids).tolist(),
-                      kept_run=best, run_inertia=results[-1].inertia.tolist() if results else [])
+        report.update(
+            centroids=centroids.tolist(),
+            centroids_original_scale=transform.to_original(centroids).tolist(),
+            kept_run=best,
+            run_inertia=results[-1].inertia.tolist() if results else [],
+        )
         logs.write_experiment_summary(_experiment_summary(settings, federation, report))
-        logs.write_metrics({key: report.get(key) for key in ("inertia", "silhouette", "ari", "silhouette_kind",
-                                                              "num_samples", "k", "rounds", "converged")
-                            if key in report})
-        log(INFO, "[kmeans] done after %d rounds (converged: %s): inertia %.4f, silhouette %s, ARI %s",
-            report["rounds"], converged, report["inertia"], report["silhouette"], report.get("ari"))
+        logs.write_metrics(
+            {
+                key: report.get(key)
+                for key in (
+                    "inertia",
+                    "silhouette",
+                    "ari",
+                    "silhouette_kind",
+                    "num_samples",
+                    "k",
+                    "rounds",
+                    "converged",
+                )
+                if key in report
+            }
+        )
+        log(
+            INFO,
+            "[kmeans] done after %d rounds (converged: %s): inertia %.4f, silhouette %s, ARI %s",
+            report["rounds"],
+            converged,
+            report["inertia"],
+            report["silhouette"],
+            report.get("ari"),
+        )
     return report
-
