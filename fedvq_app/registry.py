@@ -23,6 +23,7 @@ _METHOD_MODULES = (
     "fedvq_app.methods.scaffold",
     "fedvq_app.methods.kmeans",
     "fedvq_app.methods.fusedspace",
+    "fedvq_app.methods.fedvq",
 )
 
 

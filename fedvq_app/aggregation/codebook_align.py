@@ -1,0 +1,58 @@
+"""Index alignment of codebooks: keep code ``j`` meaning the same thing across rounds.
+
+The VQ layer's projection produces one logit per code *index*, and the decoder
+has learned what each index's vector looks like. K-means and barycenters return
+their centers in an arbitrary order, so a new global codebook must be put back
+into the index order of the codebook the clients trained from. Both helpers are
+minimum-cost one-to-one matchings (Hungarian algorithm, ``scipy``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial.distance import cdist
+
+
+def match_slots(centers: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Slot of ``reference`` each center goes to (distinct slots, least total squared distance).
+
+    ``centers`` may have fewer rows than ``reference`` (a rectangular matching):
+    the unmatched reference slots are the ones no center claimed.
+    """
+    centers = np.asarray(centers, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if len(centers) > len(reference):
+        raise ValueError(f"{len(centers)} centers cannot take distinct slots among {len(reference)}")
+    rows, cols = linear_sum_assignment(cdist(centers, reference, "sqeuclidean"))
+    slots = np.empty(len(centers), dtype=np.int64)
+    slots[rows] = cols
+    return slots
+
+
+def alignment_permutation(codebook: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``perm`` with ``codebook[perm]`` index-aligned to ``reference`` (same shape)."""
+    if np.shape(codebook) != np.shape(reference):
+        raise ValueError(f"codebook {np.shape(codebook)} and reference {np.shape(reference)} differ in shape")
+    slots = match_slots(codebook, reference)
+    perm = np.empty_like(slots)
+    perm[slots] = np.arange(len(slots))
+    return perm
+
+
+def align_codebook(codebook: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, int]:
+    """The codebook reordered to ``reference``'s indices and how many rows changed index."""
+    perm = alignment_permutation(codebook, reference)
+    return np.asarray(codebook)[perm], int((perm != np.arange(len(perm))).sum())
+
+
+def place_in_slots(centers: np.ndarray, reference: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """A full codebook: each center in its matched ``reference`` slot, ``fill`` rows elsewhere.
+
+    Used when there are fewer centers than codes (too few distinct vectors, or
+    only the used codes were clustered): the free slots keep a sensible vector
+    (``fill``, e.g. the index-wise mean of the clients' codes) at their own index.
+    """
+    out = np.array(fill, dtype=np.float64, copy=True)
+    out[match_slots(centers, reference)] = centers
+    return out

@@ -1,0 +1,181 @@
+"""FedVQ's client: the VQ loss, best-on-validation epochs, a best checkpoint, code usage.
+
+The encoder never leaves the client (``context.state``); the reply carries the
+shared arrays (codebook, projection, decoder, classifier), the usual metrics plus
+the codebook statistics, and record ``fedvq-usage`` with the code counts of the
+client's training data and the mask of codes used above the frequency threshold.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flwr.app import ArrayRecord, Message, MetricRecord
+from torch import nn
+
+from fedvq_app.aggregation.codebook import perplexity, used_codes
+from fedvq_app.clients.base import PRIVATE_KEY, NeuralClient, seed_everything
+from fedvq_app.config import Settings, resolve_log_root
+from fedvq_app.data.client_data import eval_loader, normalize_batch, train_loader
+from fedvq_app.models.state import LOCAL_ONLY_SUFFIXES, private_arrays
+from fedvq_app.records import to_record
+from fedvq_app.strategies.fedvq import USAGE_RECORD
+from fedvq_app.training.loop import TrainHook, TrainResult, evaluate, make_optimizer, train_epochs
+
+BEST_STATE_KEY = "fedvq-best"
+CHECKPOINT_FOLDER = "client_checkpoints"
+
+
+@dataclass
+class BestEpoch:
+    """The epoch of this round whose model scored best on the local validation split."""
+
+    epoch: int
+    val_accuracy: float | None  # None when the client has no validation split
+    state: dict[str, torch.Tensor]
+
+
+def merge_epochs(results: list[TrainResult]) -> TrainResult:
+    """One TrainResult for several single-epoch runs (example-weighted means)."""
+    seen = sum(r.num_examples for r in results)
+    if seen == 0:
+        return TrainResult(0.0, 0.0, sum(r.steps for r in results), 0)
+    return TrainResult(
+        loss=sum(r.loss * r.num_examples for r in results) / seen,
+        accuracy=sum(r.accuracy * r.num_examples for r in results) / seen,
+        steps=sum(r.steps for r in results),
+        num_examples=seen,
+    )
+
+
+class FedVQClient(NeuralClient):
+    """The neural client with the seed's VQ loss and its per-round bookkeeping."""
+
+    def __init__(self, settings: Settings, context) -> None:
+        super().__init__(settings, context)
+        self.options = settings.method_options
+        self._perplexity_sum = 0.0
+        self._perplexity_n = 0
+        self.best: BestEpoch | None = None
+        self.checkpoint_saved = False
+
+    def save_private(self, model: nn.Module) -> None:
+        """The encoder's tensors, without BatchNorm step counters.
+
+        Flower's ``Array`` stores a 0-d tensor as shape (1,), which
+        ``models.state.load_arrays`` cannot copy back into the 0-d counter; the
+        counters are unused here (BatchNorm runs with a fixed momentum).
+        """
+        private = private_arrays(model, self.spec.is_shared)
+        self.context.state[PRIVATE_KEY] = ArrayRecord(
+            {k: v for k, v in private.items() if not k.endswith(LOCAL_ONLY_SUFFIXES)}
+        )
+
+    # ------------------------------------------------------------------ loss
+    def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        """CE + vq-weight x commitment + recon-weight x ||decoded - features||^2 (seed 000)."""
+        out = model(x)
+        recon = F.mse_loss(out.decoded, out.features.detach())
+        loss = F.cross_entropy(out.logits, y) + self.options.vq_weight * out.commitment
+        loss = loss + self.options.recon_weight * recon
+        self._perplexity_sum += float(out.perplexity.detach()) * len(y)
+        self._perplexity_n += len(y)
+        return loss, out.logits
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return model(x).logits
+
+    # ------------------------------------------------------------------ training
+    def _val_accuracy(self, model: nn.Module) -> float | None:
+        if self.data.val_y.numel() == 0:
+            return None
+        loader = eval_loader(self.data.val_x, self.data.val_y)
+        return evaluate(model, loader, self.device, self.data.num_classes, self.forward).accuracy
+
+    def local_train(self, model: nn.Module, msg: Message, hooks: list[TrainHook]) -> TrainResult:
+        """Epoch by epoch through the common loop, keeping the best-on-validation state (seed)."""
+        config = msg.content["config"]
+        lr = float(config.get("lr", self.settings.train.lr))
+        generator = seed_everything(self.settings.seed, int(config["server-round"]), self.partition_id)
+        loader = train_loader(self.data, self.settings, generator)
+        optimizer = make_optimizer(self.trainable_parameters(model), self.settings.train, lr)
+        results = []
+        for epoch in range(1, self.settings.train.local_epochs + 1):
+            results.append(train_epochs(model, loader, optimizer, 1, self.device, self.batch_loss, hooks))
+            score = self._val_accuracy(model)
+            improved = self.best is None or score is None or score > self.best.val_accuracy
+            if improved or not self.options.best_val:
+                self.best = BestEpoch(epoch, score, copy.deepcopy(model.state_dict()))
+        if self.best is not None:
+            model.load_state_dict(self.best.state)
+        return merge_epochs(results)
+
+    # ------------------------------------------------------------------ checkpoint
+    def checkpoint_path(self, msg: Message) -> Path:
+        """``fedvq.checkpoint-dir`` or ``<log-dir>/<experiment>/client_checkpoints``."""
+        if self.options.checkpoint_dir:
+            folder = Path(self.options.checkpoint_dir).expanduser()
+        else:
+            experiment = str(msg.content["config"].get("experiment", "")) or self.settings.experiment_name or "fedvq"
+            folder = resolve_log_root(self.settings.log_dir) / experiment / CHECKPOINT_FOLDER
+        return folder / f"client_{self.partition_id}_best.pt"
+
+    def save_best_checkpoint(self, msg: Message) -> bool:
+        """Write this round's best state when it beats every earlier round's (atomic replace)."""
+        best = self.best
+        if not self.options.save_checkpoints or best is None or best.val_accuracy is None:
+            return False
+        stored = self.context.state.get(BEST_STATE_KEY)
+        if stored is not None and float(stored["val-accuracy"]) >= best.val_accuracy:
+            return False
+        server_round = int(msg.content["config"]["server-round"])
+        path = self.checkpoint_path(msg)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".tmp")
+        payload = {"state_dict": best.state, "round": server_round, "epoch": best.epoch,
+                   "val_accuracy": best.val_accuracy, "partition_id": self.partition_id}
+        torch.save(payload, partial)
+        os.replace(partial, path)
+        self.context.state[BEST_STATE_KEY] = MetricRecord({"val-accuracy": best.val_accuracy, "round": server_round})
+        return True
+
+    # ------------------------------------------------------------------ usage
+    @torch.no_grad()
+    def code_counts(self, model: nn.Module) -> np.ndarray:
+        """How often each code is the most likely one over the training images (seed's tracking)."""
+        model.eval()
+        num_codes = model.vq.num_embeddings
+        counts = torch.zeros(num_codes, dtype=torch.int64)
+        for x, _ in eval_loader(self.data.train_x, self.data.train_y):
+            logits = model.vq.code_logits(model.encoder(normalize_batch(x.to(self.device))))
+            counts += torch.bincount(logits.argmax(1).cpu(), minlength=num_codes)
+        return counts.numpy()
+
+    def reply_extras(self, model: nn.Module, msg: Message, hooks) -> dict:
+        counts = self.code_counts(model)
+        used = used_codes(counts, self.options.usage_threshold)
+        self.usage_metrics = {"codebook-used": int(used.sum()), "codebook-perplexity": perplexity(counts)}
+        return {USAGE_RECORD: to_record({"counts": counts.astype(np.int64), "used": used.astype(np.uint8)})}
+
+    # ------------------------------------------------------------------ actions
+    def train(self, msg: Message) -> Message:
+        """The common train action plus the VQ metrics and the best checkpoint."""
+        reply = super().train(msg)
+        saved = self.save_best_checkpoint(msg)
+        best = self.best
+        reply.content["metrics"].update(
+            {
+                **self.usage_metrics,
+                "train-perplexity": self._perplexity_sum / max(self._perplexity_n, 1),
+                "best-epoch": best.epoch if best else 0,
+                "best-val-accuracy": best.val_accuracy if best and best.val_accuracy is not None else -1.0,
+                "checkpoint-saved": int(saved),
+            }
+        )
+        return reply
