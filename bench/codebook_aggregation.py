@@ -1,0 +1,96 @@
+"""Codebook aggregation: the seed's K-means against every aggregator of the project.
+
+Codebooks as they arise in FedVQ: every client starts the round from the same
+global codebook G (K x D) and drifts (G + noise * N(0, 1)); a third case also
+permutes each client's rows (codes whose indices no longer agree). Usage counts
+are skewed per client (some codes unused) and data sizes differ. The seed's
+approach is ``sklearn.cluster.KMeans(n_clusters=K, n_init=10)`` on the stacked
+codes; the project's aggregators run as the server runs them (previous global
+codebook = G, the configured alignment). Inertia is one scale for all: the sum
+of squared distances of every submitted code to its nearest new global code.
+
+    python bench/codebook_aggregation.py          # 10 clients x 512 codes x 512 and 64 dims
+    python bench/codebook_aggregation.py --quick  # 3 clients x 64 codes x 16 dims
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.cluster import KMeans
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import emit  # noqa: E402
+from fedvq_app.aggregation.codebook import AGGREGATORS, aggregate_codebook, quantization_error  # noqa: E402
+from fedvq_app.registry import get_method  # noqa: E402
+
+
+def client_codebooks(global_book: np.ndarray, clients: int, noise: float, permute: bool, rng):
+    """Drifted (and optionally row-permuted) copies of the global codebook, with usage and sizes."""
+    k = len(global_book)
+    books, usage = [], []
+    for _ in range(clients):
+        book = global_book + noise * rng.standard_normal(global_book.shape)
+        counts = rng.poisson(rng.gamma(0.5, 20.0, size=k))  # skewed; many codes rarely or never used
+        if permute:
+            order = rng.permutation(k)
+            book, counts = book[order], counts[order]
+        books.append(book)
+        usage.append(counts)
+    sizes = rng.integers(50, 500, size=clients).astype(float)
+    return books, sizes, usage
+
+
+def timed(fn):
+    started = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - started
+
+
+def run_case(k: int, dim: int, clients: int, noise: float, permute: bool, align: str, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    global_book = rng.standard_normal((k, dim))
+    books, sizes, usage = client_codebooks(global_book, clients, noise, permute, rng)
+    stacked = np.vstack(books)
+    seed_model, seed_s = timed(lambda: KMeans(n_clusters=k, n_init=10, random_state=seed).fit(stacked))
+    seed_inertia = quantization_error(stacked, seed_model.cluster_centers_)
+    rows = [{"name": "seed: KMeans(n_init=10)", "seconds": seed_s, "inertia": seed_inertia,
+             "speedup": 1.0, "inertia_ratio": 1.0}]
+    for name in AGGREGATORS:
+        result, seconds = timed(lambda name=name: aggregate_codebook(
+            name, books, sizes, usage, global_book, np.random.default_rng(seed), align=align))
+        inertia = quantization_error(stacked, result.codebook)
+        rows.append({"name": f"{name} ({align})", "seconds": seconds, "inertia": inertia,
+                     "speedup": seed_s / seconds, "inertia_ratio": inertia / seed_inertia})
+    label = f"{clients} clients x {k} codes x {dim} dims, noise {noise}{', permuted rows' if permute else ''}"
+    return {"case": label, "aggregators": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    defaults = get_method("fedvq").options_type()
+    default_name = f"{defaults.aggregation} ({defaults.align})"
+    k, clients, dims = (64, 3, [16]) if args.quick else (512, 10, [512, 64])
+    cases = [(dim, noise, permute) for dim in dims for noise, permute in ((0.1, False), (0.5, False), (0.1, True))]
+    results = [run_case(k, dim, clients, noise, permute, defaults.align, args.seed) for dim, noise, permute in cases]
+    default_rows = [next(a for a in c["aggregators"] if a["name"] == default_name) for c in results]
+    met = all(r["speedup"] >= 100 and r["inertia_ratio"] <= 1.0 for r in default_rows)
+    emit("codebook_aggregation", {
+        "cases": results,
+        "target": {"aggregator": default_name, "speedup_at_least": 100, "inertia_ratio_at_most": 1.0},
+        "default_speedups": [r["speedup"] for r in default_rows],
+        "default_inertia_ratios": [r["inertia_ratio"] for r in default_rows],
+        "target_met": met,
+    })
+
+
+if __name__ == "__main__":
+    main()
