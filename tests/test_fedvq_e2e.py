@@ -66,7 +66,8 @@ def test_usage_kmeans_run_writes_tables_plots_checkpoints_and_survives_a_nan_rep
                  "class_accuracy.png", "client_accuracy_table.png"):
         assert (out / name).stat().st_size > 0, name
     tables = (out / "fedvq_tables.md").read_text()
-    for heading in ("Global-test accuracy per client", "Class-wise", "Codebook usage per client", "Aggregation per round"):
+    headings = ("Global-test accuracy per client", "Class-wise", "Codebook usage per client", "Aggregation per round")
+    for heading in headings:
         assert heading in tables
     assert sorted(p.name for p in (out / "client_checkpoints").iterdir()) == [
         "client_0_best.pt", "client_1_best.pt", "client_2_best.pt"
