@@ -22,7 +22,9 @@ _METHOD_MODULES = (
     "fedvq_app.methods.fedprox",
     "fedvq_app.methods.scaffold",
     "fedvq_app.methods.kmeans",
+    "fedvq_app.methods.cfl",
     "fedvq_app.methods.fusedspace",
+    "fedvq_app.methods.fedloge",
     "fedvq_app.methods.fedvq",
 )
 

@@ -1,5 +1,7 @@
 """Malformed replies against every strategy: rejected with a reason, server state untouched.
 
+(Also: every strategy's server state survives the checkpoint file, which resume relies on.)
+
 For every registered neural method the method's real ClientApp produces the valid
 train replies of one round (its extra records included); one reply is then broken
 in one way, and the strategy must (a) reject that node with a logged reason and (b)
@@ -25,7 +27,16 @@ from fedvq_app.config import load_settings
 from fedvq_app.data.datasets import dataset_info
 from fedvq_app.local_grid import LocalGrid, claim_server_identity, full_run_config, run_local
 from fedvq_app.models.state import shared_arrays
+from fedvq_app.records import to_numpy
 from fedvq_app.registry import get_method, method_names
+from fedvq_app.server.checkpoint import (
+    Checkpoint,
+    capture_rng,
+    load_checkpoint,
+    load_strategy_state,
+    save_checkpoint,
+    strategy_state,
+)
 from fedvq_app.server.workflow import train_config
 from fedvq_app.server_app import app as server_app
 
@@ -227,3 +238,18 @@ def test_a_nan_evaluate_metric_is_rejected(tmp_path):
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert summary["final"]["partition_ids"] == [0, 2] and None not in summary["final"]["per_client_accuracy"]
     assert record["evaluate"]["aggregated"]["test-accuracy"] > 0.1  # from the two valid replies
+
+
+@pytest.mark.parametrize("method", NEURAL_METHODS)
+def test_the_server_state_survives_the_checkpoint_file(tmp_path, method):
+    """Resume needs it: state_dict -> checkpoint.npz -> a fresh strategy's load_state_dict is lossless."""
+    strategy, replies = _one_round(method)
+    strategy = copy.deepcopy(strategy)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    state = strategy_state(strategy)
+    save_checkpoint(tmp_path, Checkpoint(1, to_numpy(arrays), state, capture_rng()))
+
+    settings = load_settings(full_run_config(method=method, **SMALL))
+    fresh = get_method(method).build_strategy(settings, dataset_info(settings.dataset, settings.seed))
+    load_strategy_state(fresh, load_checkpoint(tmp_path).strategy_state)
+    _assert_same(strategy_state(fresh), state, f"{method}: server state after the checkpoint round trip")

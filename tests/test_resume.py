@@ -160,3 +160,4 @@ def test_resume_from_an_empty_folder_stops_with_one_line(tmp_path, caplog):
     with pytest.raises(SystemExit):
         run_local(server_app, client_app, 2, config)
     assert "no checkpoint.npz" in caplog.text
+

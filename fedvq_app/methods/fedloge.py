@@ -1,0 +1,98 @@
+"""FedLoGe (Xiao et al., ICLR 2024, seed 002): joint local and generic FL on long-tailed data.
+
+A backbone trained through a static sparse ETF classifier (SSE-C), a global head
+and private local heads trained on detached features, GLA-FR realignment, and
+three inference modes (generic, global, personalized). See docs/fedloge.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedvq_app.clients.fedloge import FedLoGeClient
+from fedvq_app.config import ConfigError, Settings, option
+from fedvq_app.models.fedloge import PERSONAL_GLOBAL_HEADS, build_fedloge_model, is_shared
+from fedvq_app.registry import MethodSpec
+from fedvq_app.strategies.fedavg import sampling_kwargs
+from fedvq_app.strategies.fedloge import FedLoGeStrategy
+from fedvq_app.tracking.fedloge_plots import fedloge_plots
+
+
+@dataclass(frozen=True)
+class FedLoGeOptions:
+    sparsity: float = option(
+        "fedloge.sparsity",
+        0.6,
+        minimum=0.0,
+        maximum=0.95,
+        help="share of every SSE-C class vector zeroed (smallest magnitudes first) before it is frozen",
+    )
+    tau: float = option(
+        "fedloge.tau",
+        1.7,
+        minimum=0.0,
+        exclusive_minimum=True,
+        help="GLA-FR: norm every class row of the realigned global head is scaled to",
+    )
+    realign_each_round: bool = option(
+        "fedloge.realign-each-round",
+        True,
+        help="apply GLA-FR at every evaluation (false: only after the last round; earlier rounds use raw heads)",
+    )
+    personal_global_head: str = option(
+        "fedloge.personal-global-head",
+        "raw",
+        choices=PERSONAL_GLOBAL_HEADS,
+        help="personal mode = realigned local head + this global head: raw (the seed's formula) or realigned",
+    )
+    head_share: float = option(
+        "fedloge.head-share",
+        0.75,
+        minimum=0.0,
+        maximum=1.0,
+        exclusive_minimum=True,
+        help="head classes = most frequent classes holding this share of the training samples",
+    )
+    medium_share: float = option(
+        "fedloge.medium-share",
+        0.95,
+        minimum=0.0,
+        maximum=1.0,
+        exclusive_minimum=True,
+        help="head + medium classes hold this share of the training samples; the rest is the tail",
+    )
+
+
+def validate(settings: Settings) -> None:
+    """The group thresholds must nest."""
+    opts: FedLoGeOptions = settings.method_options
+    if opts.medium_share < opts.head_share:
+        raise ConfigError(
+            f"config key 'fedloge.medium-share' has invalid value {opts.medium_share}: "
+            f"expected a float >= fedloge.head-share ({opts.head_share})"
+        )
+
+
+def build_strategy(settings: Settings, info) -> FedLoGeStrategy:
+    opts: FedLoGeOptions = settings.method_options
+    return FedLoGeStrategy(
+        num_classes=info.num_classes,
+        num_rounds=settings.num_server_rounds,
+        realign_each_round=opts.realign_each_round,
+        head_share=opts.head_share,
+        medium_share=opts.medium_share,
+        **sampling_kwargs(settings),
+    )
+
+
+SPEC = MethodSpec(
+    name="fedloge",
+    summary="backbone through a frozen sparse ETF (SSE-C), global + private local heads, GLA-FR realignment",
+    build_model=build_fedloge_model,
+    build_strategy=build_strategy,
+    client=FedLoGeClient,
+    is_shared=is_shared,
+    options_type=FedLoGeOptions,
+    validate=validate,
+    plots=fedloge_plots,
+)

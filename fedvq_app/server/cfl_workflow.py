@@ -1,0 +1,86 @@
+"""CFL's ServerApp workflow: the common round loop, then the seed's results table.
+
+The rounds run through :func:`~fedvq_app.server.loop.run_rounds` like every neural
+method. Afterwards every pre-split model and every final cluster model is sent to
+every node for evaluation only, which gives the seed's table: per client, the
+accuracy of the FL model before the split and of each cluster model (the seed
+shows 0 for clients outside a model's cluster; the full cross-evaluation is kept
+too).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedvq_app.config import Settings
+from fedvq_app.data.datasets import dataset_info
+from fedvq_app.models.state import shared_arrays
+from fedvq_app.records import to_record
+from fedvq_app.registry import get_method
+from fedvq_app.server.loop import LoopPlan, run_rounds
+from fedvq_app.server.workflow import seed_server, train_config
+from fedvq_app.tracking.experiment import ExperimentTracker, write_json
+
+RESULTS_FILE = "cfl_results.json"
+TABLE_METRICS = ("val-accuracy", "test-accuracy")
+
+
+def evaluate_everywhere(grid: Grid, arrays: dict, server_round: int, timeout: float) -> dict[int, dict]:
+    """partition-id -> evaluation metrics of ``arrays`` on every connected node."""
+    messages = [
+        Message(
+            content=RecordDict({"arrays": to_record(arrays), "config": ConfigRecord({"server-round": server_round})}),
+            dst_node_id=node,
+            message_type=MessageType.EVALUATE,
+        )
+        for node in grid.get_node_ids()
+    ]
+    scores = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error() or "metrics" not in reply.content.metric_records:
+            continue
+        metrics = dict(reply.content["metrics"])
+        if "partition-id" in metrics:
+            scores[int(metrics["partition-id"])] = metrics
+    return scores
+
+
+def results_table(models: list[tuple[str, list[int], dict]], scores: list[dict[int, dict]]) -> dict[str, Any]:
+    """The seed's table (own-cluster accuracies, 0 elsewhere) and the full cross-evaluation."""
+    clients = sorted({p for s in scores for p in s} | {p for _, members, _ in models for p in members})
+    table: dict[str, Any] = {"clients": clients, "models": [], "metrics": list(TABLE_METRICS)}
+    for (label, members, _), per_client in zip(models, scores, strict=True):
+        row = {"label": label, "members": members}
+        for key in TABLE_METRICS:
+            full = [per_client.get(p, {}).get(key) for p in clients]
+            row[f"{key}-all"] = full
+            row[key] = [(v if p in members else 0.0) for p, v in zip(clients, full, strict=True)]
+        table["models"].append(row)
+    return table
+
+
+def run_cfl_workflow(grid: Grid, settings: Settings, tracker: ExperimentTracker) -> dict[str, Any]:
+    """Initial model, the common round loop (checkpoints, resume), the cross-evaluation, CFL's report."""
+    spec = get_method(settings.method)
+    info = dataset_info(settings.dataset, settings.seed)
+    seed_server(settings.seed)
+    arrays = shared_arrays(spec.build_model(settings, info), spec.is_shared)
+    strategy = spec.build_strategy(settings, info)
+    plan = LoopPlan(
+        first_round=1,
+        last_round=settings.num_server_rounds,
+        timeout=settings.round_timeout,
+        eval_every=settings.eval_every,
+        train_config=train_config(settings),
+        evaluate_config={},
+    )
+    run_rounds(strategy, grid, arrays, plan, tracker)
+    models = strategy.evaluation_models()
+    scores = [evaluate_everywhere(grid, m, settings.num_server_rounds, settings.round_timeout) for _, _, m in models]
+    report = strategy.final_report()
+    report["results_table"] = results_table(models, scores)
+    write_json(tracker.dir / RESULTS_FILE, report["results_table"])
+    return report

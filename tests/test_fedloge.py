@@ -1,0 +1,264 @@
+"""FedLoGe: model, client (private local head, three modes), strategy, config, whole runs."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from fedvq_app.aggregation.etf import proportional_counts
+from fedvq_app.client_app import app as client_app
+from fedvq_app.clients.fedloge import FedLoGeClient, personal_test_rows
+from fedvq_app.config import ConfigError, load_settings
+from fedvq_app.data.datasets import dataset_info
+from fedvq_app.local_grid import full_run_config, run_local
+from fedvq_app.models.fedloge import MASKED_LOGIT, MODES, build_fedloge_model, gla_fr, is_shared
+from fedvq_app.models.state import shared_arrays
+from fedvq_app.records import to_numpy, to_record
+from fedvq_app.server_app import app as server_app
+from fedvq_app.strategies.fedloge import FedLoGeStrategy
+from fedvq_app.tracking.fedloge_plots import comparison_table, group_report
+from tests.conftest import reply
+
+ROOT = Path(__file__).resolve().parent.parent
+LT = {"partition.kind": "long-tail", "partition.imbalance-factor": 0.01, "partition.alpha": 0.5}
+
+
+def _settings(**overrides):
+    return load_settings(full_run_config(method="fedloge", **{**LT, **overrides}))
+
+
+def _model(settings):
+    torch.manual_seed(settings.seed)
+    return build_fedloge_model(settings, dataset_info(settings.dataset, settings.seed))
+
+
+# ------------------------------------------------------------------ model
+def test_sse_c_is_frozen_and_never_in_the_state_dict():
+    settings = _settings()
+    model = _model(settings)
+    assert "sse_c" not in model.state_dict() and "sse_c" not in dict(model.named_parameters())
+    sent = set(shared_arrays(model, is_shared).keys())
+    assert sent and all(k.startswith(("backbone.", "global_head.")) for k in sent)
+    assert "global_head.weight" in sent and not any(k.startswith("local_head.") for k in sent)
+    assert torch.equal(model.sse_c, _model(settings).sse_c)  # every node rebuilds the same SSE-C
+    assert (model.sse_c == 0).float().mean().item() == pytest.approx(0.6, abs=0.01)
+
+
+def test_backbone_learns_only_through_sse_c_and_heads_only_from_detached_features():
+    settings = _settings()
+    model = _model(settings)
+    client = object.__new__(FedLoGeClient)
+    x, y = torch.randn(6, 1, 28, 28), torch.tensor([0, 1, 2, 3, 4, 5])
+    loss, logits = client.batch_loss(model, x, y)
+    loss.backward()
+    combined = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()  # SSE-C loss alone
+    for name, param in model.named_parameters():
+        if name.startswith("backbone."):
+            assert torch.allclose(combined[name], param.grad, atol=1e-6), name
+    assert combined["global_head.weight"].abs().sum() > 0 and combined["local_head.weight"].abs().sum() > 0
+    assert torch.equal(logits, model(x))  # train accuracy is the generic (SSE-C) one
+
+
+def test_gla_fr_realigns_norms_and_masks_unseen_classes():
+    model = _model(_settings())
+    with torch.no_grad():
+        model.global_head.weight.mul_(torch.arange(1, 11, dtype=torch.float32)[:, None])
+    counts = [5, 0, 3, 1, 0, 2, 2, 1, 1, 1]
+    heads = gla_fr(model, counts, tau=1.7)
+    assert torch.allclose(heads.realigned_global_weight.norm(dim=1), torch.full((10,), 1.7), atol=1e-5)
+    expected = model.global_head.weight * model.local_head.weight.norm(dim=1, keepdim=True)
+    assert torch.allclose(heads.local_weight, expected.detach())
+    logits = heads.personal_logits(torch.randn(4, 128))
+    assert (logits[:, [1, 4]] == MASKED_LOGIT).all() and (logits[:, [0, 2]] > MASKED_LOGIT / 2).all()
+    assert torch.equal(heads.personal_global_weight, heads.global_weight)  # the seed's formula adds the raw head
+    realigned = gla_fr(model, counts, tau=1.7, personal_global="realigned")
+    assert torch.equal(realigned.personal_global_weight, heads.realigned_global_weight)
+    feats = torch.rand(3, 128)
+    difference = realigned.personal_logits(feats) - heads.personal_logits(feats)
+    assert torch.allclose(difference[:, 0], realigned.global_logits(feats)[:, 0] - heads.raw_global_logits(feats)[:, 0])
+    raw = gla_fr(model, counts, tau=1.7, realign=False)
+    assert torch.equal(raw.realigned_global_weight, raw.global_weight)
+    assert torch.equal(raw.local_weight, model.local_head.weight.detach())
+    with pytest.raises(ValueError, match="personal_global"):
+        gla_fr(model, counts, tau=1.7, personal_global="local")
+
+
+# ------------------------------------------------------------------ client
+def _context(settings, pid=0, nodes=10):
+    node_config = {"partition-id": pid, "num-partitions": nodes}
+    return Context(run_id=1, node_id=pid + 1, node_config=node_config, state=RecordDict(), run_config=settings.raw)
+
+
+def _instruction(model, message_type, **config):
+    content = RecordDict({"arrays": shared_arrays(model, is_shared), "config": ConfigRecord({"server-round": 1,
+                                                                                          **config})})
+    return Message(content=content, dst_node_id=1, message_type=message_type)
+
+
+def test_local_head_stays_on_the_client_and_comes_back_next_round():
+    settings = _settings(**{"train.local-epochs": 1})
+    model = _model(settings)
+    context = _context(settings, pid=5)
+    first = client_app(_instruction(model, "train"), context)
+    sent = set(first.content["arrays"].keys())
+    assert not any("local_head" in k or "sse_c" in k for k in sent)
+    assert sent == set(shared_arrays(model, is_shared).keys())
+    assert list(first.content.array_records) == ["arrays"]  # nothing else travels
+    private = to_numpy(context.state["private"])
+    assert set(private) == {"local_head.weight", "local_head.bias"}
+    assert not np.allclose(private["local_head.weight"], model.local_head.weight.detach().numpy())  # it trained
+    second = client_app(_instruction(model, "train"), context)
+    assert not np.allclose(to_numpy(context.state["private"])["local_head.weight"], private["local_head.weight"])
+    assert first.content["metrics"]["label-counts"] == second.content["metrics"]["label-counts"]
+
+
+def test_evaluate_reports_every_mode_on_its_own_test_set():
+    settings = _settings(**{"train.local-epochs": 1})
+    context = _context(settings, pid=5)
+    model = _model(settings)
+    client_app(_instruction(model, "train"), context)
+    metrics = client_app(_instruction(model, "evaluate", realign=True), context).content["metrics"]
+    client = FedLoGeClient(settings, context)
+    test_counts = np.bincount(client.data.test_y.numpy(), minlength=10)
+    for mode in ("generic", "global", "raw-global"):
+        assert metrics[f"{mode}-class-total"] == test_counts.tolist()
+    personal = proportional_counts(client.data.label_counts(), test_counts)
+    assert metrics["personal-class-total"] == personal.tolist()
+    assert metrics["test-accuracy"] == pytest.approx(metrics["global-accuracy"])
+    for mode in MODES:
+        assert sum(metrics[f"{mode}-class-correct"]) / sum(metrics[f"{mode}-class-total"]) == pytest.approx(
+            metrics[f"{mode}-accuracy"])
+
+
+def test_personal_test_rows_are_fixed_and_follow_the_training_mix():
+    labels = np.repeat(np.arange(4), 20)
+    rows = personal_test_rows(labels, [8, 4, 0, 2], seed=1, partition_id=3)
+    assert np.bincount(labels[rows], minlength=4).tolist() == [20, 10, 0, 5]
+    assert len(set(rows.tolist())) == len(rows)
+    assert np.array_equal(rows, personal_test_rows(labels, [8, 4, 0, 2], seed=1, partition_id=3))
+    assert not np.array_equal(rows, personal_test_rows(labels, [8, 4, 0, 2], seed=1, partition_id=4))
+
+
+# ------------------------------------------------------------------ strategy
+class FakeGrid:
+    def __init__(self, nodes):
+        self.nodes = list(nodes)
+
+    def get_node_ids(self):
+        return self.nodes
+
+
+W = {"backbone.w": np.zeros((2, 2), np.float32), "global_head.weight": np.zeros((3, 2), np.float32)}
+
+
+def _strategy(**kwargs):
+    return FedLoGeStrategy(num_classes=3, num_rounds=5, min_available_nodes=1, **kwargs)
+
+
+def _train_metrics(n, pid, counts):
+    return {"num-examples": n, "partition-id": pid, "train-loss": 1.0, "label-counts": counts}
+
+
+def _trained(strategy):
+    sent = list(strategy.configure_train(1, to_record(W), ConfigRecord(), FakeGrid([1, 2, 3])))
+    replies = [
+        reply(sent[0], {k: np.full_like(v, 1.0) for k, v in W.items()}, _train_metrics(10, 0, [8, 2, 0])),
+        reply(sent[1], {k: np.full_like(v, 4.0) for k, v in W.items()}, _train_metrics(30, 1, [10, 15, 5])),
+        reply(sent[2], {k: np.full_like(v, 9.0) for k, v in W.items()}, _train_metrics(5, 2, [1, 2])),  # bad
+    ]
+    return strategy.aggregate_train(1, replies)
+
+
+def test_strategy_averages_shared_arrays_and_learns_class_frequencies():
+    strategy = _strategy()
+    arrays, _ = _trained(strategy)
+    np.testing.assert_allclose(to_numpy(arrays)["global_head.weight"], np.full((3, 2), 3.25))
+    assert [reason for _, reason in strategy.rejections] == ["'label-counts' must list 3 per-class counts"]
+    assert strategy.class_frequencies().tolist() == [18, 17, 5]
+    assert strategy.groups().tolist() == [0, 0, 1]  # 18+17 = 87.5 % >= 75 %: head {0, 1}; class 2 crosses 95 %
+
+
+def test_strategy_turns_per_class_counts_into_group_accuracies():
+    strategy = _strategy(realign_each_round=False)
+    _trained(strategy)
+    sent = list(strategy.configure_evaluate(2, to_record(W), ConfigRecord(), FakeGrid([1, 2])))
+    assert sent[0].content["config"]["realign"] is False
+    last = list(strategy.configure_evaluate(5, to_record(W), ConfigRecord(), FakeGrid([1, 2])))
+    assert last[0].content["config"]["realign"] is True  # GLA-FR always after the last round
+
+    def metrics(pid, correct, total):
+        base = {"num-examples": 10, "partition-id": pid, "test-accuracy": 0.5}
+        for mode in MODES:
+            base |= {f"{mode}-accuracy": 0.5, f"{mode}-class-correct": correct, f"{mode}-class-total": total}
+        return base
+
+    replies = [reply(sent[0], None, metrics(0, [4, 1, 0], [4, 2, 0])), reply(sent[1], None, metrics(1, [2, 0, 3],
+                                                                                                    [4, 1, 3]))]
+    aggregated = strategy.aggregate_evaluate(2, replies)
+    assert aggregated["personal-head-accuracy"] == pytest.approx((5 / 6 + 2 / 5) / 2)
+    assert aggregated["global-medium-accuracy"] == pytest.approx(1.0)  # only client 1 has class 2 samples
+    report = strategy.round_report()
+    assert report["realigned"] is False and report["groups"] == {"head": [0, 1], "medium": [2], "tail": []}
+    final = strategy.final_report()
+    assert final["class_frequencies"] == [18, 17, 5] and final["modes"]["generic"]["class_accuracy"][2] == 1.0
+
+
+def test_strategy_state_round_trips():
+    strategy = _strategy()
+    _trained(strategy)
+    restored = _strategy()
+    restored.load_state_dict(strategy.state_dict())
+    assert restored.class_frequencies().tolist() == [18, 17, 5]
+    empty = _strategy()
+    empty.load_state_dict(_strategy().state_dict())
+    assert empty.groups() is None
+
+
+# ------------------------------------------------------------------ config and conf files
+def test_group_shares_must_nest():
+    with pytest.raises(ConfigError, match="'fedloge.medium-share' has invalid value 0.5"):
+        _settings(**{"fedloge.head-share": 0.8, "fedloge.medium-share": 0.5})
+    with pytest.raises(ConfigError, match="'fedloge.tau'"):
+        _settings(**{"fedloge.tau": 0.0})
+
+
+@pytest.mark.parametrize("name", ["fedloge_digits_lt.toml", "fedavg_digits_lt.toml"])
+def test_conf_files_describe_the_same_digits_lt_experiment(name):
+    values = tomllib.loads((ROOT / "conf" / name).read_text())
+    settings = load_settings(full_run_config(**values))
+    assert settings.partition.kind == "long-tail" and settings.partition.imbalance_factor == 0.01
+    assert settings.partition.alpha == 0.5 and settings.dataset.name == "digits"
+
+
+# ------------------------------------------------------------------ whole runs
+def test_fedloge_and_fedavg_runs_report_head_medium_tail(tmp_path):
+    small = {**LT, "num-server-rounds": 2, "train.local-epochs": 1, "log-dir": str(tmp_path)}
+    for method in ("fedloge", "fedavg"):
+        run_local(server_app, client_app, 3, full_run_config(method=method, **small, **{"experiment-name": method}))
+    folder = tmp_path / "fedloge"
+    summary = json.loads((folder / "summary.json").read_text())
+    report = summary["fedloge"]
+    assert report["final_round"] == 2 and report["realigned"] is True
+    assert set(report["modes"]) == set(MODES) and sum(report["class_frequencies"]) > 0
+    assert set(report["groups"]) == {"head", "medium", "tail"}
+    assert summary["final"]["accuracy"] == pytest.approx(report["modes"]["global"]["overall"])
+    rounds = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
+    assert all(set(r["strategy"]["modes"]) == set(MODES) for r in rounds)
+    assert "personal-tail-accuracy" in rounds[-1]["evaluate"]["aggregated"] or report["modes"]["personal"][
+        "tail"] is None
+    for png in ("fedloge_class_accuracy.png", "fedloge_modes.png", "accuracy.png"):
+        assert (folder / png).is_file(), png
+    fedavg = group_report(tmp_path / "fedavg")["model"]
+    fedavg_summary = json.loads((tmp_path / "fedavg" / "summary.json").read_text())
+    assert fedavg["overall"] == pytest.approx(fedavg_summary["final"]["accuracy"], abs=1e-3)
+    table = comparison_table([tmp_path / "fedavg", folder])
+    assert "| fedavg | fedavg | model |" in table and "| fedloge | fedloge | personal |" in table
