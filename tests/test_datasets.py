@@ -102,3 +102,33 @@ def test_iteration_equalization_runs_the_largest_clients_batches(run_config):
     assert batches == max(sizes) // settings.train.batch_size
     plain = dataclasses.replace(settings, train=dataclasses.replace(settings.train, equalize_iterations=False))
     assert len(train_loader(small, plain, torch.Generator())) == -(-small.num_train // settings.train.batch_size)
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    """IDX file as NIST/torchvision store it: big-endian magic (type 0x08 = uint8, ndim), dims, bytes."""
+    header = np.array([0x0800 + array.ndim, *array.shape], dtype=">i4").tobytes()
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_emnist_reads_local_idx_files_and_untransposes(tmp_path):
+    raw = tmp_path / "EMNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = np.zeros((4, 28, 28), dtype=np.uint8)
+    images[:, 3, 20] = 255  # stored transposed: row 3, column 20 -> displayed row 20, column 3
+    labels = np.array([0, 5, 10, 61], dtype=np.uint8)
+    for split in ("train", "test"):
+        _write_idx(raw / f"emnist-byclass-{split}-images-idx3-ubyte", images)
+        _write_idx(raw / f"emnist-byclass-{split}-labels-idx1-ubyte", labels)
+    data = load_image_data(DatasetSettings(name="emnist", data_dir=str(tmp_path)), 0)
+    assert data.train_x.shape == (4, 28, 28, 1)
+    assert data.train_y.tolist() == [0, 5, 10, 61]
+    assert data.train_x[0, 20, 3, 0] == 255 and data.train_x[0, 3, 20, 0] == 0
+    assert len(data.class_names) == 62
+
+
+def test_missing_cifar10_names_the_folder_and_the_download_switch(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_image_data(DatasetSettings(name="cifar10", data_dir=str(tmp_path)), 0)
+    message = str(err.value)
+    assert "dataset.data-dir" in message and str(tmp_path) in message
+    assert "dataset.download=true" in message and "\n" not in message
