@@ -36,11 +36,17 @@ def machine() -> dict:
     }
 
 
-def emit(name: str, figures: dict) -> dict:
-    """Print one JSON line and append it to ``bench/results/<name>.jsonl``."""
+def emit(name: str, figures: dict, quick: bool = False) -> dict:
+    """Print one JSON line and append it to ``bench/results/<name>.jsonl``.
+
+    ``--quick`` smoke runs print their line but are not recorded: the results
+    files (and BENCHMARKS.md) hold only full measurements.
+    """
     record = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), **figures}
     line = json.dumps(record)
     print(line, flush=True)
+    if quick:
+        return record
     RESULTS.mkdir(exist_ok=True)
     with (RESULTS / f"{name}.jsonl").open("a") as fh:
         fh.write(line + "\n")
@@ -52,24 +58,56 @@ def rounds_of(experiment_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (experiment_dir / "rounds.jsonl").read_text().splitlines()]
 
 
-class MemorySampler:
-    """Peak system memory in use (MemTotal - MemAvailable) while a block runs."""
+def _pss_bytes(pid_dir: Path) -> int:
+    for line in (pid_dir / "smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
-    def __init__(self, interval_s: float = 0.25) -> None:
+
+def scoped_memory(marker: bytes) -> int:
+    """Proportional set size of every process whose environment holds ``marker``.
+
+    Flower's daemons, the simulation engine and its workers all inherit the run's
+    ``FLWR_HOME``, so this is the memory of one ``flwr run`` and nothing else on the
+    machine (PSS splits shared pages, so libraries are not counted once per worker).
+    """
+    total = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                total += _pss_bytes(proc)
+        except OSError:
+            continue
+    return total
+
+
+def system_memory() -> int:
+    """MemTotal - MemAvailable: everything in use on the machine."""
+    info = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, value = line.split(":", 1)
+        info[key] = int(value.split()[0]) * 1024
+    return info["MemTotal"] - info["MemAvailable"]
+
+
+class MemorySampler:
+    """Peak memory while a block runs: of the processes carrying ``env_marker``, or of the machine."""
+
+    def __init__(self, interval_s: float = 0.5, env_marker: str | None = None) -> None:
         import threading  # noqa: PLC0415
 
         self.interval_s = interval_s
-        self.baseline = self.peak = self._used()
+        self._marker = env_marker.encode() if env_marker else None
+        self.baseline = 0 if self._marker else self._used()
+        self.peak = self.baseline
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    @staticmethod
-    def _used() -> int:
-        info = {}
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            key, value = line.split(":", 1)
-            info[key] = int(value.split()[0]) * 1024
-        return info["MemTotal"] - info["MemAvailable"]
+    def _used(self) -> int:
+        return scoped_memory(self._marker) if self._marker else system_memory()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

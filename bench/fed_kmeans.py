@@ -95,7 +95,7 @@ def main() -> None:
         "min_ari_ratio": min(ratios),
         "max_rounds_ratio": max(r["rounds_ratio"] for r in rows),
         "targets": {"ari_ratio_at_least": 0.99, "rounds_ratio_at_most": 1.5},
-    })
+    }, quick=args.quick)
 
 
 if __name__ == "__main__":

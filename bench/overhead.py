@@ -117,7 +117,7 @@ def main() -> None:
         "best_setting": best,
         "best_ratio": steady(results[best]["per_round_s"]) / steady(plain),
         "target_ratio": 1.2,
-    })
+    }, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """How far one 2-core machine goes: 10, 50 and 100 virtual clients through ``flwr run``.
 
 For each federation size it runs FedAvg on digits (IID, so that 100 clients still
-hold ~14 images each) and reports peak system memory above the idle baseline,
+hold ~14 images each) and reports the peak memory of the run's own processes (PSS of everything
+that inherits its FLWR_HOME, so other work on the machine does not count),
 seconds per round, memory per client, and whether the run completed.
 
     python bench/scale.py                 # 10, 50, 100 clients, 3 rounds
@@ -32,8 +33,9 @@ def one_size(clients: int, rounds: int, workdir: Path, federation_extra: str) ->
         "log-dir": str(workdir / "logs"),
         "experiment-name": name,
     }
-    with MemorySampler() as memory:
-        run = flwr_run(config, workdir / f"home_{name}", f"num-supernodes={clients} {federation_extra}".strip(),
+    home = workdir / f"home_{name}"
+    with MemorySampler(env_marker=f"FLWR_HOME={home}") as memory:
+        run = flwr_run(config, home, f"num-supernodes={clients} {federation_extra}".strip(),
                        timeout=3600)
     folder = workdir / "logs" / name
     done = (folder / "summary.json").is_file()
@@ -44,8 +46,8 @@ def one_size(clients: int, rounds: int, workdir: Path, federation_extra: str) ->
         "returncode": run.returncode,
         "total_s": run.wall_s,
         "per_round_s": per_round,
-        "steady_per_round_s": sum(per_round[1:]) / max(len(per_round) - 1, 1) if per_round else None,
-        "peak_memory_gib": memory.peak_above_baseline_gib,
+        "steady_per_round_s": sum(per_round[1:]) / (len(per_round) - 1) if len(per_round) > 1 else None,
+        "peak_memory_gib": memory.peak_above_baseline_gib,  # PSS of this run's processes
         "memory_per_client_mib": memory.peak_above_baseline_gib * 1024 / clients,
         "tail": "" if done else run.output[-1500:],
     }
@@ -63,7 +65,7 @@ def main() -> None:
         for clients in sizes:
             figures = one_size(clients, rounds, Path(tmp), args.federation_extra)
             emit("scale", {**figures, "rounds": rounds, "federation_extra": args.federation_extra,
-                           "target": "100 clients complete without running out of memory"})
+                           "target": "100 clients complete without running out of memory"}, quick=args.quick)
 
 
 if __name__ == "__main__":
