@@ -260,3 +260,25 @@ def test_usage_statistics():
     assert not used_codes(np.zeros(4), 0.01).any()
     assert perplexity(np.array([5, 5, 5, 5, 0])) == pytest.approx(4.0)
     assert perplexity(np.array([7, 0, 0])) == pytest.approx(1.0)
+
+
+def test_distinct_rows_are_grouped_in_first_seen_order_with_summed_weights():
+    from fedvq_app.aggregation.codebook import _distinct, _row_ids, count_distinct
+
+    points = np.array([[3.0, 4.0], [1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [1.0, 2.0]])
+    assert _row_ids(points).tolist() == [0, 1, 0, 2, 1]
+    assert count_distinct(points) == 3 and count_distinct(np.zeros((0, 2))) == 0
+    uniq, weights = _distinct(points, np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    np.testing.assert_array_equal(uniq, [[3.0, 4.0], [1.0, 2.0], [5.0, 6.0]])
+    np.testing.assert_array_equal(weights, [4.0, 7.0, 4.0])
+
+
+def test_matching_distances_equal_scipy_cdist():
+    from scipy.spatial.distance import cdist
+
+    from fedvq_app.aggregation.codebook_align import squared_distances
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(7, 5)), rng.normal(size=(9, 5))
+    np.testing.assert_allclose(squared_distances(a, b), cdist(a, b, "sqeuclidean"), atol=1e-10)
+    assert (squared_distances(a, a) >= 0).all()

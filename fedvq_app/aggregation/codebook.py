@@ -166,10 +166,19 @@ def quantization_error(points: np.ndarray, codebook: np.ndarray) -> float:
 
 
 def _row_ids(points: np.ndarray) -> np.ndarray:
-    """Id of each row's first identical row, in first-seen order (hashing, not sorting)."""
-    first: dict[bytes, int] = {}
+    """Id of each row's group of byte-identical rows, ids numbered in first-seen order.
+
+    Rows are compared as raw bytes (one ``np.unique`` over a void view, no Python loop).
+    """
     contiguous = np.ascontiguousarray(points)
-    return np.array([first.setdefault(row.tobytes(), len(first)) for row in contiguous], dtype=np.int64)
+    if contiguous.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    rows = contiguous.reshape(len(contiguous), -1)
+    keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse.ravel()]
 
 
 def count_distinct(points: np.ndarray) -> int:

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from scipy.spatial.distance import cdist
+
+
+def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise squared Euclidean distances through one matrix product (BLAS), clipped at 0."""
+    sq = (a**2).sum(1)[:, None] - 2.0 * a @ b.T + (b**2).sum(1)[None, :]
+    return np.maximum(sq, 0.0)
 
 
 def match_slots(centers: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -24,7 +29,7 @@ def match_slots(centers: np.ndarray, reference: np.ndarray) -> np.ndarray:
     reference = np.asarray(reference, dtype=np.float64)
     if len(centers) > len(reference):
         raise ValueError(f"{len(centers)} centers cannot take distinct slots among {len(reference)}")
-    rows, cols = linear_sum_assignment(cdist(centers, reference, "sqeuclidean"))
+    rows, cols = linear_sum_assignment(squared_distances(centers, reference))
     slots = np.empty(len(centers), dtype=np.int64)
     slots[rows] = cols
     return slots
