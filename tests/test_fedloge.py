@@ -10,17 +10,26 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedvq_app.aggregation.etf import proportional_counts
 from fedvq_app.client_app import app as client_app
-from fedvq_app.clients.fedloge import FedLoGeClient, personal_test_rows
+from fedvq_app.clients.fedloge import FedLoGeClient
 from fedvq_app.config import ConfigError, load_settings
 from fedvq_app.data.datasets import dataset_info
-from fedvq_app.local_grid import full_run_config, run_local
-from fedvq_app.models.fedloge import MASKED_LOGIT, MODES, build_fedloge_model, gla_fr, is_shared
+from fedvq_app.local_grid import claim_server_identity, full_run_config, run_local
+from fedvq_app.models.fedloge import (
+    BALANCED_MODES,
+    MASKED_LOGIT,
+    MODES,
+    REPORTED_MODES,
+    build_fedloge_model,
+    gla_fr,
+    is_shared,
+)
 from fedvq_app.models.state import shared_arrays
 from fedvq_app.records import to_numpy, to_record
+from fedvq_app.server.checkpoint import load_checkpoint
 from fedvq_app.server_app import app as server_app
 from fedvq_app.strategies.fedloge import FedLoGeStrategy
 from fedvq_app.tracking.fedloge_plots import comparison_table, group_report
@@ -121,31 +130,29 @@ def test_local_head_stays_on_the_client_and_comes_back_next_round():
     assert first.content["metrics"]["label-counts"] == second.content["metrics"]["label-counts"]
 
 
-def test_evaluate_reports_every_mode_on_its_own_test_set():
+def test_evaluate_scores_every_mode_on_the_clients_own_long_tailed_test_data():
     settings = _settings(**{"train.local-epochs": 1})
     context = _context(settings, pid=5)
     model = _model(settings)
     client_app(_instruction(model, "train"), context)
     metrics = client_app(_instruction(model, "evaluate", realign=True), context).content["metrics"]
     client = FedLoGeClient(settings, context)
+    train_counts = np.asarray(client.data.label_counts())
     test_counts = np.bincount(client.data.test_y.numpy(), minlength=10)
-    for mode in ("generic", "global", "raw-global"):
-        assert metrics[f"{mode}-class-total"] == test_counts.tolist()
-    personal = proportional_counts(client.data.label_counts(), test_counts)
-    assert metrics["personal-class-total"] == personal.tolist()
-    assert metrics["test-accuracy"] == pytest.approx(metrics["global-accuracy"])
-    for mode in MODES:
+    own = proportional_counts(train_counts, test_counts)
+    assert (own[train_counts == 0] == 0).all() and own.sum() < test_counts.sum()  # long-tailed, non-IID
+    for mode in MODES:  # all three modes (and the ablation) on the same own test set
+        assert metrics[f"{mode}-class-total"] == own.tolist(), mode
+    for mode in BALANCED_MODES:
+        assert metrics[f"{mode}-balanced-class-total"] == test_counts.tolist(), mode
+    assert metrics["test-accuracy"] == pytest.approx(metrics["global-balanced-accuracy"])
+    for mode in REPORTED_MODES:
         assert sum(metrics[f"{mode}-class-correct"]) / sum(metrics[f"{mode}-class-total"]) == pytest.approx(
-            metrics[f"{mode}-accuracy"])
-
-
-def test_personal_test_rows_are_fixed_and_follow_the_training_mix():
-    labels = np.repeat(np.arange(4), 20)
-    rows = personal_test_rows(labels, [8, 4, 0, 2], seed=1, partition_id=3)
-    assert np.bincount(labels[rows], minlength=4).tolist() == [20, 10, 0, 5]
-    assert len(set(rows.tolist())) == len(rows)
-    assert np.array_equal(rows, personal_test_rows(labels, [8, 4, 0, 2], seed=1, partition_id=3))
-    assert not np.array_equal(rows, personal_test_rows(labels, [8, 4, 0, 2], seed=1, partition_id=4))
+            metrics[f"{mode}-accuracy"]
+        )
+    # personal mode never predicts a class the client has not seen, so it cannot be right about one
+    absent = train_counts == 0
+    assert absent.any() and np.asarray(metrics["personal-class-correct"])[absent].sum() == 0
 
 
 # ------------------------------------------------------------------ strategy
@@ -197,7 +204,7 @@ def test_strategy_turns_per_class_counts_into_group_accuracies():
 
     def metrics(pid, correct, total):
         base = {"num-examples": 10, "partition-id": pid, "test-accuracy": 0.5}
-        for mode in MODES:
+        for mode in REPORTED_MODES:
             base |= {f"{mode}-accuracy": 0.5, f"{mode}-class-correct": correct, f"{mode}-class-total": total}
         return base
 
@@ -240,25 +247,86 @@ def test_conf_files_describe_the_same_digits_lt_experiment(name):
 
 
 # ------------------------------------------------------------------ whole runs
-def test_fedloge_and_fedavg_runs_report_head_medium_tail(tmp_path):
-    small = {**LT, "num-server-rounds": 2, "train.local-epochs": 1, "log-dir": str(tmp_path)}
-    for method in ("fedloge", "fedavg"):
-        run_local(server_app, client_app, 3, full_run_config(method=method, **small, **{"experiment-name": method}))
-    folder = tmp_path / "fedloge"
+RUN = {**LT, "num-server-rounds": 2, "train.local-epochs": 1}
+
+
+def _run_config(root, method, **extra):
+    return full_run_config(**{**RUN, "method": method, "log-dir": str(root), "experiment-name": method, **extra})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """fedloge (2 rounds) and fedavg (1 round), 3 clients, the same long-tailed split."""
+    claim_server_identity()
+    root = tmp_path_factory.mktemp("runs")
+    run_local(server_app, client_app, 3, _run_config(root, "fedloge"))
+    run_local(server_app, client_app, 3, _run_config(root, "fedavg", **{"num-server-rounds": 1}))
+    return root
+
+
+def _rounds(folder):
+    return [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
+
+
+def test_fedloge_and_fedavg_runs_report_head_medium_tail(runs):
+    folder = runs / "fedloge"
     summary = json.loads((folder / "summary.json").read_text())
     report = summary["fedloge"]
     assert report["final_round"] == 2 and report["realigned"] is True
-    assert set(report["modes"]) == set(MODES) and sum(report["class_frequencies"]) > 0
-    assert set(report["groups"]) == {"head", "medium", "tail"}
-    assert summary["final"]["accuracy"] == pytest.approx(report["modes"]["global"]["overall"])
-    rounds = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
-    assert all(set(r["strategy"]["modes"]) == set(MODES) for r in rounds)
-    assert "personal-tail-accuracy" in rounds[-1]["evaluate"]["aggregated"] or report["modes"]["personal"][
-        "tail"] is None
+    assert set(report["modes"]) == set(REPORTED_MODES) and sum(report["class_frequencies"]) > 0
+    assert set(report["groups"]) == {"head", "medium", "tail"} and report["groups"]["tail"]
+    assert summary["final"]["accuracy"] == pytest.approx(report["modes"]["global-balanced"]["overall"])
+    rounds = _rounds(folder)
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(set(r["strategy"]["modes"]) == set(REPORTED_MODES) for r in rounds)
+    aggregated = rounds[-1]["evaluate"]["aggregated"]
+    for mode in ("generic", "global", "personal"):
+        assert aggregated[f"{mode}-overall-accuracy"] == report["modes"][mode]["overall"]
+        assert aggregated[f"{mode}-head-accuracy"] == report["modes"][mode]["head"]
     for png in ("fedloge_class_accuracy.png", "fedloge_modes.png", "accuracy.png"):
         assert (folder / png).is_file(), png
-    fedavg = group_report(tmp_path / "fedavg")["model"]
-    fedavg_summary = json.loads((tmp_path / "fedavg" / "summary.json").read_text())
-    assert fedavg["overall"] == pytest.approx(fedavg_summary["final"]["accuracy"], abs=1e-3)
-    table = comparison_table([tmp_path / "fedavg", folder])
+
+    # fedavg's final model, scored on exactly the clients' own long-tailed test sets and groups
+    fedavg = group_report(runs / "fedavg")
+    fedavg_summary = json.loads((runs / "fedavg" / "summary.json").read_text())
+    assert set(fedavg) == {"model", "model-balanced"}
+    assert fedavg["model-balanced"]["overall"] == pytest.approx(fedavg_summary["final"]["accuracy"], abs=1e-9)
+    assert fedavg["model"]["class_total"] == report["modes"]["personal"]["class_total"]
+    assert fedavg["model-balanced"]["class_total"] == report["modes"]["generic-balanced"]["class_total"]
+    table = comparison_table([runs / "fedavg", folder])
     assert "| fedavg | fedavg | model |" in table and "| fedloge | fedloge | personal |" in table
+
+
+def test_a_resumed_fedloge_run_continues_the_shared_model_exactly(runs, tmp_path):
+    """Interrupted after round 1, resumed by a fresh federation (empty context.state).
+
+    The backbone and the global head never see the local heads (detached features),
+    so generic and global figures equal the uninterrupted run's; the private local
+    heads restart on the clients (documented), which only the personal mode sees.
+    """
+    from tests.test_resume import CrashingGrid, Interrupted  # noqa: PLC0415
+
+    class CrashInRound2(CrashingGrid):
+        crash_round = 2
+
+    config = _run_config(tmp_path, "fedloge", **{"experiment-name": "resumed"})
+    with pytest.raises(Interrupted):
+        server_app(grid=CrashInRound2(client_app, 3, config), context=_server_context(config))
+    folder = tmp_path / "resumed"
+    assert [r["round"] for r in _rounds(folder)] == [1]
+    saved = load_checkpoint(folder).strategy_state
+    assert saved["label_counts/counts"].sum() > 0  # the class frequencies survive the restart
+    run_local(server_app, client_app, 3, {**config, "resume-from": str(folder)})
+
+    straight = json.loads((runs / "fedloge" / "summary.json").read_text())["fedloge"]
+    resumed = json.loads((folder / "summary.json").read_text())["fedloge"]
+    assert resumed["final_round"] == 2 and resumed["groups"] == straight["groups"]
+    assert resumed["class_frequencies"] == straight["class_frequencies"]
+    for mode in ("generic", "global", "raw-global", "generic-balanced", "global-balanced"):
+        assert resumed["modes"][mode] == straight["modes"][mode], mode
+    assert resumed["modes"]["personal"]["class_total"] == straight["modes"]["personal"]["class_total"]
+    assert [r["round"] for r in _rounds(folder)] == [1, 2]
+
+
+def _server_context(config):
+    return Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(config))

@@ -1,4 +1,4 @@
-"""FedLoGe's pure math: sparse simplex ETF, GLA-FR, head/medium/tail groups, personal test sizes."""
+"""FedLoGe's pure math: sparse simplex ETF, GLA-FR, head/medium/tail groups, personal test sets."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from fedvq_app.aggregation.etf import (
     HEAD,
     MEDIUM,
     TAIL,
-    accuracy_from_class_accuracy,
     class_hits,
     etf_statistics,
     group_accuracy,
     mode_summary,
+    personal_test_rows,
     proportional_counts,
     realign_global,
     realign_local,
@@ -113,16 +113,18 @@ def test_mode_summary_averages_clients_and_skips_those_without_a_group():
     assert summary["class_accuracy"] == pytest.approx([0.75, 0.5, 1 / 3]) and summary["class_total"] == [8, 2, 3]
 
 
-def test_group_accuracy_from_per_class_accuracy_equals_counting():
-    counts = np.array([10, 10, 5, 5])
-    class_acc = [0.9, 0.5, 0.2, -1.0]  # class 3 absent from the split
-    acc = accuracy_from_class_accuracy(class_acc, counts, np.array([HEAD, HEAD, TAIL, TAIL]))
-    assert acc == {"overall": pytest.approx(15 / 25), "head": pytest.approx(0.7), "medium": None, "tail": 0.2}
-
-
 def test_proportional_counts_follow_the_training_mix_and_use_all_of_the_scarcest_class():
     counts = proportional_counts([6, 3, 1, 0], [10, 10, 10, 10])  # size 10 / 0.6 = 16.7
     assert counts.tolist() == [10, 5, 2, 0]
     assert proportional_counts([1, 1], [3, 100]).tolist() == [3, 3]
     assert proportional_counts([0, 0], [3, 3]).tolist() == [0, 0]
     assert proportional_counts([5, 5], [40, 40]).tolist() == [40, 40]  # never more than the whole test set
+
+
+def test_personal_test_rows_are_fixed_and_follow_the_training_mix():
+    labels = np.repeat(np.arange(4), 20)
+    rows = personal_test_rows(labels, [8, 4, 0, 2], seed=1, partition_id=3)
+    assert np.bincount(labels[rows], minlength=4).tolist() == [20, 10, 0, 5]
+    assert len(set(rows.tolist())) == len(rows)
+    assert np.array_equal(rows, personal_test_rows(labels, [8, 4, 0, 2], seed=1, partition_id=3))
+    assert not np.array_equal(rows, personal_test_rows(labels, [8, 4, 0, 2], seed=1, partition_id=4))

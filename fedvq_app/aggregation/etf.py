@@ -12,8 +12,9 @@ No torch and no flwr here: everything is a numpy function unit-tested on its own
   training samples (FedLoGe's reference uses 75 % and 95 %).
 * :func:`class_hits`, :func:`group_accuracy`, :func:`mode_summary` -- accuracy
   overall and per group, from per-class correct/total counts.
-* :func:`proportional_counts` -- how many test images of each class a client's
-  personal test set takes so that it follows the client's training label mix.
+* :func:`proportional_counts`, :func:`personal_test_rows` -- a client's own
+  long-tailed test set: test images drawn so that they follow the client's
+  training label mix.
 """
 
 from __future__ import annotations
@@ -191,19 +192,6 @@ def mode_summary(
     return summary
 
 
-def accuracy_from_class_accuracy(
-    class_accuracy: Sequence[float], test_counts: Sequence[int], groups: np.ndarray
-) -> dict[str, float | None]:
-    """Group accuracies of a method that reports only per-class accuracy (e.g. FedAvg).
-
-    Classes with accuracy < 0 (absent from the split) are skipped.
-    """
-    acc = np.asarray(class_accuracy, dtype=np.float64)
-    counts = np.where(acc >= 0, np.asarray(test_counts, dtype=np.float64), 0.0)
-    correct = np.round(np.clip(acc, 0.0, 1.0) * counts)
-    return group_accuracy(correct, counts, groups)
-
-
 # ----------------------------------------------------------------------------
 # personal test sets
 # ----------------------------------------------------------------------------
@@ -223,3 +211,23 @@ def proportional_counts(train_counts: Sequence[int], available: Sequence[int]) -
     present = share > 0
     size = min(float(avail.sum()), float(np.min(avail[present] / share[present])))
     return np.minimum(np.round(share * size).astype(np.int64), avail)
+
+
+PERSONAL_STREAM = 7  # salt of the personal test set's random stream
+
+
+def personal_test_rows(
+    test_labels: np.ndarray, train_counts: Sequence[int], seed: int, partition_id: int
+) -> np.ndarray:
+    """Rows of the global test set forming a client's own (long-tailed) test set.
+
+    Per class c, ``proportional_counts`` images (training share of c times the
+    largest size the test set allows), drawn without replacement with a stream
+    seeded by (seed, partition id): the same set every round and on every node.
+    """
+    labels = np.asarray(test_labels, dtype=np.int64)
+    num_classes = len(train_counts)
+    counts = proportional_counts(train_counts, np.bincount(labels, minlength=num_classes))
+    rng = np.random.default_rng([seed, partition_id, PERSONAL_STREAM])
+    rows = [rng.choice(np.flatnonzero(labels == c), size=int(n), replace=False) for c, n in enumerate(counts) if n]
+    return np.sort(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)

@@ -7,12 +7,14 @@ neither head moves the backbone. The three losses are summed into one backward
 pass (the detach makes that identical to three separate steps). The local head
 is private: it is saved in ``context.state`` and never put in a reply.
 
-Evaluation (the server sends ``realign``): generic = SSE-C, global = the
-realigned global head, both on the global (balanced) test set; personal =
-realigned local head + global head on the client's personal test set, drawn from
-the global test set to follow the client's training label mix (see
-:func:`personal_test_rows`). Every mode reports per-class correct/total counts;
-the server turns them into overall/head/medium/tail accuracies.
+Evaluation (the server sends ``realign``): every mode -- generic = SSE-C, global =
+the realigned global head, personal = realigned local head + global head (classes
+the client never trained on masked) -- is scored on the client's own long-tailed
+test data: its personal test set, drawn from the global test set to follow the
+client's training label mix (:func:`~fedvq_app.aggregation.etf.personal_test_rows`). The client-independent
+modes (generic, global, raw-global) are also scored on the whole, class-balanced
+global test set (``<mode>-balanced``). Every mode reports per-class correct/total
+counts; the server turns them into overall/head/medium/tail accuracies.
 """
 
 from __future__ import annotations
@@ -22,28 +24,11 @@ import torch
 import torch.nn.functional as F
 from flwr.app import Message, MetricRecord, RecordDict
 
-from fedvq_app.aggregation.etf import class_hits, proportional_counts
+from fedvq_app.aggregation.etf import class_hits, personal_test_rows
 from fedvq_app.clients.base import NeuralClient
 from fedvq_app.data.client_data import eval_loader
-from fedvq_app.models.fedloge import MODES, FedLoGeNet, GlaFrHeads, gla_fr
+from fedvq_app.models.fedloge import BALANCED_MODES, BALANCED_SUFFIX, MODES, FedLoGeNet, GlaFrHeads, gla_fr
 from fedvq_app.training.loop import classification_metrics, predict
-
-PERSONAL_STREAM = 7  # salt of the personal test set's random stream
-
-
-def personal_test_rows(test_labels: np.ndarray, train_counts, seed: int, partition_id: int) -> np.ndarray:
-    """Rows of the global test set forming this client's personal test set.
-
-    Per class c, ``proportional_counts`` images (training share of c times the
-    largest size the test set allows), drawn without replacement with a stream
-    seeded by (seed, partition id): the same set every round.
-    """
-    labels = np.asarray(test_labels, dtype=np.int64)
-    num_classes = len(train_counts)
-    counts = proportional_counts(train_counts, np.bincount(labels, minlength=num_classes))
-    rng = np.random.default_rng([seed, partition_id, PERSONAL_STREAM])
-    rows = [rng.choice(np.flatnonzero(labels == c), size=int(n), replace=False) for c, n in enumerate(counts) if n]
-    return np.sort(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
 
 
 class FedLoGeClient(NeuralClient):
@@ -69,18 +54,18 @@ class FedLoGeClient(NeuralClient):
     def _features(self, model: FedLoGeNet, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return predict(model, eval_loader(x, y), self.device, lambda m, batch: m.features(batch))
 
-    def mode_logits(self, model: FedLoGeNet, heads: GlaFrHeads, test_feats: torch.Tensor) -> dict:
-        """Logits of every mode on its own split (personal: this client's test rows)."""
-        rows = torch.from_numpy(self.personal_rows)
+    def mode_logits(self, model: FedLoGeNet, heads: GlaFrHeads, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of every mode for the same features."""
         return {
-            "generic": F.linear(test_feats, model.sse_c.cpu()),
-            "global": heads.global_logits(test_feats),
-            "personal": heads.personal_logits(test_feats[rows]),
-            "raw-global": heads.raw_global_logits(test_feats),
+            "generic": F.linear(feats, model.sse_c.cpu()),
+            "global": heads.global_logits(feats),
+            "personal": heads.personal_logits(feats),
+            "raw-global": heads.raw_global_logits(feats),
         }
 
     @property
     def personal_rows(self) -> np.ndarray:
+        """Rows of the global test set that form this client's own long-tailed test data."""
         if not hasattr(self, "_personal_rows"):
             self._personal_rows = personal_test_rows(
                 self.data.test_y.numpy(), self.data.label_counts(), self.settings.seed, self.partition_id
@@ -88,7 +73,8 @@ class FedLoGeClient(NeuralClient):
         return self._personal_rows
 
     def evaluate(self, msg: Message) -> Message:
-        """val-*/test-*: global mode; <mode>-accuracy and per-class counts for every mode."""
+        """val-*/test-*: global mode (val split, global test set); per mode on own data and balanced:
+        ``<mode>-accuracy`` and per-class ``<mode>-class-correct`` / ``<mode>-class-total``."""
         model = self.load_model(msg)
         realign = bool(msg.content["config"].get("realign", True))
         heads = gla_fr(model, self.data.label_counts(), self.options.tau, realign, self.options.personal_global_head)
@@ -100,10 +86,13 @@ class FedLoGeClient(NeuralClient):
             logits = self.mode_logits(model, heads, test_feats)
         test = classification_metrics(logits["global"], test_y, n_cls)
         metrics = {**self.base_metrics(), **val.as_metrics("val"), **test.as_metrics("test")}
-        labels = {mode: test_y for mode in MODES} | {"personal": test_y[torch.from_numpy(self.personal_rows)]}
-        for mode in MODES:
-            correct, total = class_hits(logits[mode].argmax(1).numpy(), labels[mode].numpy(), n_cls)
-            metrics[f"{mode}-accuracy"] = float(correct.sum() / max(total.sum(), 1))
-            metrics[f"{mode}-class-correct"] = correct.tolist()
-            metrics[f"{mode}-class-total"] = total.tolist()
-        return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+        rows = torch.from_numpy(self.personal_rows)
+        scored = [(mode, logits[mode][rows], test_y[rows]) for mode in MODES]
+        scored += [(mode + BALANCED_SUFFIX, logits[mode], test_y) for mode in BALANCED_MODES]
+        for name, mode_logits, labels in scored:
+            correct, total = class_hits(mode_logits.argmax(1).numpy(), labels.numpy(), n_cls)
+            metrics[f"{name}-accuracy"] = float(correct.sum() / max(total.sum(), 1))
+            metrics[f"{name}-class-correct"] = correct.tolist()
+            metrics[f"{name}-class-total"] = total.tolist()
+        records = {"metrics": MetricRecord(metrics), **self.gradient_records(model, msg)}
+        return Message(content=RecordDict(records), reply_to=msg)

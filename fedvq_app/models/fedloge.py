@@ -23,8 +23,14 @@ from fedvq_app.models import build_backbone
 
 SHARED_PREFIXES = ("backbone.", "global_head.")
 MASKED_LOGIT = -1e9  # logit of a class the client never saw (personal mode)
-#: inference modes every evaluation reports; raw-global = global head without GLA-FR (ablation)
+#: inference modes every evaluation reports on each client's own long-tailed test data;
+#: raw-global = the global head without GLA-FR (ablation)
 MODES = ("generic", "global", "personal", "raw-global")
+#: the client-independent modes, also scored on the global class-balanced test set
+BALANCED_MODES = ("generic", "global", "raw-global")
+BALANCED_SUFFIX = "-balanced"
+#: every report name: the modes on own data, then "<mode>-balanced"
+REPORTED_MODES = MODES + tuple(m + BALANCED_SUFFIX for m in BALANCED_MODES)
 #: which global head the personal mode adds to the realigned local head
 PERSONAL_GLOBAL_HEADS = ("raw", "realigned")
 

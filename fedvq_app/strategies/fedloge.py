@@ -6,7 +6,8 @@ the reply arrays is exactly FedLoGe's aggregation. The server also learns the
 global class frequencies from the clients' ``label-counts`` (a statistic, never
 data), cuts them into head/medium/tail groups, tells clients in the evaluate
 config whether to apply GLA-FR this round, and turns the clients' per-class
-correct/total counts into overall and per-group accuracy for every inference mode.
+correct/total counts into overall and per-group accuracy for every inference mode
+(on the clients' own long-tailed test data, and ``<mode>-balanced`` on the global test set).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from fedvq_app.aggregation.etf import GROUPS, mode_summary, shot_groups
-from fedvq_app.models.fedloge import MODES
+from fedvq_app.models.fedloge import REPORTED_MODES
 from fedvq_app.strategies.fedavg import GuardedFedAvg
 
 LABEL_COUNTS = "label-counts"
@@ -97,7 +98,7 @@ class FedLoGeStrategy(GuardedFedAvg):
         if aggregated is None or groups is None or not records:
             self.last_round = {}
             return aggregated
-        modes = {mode: self._mode(records, mode, groups) for mode in MODES}
+        modes = {mode: self._mode(records, mode, groups) for mode in REPORTED_MODES}
         self.last_round = {"realigned": self.realign_in(server_round), "modes": modes}
         self.last_evaluated = {"round": server_round, **self.last_round}
         for mode, figures in modes.items():

@@ -3,15 +3,18 @@
 Plots (written by the tracker after a fedloge run):
 
 * ``fedloge_class_accuracy.png`` -- per-class accuracy of every inference mode as
-  bars, classes sorted by training frequency (line, log scale), groups shaded.
+  bars against the class's training frequency (line, log scale), classes sorted by
+  frequency, groups shaded; top: the clients' own long-tailed test data, bottom: the
+  class-balanced global test set.
 * ``fedloge_modes.png`` -- overall / head / medium / tail accuracy per round, one
-  line per mode.
+  line per mode (dashed: on the balanced test set).
 
 ``python -m fedvq_app.tracking.fedloge_plots RUN_DIR [RUN_DIR ...]`` prints a
 markdown table of overall/head/medium/tail accuracy of finished runs: fedloge runs
-report their modes; any other method (e.g. fedavg) is scored from its clients'
-``test-class-accuracy`` with the same groups, rebuilt from the run's config, on
-the global test set and reweighted to FedLoGe's personal test mixes.
+report their modes; a run of any other method whose model is entirely shared (e.g.
+fedavg) has its final checkpointed model evaluated here on exactly the same
+per-client long-tailed test sets (``model``) and on the global test set
+(``model-balanced``), with the same head/medium/tail groups.
 """
 
 from __future__ import annotations
@@ -23,40 +26,51 @@ from typing import Any
 
 import numpy as np
 
-from fedvq_app.aggregation.etf import GROUPS, accuracy_from_class_accuracy, proportional_counts, shot_groups
+from fedvq_app.aggregation.etf import GROUPS, class_hits, mode_summary, personal_test_rows, shot_groups
+from fedvq_app.models.fedloge import BALANCED_SUFFIX
 from fedvq_app.tracking.plots import _save, plt
 
 MODE_COLORS = {"generic": "tab:blue", "global": "tab:orange", "personal": "tab:green", "raw-global": "tab:gray"}
 GROUP_SHADES = {"head": "#dbe9f6", "medium": "#fbe5c8", "tail": "#f6d5d5"}
+FIGURES = ("overall", *GROUPS)
+
+
+def _color(mode: str) -> str | None:
+    return MODE_COLORS.get(mode.removesuffix(BALANCED_SUFFIX))
 
 
 def class_accuracy_bars(path: Path, report: dict[str, Any]) -> Path | None:
-    """Per-class accuracy of every mode against the class's training frequency."""
+    """Per-class accuracy of every mode against the class's training frequency (own data / balanced)."""
     modes = report.get("modes") or {}
     freq = np.asarray(report.get("class_frequencies") or [], dtype=float)
     if not modes or freq.size == 0:
         return None
+    panels = [
+        ("clients' own long-tailed test data", [m for m in modes if not m.endswith(BALANCED_SUFFIX)]),
+        ("class-balanced global test set", [m for m in modes if m.endswith(BALANCED_SUFFIX)]),
+    ]
+    panels = [(title, names) for title, names in panels if names]
     order = np.argsort(-freq, kind="stable")
-    names = list(modes)
-    width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(max(7, 0.55 * len(order) * len(names) / 2 + 3), 4.8))
     x = np.arange(len(order))
-    _shade_groups(ax, order, report.get("groups") or {})
-    for i, mode in enumerate(names):
-        acc = [modes[mode]["class_accuracy"][c] for c in order]
-        acc = [np.nan if a is None else a for a in acc]
-        ax.bar(x - 0.4 + (i + 0.5) * width, acc, width, color=MODE_COLORS.get(mode), label=mode)
-    ax.set_xticks(x, [str(c) for c in order])
-    ax.set_xlabel("class (sorted by training frequency)")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1.05)
-    freq_ax = ax.twinx()
-    freq_ax.plot(x, np.maximum(freq[order], 0.5), color="black", marker="o", lw=1.5, label="training samples")
-    freq_ax.set_yscale("log")
-    freq_ax.set_ylabel("training samples (log)")
-    handles = ax.get_legend_handles_labels()[0] + freq_ax.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, fontsize=8, loc="upper right")
-    ax.set_title(f"Per-class accuracy by inference mode (round {report.get('final_round')})")
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8, 0.9 * len(order) + 3), 4.2 * len(panels)), squeeze=False)
+    for ax, (title, names) in zip(axes[:, 0], panels, strict=True):
+        _shade_groups(ax, order, report.get("groups") or {})
+        width = 0.8 / len(names)
+        for i, mode in enumerate(names):
+            acc = [modes[mode]["class_accuracy"][c] for c in order]
+            acc = [np.nan if a is None else a for a in acc]
+            ax.bar(x - 0.4 + (i + 0.5) * width, acc, width, color=_color(mode), label=mode)
+        ax.set_xticks(x, [str(c) for c in order])
+        ax.set_xlabel("class (sorted by training frequency)")
+        ax.set_ylabel("test accuracy")
+        ax.set_ylim(0, 1.1)
+        freq_ax = ax.twinx()
+        freq_ax.plot(x, np.maximum(freq[order], 0.5), color="black", marker="o", lw=1.5, label="training samples")
+        freq_ax.set_yscale("log")
+        freq_ax.set_ylabel("training samples (log)")
+        handles = ax.get_legend_handles_labels()[0] + freq_ax.get_legend_handles_labels()[0]
+        ax.legend(handles=handles, fontsize=8, loc="upper right")
+        ax.set_title(f"Per-class accuracy, {title} (round {report.get('final_round')})")
     return _save(fig, path)
 
 
@@ -66,7 +80,7 @@ def _shade_groups(ax, order: np.ndarray, groups: dict[str, list[int]]) -> None:
         spots = [position[c] for c in groups.get(name, []) if c in position]
         if spots:
             ax.axvspan(min(spots) - 0.5, max(spots) + 0.5, color=GROUP_SHADES[name], zorder=0)
-            ax.text((min(spots) + max(spots)) / 2, 1.02, name, ha="center", fontsize=8)
+            ax.text((min(spots) + max(spots)) / 2, 1.03, name, ha="center", fontsize=8)
 
 
 def mode_curves(path: Path, rounds: list[dict[str, Any]]) -> Path | None:
@@ -75,18 +89,19 @@ def mode_curves(path: Path, rounds: list[dict[str, Any]]) -> Path | None:
     if not evaluated:
         return None
     xs = [r["round"] for r in evaluated]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True, sharey=True)
-    for ax, key in zip(axes.flat, ("overall", *GROUPS), strict=True):
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True, sharey=True)
+    for ax, key in zip(axes.flat, FIGURES, strict=True):
         for mode in evaluated[-1]["strategy"]["modes"]:
             ys = [r["strategy"]["modes"].get(mode, {}).get(key) for r in evaluated]
-            ax.plot(xs, [np.nan if y is None else y for y in ys], marker=".", color=MODE_COLORS.get(mode), label=mode)
+            style = "--" if mode.endswith(BALANCED_SUFFIX) else "-"
+            ax.plot(xs, [np.nan if y is None else y for y in ys], style, marker=".", color=_color(mode), label=mode)
         ax.set_title(f"{key} accuracy")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("round")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle("FedLoGe inference modes per round")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("FedLoGe inference modes per round (solid: own long-tailed test data, dashed: balanced test set)")
     return _save(fig, path)
 
 
@@ -103,67 +118,70 @@ def fedloge_plots(directory: Path, rounds: list[dict[str, Any]], summary: dict[s
 # ----------------------------------------------------------------------------
 # head / medium / tail comparison of finished runs
 # ----------------------------------------------------------------------------
-def _read_rounds(directory: Path) -> list[dict[str, Any]]:
-    lines = (directory / "rounds.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+def evaluate_final_model(directory: Path) -> dict[str, dict[str, Any]]:
+    """A finished run's final (checkpointed) global model on every client's own long-tailed
+    test set (``model``) and on the global test set (``model-balanced``).
 
+    The split, the personal test rows and the head/medium/tail groups are rebuilt
+    from the run's ``config.json`` exactly as a fedloge run with the same seed
+    builds them, so the figures compare like for like. Only for methods whose whole
+    model is shared (fedavg, fedprox, scaffold): with private parts there is no one
+    final model.
+    """
+    import torch  # noqa: PLC0415 (torch and the data stack are slow to import)
 
-def client_label_counts_of_run(config: dict[str, Any], num_clients: int) -> np.ndarray:
-    """(clients, classes) training label counts of a finished run, rebuilt from its config (same split)."""
-    from fedvq_app.config import load_settings  # noqa: PLC0415 (data stack is slow to import)
-    from fedvq_app.data.client_data import load_client_data  # noqa: PLC0415
-
-    settings = load_settings(config)
-    return np.array([load_client_data(settings, pid, num_clients).label_counts() for pid in range(num_clients)])
-
-
-def test_counts_of_run(config: dict[str, Any]) -> np.ndarray:
-    """Images per class of the run's global test set."""
     from fedvq_app.config import load_settings  # noqa: PLC0415
-    from fedvq_app.data.datasets import load_image_data  # noqa: PLC0415
+    from fedvq_app.data.client_data import eval_loader, load_client_data  # noqa: PLC0415
+    from fedvq_app.data.datasets import dataset_info  # noqa: PLC0415
+    from fedvq_app.models.state import load_arrays  # noqa: PLC0415
+    from fedvq_app.records import to_record  # noqa: PLC0415
+    from fedvq_app.registry import get_method  # noqa: PLC0415
+    from fedvq_app.server.checkpoint import load_checkpoint  # noqa: PLC0415
+    from fedvq_app.training.loop import predict  # noqa: PLC0415
 
-    settings = load_settings(config)
-    data = load_image_data(settings.dataset, settings.seed)
-    return np.bincount(data.test_y, minlength=data.num_classes)
+    directory = Path(directory)
+    summary = json.loads((directory / "summary.json").read_text())
+    settings = load_settings(json.loads((directory / "config.json").read_text()))
+    spec = get_method(settings.method)
+    if spec.build_model is None:
+        raise ValueError(f"{directory}: method {settings.method!r} has no neural model to evaluate")
+    torch.manual_seed(settings.seed)
+    model = spec.build_model(settings, dataset_info(settings.dataset, settings.seed))
+    private = [k for k in model.state_dict() if not spec.is_shared(k)]
+    if private:
+        raise ValueError(f"{directory}: method {settings.method!r} keeps private parameters ({private[0]} ...)")
+    load_arrays(model, to_record(load_checkpoint(directory).arrays))
+    clients = [load_client_data(settings, pid, summary["num_clients"]) for pid in range(summary["num_clients"])]
+    num_classes = clients[0].num_classes
+    groups = shot_groups(
+        np.sum([c.label_counts() for c in clients], axis=0),
+        settings.raw.get("fedloge.head-share", 0.75),
+        settings.raw.get("fedloge.medium-share", 0.95),
+    )
+    counts: dict[str, tuple[list, list]] = {"model": ([], []), "model" + BALANCED_SUFFIX: ([], [])}
+    with torch.no_grad():
+        for data in clients:
+            logits, labels = predict(model, eval_loader(data.test_x, data.test_y), torch.device("cpu"))
+            preds, labels = logits.argmax(1).numpy(), labels.numpy()
+            rows = personal_test_rows(labels, data.label_counts(), settings.seed, data.partition_id)
+            for name, keep in (("model", rows), ("model" + BALANCED_SUFFIX, slice(None))):
+                correct, total = class_hits(preds[keep], labels[keep], num_classes)
+                counts[name][0].append(correct)
+                counts[name][1].append(total)
+    return {name: mode_summary(correct, total, groups) for name, (correct, total) in counts.items()}
 
 
-def _mean_figures(per_client: list[dict[str, float | None]]) -> dict[str, float | None]:
-    figures = {}
-    for key in ("overall", *GROUPS):
-        values = [p[key] for p in per_client if p[key] is not None]
-        figures[key] = float(np.mean(values)) if values else None
-    return figures
+def group_report(directory: Path) -> dict[str, dict[str, Any]]:
+    """mode -> overall/head/medium/tail accuracy (and class_accuracy) of one finished run.
 
-
-def group_report(directory: Path) -> dict[str, dict[str, float | None]]:
-    """mode -> overall/head/medium/tail accuracy of one finished run (last evaluated round).
-
-    A fedloge run reports its own modes. Any other method gets ``model`` (its
-    clients' models on the global test set, from ``test-class-accuracy``) and
-    ``model@personal-mix``: the same per-class accuracies reweighted to each
-    client's personal test mix (:func:`proportional_counts`) -- the expected
-    score on FedLoGe's personal test sets, for a like-for-like comparison.
+    A fedloge run reports its own modes (last evaluated round); any other method
+    gets :func:`evaluate_final_model`.
     """
     directory = Path(directory)
     summary = json.loads((directory / "summary.json").read_text())
-    own = (summary.get(summary["method"]) or {}).get("modes") if summary["method"] == "fedloge" else None
-    if own:
-        return {mode: {k: figures[k] for k in ("overall", *GROUPS)} for mode, figures in own.items()}
-    config = json.loads((directory / "config.json").read_text())
-    evaluated = [r for r in _read_rounds(directory) if r["evaluate"]["clients"]]
-    clients = evaluated[-1]["evaluate"]["clients"]
-    label_counts = client_label_counts_of_run(config, summary["num_clients"])
-    groups = shot_groups(
-        label_counts.sum(axis=0), config.get("fedloge.head-share", 0.75), config.get("fedloge.medium-share", 0.95)
-    )
-    test_counts = test_counts_of_run(config)
-    on_test, on_mix = [], []
-    for pid, metrics in clients.items():
-        class_acc = metrics["test-class-accuracy"]
-        on_test.append(accuracy_from_class_accuracy(class_acc, test_counts, groups))
-        mix = proportional_counts(label_counts[int(pid)], test_counts)
-        on_mix.append(accuracy_from_class_accuracy(class_acc, mix, groups))
-    return {"model": _mean_figures(on_test), "model@personal-mix": _mean_figures(on_mix)}
+    if summary["method"] == "fedloge":
+        return (summary.get("fedloge") or {}).get("modes") or {}
+    return evaluate_final_model(directory)
 
 
 def comparison_table(directories: list[Path]) -> str:
@@ -172,7 +190,7 @@ def comparison_table(directories: list[Path]) -> str:
     for directory in directories:
         method = json.loads((Path(directory) / "summary.json").read_text())["method"]
         for mode, figures in group_report(directory).items():
-            cells = ["-" if figures[k] is None else f"{figures[k]:.4f}" for k in ("overall", *GROUPS)]
+            cells = ["-" if figures.get(k) is None else f"{figures[k]:.4f}" for k in FIGURES]
             lines.append(f"| {Path(directory).name} | {method} | {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
