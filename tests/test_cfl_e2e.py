@@ -25,6 +25,7 @@ def test_cfl_run_splits_logs_and_cross_evaluates(tmp_path):
             "log-dir": str(tmp_path),
             "experiment-name": "cfl",
             "train.local-epochs": 1,
+            "dataset.size": 12,  # small images keep the test fast; the protocol is the same
             "partition.alpha": 1.0,
             "shift.rotate-fraction": 0.5,
             # force a split in round 2: any mean norm is "converged", any max norm "pulls away"

@@ -15,6 +15,7 @@ from fedvq_app.server_app import app as server_app
 CONFIG = {
     "num-server-rounds": 3,
     "train.local-epochs": 1,
+    "dataset.size": 12,
     "partition.kind": "iid",
     "shift.rotate-fraction": 0.5,
     # split as soon as the warm-up allows (round 2): the crash comes after it

@@ -230,14 +230,23 @@ def test_reports_for_the_tracker():
     assert report["clusters"] == {1: [0, 1, 2, 3, 4], 2: [5, 6, 7, 8, 9]}
 
 
-def test_evaluate_replies_without_a_usable_partition_id_are_ignored_for_routing():
+def test_evaluate_replies_without_a_usable_partition_id_are_rejected_and_ignored_for_routing():
     strategy = _strategy()
-    sent = list(strategy.configure_evaluate(1, to_record(START), ConfigRecord(), FakeGrid([11, 12, 13])))
+    sent = list(strategy.configure_evaluate(1, to_record(START), ConfigRecord(), FakeGrid([11, 12, 13, 14])))
+    to = {m.metadata.dst_node_id: m for m in sent}  # the strategy samples nodes in random order
+    metrics = {"num-examples": 3, "val-accuracy": 0.5, "rotated": 1}
     replies = [
-        reply(sent[0], None, {"num-examples": 3, "val-accuracy": 0.5, "rotated": 1}),
-        reply(sent[1], None, {"num-examples": 3, "partition-id": [1, 2], "val-accuracy": 0.5}),
-        reply(sent[2], None, {"num-examples": 3, "partition-id": 7, "val-accuracy": 0.5, "rotated": 1}),
+        reply(to[11], None, {**metrics, "partition-id": [1, 2]}),  # a list, not an id
+        reply(to[12], None, {**metrics, "partition-id": 2.5}),
+        reply(to[13], None, {**metrics, "partition-id": 7}),
+        reply(to[14], None, metrics),  # no partition-id at all
     ]
-    strategy.aggregate_evaluate(1, replies)
+    aggregated = strategy.aggregate_evaluate(1, replies)
     assert strategy.node_partition == {13: 7}
     assert strategy.groups == {7: 1}
+    assert strategy.accepted_nodes == [13]
+    reasons = dict(strategy.rejections)
+    assert sorted(reasons) == [11, 12, 14] and all("partition-id" in r for r in reasons.values())
+    assert aggregated is not None and aggregated["val-accuracy"] == pytest.approx(0.5)
+    # the rejected nodes are still unknown: they are sent the largest cluster's model
+    assert strategy.cluster_of_node(11) == strategy.default_cluster()

@@ -10,11 +10,14 @@ too).
 
 from __future__ import annotations
 
+from logging import WARNING
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from fedvq_app.aggregation.validation import metric_problem
 from fedvq_app.config import Settings
 from fedvq_app.data.datasets import dataset_info
 from fedvq_app.models.state import shared_arrays
@@ -22,6 +25,7 @@ from fedvq_app.records import to_record
 from fedvq_app.registry import get_method
 from fedvq_app.server.loop import LoopPlan, run_rounds
 from fedvq_app.server.workflow import seed_server, train_config
+from fedvq_app.strategies.cfl import partition_of
 from fedvq_app.tracking.experiment import ExperimentTracker, write_json
 
 RESULTS_FILE = "cfl_results.json"
@@ -40,11 +44,17 @@ def evaluate_everywhere(grid: Grid, arrays: dict, server_round: int, timeout: fl
     ]
     scores = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = reply.metadata.src_node_id
         if reply.has_error() or "metrics" not in reply.content.metric_records:
+            log(WARNING, "[cfl] final evaluation: no usable reply from node %s", node)
             continue
         metrics = dict(reply.content["metrics"])
-        if "partition-id" in metrics:
-            scores[int(metrics["partition-id"])] = metrics
+        problem = metric_problem(metrics, "num-examples")
+        partition = partition_of(metrics)
+        if problem is not None or partition is None:
+            log(WARNING, "[cfl] final evaluation: rejected reply from node %s: %s", node, problem or "no partition-id")
+            continue
+        scores[partition] = metrics
     return scores
 
 

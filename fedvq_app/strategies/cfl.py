@@ -58,7 +58,7 @@ class ClientUpdate:
     num_examples: int
 
 
-def _partition_of(metrics) -> int | None:
+def partition_of(metrics) -> int | None:
     """The reply's partition id, or None when it is missing or not a non-negative integer."""
     value = metrics.get("partition-id")
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or value != int(value):
@@ -151,24 +151,29 @@ class ClusteredFL(GuardedFedAvg):
         return self._personalise(super().configure_evaluate(server_round, arrays, config, grid))
 
     # ---------------------------------------------------------------- screening
-    def method_problem(self, msg: Message) -> str | None:
-        """Membership is keyed by partition id: a reply must say which partition it is."""
-        if _partition_of(msg.content["metrics"]) is None:
-            return "no valid 'partition-id' in the metrics (cluster membership is keyed by it)"
-        return None
+    def _problem(self, msg: Message, train: bool) -> str | None:
+        """The guard's checks, then: train *and* evaluate replies must name their partition.
 
-    def _learn_partitions(self, replies: Iterable[Message]) -> None:
-        """node -> partition (and partition -> rotated) from every reply that says so."""
-        for msg in replies:
-            if msg.has_error() or "metrics" not in msg.content.metric_records:
-                continue
+        Membership, routing and the per-client tables are keyed by partition id, so an
+        evaluate reply without a usable one is rejected too (the guard checks method
+        specifics on train replies only).
+        """
+        problem = super()._problem(msg, train)
+        if problem is None and partition_of(msg.content["metrics"]) is None:
+            return "no valid 'partition-id' in the metrics (cluster membership is keyed by it)"
+        return problem
+
+    def _learn_partitions(self, accepted: Iterable[Message]) -> None:
+        """node -> partition (and partition -> rotated) from replies the guard accepted."""
+        for msg in accepted:
             metrics = msg.content["metrics"]
-            partition = _partition_of(metrics)
+            partition = partition_of(metrics)
             if partition is None:
                 continue
             self.node_partition[msg.metadata.src_node_id] = partition
-            if isinstance(metrics.get("rotated"), int | float):
-                self.groups[partition] = int(metrics["rotated"])
+            rotated = metrics.get("rotated")
+            if isinstance(rotated, int | float) and not isinstance(rotated, bool) and rotated in (0, 1):
+                self.groups[partition] = int(rotated)
 
     # ---------------------------------------------------------------- aggregation
     def _collect(self, accepted: list[Message]) -> dict[int, list[ClientUpdate]]:
@@ -218,6 +223,17 @@ class ClusteredFL(GuardedFedAvg):
             halves = bipartition(similarity, ids)
             if not self.rule.children_ok(halves):
                 split, reason = False, f"unbalanced split {[len(h) for h in halves]} (min {self.rule.min_cluster_size})"
+        log(
+            INFO,
+            "[cfl] round %s, cluster %s (%d of %d members): ||mean dW|| %.3f, max ||dW|| %.3f -> %s",
+            server_round,
+            cluster,
+            len(ids),
+            len(self.members(cluster)),
+            mean_norm,
+            max_norm,
+            "split" if split else f"no split: {reason}",
+        )
         stats = {
             "members": self.members(cluster),
             "participants": ids,
@@ -288,8 +304,10 @@ class ClusteredFL(GuardedFedAvg):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
-        self._learn_partitions(replies)
-        return super().aggregate_evaluate(server_round, replies)
+        metrics = super().aggregate_evaluate(server_round, replies)
+        accepted = set(self.accepted_nodes)
+        self._learn_partitions(m for m in replies if m.metadata.src_node_id in accepted)
+        return metrics
 
     # ---------------------------------------------------------------- reports
     def round_report(self) -> dict[str, Any]:
