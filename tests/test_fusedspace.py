@@ -168,6 +168,34 @@ def test_train_reply_holds_no_encoder_and_the_encoder_stays_in_the_state():
     assert stats["warmup-loss"] > 0 and stats["reconstruction-loss"] > 0
 
 
+def test_ae_lr_gives_the_autoencoder_its_own_adam_and_zero_puts_all_on_the_loop_optimizer():
+    config = full_run_config(method="fusedspace", **{"fusedspace.ae-lr": 0.002})
+    client = _client(load_settings(config), config)
+    model = client.build_model()
+    names = {id(p): n.split(".")[0] for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in client.trainable_parameters(model)} == {"classifier"}
+    (hook,) = client.train_hooks(model, _train_message(client))
+    assert isinstance(hook.optimizer, torch.optim.Adam) and hook.optimizer.defaults["lr"] == 0.002
+    assert {names[id(p)] for g in hook.optimizer.param_groups for p in g["params"]} == {"encoder", "decoder"}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss, _ = client.batch_loss(model, torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)))
+    loss.backward()
+    hook.after_step(model)  # Adam's first step moves every parameter with a gradient by about lr
+    for k, v in model.state_dict().items():
+        step = float((v - before[k]).abs().max())
+        if k.startswith("classifier."):
+            assert step == 0.0  # the loop's optimizer, not the hook, moves the classifier
+        else:
+            assert 0.0 < step <= 0.002 * 1.01, k
+    assert all(p.grad is None for p in [*model.encoder.parameters(), *model.decoder.parameters()])
+
+    config = full_run_config(method="fusedspace", **{"fusedspace.ae-lr": 0.0})
+    client = _client(load_settings(config), config)
+    model = client.build_model()
+    assert client.train_hooks(model, _train_message(client)) == []
+    assert len(list(client.trainable_parameters(model))) == len(list(model.parameters()))
+
+
 def test_gamma_scope_selects_the_gradient_parameters():
     for scope, prefixes in (("classifier", {"classifier"}), ("shared", {"classifier", "decoder"})):
         config = full_run_config(method="fusedspace", **{"fusedspace.gamma-scope": scope})
