@@ -86,6 +86,7 @@ def test_gla_fr_realigns_norms_and_masks_unseen_classes():
     assert torch.allclose(heads.realigned_global_weight.norm(dim=1), torch.full((10,), 1.7), atol=1e-5)
     expected = model.global_head.weight * model.local_head.weight.norm(dim=1, keepdim=True)
     assert torch.allclose(heads.local_weight, expected.detach())
+    assert torch.equal(heads.local_bias, model.local_head.bias.detach())  # the local bias stays (seed)
     logits = heads.personal_logits(torch.randn(4, 128))
     assert (logits[:, [1, 4]] == MASKED_LOGIT).all() and (logits[:, [0, 2]] > MASKED_LOGIT / 2).all()
     assert torch.equal(heads.personal_global_weight, heads.global_weight)  # the seed's formula adds the raw head

@@ -110,7 +110,7 @@ def gla_fr(
     global_w = g_w
     if realign:
         global_w = torch.from_numpy(realign_global(g_w.numpy(), tau))
-        l_w, l_b = torch.from_numpy(realign_local(g_w.numpy(), l_w.numpy())), g_b
+        l_w = torch.from_numpy(realign_local(g_w.numpy(), l_w.numpy()))  # the local bias stays (seed)
     return GlaFrHeads(
         global_weight=g_w,
         global_bias=g_b,
