@@ -7,13 +7,14 @@ over clients of each client's model on the global test set), the final gradient
 dissimilarity Gamma, and the job's seconds. The methods are read from the
 registry: every method that builds a neural model takes part (k-means does not).
 
-Each cell prints one JSON line and appends it to ``bench/results/methods.jsonl``;
+Each cell prints one JSON line and appends it to ``bench/results/methods.jsonl``
+(``--quick`` cells are printed, not recorded);
 ``bench/results/methods.md`` (table) and ``methods.png`` (chart) are rebuilt after
 every cell from the newest cell of each (method, scenario) with the same setup, so
 a later invocation with ``--methods``/``--scenarios`` adds rows to the same table.
 
     python bench/methods.py                            # full grid
-    python bench/methods.py --quick                    # smoke test: 2 rounds, one scenario
+    python bench/methods.py --quick                    # smoke test: 2 rounds, one scenario, not recorded
     python bench/methods.py --methods cfl,fedloge      # add two methods to the table
     python bench/methods.py --scenarios pathological-2 # one scenario
 """
@@ -201,10 +202,12 @@ def render_chart(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_reports() -> None:
-    records = load_cells()
-    (RESULTS / f"{NAME}.md").write_text(render_markdown(records))
-    render_chart(records, RESULTS / f"{NAME}.png")
+def write_reports(records: list[dict], folder: Path) -> Path:
+    """``methods.md`` and ``methods.png`` of ``records`` in ``folder``; the table's path."""
+    table = folder / f"{NAME}.md"
+    table.write_text(render_markdown(records))
+    render_chart(records, folder / f"{NAME}.png")
+    return table
 
 
 def parse_list(text: str, allowed: list[str], what: str) -> list[str]:
@@ -237,14 +240,19 @@ def main() -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)
     setup = setup_of(args)
     work = Path(tempfile.mkdtemp(prefix="bench_methods_"))
+    quick_cells: list[dict] = []
     try:
         for scenario in scenarios:
             for method in methods:
-                emit(NAME, {"setup": setup, **run_cell(method, scenario, setup, work)})
-                write_reports()
+                record = emit(NAME, {"setup": setup, **run_cell(method, scenario, setup, work)}, quick=args.quick)
+                if args.quick:  # not recorded: the table is rendered in the scratch folder and printed
+                    quick_cells.append(record)
+                    table = write_reports(quick_cells, work)
+                else:
+                    table = write_reports(load_cells(), RESULTS)
+        print(table.read_text() if args.quick else f"wrote {table} and {table.with_suffix('.png')}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"wrote {RESULTS / (NAME + '.md')} and {RESULTS / (NAME + '.png')}", flush=True)
 
 
 if __name__ == "__main__":
