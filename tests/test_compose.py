@@ -123,7 +123,13 @@ def test_dockerfile_builds_on_the_superexec_image_and_installs_this_project():
     assert re.search(r"^FROM flwr/superexec:\$\{FLWR_VERSION\}$", dockerfile, re.M)
     assert "pip install --no-cache-dir ." in dockerfile and "COPY --chown=app:app fedvq_app" in dockerfile
     assert re.search(r'^ENTRYPOINT \["flower-superexec"\]$', dockerfile, re.M)
-    assert f'"flwr[simulation]=={FLWR_VERSION}"' in (ROOT / "pyproject.toml").read_text()
+    # the image keeps the base image's flwr: its sed drops exactly the flwr[simulation] pin of pyproject.toml
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    pin = f'"flwr[simulation]=={FLWR_VERSION}",'
+    assert pin in pyproject
+    (pattern,) = re.findall(r"sed -i 's/(.+?)//' pyproject\.toml", dockerfile)
+    expected = "\n".join("" if line.strip() == pin else line for line in pyproject.split("\n"))
+    assert re.sub(pattern, "", pyproject, flags=re.M) == expected != pyproject
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert "*" in ignored and {"!pyproject.toml", "!README.md", "!fedvq_app/"} <= set(ignored)
 
