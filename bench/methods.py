@@ -184,7 +184,7 @@ def render_chart(records: list[dict], path: Path) -> None:
     methods = list(dict.fromkeys(m for m, _ in cells))
     scenarios = [s for s in SCENARIOS if any(s == sc for _, sc in cells)]
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(scenarios) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(scenarios) + 3), 4.2))
     x = np.arange(len(scenarios))
     for i, m in enumerate(methods):
         values = [(cells.get((m, s)) or {}).get("accuracy") for s in scenarios]
@@ -193,9 +193,10 @@ def render_chart(records: list[dict], path: Path) -> None:
     ax.set_xticks(x, scenarios)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"digits, {setup['clients']} clients, {setup['rounds']} rounds x {setup['local_epochs']} epoch(s), "
+    ax.set_title(f"digits {setup['size']}x{setup['size']}, {setup['clients']} clients, "
+                 f"{setup['rounds']} rounds x {setup['local_epochs']} epoch(s), "
                  f"seed {setup['seed']}")
-    ax.legend(fontsize=8, ncol=min(len(methods), 4), loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
