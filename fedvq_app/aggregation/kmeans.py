@@ -252,7 +252,7 @@ def simplified_silhouette(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     "simplified silhouette" of Hruschka et al.). Unlike the pairwise silhouette it
     needs no other client's rows, so each client can score its own sample.
     """
-    if len(centroids) < 2:
+    if len(centroids) < 2 or len(x) == 0:  # kmeans.silhouette-sample = 0 scores no rows
         return np.zeros(len(x))
     d = euclidean_distances(x, centroids)
     nearest_two = np.sort(d, axis=1)[:, :2]
