@@ -32,7 +32,7 @@ from fedvq_app.records import to_numpy, to_record
 from fedvq_app.server.checkpoint import load_checkpoint
 from fedvq_app.server_app import app as server_app
 from fedvq_app.strategies.fedloge import FedLoGeStrategy
-from fedvq_app.tracking.fedloge_plots import comparison_table, group_report
+from fedvq_app.tracking.fedloge_plots import comparison_table, group_report, pooled_accuracy
 from tests.conftest import reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -296,6 +296,13 @@ def test_fedloge_and_fedavg_runs_report_head_medium_tail(runs):
     assert fedavg["model-balanced"]["class_total"] == report["modes"]["generic-balanced"]["class_total"]
     table = comparison_table([runs / "fedavg", folder])
     assert "| fedavg | fedavg | model |" in table and "| fedloge | fedloge | personal |" in table
+    assert fedavg["model"]["groups"] == report["groups"]  # the same head/medium/tail classes
+
+
+def test_pooled_tail_accuracy_counts_images_not_clients():
+    figures = {"class_accuracy": [1.0, None, 0.5, 0.25], "class_total": [10, 0, 2, 4]}
+    assert pooled_accuracy(figures, [1, 2, 3]) == pytest.approx((1 + 1) / 6)
+    assert pooled_accuracy(figures, [1]) is None and pooled_accuracy(figures, []) is None
 
 
 def test_a_resumed_fedloge_run_continues_the_shared_model_exactly(runs, tmp_path):

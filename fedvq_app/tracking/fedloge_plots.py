@@ -168,7 +168,8 @@ def evaluate_final_model(directory: Path) -> dict[str, dict[str, Any]]:
                 correct, total = class_hits(preds[keep], labels[keep], num_classes)
                 counts[name][0].append(correct)
                 counts[name][1].append(total)
-    return {name: mode_summary(correct, total, groups) for name, (correct, total) in counts.items()}
+    table = {name: np.flatnonzero(groups == gid).tolist() for gid, name in enumerate(GROUPS)}
+    return {name: {**mode_summary(c, t, groups), "groups": table} for name, (c, t) in counts.items()}
 
 
 def group_report(directory: Path) -> dict[str, dict[str, Any]]:
@@ -184,14 +185,32 @@ def group_report(directory: Path) -> dict[str, dict[str, Any]]:
     return evaluate_final_model(directory)
 
 
+def pooled_accuracy(figures: dict[str, Any], classes: list[int]) -> float | None:
+    """Accuracy over all test images of ``classes`` pooled across clients (from the per-class figures)."""
+    acc, total = figures.get("class_accuracy"), figures.get("class_total")
+    if not classes or acc is None or total is None:
+        return None
+    images = sum(total[c] for c in classes)
+    return sum((acc[c] or 0.0) * total[c] for c in classes) / images if images else None
+
+
 def comparison_table(directories: list[Path]) -> str:
-    """Markdown table: run, method, mode, overall/head/medium/tail accuracy."""
-    lines = ["| run | method | mode | overall | head | medium | tail |", "|---|---|---|---|---|---|---|"]
+    """Markdown table: run, method, mode, overall/head/medium/tail accuracy (client means) and the
+    tail accuracy pooled over all clients' tail test images (with their number)."""
+    lines = [
+        "| run | method | mode | overall | head | medium | tail | tail, pooled (client test images) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for directory in directories:
-        method = json.loads((Path(directory) / "summary.json").read_text())["method"]
+        summary = json.loads((Path(directory) / "summary.json").read_text())
+        tail = (summary.get("fedloge") or {}).get("groups", {}).get("tail")
         for mode, figures in group_report(directory).items():
             cells = ["-" if figures.get(k) is None else f"{figures[k]:.4f}" for k in FIGURES]
-            lines.append(f"| {Path(directory).name} | {method} | {mode} | " + " | ".join(cells) + " |")
+            classes = tail if tail is not None else figures.get("groups", {}).get("tail", [])
+            pooled = pooled_accuracy(figures, classes)
+            images = sum(figures["class_total"][c] for c in classes) if figures.get("class_total") else 0
+            cells.append("-" if pooled is None else f"{pooled:.4f} ({images})")
+            lines.append(f"| {Path(directory).name} | {summary['method']} | {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
