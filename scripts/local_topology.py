@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import ctypes
 import json
 import os
 import shlex
@@ -43,6 +44,17 @@ CONNECTION = "fedvq-local"
 MARKER = "FEDVQ_TOPOLOGY_ID"
 #: ports other tools on this machine use by default (flwr run's local SuperLink, Flower defaults)
 RESERVED_PORTS = frozenset({8000, 9091, 9092, 9093, 9094, 39091, 39092, 39093, 39094, 39095})
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started it dies (Linux), so that a
+    test runner killed mid-run leaves no daemons; they shut their own children down on SIGTERM."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
 def default_state_dir() -> Path:
@@ -93,6 +105,7 @@ class LocalTopology:
         data_dir: str = "",
         gpus: tuple[str, ...] = (),
         connection: str = CONNECTION,
+        bind_to_parent: bool = True,
     ) -> None:
         self.num_supernodes = num_supernodes
         self.secure = secure
@@ -100,6 +113,8 @@ class LocalTopology:
         self.data_dir = data_dir
         self.gpus = tuple(gpus)
         self.connection = connection
+        #: stop every process when this Python process dies (``up`` from the CLI turns it off)
+        self.bind_to_parent = bind_to_parent
         self.flwr_home = self.dir / "flwr_home"
         self.logs = self.dir / "logs"
         self.certs = self.dir / "certificates"
@@ -125,6 +140,7 @@ class LocalTopology:
         process = subprocess.Popen(
             command, cwd=ROOT, env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a SuperNode dies with its executor and ClientApps
+            preexec_fn=_die_with_parent if self.bind_to_parent else None,
         )
         log.close()
         self._processes[name] = process
@@ -358,7 +374,8 @@ def _parse_run_config(items: list[str]) -> dict:
 
 def _topology(args) -> LocalTopology:
     return LocalTopology(args.supernodes, args.secure, args.dir, args.data_dir,
-                         tuple(g for g in args.gpus.split(",") if g), args.connection)
+                         tuple(g for g in args.gpus.split(",") if g), args.connection,
+                         bind_to_parent=args.command != "up")
 
 
 def _print_usage(topology: LocalTopology) -> None:
