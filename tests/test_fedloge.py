@@ -136,7 +136,9 @@ def test_evaluate_scores_every_mode_on_the_clients_own_long_tailed_test_data():
     context = _context(settings, pid=5)
     model = _model(settings)
     client_app(_instruction(model, "train"), context)
-    metrics = client_app(_instruction(model, "evaluate", realign=True), context).content["metrics"]
+    evaluated = client_app(_instruction(model, "evaluate", realign=True), context)
+    assert list(evaluated.content.array_records) == []  # no head (or anything else) leaves in evaluate replies
+    metrics = evaluated.content["metrics"]
     client = FedLoGeClient(settings, context)
     train_counts = np.asarray(client.data.label_counts())
     test_counts = np.bincount(client.data.test_y.numpy(), minlength=10)
