@@ -92,7 +92,7 @@ class FedVQStrategy(GuardedFedAvg):
 
     # ---------------------------------------------------------------- screening
     def method_problem(self, msg: Message) -> str | None:
-        """Codebook of the configured size; usage counts: one finite count >= 0 per code."""
+        """Codebook of the configured size; usage counts: one finite count >= 0 per code (and the mask as many)."""
         book = msg.content["arrays"].get(CODEBOOK_KEY)
         if book is None:
             return f"no codebook '{CODEBOOK_KEY}' in the reply"
@@ -106,6 +106,8 @@ class FedVQStrategy(GuardedFedAvg):
             return f"usage counts have shape {counts.shape}, expected ({self.codebook_shape[0]},)"
         if not np.isfinite(counts.astype(np.float64)).all() or (counts < 0).any():
             return "usage counts must be finite and >= 0"
+        if "used" in usage and usage["used"].numpy().shape != counts.shape:
+            return f"used-code mask has shape {usage['used'].numpy().shape}, expected {counts.shape}"
         return None
 
     # ---------------------------------------------------------------- aggregation
