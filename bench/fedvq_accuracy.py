@@ -45,7 +45,7 @@ ORDER = ("usage-kmeans", "kmeans", "mean", "wasserstein", "weighted-kmeans")
 
 def cell(config: dict, clients: int, log_dir: Path, aggregation: str, align: str) -> dict:
     """One federated job; its figures from summary.json."""
-    name = f"{aggregation}_{align}"
+    name = f"{aggregation}_{align}_seed{full_run_config(**config)['seed']}"
     run_config = full_run_config(**{**config, "codebook.aggregation": aggregation, "codebook.align": align,
                                     "log-dir": str(log_dir), "experiment-name": name})
     started = time.time()
@@ -77,23 +77,13 @@ def setup_of(config: dict, clients: int) -> dict:
     return {"clients": clients, **{k: full[k] for k in keys}}
 
 
-def write_table(setup: dict) -> Path:
-    """bench/results/fedvq_accuracy.md from the newest cell of each (aggregation, align) with ``setup``."""
-    newest: dict[tuple[str, str], dict] = {}
-    path = RESULTS / f"{NAME}.jsonl"
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        record = json.loads(line)
-        if record.get("setup") == setup:
-            newest[(record["aggregation"], record["align"])] = record
+def _section(setup: dict, newest: dict[tuple[str, str], dict]) -> list[str]:
     aligns = [a for a in ALIGN_MODES if any(k[1] == a for k in newest)]
     lines = [
-        f"# FedVQ on {setup['dataset.name']}: {setup['clients']} clients, {setup['partition.kind']} "
+        f"## {setup['dataset.name']}: {setup['clients']} clients, {setup['partition.kind']} "
         f"alpha={setup['partition.alpha']}, {setup['num-server-rounds']} rounds x {setup['train.local-epochs']} "
         f"local epochs, seed {setup['seed']}, codebook {setup['codebook.num-embeddings']} x "
         f"{setup['codebook.embedding-dim']}",
-        "",
-        "Final mean global-test accuracy over clients (best round's in brackets) and mean seconds per round "
-        "spent in codebook aggregation.",
         "",
         "| aggregator | " + " | ".join(f"acc align={a}" for a in aligns) + " | "
         + " | ".join(f"agg s/round align={a}" for a in aligns) + " |",
@@ -107,9 +97,28 @@ def write_table(setup: dict) -> Path:
         secs = [f"{r['aggregation_s_per_round']:.4f}" if r else "-" for r in row]
         lines.append(f"| `{aggregation}` | " + " | ".join(accs) + " | " + " | ".join(secs) + " |")
     dates = sorted(r["date"] for r in newest.values())
-    lines += ["", f"Measured {dates[0]} to {dates[-1]} with `python bench/fedvq_accuracy.py`." if dates else ""]
+    return [*lines, "", f"Measured {dates[0]} to {dates[-1]}.", ""]
+
+
+def write_table() -> Path:
+    """bench/results/fedvq_accuracy.md: one table per setup, the newest cell of each (aggregation, align)."""
+    by_setup: dict[str, tuple[dict, dict[tuple[str, str], dict]]] = {}
+    path = RESULTS / f"{NAME}.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        record = json.loads(line)
+        key = json.dumps(record["setup"], sort_keys=True)
+        by_setup.setdefault(key, (record["setup"], {}))[1][(record["aggregation"], record["align"])] = record
+    lines = [
+        "# FedVQ: final mean global-test accuracy per codebook aggregator and alignment",
+        "",
+        "Final-round mean over clients of each client's global-test accuracy (best round's in brackets) and the "
+        "mean seconds per round the server spent in codebook aggregation. `python bench/fedvq_accuracy.py`.",
+        "",
+    ]
+    for setup, newest in by_setup.values():
+        lines += _section(setup, newest)
     out = RESULTS / f"{NAME}.md"
-    out.write_text("\n".join(lines) + "\n")
+    out.write_text("\n".join(lines))
     return out
 
 
@@ -120,6 +129,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=0, help="override num-server-rounds of the conf file")
     parser.add_argument("--local-epochs", type=int, default=0, help="override train.local-epochs")
+    parser.add_argument("--seed", type=int, default=None, help="override the run seed (data split, init, sampling)")
     parser.add_argument("--log-dir", default=str(ROOT / "logs" / "bench_fedvq"))
     parser.add_argument("--quick", action="store_true", help="3 clients, 1 round; printed, not recorded")
     args = parser.parse_args()
@@ -128,6 +138,8 @@ def main() -> None:
         config["num-server-rounds"] = args.rounds
     if args.local_epochs:
         config["train.local-epochs"] = args.local_epochs
+    if args.seed is not None:
+        config["seed"] = args.seed
     clients = args.clients
     if args.quick:
         config.update({"num-server-rounds": 1, "train.local-epochs": 1, "dataset.size": 12,
@@ -145,7 +157,7 @@ def main() -> None:
             figures = cell(config, clients, log_dir, aggregation, align)
             emit(NAME, {"setup": setup, **figures}, quick=args.quick)
             if not args.quick:
-                write_table(setup)
+                write_table()
 
 
 if __name__ == "__main__":
