@@ -225,7 +225,7 @@ def main() -> None:
     parser.add_argument("--methods", default="", help="comma-separated subset (default: every classification method)")
     parser.add_argument("--scenarios", default="", help=f"comma-separated subset of {', '.join(SCENARIOS)}")
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--size", type=int, default=8,
                         help="image side (digits are natively 8x8; 28 = the CNN default)")
