@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import resnet18
 
 from fedvq_app.config import ConfigError
 
@@ -25,6 +24,8 @@ def _load_local_weights(model: nn.Module, weights: str) -> None:
 
 def resnet18_trunk(in_channels: int, weights: str = "") -> tuple[nn.Module, int]:
     """ResNet-18 without pooling and fc: (N, C, H, W) -> (N, 512, H/32, W/32)."""
+    from torchvision.models import resnet18  # noqa: PLC0415 (torchvision.models costs ~1 s per ClientApp process)
+
     net = resnet18(weights=None)
     if weights:
         _load_local_weights(net, weights)
