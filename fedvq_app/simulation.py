@@ -74,7 +74,7 @@ class FlwrRun:
 def flwr_run(
     run_config: dict,
     flwr_home: Path,
-    federation_config: str = "num-supernodes=2",
+    federation_config: str = "num-supernodes=2 client-resources-num-cpus=1",
     timeout: float = 900,
     keep_daemons: bool = False,
 ) -> FlwrRun:

@@ -14,7 +14,7 @@ from fedvq_app.simulation import daemons_of, flwr_run
 def test_flwr_run_simulation_writes_summary(tmp_path):
     flwr_home, logs = tmp_path / "flwr_home", tmp_path / "logs"
     config = {"num-server-rounds": 2, "train.local-epochs": 1, "log-dir": str(logs), "experiment-name": "e2e"}
-    run = flwr_run(config, flwr_home, federation_config="num-supernodes=3", timeout=420)
+    run = flwr_run(config, flwr_home, federation_config="num-supernodes=3 client-resources-num-cpus=1", timeout=420)
     summary_file = logs / "e2e" / "summary.json"
     assert summary_file.is_file(), run.output[-4000:]
     summary = json.loads(summary_file.read_text())
