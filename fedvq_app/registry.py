@@ -37,7 +37,9 @@ class MethodSpec:
     methods); ``is_shared(name)`` says whether a state-dict entry travels to the
     server; ``build_strategy(settings, info)`` returns the Flower Strategy;
     ``client`` is the client trainer class; ``server_workflow`` runs the whole job
-    on the ServerApp (the default neural workflow runs the common round loop).
+    on the ServerApp (the default neural workflow runs the common round loop);
+    ``data_name(settings)`` names the data a run uses when that is not
+    ``dataset.name`` (k-means reads tabular sources), for folder names.
     """
 
     name: str
@@ -50,6 +52,7 @@ class MethodSpec:
     validate: Callable[[Settings], None] | None = None
     server_workflow: Callable[..., Any] | None = None
     plots: Callable[..., Any] | None = None
+    data_name: Callable[[Settings], str] | None = None
 
 
 @cache

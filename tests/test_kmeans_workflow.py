@@ -135,3 +135,14 @@ def test_conf_variants_are_valid_kmeans_configs(run_config, name):
     variant = tomllib.loads((Path(__file__).resolve().parent.parent / "conf" / f"{name}.toml").read_text())
     settings = load_settings(run_config(**variant))
     assert settings.method == "kmeans" and settings.method_options.k in (3, 4)
+
+
+@pytest.mark.parametrize(("overrides", "prefix"), [
+    ({"method": "kmeans", "kmeans.data-source": "wine"}, "kmeans_wine_"),
+    ({"method": "fedavg", "kmeans.data-source": "wine"}, "fedavg_digits_"),
+])
+def test_default_experiment_folder_names_the_data_the_method_reads(run_config, tmp_path, overrides, prefix):
+    from fedvq_app.tracking.experiment import ExperimentTracker  # noqa: PLC0415
+
+    settings = load_settings(run_config(**{"log-dir": str(tmp_path), **overrides}))
+    assert ExperimentTracker.create(settings).dir.name.startswith(prefix)

@@ -108,4 +108,5 @@ SPEC = MethodSpec(
     validate=validate,
     server_workflow=run_kmeans_workflow,
     plots=kmeans_plots,
+    data_name=lambda settings: settings.method_options.data_source,
 )

@@ -103,9 +103,9 @@ class ExperimentTracker:
         if settings.resume_from:
             return cls(settings, Path(settings.resume_from).expanduser().resolve())
         root = resolve_log_root(settings.log_dir)
-        name = settings.experiment_name or (
-            f"{settings.method}_{settings.dataset.name}_{datetime.now():%Y%m%d-%H%M%S-%f}"
-        )
+        spec = get_method(settings.method)
+        data = spec.data_name(settings) if spec.data_name else settings.dataset.name
+        name = settings.experiment_name or f"{settings.method}_{data}_{datetime.now():%Y%m%d-%H%M%S-%f}"
         return cls(settings, root / name)
 
     # ------------------------------------------------------------------ rounds
