@@ -27,7 +27,7 @@ CONFIG = {
 
 
 class Crash(RuntimeError):
-    pass
+    """The simulated server crash (distinct from any error the app itself could raise)."""
 
 
 class CrashInRound3(LocalGrid):
