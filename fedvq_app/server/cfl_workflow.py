@@ -19,12 +19,8 @@ from flwr.serverapp import Grid
 
 from fedvq_app.aggregation.validation import metric_problem
 from fedvq_app.config import Settings
-from fedvq_app.data.datasets import dataset_info
-from fedvq_app.models.state import shared_arrays
 from fedvq_app.records import to_record
-from fedvq_app.registry import get_method
-from fedvq_app.server.loop import LoopPlan, run_rounds
-from fedvq_app.server.workflow import seed_server, train_config
+from fedvq_app.server.workflow import run_training
 from fedvq_app.strategies.cfl import partition_of
 from fedvq_app.tracking.experiment import ExperimentTracker, write_json
 
@@ -74,20 +70,7 @@ def results_table(models: list[tuple[str, list[int], dict]], scores: list[dict[i
 
 def run_cfl_workflow(grid: Grid, settings: Settings, tracker: ExperimentTracker) -> dict[str, Any]:
     """Initial model, the common round loop (checkpoints, resume), the cross-evaluation, CFL's report."""
-    spec = get_method(settings.method)
-    info = dataset_info(settings.dataset, settings.seed)
-    seed_server(settings.seed)
-    arrays = shared_arrays(spec.build_model(settings, info), spec.is_shared)
-    strategy = spec.build_strategy(settings, info)
-    plan = LoopPlan(
-        first_round=1,
-        last_round=settings.num_server_rounds,
-        timeout=settings.round_timeout,
-        eval_every=settings.eval_every,
-        train_config=train_config(settings),
-        evaluate_config={},
-    )
-    run_rounds(strategy, grid, arrays, plan, tracker)
+    strategy = run_training(grid, settings, tracker)
     models = strategy.evaluation_models()
     scores = [evaluate_everywhere(grid, m, settings.num_server_rounds, settings.round_timeout) for _, _, m in models]
     report = strategy.final_report()

@@ -35,11 +35,20 @@ def run_neural_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
     The loop checkpoints every round and, with ``resume-from``, continues from the
     checkpoint (see :mod:`fedvq_app.server.checkpoint`).
     """
+    strategy = run_training(grid, settings, tracker)
+    final_report = getattr(strategy, "final_report", None)
+    return final_report() if callable(final_report) else {}
+
+
+def run_training(grid: Grid, settings: Settings, tracker: ExperimentTracker):
+    """Build the initial shared arrays and the strategy, run the round loop; the strategy afterwards.
+
+    Workflows that do more after training (CFL's cross-evaluation) start from here too.
+    """
     spec = get_method(settings.method)
     info = dataset_info(settings.dataset, settings.seed)
     seed_server(settings.seed)
-    model = spec.build_model(settings, info)
-    arrays = shared_arrays(model, spec.is_shared)
+    arrays = shared_arrays(spec.build_model(settings, info), spec.is_shared)
     strategy = spec.build_strategy(settings, info)
     plan = LoopPlan(
         first_round=1,
@@ -50,5 +59,4 @@ def run_neural_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
         evaluate_config={},
     )
     run_rounds(strategy, grid, arrays, plan, tracker)
-    final_report = getattr(strategy, "final_report", None)
-    return final_report() if callable(final_report) else {}
+    return strategy
