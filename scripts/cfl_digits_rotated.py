@@ -25,24 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from flwr.common.config import parse_config_args  # noqa: E402
+
 from fedvq_app.client_app import app as client_app  # noqa: E402
 from fedvq_app.local_grid import full_run_config, run_local  # noqa: E402
 from fedvq_app.server_app import app as server_app  # noqa: E402
 
 CONFS = {"fedavg": ROOT / "conf" / "fedavg_digits_rotated.toml", "cfl": ROOT / "conf" / "cfl_digits_rotated.toml"}
 LAST = 5
-
-
-def overrides(pairs: list[str]) -> dict:
-    """``key=value`` pairs, values read as TOML (bare words are strings)."""
-    values = {}
-    for pair in pairs:
-        key, _, raw = pair.partition("=")
-        try:
-            values[key] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            values[key] = raw
-    return values
 
 
 def _mean_client(record: dict, key: str) -> float | None:
@@ -85,7 +75,7 @@ def main() -> None:
     parser.add_argument("--only", choices=tuple(CONFS), help="run one of the two")
     parser.add_argument("--conf", type=Path, help="with --only: this conf file instead of the default one")
     parser.add_argument("--table", nargs="+", type=Path, help="only print the table of these finished runs")
-    parser.add_argument("overrides", nargs="*", help="key=value run-config overrides")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides as in --run-config")
     args = parser.parse_args()
     if args.table:
         print(table(args.table))
@@ -95,7 +85,7 @@ def main() -> None:
         if args.only and method != args.only:
             continue
         conf = args.conf if (args.only and args.conf) else conf
-        config = {**tomllib.loads(conf.read_text()), **overrides(args.overrides)}
+        config = {**tomllib.loads(conf.read_text()), **parse_config_args(args.overrides)}
         name = conf.stem
         config.update({"log-dir": args.log_dir, "experiment-name": name})
         run_local(server_app, client_app, args.clients, full_run_config(**config))

@@ -24,24 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from flwr.common.config import parse_config_args  # noqa: E402
+
 from fedvq_app.client_app import app as client_app  # noqa: E402
 from fedvq_app.local_grid import full_run_config, run_local  # noqa: E402
 from fedvq_app.server_app import app as server_app  # noqa: E402
 from fedvq_app.tracking.fedloge_plots import comparison_table  # noqa: E402
 
 CONFS = {"fedavg": ROOT / "conf" / "fedavg_digits_lt.toml", "fedloge": ROOT / "conf" / "fedloge_digits_lt.toml"}
-
-
-def overrides(pairs: list[str]) -> dict:
-    """``key=value`` pairs, values read as TOML (``0.5``, ``true``, ``"raw"``; bare words are strings)."""
-    values = {}
-    for pair in pairs:
-        key, _, raw = pair.partition("=")
-        try:
-            values[key] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            values[key] = raw
-    return values
 
 
 def main() -> None:
@@ -51,7 +41,7 @@ def main() -> None:
     parser.add_argument("--suffix", default="", help="appended to the experiment names (fedavg<suffix>, ...)")
     parser.add_argument("--only", choices=tuple(CONFS), help="run one of the two")
     parser.add_argument("--table", nargs="+", type=Path, help="only print the table of these finished runs")
-    parser.add_argument("overrides", nargs="*", help="key=value run-config overrides")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides as in --run-config")
     args = parser.parse_args()
     if args.table:
         print(comparison_table(args.table))
@@ -62,7 +52,7 @@ def main() -> None:
         folders.append(Path(args.log_dir) / name)
         if args.only and method != args.only:
             continue
-        config = {**tomllib.loads(conf.read_text()), **overrides(args.overrides)}
+        config = {**tomllib.loads(conf.read_text()), **parse_config_args(args.overrides)}
         config = full_run_config(**{**config, "log-dir": args.log_dir, "experiment-name": name})
         started = time.time()
         run_local(server_app, client_app, args.clients, config)
