@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from sklearn.metrics.pairwise import euclidean_distances
 
 
 def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise squared Euclidean distances through one matrix product (BLAS), clipped at 0."""
-    sq = (a**2).sum(1)[:, None] - 2.0 * a @ b.T + (b**2).sum(1)[None, :]
-    return np.maximum(sq, 0.0)
+    """Pairwise squared Euclidean distances: scikit-learn's one-matrix-product (BLAS) form, >= 0."""
+    return euclidean_distances(a, b, squared=True)
 
 
 def match_slots(centers: np.ndarray, reference: np.ndarray) -> np.ndarray:
