@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -30,6 +31,28 @@ def _toml_value(value) -> str:
 def run_config_arg(config: dict) -> str:
     """``{"a.b": 1, "c": "x"}`` -> ``a.b=1 c='x'`` for ``--run-config``."""
     return " ".join(f"{k}={_toml_value(v)}" for k, v in config.items())
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def private_superlink_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for a ``flwr run`` that starts its own local SuperLink.
+
+    Flower 1.41's default local federation talks to whatever SuperLink listens on
+    127.0.0.1:39091/39093; a concurrent job (a test, a benchmark) would silently
+    join it. Its own FLWR_HOME and free ports keep every job apart.
+    """
+    return {
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    }
 
 
 def daemons_of(flwr_home: Path) -> list[int]:
@@ -79,7 +102,7 @@ def flwr_run(
     keep_daemons: bool = False,
 ) -> FlwrRun:
     """``flwr run . --stream`` in the project directory; daemons stopped afterwards."""
-    env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    env = {**os.environ, **private_superlink_env(flwr_home)}
     cmd = ["flwr", "run", ".", "--stream", "--federation-config", federation_config]
     cmd += ["--run-config", run_config_arg(run_config)]
     started = time.time()
