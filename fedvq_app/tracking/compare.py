@@ -216,6 +216,8 @@ def _colors(runs: list[Run]):
 def plot_curves(runs: list[Run], path: Path) -> Path:
     """2x2: mean client accuracy, lowest client accuracy, train loss, test loss."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
     colors = _colors(runs)
     panels = (
         ("mean_accuracy", "mean client test accuracy"),
@@ -234,6 +236,7 @@ def plot_curves(runs: list[Run], path: Path) -> Path:
                 drawn = True
         ax.set_title(title)
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if not drawn:
             ax.text(0.5, 0.5, "no run reports it", ha="center", va="center", transform=ax.transAxes, color="grey")
@@ -257,12 +260,11 @@ def plot_communication(runs: list[Run], rows: dict[str, dict[str, Any]], path: P
     fig, (bars, curve) = plt.subplots(1, 2, figsize=(12, 4.5))
     labels = [r.label for r in runs]
     values = [rows[r.label]["bytes_per_round"] or 0.0 for r in runs]
-    bars.bar(range(len(runs)), [v / 1e6 for v in values], color=[colors[label] for label in labels])
+    drawn = bars.bar(range(len(runs)), [v / 1e6 for v in values], color=[colors[label] for label in labels])
+    bars.bar_label(drawn, labels=[human_bytes(v) for v in values], fontsize=7)
     bars.set_xticks(range(len(runs)), labels, rotation=30, ha="right", fontsize=8)
     bars.set_ylabel("MB per round (sent + received)")
-    if any(values):
-        bars.set_yscale("log")
-    bars.set_title("communication per round")
+    bars.set_title("communication per round (mean over rounds)")
     bars.grid(axis="y", alpha=0.3)
     for run in runs:
         s = series(run)
