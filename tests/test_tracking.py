@@ -179,6 +179,13 @@ def test_kmeans_counts_its_rounds_and_its_set_up_phases(tmp_path):
     outside = summary["communication"]["outside_rounds"]
     assert {"query", "evaluate"} <= set(outside["phases"])  # handshake, normalization, PCA, init; evaluation
     assert summary["communication"]["all_phases_sent_bytes"] > summary["communication"]["sent_bytes"]
+    from tbparse import SummaryReader  # k-means has its own workflow: its rounds reach TensorBoard too
+
+    frame = SummaryReader(str(tmp_path / "km")).scalars
+    inertia = frame[frame.tag == "train/inertia"].sort_values("step")
+    assert inertia.step.tolist() == [r["round"] for r in rounds]
+    assert inertia.value.tolist() == pytest.approx([r["train"]["aggregated"]["inertia"] for r in rounds], rel=1e-6)
+    assert "strategy/centroid_shift" in set(frame.tag)
 
 
 # ---------------------------------------------------------------------- progress line
@@ -249,6 +256,7 @@ def test_compare_refuses_what_it_cannot_read(runs, tmp_path, capsys):
     assert "lies in experiment folder" in capsys.readouterr().err and not inside.exists()
 
 
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
 def test_compare_runs_as_a_module_and_is_a_console_script(runs, tmp_path, monkeypatch, capsys):
     argv = ["compare", str(runs["logs"] / "fedavg"), str(runs["logs"] / "fedprox"), "--out", str(tmp_path / "m")]
     monkeypatch.setattr(sys, "argv", argv)
