@@ -350,6 +350,12 @@ def _relative(runs: list[Run], rows: dict[str, dict[str, Any]]) -> dict[str, flo
     }
 
 
+def _config_cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    return '`""`' if value == "" else f"`{value}`"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     runs, rows, diffs = report["runs"], report["rows"], report["diffs"]
     lines = [f"# {report['title']}", "", f"{len(runs)} runs, compared {report['date']}.", ""]
@@ -380,7 +386,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("| key | " + " | ".join(r.label for r in runs) + " |")
         lines.append("|---|" + "---|" * len(runs))
         for key, values in diffs.items():
-            lines.append(f"| `{key}` | " + " | ".join("–" if v is None else f"`{v}`" for v in values) + " |")
+            lines.append(f"| `{key}` | " + " | ".join(_config_cell(v) for v in values) + " |")
     else:
         lines.append("The runs share every config value (apart from folder names).")
     lines += ["", "## Plots", "", "![curves](curves.png)", "", "![communication](communication.png)", "",
