@@ -264,7 +264,6 @@ class ExperimentTracker:
         log(INFO, "[fedvq] %s; results in %s", headline, self.dir)
         return summary
 
-
     def fail(self, reason: str) -> None:
         """The run stopped on an error: close the TensorBoard file, mark the MLflow run FAILED."""
         self.sinks.fail(reason)
