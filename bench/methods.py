@@ -89,8 +89,10 @@ def run_cell(method: str, scenario: str, setup: dict, work: Path) -> dict:
     if gamma is None:  # a strategy whose final report does not carry it: the last evaluated round's value
         evaluated = [r["evaluate"]["aggregated"] for r in rounds_of(work / name) if r.get("evaluate")]
         gamma = next((e["gradient-dissimilarity"] for e in reversed(evaluated) if "gradient-dissimilarity" in e), None)
+    communication = summary.get("communication") or {}
     return {**row, "accuracy": final.get("accuracy"), "macro_f1": final.get("macro_f1"),
             "balanced_accuracy": final.get("balanced_accuracy"), "gamma": gamma,
+            "bytes_per_round": communication.get("mean_bytes_per_round"),
             "seconds": time.time() - started}
 
 
@@ -164,6 +166,13 @@ def render_markdown(records: list[dict]) -> str:
                 gamma = "-" if c["gamma"] is None else f"{c['gamma']:.2f}"
                 row.append(f"{gamma} / {c['seconds']:.0f} s")
         lines.append(f"| {m} | " + " | ".join(row) + " |")
+    if any(c.get("bytes_per_round") for c in cells.values()):
+        lines += ["", "Bytes per round (sent to + received from all clients, mean over rounds; Flower's count_bytes "
+                  "of the records):", "", "| method | " + " | ".join(scenarios) + " |",
+                  "|---|" + "---|" * len(scenarios)]
+        for m in methods:
+            values = [(cells.get((m, s)) or {}).get("bytes_per_round") for s in scenarios]
+            lines.append(f"| {m} | " + " | ".join("-" if v is None else f"{v / 1e6:.2f} MB" for v in values) + " |")
     errors = [c for c in cells.values() if "error" in c]
     if errors:
         lines += ["", "Failures:", ""] + [f"- {c['method']} / {c['scenario']}: {c['error']}" for c in errors]

@@ -350,6 +350,26 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class TrackingSettings:
+    """Where a run's figures go besides its experiment folder's JSON files."""
+
+    tensorboard: bool = option(
+        "tracking.tensorboard",
+        True,
+        help="write TensorBoard event files into the experiment folder (tensorboard --logdir <log-dir>)",
+    )
+    mlflow_uri: str = option(
+        "tracking.mlflow-uri",
+        "",
+        help="MLflow tracking URI (http://host:port, sqlite:///mlflow.db or a local mlruns folder); "
+        "needs the [mlflow] extra; empty = off",
+    )
+    mlflow_experiment: str = option(
+        "tracking.mlflow-experiment", "fedvq", help="MLflow experiment the runs are logged under"
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a run needs, validated once."""
 
@@ -373,6 +393,7 @@ class Settings:
     model: ModelSettings
     train: TrainSettings
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
     method_options: Any = None
     raw: Mapping[str, ConfigValue] = field(default_factory=dict, compare=False)
 
@@ -427,6 +448,7 @@ COMMON_SECTIONS: tuple[type, ...] = (
     ModelSettings,
     TrainSettings,
     MetricsSettings,
+    TrackingSettings,
 )
 
 
@@ -478,6 +500,7 @@ def load_settings(
         model=parse_section(ModelSettings, run_config),
         train=parse_section(TrainSettings, run_config),
         metrics=parse_section(MetricsSettings, run_config),
+        tracking=parse_section(TrackingSettings, run_config),
         method_options=options,
         raw=dict(run_config),
     )

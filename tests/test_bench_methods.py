@@ -43,3 +43,12 @@ def test_the_table_keeps_the_newest_cell_of_the_newest_full_setup():
     assert "| fedavg | **30.00** (30.00 / 30.00) | not run |" in text
     assert "| fusedspace | not run | failed |" in text
     assert "fusedspace / pathological-2: RuntimeError: boom" in text
+
+
+def test_bytes_per_round_get_their_own_table_when_measured():
+    old = [_cell("fedavg", "dirichlet-0.5", "2026-01-01 10:00:00")]  # recorded before communication was counted
+    assert "Bytes per round" not in render_markdown(old)
+    records = [_cell("fedavg", "dirichlet-0.5", "2026-01-01 11:00:00", bytes_per_round=6_404_000.0),
+               _cell("fedvq", "dirichlet-0.5", "2026-01-01 11:05:00", bytes_per_round=10_090_000.0)]
+    text = render_markdown(records)
+    assert "| fedavg | 6.40 MB |" in text and "| fedvq | 10.09 MB |" in text

@@ -143,6 +143,10 @@ def test_insecure_topology_runs_a_neural_job(insecure):
     assert summary["dropped_total"] == 0 and summary["rejected_total"] == 0
     assert (logs / "fedavg" / "checkpoint.npz").is_file()
     assert [r["round"] for r in _rounds(logs / "fedavg")] == [1, 2]
+    traffic = summary["communication"]  # counted on the SuperLink's grid, per client
+    assert set(traffic["clients"]) == {"0", "1", "2"}
+    assert all(c["sent"] > 0 and c["received"] > 0 for c in traffic["clients"].values())
+    assert traffic["sent_bytes"] > traffic["received_bytes"] > 0  # model out twice a round, back once
 
 
 def test_insecure_topology_runs_a_kmeans_job_on_each_sites_data_dir(insecure):

@@ -21,4 +21,8 @@ def test_flwr_run_simulation_writes_summary(tmp_path):
     assert summary["num_clients"] == 3 and summary["rounds"] == 2
     assert summary["final"]["accuracy"] > 0.2  # chance is 0.1
     assert (logs / "e2e" / "accuracy.png").is_file()
+    traffic = summary["communication"]  # counted on Flower's own grid, per client
+    assert set(traffic["clients"]) == {"0", "1", "2"}
+    assert all(c["sent"] > 0 and c["received"] > 0 for c in traffic["clients"].values())
+    assert list((logs / "e2e").glob("events.out.tfevents.*"))
     assert daemons_of(flwr_home) == []

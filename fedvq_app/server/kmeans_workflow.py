@@ -130,6 +130,7 @@ def run_lloyd(
     """Lloyd rounds until no run moves more than tol; returns every round's result and convergence."""
     opts = settings.method_options
     results: list[StepResult] = []
+    tracker.traffic_outside_rounds()  # the set-up phases count in the run's total, not in round 1
     for rnd in range(1, opts.max_rounds + 1):
         started = time.time()
         config = {"server-round": rnd, "experiment": tracker.dir.name}

@@ -34,6 +34,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedvq_app.server.checkpoint import Checkpointer, resume
+from fedvq_app.tracking.communication import metered
 from fedvq_app.tracking.experiment import ExperimentTracker, RoundOutcome
 
 RoundHook = Callable[[int, ArrayRecord], None]
@@ -163,6 +164,8 @@ def run_rounds(
     is checkpointed into the experiment folder.
     """
     first_round = plan.first_round
+    grid = metered(grid, tracker.traffic)  # bytes to and from every client, per round
+    tracker.traffic_outside_rounds()  # whatever a workflow exchanged before the first round
     resumed = resume(tracker.settings, strategy, tracker)
     if resumed is not None:
         first_round, arrays = resumed

@@ -7,6 +7,7 @@ Layout of ``<log-dir>/<experiment-name or method_dataset_timestamp>/``::
                      sampled/replied/dropped/rejected nodes, strategy statistics)
     summary.json     stable keys for scripts (see :meth:`ExperimentTracker.summary`)
     *.png            plots (see fedvq_app.tracking.plots)
+    events.out.tfevents.*  TensorBoard scalars per round (see fedvq_app.tracking.sinks)
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from flwr.common.logger import log
 
 from fedvq_app.config import Settings, resolve_log_root
 from fedvq_app.registry import get_method
+from fedvq_app.tracking.communication import Traffic, TrafficMeter, run_communication
+from fedvq_app.tracking.sinks import SinkSet, open_sinks
 
 #: key of a method report whose entries are merged into the top level of summary.json
 TOP_LEVEL_KEY = "top_level"
@@ -83,6 +86,14 @@ class ExperimentTracker:
     """Writes one experiment folder; keeps just enough in memory for the summary."""
 
     def __init__(self, settings: Settings, directory: Path) -> None:
+        # TensorBoard / MLflow; an unusable MLflow target stops the run here, before the folder exists
+        self.sinks = SinkSet(open_sinks(settings, directory))
+        #: counts the bytes of every message the server sends and receives (the grid is wrapped with it)
+        self.traffic = TrafficMeter()
+        #: traffic outside the rounds (k-means' set-up phases, CFL's final cross-evaluation)
+        self.outside_rounds = Traffic()
+        #: wall seconds of the rounds this process ran (progress line, ETA)
+        self.round_seconds: list[float] = []
         self.settings = settings
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -144,11 +155,18 @@ class ExperimentTracker:
             "strategy": outcome.strategy_report,
         }
         record["evaluate"]["summary"] = client_spread(eval_clients)
+        record["communication"] = self.traffic.take().report(self.node_to_partition)
         self.rounds.append(_jsonable(record))
         with (self.dir / "rounds.jsonl").open("a") as fh:
             fh.write(json.dumps(self.rounds[-1]) + "\n")
+        self.round_seconds.append(float(outcome.wall_time_s))
         self._log_progress(record)
+        self.sinks.log_round(self.rounds[-1])
         return record
+
+    def traffic_outside_rounds(self) -> None:
+        """File the bytes counted since the last round under 'outside the rounds' (set-up, final phases)."""
+        self.outside_rounds.merge(self.traffic.take())
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
@@ -172,7 +190,8 @@ class ExperimentTracker:
     def _log_progress(self, record: dict[str, Any]) -> None:
         spread = record["evaluate"]["summary"]
         train_loss = record["train"]["aggregated"].get("train-loss")
-        parts = [f"[fedvq] round {record['round']}/{self.planned_rounds}"]
+        done, total = record["round"], self.planned_rounds
+        parts = [f"[fedvq] round {done}/{total} ({100 * done / max(total, 1):.0f} %)"]
         if train_loss is not None:
             parts.append(f"train loss {train_loss:.4f}")
         if spread:
@@ -185,7 +204,10 @@ class ExperimentTracker:
             parts.append(f"own-test acc mean {own['mean_accuracy']:.4f}")
         if record["dropped"] or record["rejected"]:
             parts.append(f"dropped {len(record['dropped'])}, rejected {len(record['rejected'])}")
-        parts.append(f"{record['wall_time_s']:.1f} s")
+        traffic = record.get("communication") or {}
+        if traffic.get("total_bytes"):
+            parts.append(f"sent {_size(traffic['sent_bytes'])}, received {_size(traffic['received_bytes'])}")
+        parts.append(progress_text(record["round"], self.planned_rounds, self.round_seconds))
         log(INFO, " | ".join(parts))
 
     # ------------------------------------------------------------------ summary
@@ -214,6 +236,8 @@ class ExperimentTracker:
         }
         if self.stopped_early:
             summary["stopped_early"] = self.stopped_early
+        self.traffic_outside_rounds()
+        summary["communication"] = run_communication(self.rounds, self.outside_rounds, self.node_to_partition)
         if method_report:
             method_report = dict(method_report)
             # a method without accuracies (k-means) names its headline figures at the top level
@@ -231,6 +255,7 @@ class ExperimentTracker:
         method_plots = get_method(self.settings.method).plots
         if method_plots is not None:
             method_plots(self.dir, self.rounds, summary)
+        self.sinks.finish(summary, self.dir)
         headline = (
             f"final mean test accuracy {summary['final']['accuracy']:.4f}"
             if summary["final"].get("accuracy") is not None
@@ -238,6 +263,33 @@ class ExperimentTracker:
         )
         log(INFO, "[fedvq] %s; results in %s", headline, self.dir)
         return summary
+
+    def fail(self, reason: str) -> None:
+        """The run stopped on an error: close the TensorBoard file, mark the MLflow run FAILED."""
+        self.sinks.fail(reason)
+
+
+def _size(num_bytes: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:.2f} {unit}"
+    return f"{int(num_bytes)} B"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def progress_text(done: int, total: int, round_seconds: list[float]) -> str:
+    """'12.3 s/round, ETA 1:02' from the mean duration of the rounds this process ran."""
+    if not round_seconds:
+        return "ETA unknown"
+    per_round = sum(round_seconds) / len(round_seconds)
+    remaining = max(total - done, 0)
+    return f"{round_seconds[-1]:.1f} s (mean {per_round:.1f} s/round), ETA {_duration(remaining * per_round)}"
 
 
 def client_spread(clients: dict[int, dict[str, Any]], key: str = "test-accuracy") -> dict[str, float]:

@@ -1,0 +1,126 @@
+"""Where a run's rounds go besides rounds.jsonl: TensorBoard event files and, optionally, MLflow.
+
+The tracker calls every sink after each round (:meth:`Sink.log_round`) and at the
+end (:meth:`Sink.finish`, or :meth:`Sink.fail` when the run stops on an error). A
+sink that breaks mid-run (a tracking server that went away) is logged once and
+dropped: the federated run goes on and rounds.jsonl stays complete.
+
+* TensorBoard (``tracking.tensorboard``, on by default): event files written with
+  the ``tensorboard`` package's writer (through ``torch.utils.tensorboard``) right
+  in the experiment folder, so ``tensorboard --logdir logs`` shows every experiment
+  as one run, side by side. A resumed run writes a new event file that tells
+  TensorBoard to discard the first process's steps from the resumed round on.
+* MLflow (``tracking.mlflow-uri``, extra ``[mlflow]``): see
+  :mod:`fedvq_app.tracking.mlflow_sink`.
+"""
+
+from __future__ import annotations
+
+from logging import WARNING
+from pathlib import Path
+from typing import Any, Protocol
+
+from flwr.common.logger import log
+
+from fedvq_app.config import Settings
+from fedvq_app.tracking.scalars import round_scalars
+
+
+class Sink(Protocol):
+    def log_round(self, record: dict[str, Any], scalars: dict[str, float]) -> None: ...
+
+    def finish(self, summary: dict[str, Any], directory: Path) -> None: ...
+
+    def fail(self, reason: str) -> None: ...
+
+
+def _config_markdown(config: dict[str, Any]) -> str:
+    rows = "\n".join(f"| `{k}` | `{v!r}` |" for k, v in sorted(config.items()))
+    return "| key | value |\n|---|---|\n" + rows
+
+
+class TensorBoardSink:
+    """Scalars per round into event files in the experiment folder."""
+
+    def __init__(self, directory: Path, config: dict[str, Any], resumed: bool) -> None:
+        self.directory = directory
+        self.config = config
+        self.resumed = resumed
+        self.writer = None
+
+    def _open(self, first_step: int):
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 (imports tensorboard)
+
+        # purge_step: a resumed run drops the steps the crashed process logged after its checkpoint
+        self.writer = SummaryWriter(
+            log_dir=str(self.directory), purge_step=first_step if self.resumed else None, flush_secs=30
+        )
+        if not self.resumed:
+            self.writer.add_text("config", _config_markdown(self.config), 0)
+        return self.writer
+
+    def log_round(self, record: dict[str, Any], scalars: dict[str, float]) -> None:
+        step = int(record["round"])
+        writer = self.writer or self._open(step)
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, step)
+        writer.flush()
+
+    def finish(self, summary: dict[str, Any], directory: Path) -> None:
+        if self.writer is None:
+            return
+        final = summary.get("final") or {}
+        lines = [f"| {k} | {v} |" for k, v in final.items() if not isinstance(v, list)]
+        lines += [
+            f"| communication {k} | {v} |"
+            for k, v in (summary.get("communication") or {}).items()
+            if isinstance(v, int | float)
+        ]
+        self.writer.add_text("summary", "| figure | value |\n|---|---|\n" + "\n".join(lines), summary.get("rounds", 0))
+        self.writer.close()
+
+    def fail(self, reason: str) -> None:
+        if self.writer is not None:
+            self.writer.add_text("failed", reason)
+            self.writer.close()
+
+
+def open_sinks(settings: Settings, directory: Path) -> list[Sink]:
+    """The sinks ``tracking.*`` asks for (an unusable MLflow target raises ConfigError here, before any file)."""
+    sinks: list[Sink] = []
+    tracking = settings.tracking
+    resumed = bool(settings.resume_from)
+    if tracking.mlflow_uri:
+        from fedvq_app.tracking.mlflow_sink import MlflowSink  # noqa: PLC0415 (optional extra)
+
+        sinks.append(MlflowSink.open(settings, directory))
+    if tracking.tensorboard:
+        sinks.append(TensorBoardSink(directory, settings.to_dict(), resumed))
+    return sinks
+
+
+class SinkSet:
+    """The tracker's sinks; a failing one is reported once and removed."""
+
+    def __init__(self, sinks: list[Sink]) -> None:
+        self.sinks = list(sinks)
+
+    def _each(self, action: str, *args) -> None:
+        for sink in list(self.sinks):
+            try:
+                getattr(sink, action)(*args)
+            except Exception as err:  # noqa: BLE001 - a tracking backend must not end the federated run
+                log(WARNING, "[fedvq] %s stopped logging (%s: %s)", type(sink).__name__, type(err).__name__, err)
+                self.sinks.remove(sink)
+
+    def log_round(self, record: dict[str, Any]) -> None:
+        if self.sinks:
+            self._each("log_round", record, round_scalars(record))
+
+    def finish(self, summary: dict[str, Any], directory: Path) -> None:
+        self._each("finish", summary, directory)
+        self.sinks = []
+
+    def fail(self, reason: str) -> None:
+        self._each("fail", reason)
+        self.sinks = []
