@@ -69,7 +69,7 @@ STANDIN_BASE = "fedvq-standin/flwr-base"
 STANDIN_ROOTFS = "fedvq-standin/debian"
 ENTRYPOINTS = {"superlink": "flower-superlink", "supernode": "flower-supernode", "superexec": "flower-superexec"}
 #: FedAvg, 2 rounds, small: what the insecure and the secure job run
-FEDAVG = {"method": "fedavg", "num-server-rounds": 2, "train.local-epochs": 1, "eval-every": 1,
+FEDAVG = {"method": "fedavg", "num-server-rounds": 2, "train.local-epochs": 1, "eval-every": 2,
           "partition.kind": "iid", "round-timeout": 600.0}
 #: k-means, 2 Lloyd rounds on each site's own generated file (as tests/test_deployment.py)
 KMEANS = {"method": "kmeans", "kmeans.data-source": "generated", "kmeans.max-rounds": 2, "kmeans.n-init": 1,
@@ -394,6 +394,19 @@ class Topology:
         sh(*self.base, "up", "-d", "--no-build", *(services or []), log_file=self.log_file)
         return port
 
+    def wait_healthy(self, service: str, timeout: float = 600) -> None:
+        """Until the service's healthcheck passes (Compose 1.29 has no `up --wait`)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            container = sh(*self.base, "ps", "-q", service, check=False, capture=True).stdout.strip()
+            if container:
+                health = sh("docker", "inspect", "--format", "{{.State.Health.Status}}", container, check=False,
+                            capture=True).stdout.strip()
+                if health == "healthy":
+                    return
+            time.sleep(2)
+        raise DemoError(f"{service} not healthy within {timeout:.0f} s\n{self.logs()[-3000:]}")
+
     def up_rest(self) -> None:
         sh(*self.base, "up", "-d", "--no-build", log_file=self.log_file)
 
@@ -441,7 +454,7 @@ class Demo:
         text = config.read_text() if config.is_file() else '[superlink]\ndefault = "local"\n\n'
         config.write_text(text + "\n" + "\n".join(lines) + "\n")
 
-    def wait_online(self, connection: str, timeout: float = 300) -> None:
+    def wait_online(self, connection: str, timeout: float = 900) -> None:
         """Until the SuperLink lists every SuperNode as online (the secure case after registration)."""
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -515,6 +528,7 @@ class Demo:
         port = self.topology.up(["superlink"])
         connection = "fedvq-docker-secure"
         self.connect(connection, port, secure=True)
+        self.topology.wait_healthy("superlink")
         deadline = time.time() + 120
         for i in range(1, NUM_SITES + 1):  # only registered keys may connect
             while True:

@@ -202,3 +202,15 @@ def test_gpu_override_gives_each_clientapp_executor_a_gpu():
     for service in gpu.values():
         (device,) = service["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+
+
+def test_listeners_are_probed_on_their_port_and_what_connects_waits_until_they_are_healthy(variant):
+    _, services, _ = variant
+    for name in ["superlink", *(f"supernode-{i}" for i in range(1, NUM_SUPERNODES + 1))]:
+        test = services[name]["healthcheck"]["test"]
+        assert test[:2] == ["CMD", "python"] and test[-1] == _flag(services[name]["command"], "--port"), name
+    waits = {"superexec-serverapp": "superlink"}
+    waits |= {f"supernode-{i}": "superlink" for i in range(1, NUM_SUPERNODES + 1)}
+    waits |= {f"superexec-clientapp-{i}": f"supernode-{i}" for i in range(1, NUM_SUPERNODES + 1)}
+    for name, target in waits.items():
+        assert services[name]["depends_on"] == {target: {"condition": "service_healthy"}}, name
