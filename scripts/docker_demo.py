@@ -70,7 +70,7 @@ STANDIN_ROOTFS = "fedvq-standin/debian"
 ENTRYPOINTS = {"superlink": "flower-superlink", "supernode": "flower-supernode", "superexec": "flower-superexec"}
 #: FedAvg, 2 rounds, small: what the insecure and the secure job run
 FEDAVG = {"method": "fedavg", "num-server-rounds": 2, "train.local-epochs": 1, "eval-every": 2,
-          "partition.kind": "iid", "round-timeout": 600.0}
+          "partition.kind": "iid", "round-timeout": 420.0}
 #: k-means, 2 Lloyd rounds on each site's own generated file (as tests/test_deployment.py)
 KMEANS = {"method": "kmeans", "kmeans.data-source": "generated", "kmeans.max-rounds": 2, "kmeans.n-init": 1,
           "kmeans.client-logs": False, "kmeans.silhouette-sample": 0}
@@ -557,15 +557,25 @@ class Demo:
             else:
                 project = f"fedvq-superexec:{self.version}"
             write_sites(project)
-            for job in self.args.jobs:
+            failed = []
+            for job in self.args.jobs:  # each on its own topology: one that fails does not stop the others
                 log(f"--- job {job}")
-                if job == "insecure":
-                    self.results[job] = self.job_insecure("insecure", FEDAVG)
-                elif job == "secure":
-                    self.results[job] = self.job_secure()
-                elif job == "kmeans":
-                    self.results[job] = self.job_insecure("kmeans", KMEANS)
+                try:
+                    if job == "insecure":
+                        self.results[job] = self.job_insecure("insecure", FEDAVG)
+                    elif job == "secure":
+                        self.results[job] = self.job_secure()
+                    elif job == "kmeans":
+                        self.results[job] = self.job_insecure("kmeans", KMEANS)
+                except DemoError as exc:
+                    log(f"job {job} FAILED: {exc}")
+                    self.results[f"{job}_error"] = str(exc)[:4000]
+                    failed.append(job)
+                    if self.topology is not None:
+                        self.topology.down()
             self.check_results()
+            if failed:
+                raise DemoError(f"jobs failed: {', '.join(failed)}")
             ok = True
         except (DemoError, subprocess.SubprocessError, OSError) as exc:
             log(f"FAILED: {exc}")
@@ -618,6 +628,7 @@ class Demo:
         report = {"ok": ok, "flower": self.version, "timings_s": self.timings,
                   "image_sizes_mb": {k: round(v / 1e6) for k, v in self.sizes.items()},
                   "jobs": {k: v for k, v in self.results.items() if isinstance(v, dict)},
+                  "errors": {k: v for k, v in self.results.items() if k.endswith("_error")},
                   "containers_left": self.results.get("containers_left"),
                   "dockerd_started_here": self.engine.process is not None}
         (DOCKER / "logs").mkdir(exist_ok=True)

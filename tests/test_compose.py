@@ -142,7 +142,8 @@ def test_superlink_flags_and_port_match_the_process_topology(variant):
     assert _flag(command, "--isolation") == "process"  # executors are their own containers
     assert _flag(command, "--host") == "0.0.0.0"
     port = _flag(command, "--port")
-    assert superlink["ports"] == [f"{port}:{port}"]  # flwr CLI and SuperNodes reach the one HTTP port
+    # the flwr CLI reaches the one HTTP port, on the loopback only (the insecure topology is for development)
+    assert superlink["ports"] == [f"127.0.0.1:{port}:{port}"]
     assert _flags(command) <= _flags(topology.superlink_command()) | {"--isolation"}
 
 
