@@ -651,7 +651,14 @@ def _toml(value) -> str:
     return repr(value)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM and SIGINT tear down like Ctrl-C (a shell's background job starts with SIGINT ignored)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", default="insecure,secure,kmeans",
                         help="comma-separated, from insecure, secure, kmeans (default: all three)")
