@@ -356,8 +356,9 @@ def host_network_override(files: list[str]) -> tuple[dict, int]:
 class Topology:
     """One compose project (base files + the host-network override), up and down."""
 
-    def __init__(self, engine: Engine, files: list[str], work: Path, name: str) -> None:
+    def __init__(self, engine: Engine, files: list[str], work: Path, name: str, nice: int = 0) -> None:
         self.engine = engine
+        self.nice = nice
         self.files = files
         self.work = work
         self.name = name
@@ -392,7 +393,22 @@ class Topology:
                             "(removed again)\n" + yaml.safe_dump(config, sort_keys=False))
         self.up_done = True
         sh(*self.base, "up", "-d", "--no-build", *(services or []), log_file=self.log_file)
+        self.renice()
         return port
+
+    def renice(self) -> None:
+        """``--renice``: the containers' processes (and the ClientApp processes they spawn later) at that nice.
+
+        Flower 1.41 gives a ClientApp process 30 s (HEARTBEAT_DEFAULT_INTERVAL) from being handed a task to
+        its first heartbeat; on a host so overloaded that starting Python and importing flwr takes longer,
+        every task expires (401 "task-token authentication failed") and rounds get no replies."""
+        if not self.nice:
+            return
+        ids = sh(*self.base, "ps", "-q", check=False, capture=True).stdout.split()
+        for container in ids:
+            pids = sh("docker", "top", container, "-eo", "pid", check=False, capture=True).stdout.split()[1:]
+            if pids:
+                sh("renice", "-n", str(self.nice), "-p", *pids, check=False, capture=True)
 
     def wait_healthy(self, service: str, timeout: float = 600) -> None:
         """Until the service's healthcheck passes (Compose 1.29 has no `up --wait`)."""
@@ -409,6 +425,7 @@ class Topology:
 
     def up_rest(self) -> None:
         sh(*self.base, "up", "-d", "--no-build", log_file=self.log_file)
+        self.renice()
 
     def ps(self) -> str:
         return sh(*self.base, "ps", check=False, capture=True).stdout
@@ -504,7 +521,7 @@ class Demo:
                 "files": files, "rounds": [r.get("round") for r in rounds], "summary": summary}
 
     def job_insecure(self, name: str, config: dict) -> dict:
-        self.topology = Topology(self.engine, ["compose.yml"], self.work, name)
+        self.topology = Topology(self.engine, ["compose.yml"], self.work, name, self.args.renice)
         started = time.time()
         port = self.topology.up()
         self.connect(f"fedvq-docker-{name}", port, secure=False)
@@ -523,7 +540,8 @@ class Demo:
         sh("docker", "run", "--rm", "--network", "none", "--user", "root", "--entrypoint", "chown",
            "-v", f"{certs}:/certs", f"fedvq-superexec:{self.version}", "-R", f"{APP_UID}:{APP_UID}", "/certs",
            capture=True)
-        self.topology = Topology(self.engine, ["compose.yml", "compose.secure.yml"], self.work, "secure")
+        self.topology = Topology(self.engine, ["compose.yml", "compose.secure.yml"], self.work, "secure",
+                                 self.args.renice)
         started = time.time()
         port = self.topology.up(["superlink"])
         connection = "fedvq-docker-secure"
@@ -666,6 +684,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="build local flwr/* stand-ins: where they cannot be pulled (auto), always, never")
     parser.add_argument("--no-build", action="store_true", help="use the existing fedvq-superexec image")
     parser.add_argument("--remove-images", action="store_true", help="remove the images this script built")
+    parser.add_argument("--renice", type=int, default=0,
+                        help="run the containers' processes at this nice value (root; e.g. -10 on an overloaded "
+                             "host where ClientApp processes otherwise miss Flower's 30 s start-up window)")
     parser.add_argument("--job-timeout", type=float, default=1800, help="seconds one flwr run may take")
     args = parser.parse_args(argv)
     args.jobs = [job.strip() for job in args.jobs.split(",") if job.strip()]
