@@ -63,8 +63,10 @@ def test_host_network_override_keeps_every_link_on_the_loopback(files):
 @pytest.mark.skipif(os.environ.get("FEDVQ_DOCKER_TESTS") != "1", reason="set FEDVQ_DOCKER_TESTS=1 to run the demo")
 @pytest.mark.skipif(not _daemon_answers(), reason="no Docker daemon answers")
 def test_docker_demo_runs_insecure_secure_and_kmeans_and_tears_down():
-    code = subprocess.run([sys.executable, str(ROOT / "scripts" / "docker_demo.py")], cwd=ROOT,
-                          timeout=3 * 3600).returncode
+    command = [sys.executable, str(ROOT / "scripts" / "docker_demo.py")]
+    if os.environ.get("FEDVQ_DOCKER_RENICE"):  # overloaded hosts, see the script's --renice
+        command += ["--renice", os.environ["FEDVQ_DOCKER_RENICE"]]
+    code = subprocess.run(command, cwd=ROOT, timeout=3 * 3600).returncode
     report = json.loads((ROOT / "docker" / "logs" / "demo_report.json").read_text())
     assert code == 0 and report["ok"], report
     assert not (ROOT / "docker" / "compose.hostnet.yml").exists()
