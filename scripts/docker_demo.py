@@ -37,7 +37,7 @@ What it does, in order (everything it starts is stopped again, also on failure o
    (``--remove-images`` removes the ones it built).
 
 Figures (seconds per step, image sizes, accuracies) are printed at the end and
-written to ``docker/logs/demo_report.json``.
+written to ``docker/demo/report.json`` (with the containers' logs).
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 OVERRIDE = DOCKER / "compose.hostnet.yml"
 RESOLVED = DOCKER / ".compose.hostnet.rendered.yml"
+#: the demo's own output (report, container logs); docker/logs belongs to the containers' `app` user
+DEMO_OUT = DOCKER / "demo"
 PROJECT = "fedvq-demo"
 APP_UID = 49999  # the `app` user of Flower's images
 NUM_SITES = 3
@@ -636,7 +638,7 @@ class Demo:
                 if self.args.remove_images:
                     self.images.remove()
             self.engine.stop()
-            kept = ROOT / "docker" / "logs" / "demo"
+            kept = DEMO_OUT
             kept.mkdir(parents=True, exist_ok=True)
             for item in self.work.glob("*.log"):
                 shutil.copy(item, kept / item.name)
@@ -649,8 +651,8 @@ class Demo:
                   "errors": {k: v for k, v in self.results.items() if k.endswith("_error")},
                   "containers_left": self.results.get("containers_left"),
                   "dockerd_started_here": self.engine.process is not None}
-        (DOCKER / "logs").mkdir(exist_ok=True)
-        (DOCKER / "logs" / "demo_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        DEMO_OUT.mkdir(exist_ok=True)
+        (DEMO_OUT / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         log("images: " + ", ".join(f"{k} {v} MB" for k, v in report["image_sizes_mb"].items()))
         log("seconds: " + ", ".join(f"{k} {v}" for k, v in self.timings.items()))
         for job, result in report["jobs"].items():

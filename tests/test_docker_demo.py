@@ -67,7 +67,7 @@ def test_docker_demo_runs_insecure_secure_and_kmeans_and_tears_down():
     if os.environ.get("FEDVQ_DOCKER_RENICE"):  # overloaded hosts, see the script's --renice
         command += ["--renice", os.environ["FEDVQ_DOCKER_RENICE"]]
     code = subprocess.run(command, cwd=ROOT, timeout=3 * 3600).returncode
-    report = json.loads((ROOT / "docker" / "logs" / "demo_report.json").read_text())
+    report = json.loads((ROOT / "docker" / "demo" / "report.json").read_text())
     assert code == 0 and report["ok"], report
     assert not (ROOT / "docker" / "compose.hostnet.yml").exists()
     ps = subprocess.run(["docker", "ps", "-q", "--filter", "label=com.docker.compose.project=fedvq-demo"],
