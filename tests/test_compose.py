@@ -142,7 +142,8 @@ def test_superlink_flags_and_port_match_the_process_topology(variant):
     assert _flag(command, "--isolation") == "process"  # executors are their own containers
     assert _flag(command, "--host") == "0.0.0.0"
     port = _flag(command, "--port")
-    assert superlink["ports"] == [f"{port}:{port}"]  # flwr CLI and SuperNodes reach the one HTTP port
+    # the flwr CLI reaches the one HTTP port, on the loopback only (the insecure topology is for development)
+    assert superlink["ports"] == [f"127.0.0.1:{port}:{port}"]
     assert _flags(command) <= _flags(topology.superlink_command()) | {"--isolation"}
 
 
@@ -202,3 +203,15 @@ def test_gpu_override_gives_each_clientapp_executor_a_gpu():
     for service in gpu.values():
         (device,) = service["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+
+
+def test_listeners_are_probed_on_their_port_and_what_connects_waits_until_they_are_healthy(variant):
+    _, services, _ = variant
+    for name in ["superlink", *(f"supernode-{i}" for i in range(1, NUM_SUPERNODES + 1))]:
+        test = services[name]["healthcheck"]["test"]
+        assert test[:2] == ["CMD", "python"] and test[-1] == _flag(services[name]["command"], "--port"), name
+    waits = {"superexec-serverapp": "superlink"}
+    waits |= {f"supernode-{i}": "superlink" for i in range(1, NUM_SUPERNODES + 1)}
+    waits |= {f"superexec-clientapp-{i}": f"supernode-{i}" for i in range(1, NUM_SUPERNODES + 1)}
+    for name, target in waits.items():
+        assert services[name]["depends_on"] == {target: {"condition": "service_healthy"}}, name
