@@ -355,8 +355,8 @@ class PrivacySettings:
         "privacy.clipped-count-stddev",
         0.0,
         minimum=0.0,
-        help="client-adaptive: noise std of the clipped-update count; 0 = the smallest value the noise "
-        "multiplier allows (1.0 x noise-multiplier, i.e. the count takes 1/4 of the privacy budget)",
+        help="client-adaptive: noise std of the clipped-update count (> noise-multiplier / 2); 0 = the noise "
+        "multiplier, so the count takes 1/4 of the privacy budget",
     )
 
     @property

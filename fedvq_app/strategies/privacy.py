@@ -186,9 +186,17 @@ class _ClientLevel(_Forwarding):
         for msg in accepted:
             self._as_clippable(msg)
         norms = self._update_norms(accepted)
-        self.accepted_count = len(accepted)
+        # Flower's clipping divides by the update norm: a reply equal to the global model
+        # (no local step, or a client replaying it) would raise ZeroDivisionError. Such
+        # updates add nothing to the sum, so the wrapper averages the others and the
+        # fixed denominator (x moving / m) releases the same sum / m.
+        moving = [m for m, n in zip(accepted, norms, strict=True) if n > 0]
+        self.accepted_count = len(moving)
         self.round_clip_norm = float(self.clipping_norm)
-        arrays, metrics = super().aggregate_train(server_round, accepted)
+        if moving:
+            arrays, metrics = super().aggregate_train(server_round, moving)
+        else:  # nobody moved: the release is the global model plus the noise
+            arrays, metrics = self._add_noise_to_aggregated_arrays(self.current_arrays), None
         if arrays is None:
             self.last = {"round": server_round, "released": False}
             return None, metrics
@@ -200,7 +208,7 @@ class _ClientLevel(_Forwarding):
             "clipping_norm": self.round_clip_norm,
             "noise_std": self.noise_std,
             "sampled": self.num_sampled_clients,
-            "aggregated": self.accepted_count,
+            "aggregated": len(accepted),
             "population": self.population,
             "clipped_fraction": float(np.mean([n > self.round_clip_norm for n in norms])),
             "update_norm_median": float(np.median(norms)),

@@ -7,7 +7,8 @@ and loader into Opacus' (``PrivacyEngine.make_private``: per-sample clipping to
 ``privacy.clipping-norm``, Gaussian noise of ``privacy.noise-multiplier`` x that
 norm on every step, Poisson sampling of the batches) and keeps the client's RDP
 accountant history in ``context.state`` from round to round, so the epsilon it
-reports covers every step the client has taken in the run.
+reports (Opacus' RDP analysis of that history) covers every step the client has
+taken in the run.
 
 Data-independent loss terms (FedProx's proximal term) never reach Opacus'
 per-sample gradients, so its optimizer would drop them: their gradient is added
@@ -25,6 +26,7 @@ import torch
 from flwr.app import ConfigRecord, RecordDict
 from torch import nn
 
+from fedvq_app.aggregation.privacy import history_epsilon
 from fedvq_app.config import ConfigError, PrivacySettings, Settings
 from fedvq_app.strategies.privacy import DP_EPSILON, DP_NOISE, DP_SAMPLE_RATE, DP_STEPS
 
@@ -104,7 +106,7 @@ class DpSgdSession:
         history = list(self.engine.accountant.history)
         save_history(self.state, history)
         return {
-            DP_EPSILON: float(self.engine.get_epsilon(self.privacy.target_delta)) if history else 0.0,
+            DP_EPSILON: history_epsilon(history, self.privacy.target_delta),
             DP_STEPS: _steps(history) - self.steps_before,
             DP_SAMPLE_RATE: float(self.loader.sample_rate),
             DP_NOISE: float(self.privacy.noise_multiplier),
