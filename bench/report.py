@@ -114,12 +114,19 @@ def methods_section(records: list[dict]) -> list[str]:
     return [machine_line(r), "", table.strip(), "", "![accuracy per scenario](bench/results/methods.png)"]
 
 
+def privacy_section(records: list[dict]) -> list[str]:
+    from bench.privacy import section  # noqa: PLC0415
+
+    return section(records)
+
+
 SECTIONS: dict[str, tuple[str, str, Callable[[list[dict]], list[str]]]] = {
     "codebook_aggregation": ("Codebook aggregation", "python bench/codebook_aggregation.py", codebook_section),
     "fed_kmeans": ("Federated vs centralized k-means", "python bench/fed_kmeans.py", fed_kmeans_section),
     "overhead": ("Flower overhead per round", "python bench/overhead.py", overhead_section),
     "scale": ("Scale: virtual clients on one machine", "python bench/scale.py", scale_section),
     "methods": ("Methods on digits", "python bench/methods.py", methods_section),
+    "privacy": ("Differential privacy: accuracy vs epsilon", "python bench/privacy.py", privacy_section),
 }
 
 

@@ -349,6 +349,75 @@ class MetricsSettings:
     )
 
 
+PRIVACY_MODES = ("none", "client-fixed", "client-adaptive", "sample-dpsgd")
+CLIENT_LEVEL_MODES = ("client-fixed", "client-adaptive")
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """Differential privacy of the training (docs/privacy.md): what is clipped, the noise, the delta."""
+
+    mode: str = option(
+        "privacy.mode",
+        "none",
+        choices=PRIVACY_MODES,
+        help="none | client-fixed / client-adaptive (server clips every client update, noise on the mean; "
+        "Flower's DP wrappers) | sample-dpsgd (Opacus DP-SGD on every client)",
+    )
+    noise_multiplier: float = option(
+        "privacy.noise-multiplier",
+        1.0,
+        minimum=0.0,
+        exclusive_minimum=True,
+        help="Gaussian noise std / clipping norm (client-level: on the sum of clipped updates; sample: per step)",
+    )
+    clipping_norm: float = option(
+        "privacy.clipping-norm",
+        1.0,
+        minimum=0.0,
+        exclusive_minimum=True,
+        help="L2 bound: of each client update (client-fixed; the start value for client-adaptive) or of each "
+        "per-sample gradient (sample-dpsgd)",
+    )
+    target_delta: float = option(
+        "privacy.target-delta",
+        1e-5,
+        minimum=0.0,
+        maximum=0.1,
+        exclusive_minimum=True,
+        help="delta at which epsilon is reported (keep it below 1 / number of clients or samples)",
+    )
+    target_quantile: float = option(
+        "privacy.target-quantile",
+        0.5,
+        minimum=0.0,
+        maximum=1.0,
+        help="client-adaptive: share of updates left unclipped the norm adapts to (Andrew et al. 2021)",
+    )
+    clip_lr: float = option(
+        "privacy.clip-lr",
+        0.2,
+        minimum=0.0,
+        exclusive_minimum=True,
+        help="client-adaptive: geometric step size of the clipping-norm update",
+    )
+    clipped_count_stddev: float = option(
+        "privacy.clipped-count-stddev",
+        0.0,
+        minimum=0.0,
+        help="client-adaptive: noise std of the clipped-update count (> noise-multiplier / 2); 0 = the noise "
+        "multiplier, so the count takes 1/4 of the privacy budget",
+    )
+
+    @property
+    def client_level(self) -> bool:
+        return self.mode in CLIENT_LEVEL_MODES
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
+
+
 @dataclass(frozen=True)
 class TrackingSettings:
     """Where a run's figures go besides its experiment folder's JSON files."""
@@ -394,6 +463,7 @@ class Settings:
     train: TrainSettings
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
     method_options: Any = None
     raw: Mapping[str, ConfigValue] = field(default_factory=dict, compare=False)
 
@@ -449,6 +519,7 @@ COMMON_SECTIONS: tuple[type, ...] = (
     TrainSettings,
     MetricsSettings,
     TrackingSettings,
+    PrivacySettings,
 )
 
 
@@ -501,12 +572,34 @@ def load_settings(
         train=parse_section(TrainSettings, run_config),
         metrics=parse_section(MetricsSettings, run_config),
         tracking=parse_section(TrackingSettings, run_config),
+        privacy=parse_section(PrivacySettings, run_config),
         method_options=options,
         raw=dict(run_config),
     )
     if spec.validate is not None:
         spec.validate(settings)
+    _check_privacy(settings, spec)
     return settings
+
+
+def _check_privacy(settings: Settings, spec) -> None:
+    """Refuse privacy modes whose epsilon would not cover what the run discloses (docs/privacy.md)."""
+    privacy = settings.privacy
+    if not privacy.enabled:
+        return
+    refusal = spec.privacy_check(settings) if spec.privacy_check is not None else None
+    if refusal is None and settings.metrics.gradient_dissimilarity:
+        refusal = "metrics.gradient-dissimilarity sends raw local gradients that no privacy mode covers"
+    stddev = privacy.clipped_count_stddev
+    if privacy.mode == "client-adaptive" and 0 < stddev <= privacy.noise_multiplier / 2:
+        raise ConfigError(
+            f"config key 'privacy.clipped-count-stddev' has invalid value {stddev}: expected 0 (auto) or a float "
+            f"> privacy.noise-multiplier / 2 ({privacy.noise_multiplier / 2})"
+        )
+    if refusal is not None:
+        raise ConfigError(
+            f"config key 'privacy.mode' has invalid value {privacy.mode!r} for method {settings.method!r}: {refusal}"
+        )
 
 
 def all_option_keys() -> dict[str, ConfigValue]:

@@ -39,7 +39,9 @@ class MethodSpec:
     ``client`` is the client trainer class; ``server_workflow`` runs the whole job
     on the ServerApp (the default neural workflow runs the common round loop);
     ``data_name(settings)`` names the data a run uses when that is not
-    ``dataset.name`` (k-means reads tabular sources), for folder names.
+    ``dataset.name`` (k-means reads tabular sources), for folder names;
+    ``privacy_check(settings)`` returns why the configured ``privacy.mode`` would
+    not cover what the method discloses (config.py turns it into a ConfigError).
     """
 
     name: str
@@ -53,6 +55,8 @@ class MethodSpec:
     server_workflow: Callable[..., Any] | None = None
     plots: Callable[..., Any] | None = None
     data_name: Callable[[Settings], str] | None = None
+    #: ``privacy_check(settings)`` -> why ``privacy.mode`` would give a false guarantee (None = fine)
+    privacy_check: Callable[[Settings], str | None] | None = None
 
 
 @cache

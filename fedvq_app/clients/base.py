@@ -32,6 +32,7 @@ from fedvq_app.records import to_numpy, to_record
 from fedvq_app.registry import get_method
 from fedvq_app.strategies.guard import GRADIENT_AT_RECORD, GRADIENT_RECORD
 from fedvq_app.training.device import configure_threads, resolve_device
+from fedvq_app.training.dpsgd import DpSgdSession, dp_compatible
 from fedvq_app.training.loop import (
     EvalResult,
     TrainHook,
@@ -69,6 +70,8 @@ class NeuralClient:
         self.device = resolve_device(settings.device)
         configure_threads(settings.train.num_threads)
         self.data: ClientData = load_client_data(settings, self.partition_id, self.num_partitions)
+        #: sample-dpsgd: this round's DP-SGD steps and the client's epsilon so far (train metrics)
+        self.privacy_metrics: dict = {}
 
     # ------------------------------------------------------------------ model
     @property
@@ -85,7 +88,7 @@ class NeuralClient:
     def build_model(self) -> nn.Module:
         """Same seed as the server, so private parts start where shared ones did."""
         torch.manual_seed(self.settings.seed)
-        return self.spec.build_model(self.settings, self.info)
+        return dp_compatible(self.spec.build_model(self.settings, self.info), self.settings)
 
     def load_model(self, msg: Message) -> nn.Module:
         """Fresh model + this client's private state + the server's shared arrays."""
@@ -121,7 +124,10 @@ class NeuralClient:
         generator = seed_everything(self.settings.seed, int(config["server-round"]), self.partition_id)
         loader = train_loader(self.data, self.settings, generator)
         optimizer = make_optimizer(self.trainable_parameters(model), self.settings.train, lr)
-        return train_epochs(
+        dpsgd = DpSgdSession.start(self.settings.privacy, self.context.state, model, optimizer, loader, hooks)
+        if dpsgd is not None:  # sample-dpsgd: Opacus' optimizer and Poisson-sampled loader
+            optimizer, loader = dpsgd.optimizer, dpsgd.loader
+        result = train_epochs(
             model,
             loader,
             optimizer,
@@ -130,6 +136,9 @@ class NeuralClient:
             self.batch_loss,
             hooks,
         )
+        if dpsgd is not None:
+            self.privacy_metrics = dpsgd.finish()
+        return result
 
     def reply_extras(self, model: nn.Module, msg: Message, hooks: list[TrainHook]) -> dict:
         """Extra records (name -> ArrayRecord/MetricRecord) for the train reply."""
@@ -156,6 +165,7 @@ class NeuralClient:
             "label-counts": self.data.label_counts(),
             "rotated": int(self.data.rotated),
             "domain": self.data.domain,
+            **self.privacy_metrics,
         }
         content = RecordDict(
             {

@@ -72,6 +72,16 @@ def build_strategy(settings: Settings, info: DatasetInfo) -> ClusteredFL:
     )
 
 
+def privacy_check(settings) -> str | None:
+    """Sample-level DP-SGD only (see docs/privacy.md)."""
+    if settings.privacy.client_level:
+        return (
+            "CFL averages within data-dependent clusters split on raw update similarities, while the client-level "
+            "noise is calibrated to one mean over all sampled clients; use 'sample-dpsgd'"
+        )
+    return None
+
+
 SPEC = MethodSpec(
     name="cfl",
     summary="clustered FL: per-cluster models, bipartition by update cosine similarity when norms say so",
@@ -81,4 +91,5 @@ SPEC = MethodSpec(
     options_type=CflOptions,
     server_workflow=run_cfl_workflow,
     plots=cfl_plots,
+    privacy_check=privacy_check,
 )

@@ -120,6 +120,14 @@ def run_fedvq_workflow(grid, settings: Settings, tracker):
     return run_neural_workflow(grid, dataclasses.replace(settings, experiment_name=tracker.dir.name), tracker)
 
 
+def privacy_check(settings) -> str | None:
+    """No DP mode: codebook statistics escape both (see docs/privacy.md)."""
+    return (
+        "the VQ codebook follows an EMA of raw encoder outputs and code-usage counts are sent in clear; "
+        "neither DP mode covers them"
+    )
+
+
 SPEC = MethodSpec(
     name="fedvq",
     summary="private encoder + Gumbel VQ; codebook aggregated by mean/k-means/usage-k-means/OT barycenter",
@@ -130,4 +138,5 @@ SPEC = MethodSpec(
     options_type=FedVQOptions,
     server_workflow=run_fedvq_workflow,
     plots=fedvq_plots,
+    privacy_check=privacy_check,
 )

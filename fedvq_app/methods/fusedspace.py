@@ -60,6 +60,17 @@ def build_strategy(settings: Settings, info: DatasetInfo) -> DecoderOnlyFedAvg:
     return DecoderOnlyFedAvg(is_shared=is_shared, **sampling_kwargs(settings))
 
 
+def privacy_check(settings: Settings) -> str | None:
+    """DP-SGD covers only the loop's optimizer: no second optimizer, no warm-up (see docs/privacy.md)."""
+    opts: FusedSpaceOptions = settings.method_options
+    if settings.privacy.mode == "sample-dpsgd" and (opts.ae_lr > 0 or opts.warmup_epochs > 0):
+        return (
+            "the autoencoder's own Adam (fusedspace.ae-lr > 0) and the encoder warm-up (fusedspace.warmup-epochs "
+            "> 0) step on non-private gradients; set both to 0"
+        )
+    return None
+
+
 SPEC = MethodSpec(
     name="fusedspace",
     summary="private encoders; decoder + classifier on x + D(E_i(x)) averaged (decoder-only aggregation)",
@@ -69,4 +80,5 @@ SPEC = MethodSpec(
     is_shared=is_shared,
     options_type=FusedSpaceOptions,
     plots=plots,
+    privacy_check=privacy_check,
 )

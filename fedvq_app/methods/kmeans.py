@@ -99,6 +99,11 @@ def validate(settings: Settings) -> None:
         raise ConfigError("config key 'resume-from' is not supported by method 'kmeans' (it keeps no checkpoints)")
 
 
+def privacy_check(settings) -> str | None:
+    """No DP mode: the clients share per-cluster sums and counts (see docs/privacy.md)."""
+    return "federated k-means shares per-cluster sums and counts, guarded by kmeans.privacy-threshold, not by DP"
+
+
 SPEC = MethodSpec(
     name="kmeans",
     summary="federated k-means with federated normalization and PCA (statistics only, privacy threshold)",
@@ -109,4 +114,5 @@ SPEC = MethodSpec(
     server_workflow=run_kmeans_workflow,
     plots=kmeans_plots,
     data_name=lambda settings: settings.method_options.data_source,
+    privacy_check=privacy_check,
 )

@@ -17,6 +17,14 @@ class ScaffoldOptions:
     )
 
 
+def privacy_check(settings) -> str | None:
+    """No DP mode: the control variates travel unnoised (see docs/privacy.md)."""
+    return (
+        "SCAFFOLD's control-variate change (scaffold-dc, the mean raw local gradient) is sent and averaged "
+        "without clipping or noise; no privacy mode covers it"
+    )
+
+
 SPEC = MethodSpec(
     name="scaffold",
     summary="FedAvg + server/client control variates correcting local gradients",
@@ -26,4 +34,5 @@ SPEC = MethodSpec(
     ),
     client=ScaffoldClient,
     options_type=ScaffoldOptions,
+    privacy_check=privacy_check,
 )

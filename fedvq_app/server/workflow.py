@@ -14,7 +14,9 @@ from fedvq_app.data.datasets import dataset_info
 from fedvq_app.models.state import shared_arrays
 from fedvq_app.registry import get_method
 from fedvq_app.server.loop import LoopPlan, run_rounds
+from fedvq_app.strategies.privacy import privatize
 from fedvq_app.tracking.experiment import ExperimentTracker
+from fedvq_app.training.dpsgd import dp_compatible
 
 
 def train_config(settings: Settings) -> dict[str, Any]:
@@ -48,8 +50,8 @@ def run_training(grid: Grid, settings: Settings, tracker: ExperimentTracker):
     spec = get_method(settings.method)
     info = dataset_info(settings.dataset, settings.seed)
     seed_server(settings.seed)
-    arrays = shared_arrays(spec.build_model(settings, info), spec.is_shared)
-    strategy = spec.build_strategy(settings, info)
+    arrays = shared_arrays(dp_compatible(spec.build_model(settings, info), settings), spec.is_shared)
+    strategy = privatize(spec.build_strategy(settings, info), settings)
     plan = LoopPlan(
         first_round=1,
         last_round=settings.num_server_rounds,

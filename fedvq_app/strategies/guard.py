@@ -61,6 +61,7 @@ class ReplyGuard:
         self.extras: dict[int, RecordDict] = {}
         self.accepted_nodes: list[int] = []
         self.last_dissimilarity: dict[str, float] = {}
+        self._prescreened: list[Message] | None = None
 
     # ---------------------------------------------------------------- sending
     def remember_sent(self, messages: Iterable[Message]) -> list[Message]:
@@ -98,8 +99,23 @@ class ReplyGuard:
             return f"missing records {missing_extras}"
         return array_problem(expected, to_numpy(arrays))
 
+    def prescreen(self, replies: Iterable[Message]) -> list[Message]:
+        """Screen train replies ahead of ``aggregate_train`` (for a wrapper that must see valid replies first).
+
+        The wrapper may edit the returned messages in place (DP clipping) and hand them
+        to ``aggregate_train``, which takes them as screened: rejections and extras stay
+        those of the original replies.
+        """
+        accepted = self.screen(replies, train=True)
+        self._prescreened = accepted
+        return accepted
+
     def screen(self, replies: Iterable[Message], train: bool) -> list[Message]:
         """Valid replies, stripped to arrays+metrics; rejections logged and kept."""
+        replies = list(replies)
+        prescreened, self._prescreened = self._prescreened, None
+        if train and prescreened is not None and {id(m) for m in replies} <= {id(m) for m in prescreened}:
+            return replies
         self.rejections, self.extras, accepted = [], {}, []
         for msg in replies:
             problem = self._problem(msg, train)
