@@ -61,6 +61,8 @@ class ReplyGuard:
         self.extras: dict[int, RecordDict] = {}
         self.accepted_nodes: list[int] = []
         self.last_dissimilarity: dict[str, float] = {}
+        #: most examples a client can hold (the whole training pool, when the server knows it)
+        self.max_num_examples: int | None = None
 
     # ---------------------------------------------------------------- sending
     def remember_sent(self, messages: Iterable[Message]) -> list[Message]:
@@ -84,7 +86,7 @@ class ReplyGuard:
         metrics = content.metric_records.get(METRICS)
         if metrics is None:
             return "no 'metrics' record"
-        problem = metric_problem(dict(metrics), self.weighted_by_key)
+        problem = metric_problem(dict(metrics), self.weighted_by_key) or self._size_problem(dict(metrics))
         if problem or not train:
             return problem
         arrays = content.array_records.get(ARRAYS)
@@ -97,6 +99,16 @@ class ReplyGuard:
         if missing_extras:
             return f"missing records {missing_extras}"
         return array_problem(expected, to_numpy(arrays))
+
+    def _size_problem(self, metrics: dict) -> str | None:
+        """A client cannot train on more examples than the whole federation's training pool."""
+        claimed = metrics.get(self.weighted_by_key)
+        if self.max_num_examples is not None and claimed > self.max_num_examples:
+            return (
+                f"metric '{self.weighted_by_key}' is {claimed:g}, more than the {self.max_num_examples} "
+                "training samples of the whole dataset"
+            )
+        return None
 
     def screen(self, replies: Iterable[Message], train: bool) -> list[Message]:
         """Valid replies, stripped to arrays+metrics; rejections logged and kept."""

@@ -24,7 +24,7 @@ from typing import Any
 from flwr.app import Message
 from flwr.common.logger import log
 
-from fedvq_app.config import Settings, resolve_log_root
+from fedvq_app.config import ConfigError, Settings, resolve_log_root
 from fedvq_app.registry import get_method
 
 #: key of a method report whose entries are merged into the top level of summary.json
@@ -82,10 +82,20 @@ class RoundOutcome:
 class ExperimentTracker:
     """Writes one experiment folder; keeps just enough in memory for the summary."""
 
-    def __init__(self, settings: Settings, directory: Path) -> None:
+    def __init__(self, settings: Settings, directory: Path, new: bool = True) -> None:
         self.settings = settings
         self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=not new)
+        except FileExistsError:
+            raise ConfigError(
+                f"config key 'experiment-name': experiment folder {str(directory)!r} exists already"
+            ) from None
+        except OSError as err:
+            raise ConfigError(
+                f"config key 'log-dir' has invalid value {settings.log_dir!r}: cannot create "
+                f"{str(directory)!r} ({err.strerror or err})"
+            ) from None
         self.started = time.time()
         self.rounds: list[dict[str, Any]] = []
         self.label_counts: dict[int, list[int]] = {}
@@ -94,18 +104,24 @@ class ExperimentTracker:
         self.planned_rounds = settings.num_server_rounds
         #: why the round loop ended before the last planned round (None = it did not)
         self.stopped_early: dict[str, Any] | None = None
+        #: named warnings about legal but suspicious input (fedvq_app.errors.warn)
+        self.warnings: list[dict[str, str]] = []
         write_json(self.dir / "config.json", settings.to_dict())
         log(INFO, "[fedvq] experiment folder: %s", self.dir)
 
     @classmethod
     def create(cls, settings: Settings) -> ExperimentTracker:
         """New folder under the resolved ``log-dir`` (resumes reuse their folder)."""
-        if settings.resume_from:
-            return cls(settings, Path(settings.resume_from).expanduser().resolve())
+        if settings.resume_from:  # checked by fedvq_app.server.preflight before anything is written
+            return cls(settings, Path(settings.resume_from).expanduser().resolve(), new=False)
         root = resolve_log_root(settings.log_dir)
         spec = get_method(settings.method)
         data = spec.data_name(settings) if spec.data_name else settings.dataset.name
         name = settings.experiment_name or f"{settings.method}_{data}_{datetime.now():%Y%m%d-%H%M%S-%f}"
+        if not settings.experiment_name:  # two runs in the same microsecond still get their own folders
+            base, suffix = name, 1
+            while (root / name).exists():
+                name, suffix = f"{base}-{suffix}", suffix + 1
         return cls(settings, root / name)
 
     # ------------------------------------------------------------------ rounds
@@ -208,15 +224,24 @@ class ExperimentTracker:
             "best": ({"round": best_round["round"], **_round_figures(best_round)} if best_round else {}),
             "dropped_total": sum(len(r["dropped"]) for r in self.rounds),
             "rejected_total": sum(len(r["rejected"]) for r in self.rounds),
+            "status": "stopped_early" if self.stopped_early else "completed",
         }
         if self.stopped_early:
             summary["stopped_early"] = self.stopped_early
+        if self.warnings:
+            summary["warnings"] = list(self.warnings)
         if method_report:
             method_report = dict(method_report)
             # a method without accuracies (k-means) names its headline figures at the top level
             summary.update(method_report.pop(TOP_LEVEL_KEY, {}))
             summary[self.settings.method] = method_report
         return _jsonable(summary)
+
+    def fail(self, reason: str) -> dict[str, Any]:
+        """summary.json of a run that failed: what it did so far, ``status: failed`` and why."""
+        summary = {**self.summary(), "status": "failed", "error": reason}
+        write_json(self.dir / "summary.json", summary)
+        return summary
 
     def finish(self, method_report: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write summary.json and the plots; log where everything is."""
