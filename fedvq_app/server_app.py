@@ -51,7 +51,7 @@ def main(grid: Grid, context: Context) -> None:
 
 def _save_traceback(tracker: ExperimentTracker | None) -> str:
     text = traceback.format_exc()
-    if tracker is None:
+    if tracker is None or not tracker.writable:
         log(ERROR, "[fedvq] traceback of the internal error:\n%s", text)
         return "traceback logged above"
     path = tracker.dir / TRACEBACK_FILE

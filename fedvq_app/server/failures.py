@@ -29,10 +29,10 @@ def round_failure(replies: Iterable[Message]) -> str | None:
     config_errors = [config_error_of(reason) for reason in reasons]
     if all(err is not None for err in config_errors):
         counts = Counter(config_errors)
-        line, count = counts.most_common(1)[0]
-        others = len(counts) - 1
-        where = "every node" if not others else f"{count} of {len(replies)} nodes (the others: {others} other errors)"
-        return f"configuration error on {where}: {line}"
+        line, _ = counts.most_common(1)[0]
+        if len(counts) == 1:
+            return f"configuration error on every node: {line}"
+        return f"configuration errors on every node ({len(counts)} different), the most common: {line}"
     if len(set(reasons)) == 1:
         return f"every node failed with the same error: {reasons[0]}"
     return None

@@ -42,8 +42,8 @@ class SummaryInit(KMeansPhase):
     def aggregate(self, replies: Iterable[Message]) -> np.ndarray:
         """Initial centroid sets, shape (runs, k, dim)."""
         accepted = self.screen(replies)
-        if not accepted:
-            reasons = "; ".join(f"node {n}: {r}" for n, r in self.rejections[:3]) or "no replies"
+        if not any((reply_arrays(m)["counts"] > 0).any() for m in accepted):
+            reasons = "; ".join(f"node {n}: {r}" for n, r in self.rejections[:3]) or "every local mean withheld"
             raise ConfigError(
                 f"config key 'kmeans.privacy-threshold' ({self.threshold}): no client could share a local mean for "
                 f"the initialisation ({reasons}); lower it, lower kmeans.local-k, or give the clients more rows"

@@ -106,7 +106,10 @@ class ExperimentTracker:
         self.stopped_early: dict[str, Any] | None = None
         #: named warnings about legal but suspicious input (fedvq_app.errors.warn)
         self.warnings: list[dict[str, str]] = []
-        write_json(self.dir / "config.json", settings.to_dict())
+        #: a resumed folder is written only once its checkpoint is accepted (load_state_dict)
+        self.writable = new
+        if new:
+            write_json(self.dir / "config.json", settings.to_dict())
         log(INFO, "[fedvq] experiment folder: %s", self.dir)
 
     @classmethod
@@ -177,6 +180,8 @@ class ExperimentTracker:
 
     def load_state_dict(self, state: dict[str, Any], last_round: int) -> None:
         """Continue a checkpointed run: reload its rounds up to ``last_round``, drop later ones."""
+        self.writable = True
+        write_json(self.dir / "config.json", self.settings.to_dict())
         path = self.dir / "rounds.jsonl"
         lines = path.read_text().splitlines() if path.is_file() else []
         self.rounds = [r for r in (json.loads(line) for line in lines if line.strip()) if r["round"] <= last_round]
@@ -240,7 +245,8 @@ class ExperimentTracker:
     def fail(self, reason: str) -> dict[str, Any]:
         """summary.json of a run that failed: what it did so far, ``status: failed`` and why."""
         summary = {**self.summary(), "status": "failed", "error": reason}
-        write_json(self.dir / "summary.json", summary)
+        if self.writable:  # a refused resume leaves the experiment as it was
+            write_json(self.dir / "summary.json", summary)
         return summary
 
     def finish(self, method_report: dict[str, Any] | None = None) -> dict[str, Any]:
