@@ -86,3 +86,15 @@ def warn(collector: list | None, name: str, message: str) -> None:
     log(WARNING, "[fedvq] warning %s: %s", name, message)
     if collector is not None and all(w["name"] != name for w in collector):
         collector.append({"name": name, "message": message})
+
+
+def cli(main) -> int:
+    """Exit code of a project script's ``main``: a failed run prints its one line and gives 1."""
+    import sys  # noqa: PLC0415
+
+    try:
+        result = main()
+    except (RunFailed, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
+    return result if isinstance(result, int) else 0

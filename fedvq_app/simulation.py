@@ -143,6 +143,22 @@ class FlwrRun:
     def ok(self) -> bool:
         return self.returncode == 0 and self.status == "finished:completed"
 
+    @property
+    def failure(self) -> str:
+        """The run's one-line reason (``[fedvq] run failed: ...``), else what Flower reported."""
+        for line in self.output.splitlines():
+            if "[fedvq] run failed: " in line:
+                return line.split("[fedvq] run failed: ", 1)[1].strip()
+        return f"flwr run exited {self.returncode}, run status {self.status}: {self.output.strip()[-300:]}"
+
+    def raise_for_status(self) -> FlwrRun:
+        """:class:`~fedvq_app.errors.RunFailed` unless the run finished as completed."""
+        from fedvq_app.errors import RunFailed  # noqa: PLC0415
+
+        if not self.ok:
+            raise RunFailed(self.failure)
+        return self
+
 
 def run_status(env: dict, run_id: int, timeout: float = 60) -> str | None:
     """``flwr ls --run-id`` of the local SuperLink: ``<status>:<sub-status>`` once the run is finished."""
