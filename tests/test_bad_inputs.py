@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, Context, Error, Message, MetricRecord, RecordDict
 
 from data_gen.generate_test_data import GeneratorOptions, generate, write
 from fedvq_app.client_app import app as client_app
@@ -116,6 +116,22 @@ def _claim(value):
         return msg
 
     return tamper
+
+
+def _poison(msg: Message) -> Message:
+    if msg.has_error() or "arrays" not in msg.content.array_records:
+        return msg
+    arrays = msg.content["arrays"]
+    name = next(iter(arrays))
+    bad = arrays[name].numpy().copy()
+    bad.flat[0] = np.nan
+    arrays[name] = Array(bad)
+    return msg
+
+
+def _crash_per_node(node: int, msg: Message) -> Message:
+    reason = f"<class 'OSError'>:<'[Errno 28] No space left on device: /scratch/node-{node}'>"
+    return Message(Error(code=2, reason=reason), reply_to=msg)
 
 
 def _all_crash(node: int, msg: Message) -> Message:
@@ -257,6 +273,12 @@ CASES = [
          setup=lambda tmp, logs: {**_kmeans_files(tmp), "kmeans.privacy-threshold": 500}),
     case("every-node-crashes-alike", ("round 1 (train)", "every node failed with the same error", "out of memory"),
          tamper=_all_crash),
+    case("every-node-crashes-differently", ("round 1 (train)", "every node failed (2 different errors)",
+                                            "No space left on device"), tamper=_crash_per_node),
+    case("lr-diverges", ("round 1 (train)", "every node failed with the same error", "training loss became nan"),
+         {"train.lr": 1e30}),
+    case("every-reply-rejected", ("round 1 (train)", "every reply was rejected", "contains NaN or inf"),
+         tamper=lambda node, msg: _poison(msg)),
     # ---- too few nodes: bounded waits, never a hang
     case("min-nodes-neural", ("no round could start", "2 nodes connected, the strategy needs at least 5"),
          {"min-available-nodes": 5, "round-timeout": 0.5}),

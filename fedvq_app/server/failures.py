@@ -20,8 +20,13 @@ from flwr.app import Message
 from fedvq_app.errors import RunFailed, config_error_of
 
 
-def round_failure(replies: Iterable[Message]) -> str | None:
-    """Why the round shows the run cannot go on, or None."""
+def round_failure(replies: Iterable[Message], first: bool = False) -> str | None:
+    """Why the round shows the run cannot go on, or None.
+
+    ``first``: the run's first round, where no node has ever worked; any mix of
+    errors from every node then ends the run too (later, differing errors may be
+    transient and the run goes on).
+    """
     replies = list(replies)
     if not replies or not all(r.has_error() for r in replies):
         return None
@@ -35,12 +40,23 @@ def round_failure(replies: Iterable[Message]) -> str | None:
         return f"configuration errors on every node ({len(counts)} different), the most common: {line}"
     if len(set(reasons)) == 1:
         return f"every node failed with the same error: {reasons[0]}"
+    if first:
+        line, _ = Counter(reasons).most_common(1)[0]
+        return f"every node failed ({len(set(reasons))} different errors), the most common: {line}"
     return None
 
 
-def stop_if_hopeless(replies: Iterable[Message], where: str, tracker=None) -> None:
+def nothing_accepted(rejections: list[tuple[int, str]], replies: list[Message]) -> str | None:
+    """Every reply of the run's first round rejected by the reply guard: the most common reason, else None."""
+    if not replies or len({n for n, _ in rejections}) < len({r.metadata.src_node_id for r in replies}):
+        return None
+    line, _ = Counter(reason for _, reason in rejections).most_common(1)[0]
+    return f"every reply was rejected, e.g.: {line}"
+
+
+def stop_if_hopeless(replies: Iterable[Message], where: str, tracker=None, first: bool = False) -> None:
     """Raise :class:`RunFailed` when :func:`round_failure` finds a reason."""
-    reason = round_failure(replies)
+    reason = round_failure(replies, first)
     if reason is None:
         return
     if tracker is not None:

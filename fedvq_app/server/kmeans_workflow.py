@@ -70,7 +70,9 @@ def build_phases(settings: Settings, federation: Federation) -> KMeansPhases:
     )
 
 
-def exchange(grid: Grid, messages: list[Message], timeout: float, gone: set[int] | None = None) -> list[Message]:
+def exchange(
+    grid: Grid, messages: list[Message], timeout: float, gone: set[int] | None = None, first: bool = False
+) -> list[Message]:
     """Send one phase's instructions and wait for the replies (missing ones = dropped).
 
     The SuperLink's "node unavailable" errors are dropouts, not replies: their
@@ -86,7 +88,7 @@ def exchange(grid: Grid, messages: list[Message], timeout: float, gone: set[int]
     dropped = sorted({m.metadata.dst_node_id for m in messages} - {r.metadata.src_node_id for r in replies})
     if dropped:
         log(WARNING, "[kmeans] %s: no reply from nodes %s", phase, dropped)
-    stop_if_hopeless(replies, f"k-means phase {phase}")
+    stop_if_hopeless(replies, f"k-means phase {phase}", first=first)
     return replies
 
 
@@ -330,7 +332,7 @@ def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
         handshake = Handshake()
         gone: set[int] = set()
         nodes = connected_nodes(grid, settings.min_available_nodes, timeout)
-        federation = handshake.aggregate(exchange(grid, handshake.instructions(nodes), timeout, gone))
+        federation = handshake.aggregate(exchange(grid, handshake.instructions(nodes), timeout, gone, first=True))
         if opts.k > federation.num_samples:
             raise ConfigError(
                 f"config key 'kmeans.k' has invalid value {opts.k}: the {len(federation.clients)} clients hold only "

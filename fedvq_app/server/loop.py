@@ -35,7 +35,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedvq_app.errors import RunFailed, is_node_unavailable
 from fedvq_app.server.checkpoint import Checkpointer, resume
-from fedvq_app.server.failures import check_client_sizes, stop_if_hopeless
+from fedvq_app.server.failures import check_client_sizes, nothing_accepted, stop_if_hopeless
 from fedvq_app.tracking.experiment import ExperimentTracker, RoundOutcome
 
 RoundHook = Callable[[int, ArrayRecord], None]
@@ -191,10 +191,15 @@ def run_rounds(
             _stop(tracker, rnd, err)
             break
         sampled, replies = _send(grid, messages, plan.timeout)
-        stop_if_hopeless(replies, f"round {rnd} (train)", tracker)
+        stop_if_hopeless(replies, f"round {rnd} (train)", tracker, first=rnd == first_round)
         if rnd == first_round:
             check_client_sizes(replies, tracker, getattr(strategy, "weighted_by_key", "num-examples"))
         new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+        if rnd == first_round:  # no reply of the first round usable: no later round will do better
+            hopeless = nothing_accepted(list(getattr(strategy, "rejections", [])), replies)
+            if hopeless is not None:
+                tracker.stopped_early = {"where": f"round {rnd} (train)", "reason": hopeless}
+                raise RunFailed(f"round {rnd} (train): {hopeless}")
         if new_arrays is not None:
             arrays = new_arrays
         outcome = RoundOutcome(
