@@ -35,7 +35,7 @@ def main(grid: Grid, context: Context) -> None:
     tracker = None
     try:
         settings = load_settings(context.run_config)
-        preflight(settings)
+        preflight(settings, grid)
         tracker = ExperimentTracker.create(settings)
         workflow = get_method(settings.method).server_workflow or run_neural_workflow
         report = workflow(grid, settings, tracker)

@@ -252,7 +252,7 @@ CASES = [
                                    "does not exist"),
          setup=lambda tmp, logs: {"dataset.name": "pathmnist", "dataset.size": 28,
                                   "dataset.data-dir": str(_mkdir(tmp / "empty"))}),
-    case("device-cuda-on-cpu", ("configuration error on every node", "'device' has invalid value 'cuda'"),
+    case("device-cuda-on-cpu", ("'device' has invalid value 'cuda'", "no CUDA device is available here"),
          {"device": "cuda"}, skip="CUDA is present" if CUDA else ""),
     case("more-partitions-than-samples", ("node-config key 'num-partitions' has invalid value 30",
                                           "use at most 24 partitions"),
@@ -277,6 +277,8 @@ CASES = [
                                             "No space left on device"), tamper=_crash_per_node),
     case("lr-diverges", ("round 1 (train)", "every node failed with the same error", "training loss became nan"),
          {"train.lr": 1e30}),
+    case("every-node-silent", ("round 1 (train)", "no node replied within round-timeout=5 s (2 sampled)"),
+         tamper=lambda node, msg: None),
     case("every-reply-rejected", ("round 1 (train)", "every reply was rejected", "contains NaN or inf"),
          tamper=lambda node, msg: _poison(msg)),
     # ---- too few nodes: bounded waits, never a hang

@@ -191,6 +191,11 @@ def run_rounds(
             _stop(tracker, rnd, err)
             break
         sampled, replies = _send(grid, messages, plan.timeout)
+        if rnd == first_round and sampled and not replies:
+            reason = (f"no node replied within round-timeout={plan.timeout:g} s "
+                      f"({len(sampled)} sampled); raise round-timeout if the nodes are slow")
+            tracker.stopped_early = {"where": f"round {rnd} (train)", "reason": reason}
+            raise RunFailed(f"round {rnd} (train): {reason}")
         stop_if_hopeless(replies, f"round {rnd} (train)", tracker, first=rnd == first_round)
         if rnd == first_round:
             check_client_sizes(replies, tracker, getattr(strategy, "weighted_by_key", "num-examples"))

@@ -61,8 +61,26 @@ def check_new_experiment(settings: Settings, root: Path) -> None:
         )
 
 
-def preflight(settings: Settings) -> None:
+def shares_the_clients_machine(grid) -> bool:
+    """Simulation (Flower's in-memory grid) and the in-process LocalGrid run clients on this machine."""
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid  # noqa: PLC0415
+
+    from fedvq_app.local_grid import LocalGrid  # noqa: PLC0415
+
+    return isinstance(grid, InMemoryGrid | LocalGrid)
+
+
+def check_device_here(settings: Settings) -> None:
+    """A CUDA device the clients would need, checked where the clients run (simulation only)."""
+    from fedvq_app.training.device import resolve_device  # noqa: PLC0415
+
+    resolve_device(settings.device)
+
+
+def preflight(settings: Settings, grid=None) -> None:
     """Everything the server can refuse before it creates or touches a folder."""
+    if grid is not None and shares_the_clients_machine(grid):
+        check_device_here(settings)
     if settings.resume_from:
         check_resume(settings)
         return
