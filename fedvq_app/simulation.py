@@ -24,6 +24,7 @@ from fedvq_app.config import ConfigError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DAEMONS = ("flower-superlink", "flower-superexec", "flwr-simulation")
+SUPERLINK_SLOW = "Failed to start local SuperLink"
 
 
 def _toml_value(value) -> str:
@@ -207,8 +208,13 @@ def flwr_run(
     cmd += ["--run-config", run_config_arg(run_config)]
     started = time.time()
     try:
-        done = subprocess.run(cmd, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=timeout)
-        output = done.stdout + done.stderr
+        for attempt in range(2):
+            done = subprocess.run(cmd, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=timeout)
+            output = done.stdout + done.stderr
+            # Flower gives its local SuperLink 15 s to start; a busy machine can miss that once
+            if done.returncode == 0 or SUPERLINK_SLOW not in output or attempt:
+                break
+            stop_daemons(flwr_home)
         wall = time.time() - started
         run_id = run_id_of(output)
         status = run_status(env, run_id) if run_id is not None and done.returncode == 0 else None
