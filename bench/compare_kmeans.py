@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,4 +151,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from fedvq_app.errors import cli  # noqa: PLC0415
+
+    sys.exit(cli(main))

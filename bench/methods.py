@@ -266,4 +266,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from fedvq_app.errors import cli  # noqa: PLC0415
+
+    sys.exit(cli(main))

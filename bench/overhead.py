@@ -69,7 +69,7 @@ def flower(config: dict, clients: int, federation_extra: str, workdir: Path) -> 
         {**config, "log-dir": str(workdir / "logs"), "experiment-name": name},
         workdir / f"home_{name}",
         federation_config=f"num-supernodes={clients} {federation_extra}".strip(),
-    )
+    ).raise_for_status()
     rounds = rounds_of(workdir / "logs" / name)
     per_round = [r["wall_time_s"] for r in rounds]
     return {
@@ -121,4 +121,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from fedvq_app.errors import cli  # noqa: PLC0415
+
+    sys.exit(cli(main))

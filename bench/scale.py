@@ -44,6 +44,7 @@ def one_size(clients: int, rounds: int, workdir: Path, federation_extra: str) ->
         "clients": clients,
         "completed": done,
         "returncode": run.returncode,
+        "status": run.status,  # flwr run exits 0 for any run that started; the run's own status says more
         "total_s": run.wall_s,
         "per_round_s": per_round,
         "steady_per_round_s": sum(per_round[1:]) / (len(per_round) - 1) if len(per_round) > 1 else None,
@@ -69,4 +70,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from fedvq_app.errors import cli  # noqa: PLC0415
+
+    sys.exit(cli(main))

@@ -47,18 +47,23 @@ def option(
     return field(default=default, metadata=meta)
 
 
+def _article(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
 def _allowed_text(meta: Mapping[str, Any], kind: type) -> str:
     if meta["choices"]:
         return "one of " + ", ".join(repr(c) for c in meta["choices"])
     low, high = meta["minimum"], meta["maximum"]
     op = ">" if meta["exclusive_minimum"] else ">="
+    kind_text = _article(kind.__name__)
     if low is not None and high is not None:
-        return f"a {kind.__name__} {op} {low} and <= {high}"
+        return f"{kind_text} {op} {low} and <= {high}"
     if low is not None:
-        return f"a {kind.__name__} {op} {low}"
+        return f"{kind_text} {op} {low}"
     if high is not None:
-        return f"a {kind.__name__} <= {high}"
-    return f"a {kind.__name__}"
+        return f"{kind_text} <= {high}"
+    return kind_text
 
 
 def _coerce(key: str, value: Any, kind: type, meta: Mapping[str, Any]) -> Any:
@@ -557,7 +562,7 @@ def load_settings(
     _check_device(top.device)
     _check_experiment_name(top.experiment_name)
     dataset = parse_section(DatasetSettings, run_config)
-    if node_config and node_config.get("data-dir"):
+    if node_config and "data-dir" in node_config:
         dataset = dataclasses.replace(dataset, data_dir=str(node_config["data-dir"]))
     shift = parse_section(ShiftSettings, run_config)
     _check_shift(shift)
@@ -600,6 +605,35 @@ def _check_privacy(settings: Settings, spec) -> None:
         raise ConfigError(
             f"config key 'privacy.mode' has invalid value {privacy.mode!r} for method {settings.method!r}: {refusal}"
         )
+def _node_int(node_config: Mapping[str, ConfigValue], key: str, minimum: int, maximum: int | None = None) -> int:
+    value = node_config.get(key)
+    bounds = f">= {minimum}" + (f" and < num-partitions={maximum}" if maximum is not None else "")
+    if value is None:
+        raise ConfigError(
+            f"node-config key '{key}' is missing: start the SuperNode with --node-config "
+            f"\"partition-id=<i> num-partitions=<N>\" (an int {bounds})"
+        )
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+        maximum is not None and value >= maximum
+    ):
+        raise ConfigError(f"node-config key '{key}' has invalid value {value!r}: expected an int {bounds}")
+    return value
+
+
+def check_node_config(node_config: Mapping[str, ConfigValue]) -> None:
+    """A SuperNode's ``--node-config``: partition-id in 0..num-partitions-1, an existing data-dir."""
+    num_partitions = _node_int(node_config, "num-partitions", 1)
+    _node_int(node_config, "partition-id", 0, num_partitions)
+    if "privacy-threshold" in node_config:
+        _node_int(node_config, "privacy-threshold", 1)
+    if "data-dir" in node_config:
+        data_dir = node_config["data-dir"]
+        if not isinstance(data_dir, str) or not data_dir:
+            raise ConfigError(f"node-config key 'data-dir' has invalid value {data_dir!r}: expected a folder path")
+        if not Path(data_dir).expanduser().is_dir():
+            raise ConfigError(
+                f"node-config key 'data-dir' has invalid value {data_dir!r}: no such folder on this node"
+            )
 
 
 def all_option_keys() -> dict[str, ConfigValue]:

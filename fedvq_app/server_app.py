@@ -1,7 +1,15 @@
-"""ServerApp: validate the config once, then run the method's workflow."""
+"""ServerApp: validate the config once, then run the method's workflow.
+
+Every failure ends the same way in simulation and in a deployment: one line
+logged by the ServerApp (``[fedvq] run failed: ...``), then :class:`RunFailed`
+raised, which Flower reports as the run's status ``finished:failed`` (see
+:mod:`fedvq_app.errors`). A failure after the experiment folder exists also
+writes ``summary.json`` with ``status: failed`` and the reason.
+"""
 
 from __future__ import annotations
 
+import traceback
 from logging import ERROR
 
 from flwr.app import Context
@@ -9,12 +17,17 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedvq_app.config import ConfigError, load_settings
+from fedvq_app.errors import RunFailed, install_one_line_failures
 from fedvq_app.registry import get_method
+from fedvq_app.server.preflight import preflight
 from fedvq_app.server.workflow import run_neural_workflow
 from fedvq_app.tracking.communication import metered
 from fedvq_app.tracking.experiment import ExperimentTracker
 
 app = ServerApp()
+install_one_line_failures()
+
+TRACEBACK_FILE = "traceback.txt"
 
 
 @app.main()
@@ -23,17 +36,33 @@ def main(grid: Grid, context: Context) -> None:
     tracker = None
     try:
         settings = load_settings(context.run_config)
+        preflight(settings, grid)
         tracker = ExperimentTracker.create(settings)
         workflow = get_method(settings.method).server_workflow or run_neural_workflow
         # every message the workflow sends or receives is counted (communication cost)
         report = workflow(metered(grid, tracker.traffic), settings, tracker)
+        tracker.finish(report)
     except ConfigError as err:
-        log(ERROR, "[fedvq] configuration error: %s", err)
-        if tracker is not None:
-            tracker.fail(f"configuration error: {err}")
-        raise SystemExit(2) from None
-    except Exception as err:
-        if tracker is not None:
-            tracker.fail(f"{type(err).__name__}: {err}")
-        raise
-    tracker.finish(report)
+        _fail(tracker, f"configuration error: {err}")
+    except RunFailed as err:
+        _fail(tracker, str(err))
+    except Exception as err:  # noqa: BLE001 - a bug still ends the run with one line (traceback kept on disk)
+        where = _save_traceback(tracker)
+        _fail(tracker, f"internal error {type(err).__name__}: {err} ({where})", cause=err)
+
+
+def _save_traceback(tracker: ExperimentTracker | None) -> str:
+    text = traceback.format_exc()
+    if tracker is None or not tracker.writable:
+        log(ERROR, "[fedvq] traceback of the internal error:\n%s", text)
+        return "traceback logged above"
+    path = tracker.dir / TRACEBACK_FILE
+    path.write_text(text)
+    return f"traceback in {path}"
+
+
+def _fail(tracker: ExperimentTracker | None, reason: str, cause: Exception | None = None) -> None:
+    log(ERROR, "[fedvq] run failed: %s", reason)
+    if tracker is not None:
+        tracker.fail(reason)
+    raise RunFailed(reason) from cause

@@ -8,16 +8,23 @@ log directory, and its daemons stopped by PID afterwards.
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedvq_app.config import ConfigError
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DAEMONS = ("flower-superlink", "flower-superexec", "flwr-simulation")
+SUPERLINK_SLOW = "Failed to start local SuperLink"
 
 
 def _toml_value(value) -> str:
@@ -85,13 +92,99 @@ def stop_daemons(flwr_home: Path, grace_s: float = 3.0) -> None:
             time.sleep(0.2)
 
 
+def declared_keys() -> dict:
+    """The run-config keys pyproject.toml declares (every option, when installed without it)."""
+    from fedvq_app.local_grid import full_run_config  # noqa: PLC0415
+
+    return full_run_config()
+
+
+def check_run_config_keys(keys, source: str = "--run-config") -> None:
+    """Unknown or repeated keys, named with the closest declared key (Flower only says 'Invalid run configuration')."""
+    keys = list(keys)
+    known = declared_keys()
+    repeated = sorted(k for k, n in Counter(keys).items() if n > 1)
+    if repeated:
+        raise ConfigError(f"{source}: key {repeated[0]!r} is given more than once; give each key once")
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "; see [tool.flwr.app.config] in pyproject.toml"
+            raise ConfigError(f"{source}: unknown config key {key!r}{hint}")
+
+
+def override_keys(text: str) -> list[str]:
+    """The keys of a ``k1=v1 k2='v 2'`` override string, in order and with repeats."""
+    return re.findall(r"(?:^|\s)([A-Za-z0-9_.\-]+)\s*=", text)
+
+
+def parse_overrides(overrides: list[str], source: str = "overrides") -> dict:
+    """``key=value`` overrides of a script, checked against pyproject (unknown / repeated keys)."""
+    from flwr.common.config import parse_config_args  # noqa: PLC0415
+
+    check_run_config_keys([k for text in overrides for k in override_keys(text)], source)
+    try:
+        return parse_config_args(overrides)
+    except Exception as err:  # noqa: BLE001 - Flower's parser raises several types for a bad value
+        raise ConfigError(f"{source}: cannot parse {' '.join(overrides)!r} ({err})") from None
+
+
 @dataclass(frozen=True)
 class FlwrRun:
-    """Outcome of one ``flwr run``."""
+    """Outcome of one ``flwr run``: its exit code (0 for any run that started), and the run's status."""
 
     returncode: int
     wall_s: float
     output: str
+    run_id: int | None = None
+    #: Flower's status of the run, e.g. ``finished:completed`` or ``finished:failed`` (None if unknown)
+    status: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and self.status == "finished:completed"
+
+    @property
+    def failure(self) -> str:
+        """The run's one-line reason (``[fedvq] run failed: ...``), else what Flower reported."""
+        for line in self.output.splitlines():
+            if "[fedvq] run failed: " in line:
+                return line.split("[fedvq] run failed: ", 1)[1].strip()
+        return f"flwr run exited {self.returncode}, run status {self.status}: {self.output.strip()[-300:]}"
+
+    def raise_for_status(self) -> FlwrRun:
+        """:class:`~fedvq_app.errors.RunFailed` unless the run finished as completed."""
+        from fedvq_app.errors import RunFailed  # noqa: PLC0415
+
+        if not self.ok:
+            raise RunFailed(self.failure)
+        return self
+
+
+def run_status(env: dict, run_id: int, timeout: float = 60) -> str | None:
+    """``flwr ls --run-id`` of the local SuperLink: ``<status>:<sub-status>`` once the run is finished."""
+    deadline = time.time() + timeout
+    status = None
+    while time.time() < deadline:
+        done = subprocess.run(
+            ["flwr", "ls", "--run-id", str(run_id), "--format", "json"],
+            cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=60,
+        )
+        try:
+            runs = json.loads(done.stdout).get("runs", [])
+        except json.JSONDecodeError:
+            runs = []
+        if runs:
+            status = str(runs[0].get("status", ""))
+            if status.startswith("finished"):
+                return status
+        time.sleep(1.0)
+    return status
+
+
+def run_id_of(output: str) -> int | None:
+    found = re.search(r"(?:run|Run)\D{0,20}?(\d{6,})", output)
+    return int(found.group(1)) if found else None
 
 
 def flwr_run(
@@ -100,15 +193,32 @@ def flwr_run(
     federation_config: str = "num-supernodes=2 client-resources-num-cpus=1",
     timeout: float = 900,
     keep_daemons: bool = False,
+    superlink_env: dict[str, str] | None = None,
 ) -> FlwrRun:
-    """``flwr run . --stream`` in the project directory; daemons stopped afterwards."""
-    env = {**os.environ, **private_superlink_env(flwr_home)}
+    """``flwr run . --stream`` in the project directory; the run's status read back; daemons stopped afterwards.
+
+    Unknown or repeated run-config keys are refused here with the key's name
+    (:class:`ConfigError`) before anything starts. ``superlink_env`` (from
+    :func:`private_superlink_env`) with ``keep_daemons=True`` lets several runs
+    share one local SuperLink.
+    """
+    check_run_config_keys(run_config)
+    env = {**os.environ, **(superlink_env or private_superlink_env(flwr_home))}
     cmd = ["flwr", "run", ".", "--stream", "--federation-config", federation_config]
     cmd += ["--run-config", run_config_arg(run_config)]
     started = time.time()
     try:
-        done = subprocess.run(cmd, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=timeout)
-        return FlwrRun(done.returncode, time.time() - started, done.stdout + done.stderr)
+        for attempt in range(2):
+            done = subprocess.run(cmd, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=timeout)
+            output = done.stdout + done.stderr
+            # Flower gives its local SuperLink 15 s to start; a busy machine can miss that once
+            if done.returncode == 0 or SUPERLINK_SLOW not in output or attempt:
+                break
+            stop_daemons(flwr_home)
+        wall = time.time() - started
+        run_id = run_id_of(output)
+        status = run_status(env, run_id) if run_id is not None and done.returncode == 0 else None
+        return FlwrRun(done.returncode, wall, output, run_id, status)
     finally:
         if not keep_daemons:
             stop_daemons(flwr_home)

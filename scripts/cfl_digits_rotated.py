@@ -25,11 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flwr.common.config import parse_config_args  # noqa: E402
-
 from fedvq_app.client_app import app as client_app  # noqa: E402
 from fedvq_app.local_grid import full_run_config, run_local  # noqa: E402
 from fedvq_app.server_app import app as server_app  # noqa: E402
+from fedvq_app.simulation import parse_overrides  # noqa: E402
 
 CONFS = {"fedavg": ROOT / "conf" / "fedavg_digits_rotated.toml", "cfl": ROOT / "conf" / "cfl_digits_rotated.toml"}
 LAST = 5
@@ -85,7 +84,7 @@ def main() -> None:
         if args.only and method != args.only:
             continue
         conf = args.conf if (args.only and args.conf) else conf
-        config = {**tomllib.loads(conf.read_text()), **parse_config_args(args.overrides)}
+        config = {**tomllib.loads(conf.read_text()), **parse_overrides(args.overrides)}
         name = conf.stem
         config.update({"log-dir": args.log_dir, "experiment-name": name})
         run_local(server_app, client_app, args.clients, full_run_config(**config))
@@ -94,4 +93,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from fedvq_app.errors import cli  # noqa: PLC0415
+
+    sys.exit(cli(main))

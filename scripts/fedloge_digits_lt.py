@@ -24,11 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flwr.common.config import parse_config_args  # noqa: E402
-
 from fedvq_app.client_app import app as client_app  # noqa: E402
 from fedvq_app.local_grid import full_run_config, run_local  # noqa: E402
 from fedvq_app.server_app import app as server_app  # noqa: E402
+from fedvq_app.simulation import parse_overrides  # noqa: E402
 from fedvq_app.tracking.fedloge_plots import comparison_table  # noqa: E402
 
 CONFS = {"fedavg": ROOT / "conf" / "fedavg_digits_lt.toml", "fedloge": ROOT / "conf" / "fedloge_digits_lt.toml"}
@@ -52,7 +51,7 @@ def main() -> None:
         folders.append(Path(args.log_dir) / name)
         if args.only and method != args.only:
             continue
-        config = {**tomllib.loads(conf.read_text()), **parse_config_args(args.overrides)}
+        config = {**tomllib.loads(conf.read_text()), **parse_overrides(args.overrides)}
         config = full_run_config(**{**config, "log-dir": args.log_dir, "experiment-name": name})
         started = time.time()
         run_local(server_app, client_app, args.clients, config)
@@ -61,4 +60,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from fedvq_app.errors import cli  # noqa: PLC0415
+
+    sys.exit(cli(main))

@@ -8,6 +8,7 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from fedvq_app.client_app import app as client_app
+from fedvq_app.errors import RunFailed
 from fedvq_app.local_grid import LocalGrid, full_run_config, run_local
 from fedvq_app.server.checkpoint import load_checkpoint
 from fedvq_app.server_app import app as server_app
@@ -48,7 +49,7 @@ def test_resume_after_the_split_continues_every_cluster(tmp_path):
 
     config = _config(tmp_path, "resumed")
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(config))
-    with pytest.raises(Crash):
+    with pytest.raises(RunFailed, match="internal error Crash"):  # a crash ends the run as failed
         server_app(grid=CrashInRound3(client_app, 2, config), context=context)
     folder = tmp_path / "resumed"
     saved = load_checkpoint(folder)

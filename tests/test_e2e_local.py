@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fedvq_app.client_app import app as client_app
+from fedvq_app.errors import RunFailed
 from fedvq_app.local_grid import full_run_config, run_local
 from fedvq_app.server_app import app as server_app
 
@@ -75,6 +76,6 @@ def test_a_malformed_reply_is_excluded_and_logged(tmp_path):
 
 def test_bad_config_stops_the_server_with_one_line(tmp_path, caplog):
     config = full_run_config(**{"partition.alpha": -1.0, "log-dir": str(tmp_path)})
-    with pytest.raises(SystemExit):
+    with pytest.raises(RunFailed, match="'partition.alpha' has invalid value -1.0"):
         run_local(server_app, client_app, 2, config)
     assert "'partition.alpha' has invalid value -1.0" in caplog.text

@@ -314,13 +314,14 @@ def test_a_resumed_fedloge_run_continues_the_shared_model_exactly(runs, tmp_path
     so generic and global figures equal the uninterrupted run's; the private local
     heads restart on the clients (documented), which only the personal mode sees.
     """
-    from tests.test_resume import CrashingGrid, Interrupted  # noqa: PLC0415
+    from fedvq_app.errors import RunFailed  # noqa: PLC0415
+    from tests.test_resume import CrashingGrid  # noqa: PLC0415
 
     class CrashInRound2(CrashingGrid):
         crash_round = 2
 
     config = _run_config(tmp_path, "fedloge", **{"experiment-name": "resumed"})
-    with pytest.raises(Interrupted):
+    with pytest.raises(RunFailed, match="internal error Interrupted"):  # a crash ends the run as failed
         server_app(grid=CrashInRound2(client_app, 3, config), context=_server_context(config))
     folder = tmp_path / "resumed"
     assert [r["round"] for r in _rounds(folder)] == [1]

@@ -181,7 +181,7 @@ def test_init_phase_rejects_too_small_local_means_server_side():
     phase = SummaryInit(k=2, local_k=2, dim=2, threshold=5, seed=0, runs=2)
     sent = phase.instructions([1], phase.config(), IDENTITY_2D)
     arrays = {"sums": np.array([[10.0, 0.0], [3.0, 3.0]]), "counts": np.array([10, 3], dtype=np.int64)}
-    with pytest.raises(ValueError, match="no client returned local means"):
+    with pytest.raises(ValueError, match="no client could share a local mean"):
         phase.aggregate([_reply(sent[0], {"num-examples": 13, "partition-id": 0}, arrays)])
     assert "below kmeans.privacy-threshold" in phase.rejections[0][1]
 

@@ -11,6 +11,7 @@ import torch
 
 from fedvq_app.client_app import app as client_app
 from fedvq_app.config import ConfigError, load_settings
+from fedvq_app.errors import RunFailed
 from fedvq_app.local_grid import LocalGrid, full_run_config, run_local
 from fedvq_app.server.checkpoint import (
     CHECKPOINT_FILE,
@@ -55,12 +56,15 @@ def _rounds(folder):
 def _interrupted_then_resumed(tmp_path, method="fedavg", nodes=3):
     config = _config(tmp_path, "resumed", method)
     grid = CrashingGrid(client_app, nodes, config)
-    with pytest.raises(Interrupted):
+    # the crash ends the run as failed, with one line and the traceback kept in the folder
+    with pytest.raises(RunFailed, match="internal error Interrupted: server killed in round 3") as failed:
         server_app(grid=grid, context=_server_context(config))
+    assert isinstance(failed.value.__cause__, Interrupted)
     folder = tmp_path / "resumed"
     assert [r["round"] for r in _rounds(folder)] == [1, 2]
     assert load_checkpoint(folder).server_round == 2
-    assert not (folder / "summary.json").exists()
+    assert json.loads((folder / "summary.json").read_text())["status"] == "failed"
+    assert "Interrupted" in (folder / "traceback.txt").read_text()
     # a fresh federation: new ServerApp, clients with empty context.state (as after a restart)
     run_local(server_app, client_app, nodes, {**config, "resume-from": str(folder)})
     return folder
@@ -157,7 +161,8 @@ def test_resume_refuses_a_different_experiment_and_a_folder_without_checkpoint(t
 def test_resume_from_an_empty_folder_stops_with_one_line(tmp_path, caplog):
     (tmp_path / "old").mkdir()
     config = _config(tmp_path, "old", **{"resume-from": str(tmp_path / "old")})
-    with pytest.raises(SystemExit):
+    with pytest.raises(RunFailed, match="no checkpoint.npz"):
         run_local(server_app, client_app, 2, config)
     assert "no checkpoint.npz" in caplog.text
+    assert list((tmp_path / "old").iterdir()) == []  # a refused resume touches nothing
 

@@ -41,6 +41,8 @@ def metric_problem(metrics: Mapping[str, object], weight_key: str) -> str | None
         return f"metric '{weight_key}' missing or not a number"
     if not math.isfinite(weight) or weight <= 0:
         return f"metric '{weight_key}' is {weight}, expected a positive number"
+    if weight != int(weight):
+        return f"metric '{weight_key}' is {weight}, expected a whole number of examples"
     for key, value in metrics.items():
         values = value if isinstance(value, list) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):

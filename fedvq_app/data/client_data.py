@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 
-from fedvq_app.config import Settings
+from fedvq_app.config import ConfigError, Settings
 from fedvq_app.data.datasets import ImageData, load_image_data
 from fedvq_app.data.partition import cached_partition
 from fedvq_app.data.shifts import rotate_images
@@ -91,6 +91,11 @@ def load_client_data(settings: Settings, partition_id: int, num_partitions: int)
         data.train_y.astype(np.int64).tobytes(), settings.partition, num_partitions, settings.seed
     )
     rows = parts[partition_id]
+    if len(rows) == 0:
+        raise ConfigError(
+            f"node-config partition-id={partition_id}: partition {partition_id} of {num_partitions} is empty "
+            f"under partition.kind={settings.partition.kind!r}; use fewer partitions or another partition.kind"
+        )
     train_rows, val_rows = _split_train_val(
         rows, data.train_y, settings.dataset.val_fraction, settings.seed + partition_id
     )

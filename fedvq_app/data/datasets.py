@@ -65,26 +65,92 @@ class DatasetInfo:
     class_names: tuple[str, ...]
 
 
-def _as_nhwc(images: np.ndarray) -> np.ndarray:
+def _as_nhwc(images: np.ndarray, where: str = "images") -> np.ndarray:
+    """uint8 (N, H, W, C) from (N, H, W) or (N, H, W, C); anything else is refused with one line.
+
+    Rules (docs/reliability.md): pixel values are whole numbers 0..255 -- float
+    images scaled to [0, 1], NaN/inf, negative or larger values are refused, never
+    clipped or cast silently; 1 or 3 channels.
+    """
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
-    if images.ndim != 4:
-        raise ConfigError(f"images must have shape (N, H, W) or (N, H, W, C), got {images.shape}")
-    if images.dtype != np.uint8:
-        images = np.clip(images, 0, 255).astype(np.uint8)
-    return images
+    if images.ndim != 4 or images.shape[0] < 1 or min(images.shape[1:3]) < 1:
+        raise ConfigError(f"{where} must have shape (N, H, W) or (N, H, W, C) with N >= 1, got {images.shape}")
+    if images.shape[-1] not in (1, 3):
+        raise ConfigError(f"{where} has {images.shape[-1]} channels (shape {images.shape}); expected 1 or 3")
+    if images.dtype == np.uint8:
+        return images
+    if images.dtype.kind not in "iuf":
+        raise ConfigError(f"{where} has dtype {images.dtype}; expected uint8 pixel values 0..255")
+    if images.dtype.kind == "f" and not np.isfinite(images).all():
+        bad = int(np.size(images) - np.isfinite(images).sum())
+        raise ConfigError(f"{where} contains {bad} NaN or inf pixel values; expected uint8 pixel values 0..255")
+    low, high = float(images.min()), float(images.max())
+    if images.dtype.kind == "f" and high <= 1.0:
+        raise ConfigError(
+            f"{where} is {images.dtype} in [{low:g}, {high:g}]: looks scaled to [0, 1]; expected uint8 pixel "
+            "values 0..255 (store np.round(images * 255).astype(np.uint8))"
+        )
+    if low < 0 or high > 255 or (images.dtype.kind == "f" and not np.all(images == np.round(images))):
+        raise ConfigError(
+            f"{where} has {images.dtype} values in [{low:g}, {high:g}]; expected whole pixel values 0..255 (uint8)"
+        )
+    return images.astype(np.uint8)
 
 
-def _labels(labels: np.ndarray) -> np.ndarray:
+def _labels(labels: np.ndarray, where: str = "labels", num_images: int | None = None) -> np.ndarray:
+    """int64 (N,) class indices; non-integer, negative or NaN labels are refused with one line."""
     labels = np.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1:
         raise ConfigError(
-            f"labels must be one integer class per image (shape (N,) or (N, 1)), got {labels.shape}"
+            f"{where} must be one integer class per image (shape (N,) or (N, 1)), got {labels.shape}"
+        )
+    if num_images is not None and len(labels) != num_images:
+        raise ConfigError(f"{where} has {len(labels)} labels for {num_images} images; expected one label per image")
+    if labels.dtype.kind not in "iuf" or labels.dtype == np.bool_:
+        raise ConfigError(f"{where} has dtype {labels.dtype}; expected integer class indices 0..C-1")
+    if labels.dtype.kind == "f":
+        whole = np.isfinite(labels) & (labels == np.round(np.nan_to_num(labels)))
+        if not whole.all():
+            bad = labels[~whole][:3].tolist()
+            raise ConfigError(f"{where} has non-integer labels {bad}; expected integer class indices 0..C-1")
+    if len(labels) and labels.min() < 0:
+        raise ConfigError(
+            f"{where} has negative labels (min {labels.min():g}); expected integer class indices 0..C-1"
         )
     return labels.astype(np.int64)
+
+
+def check_classes(train_y: np.ndarray, test_y: np.ndarray, num_classes: int | None, where: str) -> int:
+    """The number of classes; labels must lie in 0..C-1 and (C inferred) every class must occur in training.
+
+    A few stray labels (e.g. 100 among 0..9) would otherwise make a 101-class
+    problem with 91 empty classes.
+    """
+    if num_classes is not None:
+        for name, y in (("train", train_y), ("test", test_y)):
+            if len(y) and y.max() >= num_classes:
+                raise ConfigError(
+                    f"{where}: {name} labels go up to {int(y.max())} but the dataset has {num_classes} classes "
+                    f"(labels 0..{num_classes - 1})"
+                )
+        return num_classes
+    inferred = int(train_y.max()) + 1
+    missing = np.flatnonzero(np.bincount(train_y, minlength=inferred) == 0)
+    if len(missing):
+        shown = ", ".join(str(int(c)) for c in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise ConfigError(
+            f"{where}: labels must be 0..C-1 with every class in the training data, but the labels go up to "
+            f"{inferred - 1} and classes {shown} ({len(missing)} of {inferred}) never occur"
+        )
+    if len(test_y) and test_y.max() >= inferred:
+        raise ConfigError(
+            f"{where}: test labels go up to {int(test_y.max())} but the training labels only to {inferred - 1}"
+        )
+    return inferred
 
 
 def _held_out_split(
@@ -93,9 +159,14 @@ def _held_out_split(
     """Stratified train/test split for datasets that ship without a test split."""
     from sklearn.model_selection import train_test_split  # noqa: PLC0415
 
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=fraction, random_state=seed, stratify=y
-    )
+    try:
+        x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=fraction, random_state=seed, stratify=y)
+    except ValueError as err:
+        raise ConfigError(
+            f"config key 'dataset.test-fraction' has invalid value {fraction}: cannot hold out a stratified test "
+            f"split from {len(y)} samples of {len(np.unique(y))} classes ({str(err).splitlines()[0]}); "
+            "every class needs at least 2 samples, or ship test_images/test_labels"
+        ) from None
     return x_tr, y_tr, x_te, y_te
 
 
@@ -147,11 +218,22 @@ def _read_npz(path: Path, key: str) -> dict[str, np.ndarray]:
             f"config key '{key}': data file {str(path)!r} does not exist; put the file there "
             "or set dataset.download=true on a machine with internet access"
         )
-    with np.load(path) as archive:
-        return {k: archive[k] for k in archive.files}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not hasattr(archive, "files"):
+                raise ValueError("a single .npy array, not an .npz archive")
+            return {k: archive[k] for k in archive.files}
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - not a zip, truncated, pickled objects: bad input, one line
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise ConfigError(
+            f"config key '{key}': data file {str(path)!r} is not a readable npz archive "
+            f"({type(err).__name__}: {detail})"
+        ) from None
 
 
-def _split_arrays(arrays: dict[str, np.ndarray], path: Path, seed: int, fraction: float):
+def _split_arrays(arrays: dict[str, np.ndarray], path: Path, seed: int, fraction: float, num_classes: int | None):
     """Train pool (train+val) and test split from a MedMNIST-style npz archive."""
     required = ("train_images", "train_labels")
     missing = [k for k in required if k not in arrays]
@@ -160,14 +242,24 @@ def _split_arrays(arrays: dict[str, np.ndarray], path: Path, seed: int, fraction
             f"data file {str(path)!r} lacks keys {missing}; expected train_images, train_labels "
             "and optionally val_images, val_labels, test_images, test_labels"
         )
-    xs = [_as_nhwc(arrays["train_images"])]
-    ys = [_labels(arrays["train_labels"])]
-    if "val_images" in arrays:
-        xs.append(_as_nhwc(arrays["val_images"]))
-        ys.append(_labels(arrays["val_labels"]))
-    x, y = np.concatenate(xs), np.concatenate(ys)
+    def pair(split: str) -> tuple[np.ndarray, np.ndarray]:
+        if f"{split}_labels" not in arrays:
+            raise ConfigError(f"data file {str(path)!r} has {split}_images but no {split}_labels")
+        x = _as_nhwc(arrays[f"{split}_images"], f"{split}_images of {str(path)!r}")
+        return x, _labels(arrays[f"{split}_labels"], f"{split}_labels of {str(path)!r}", len(x))
+
+    pairs = [pair("train")] + ([pair("val")] if "val_images" in arrays else [])
+    if len({x.shape[1:] for x, _ in pairs}) > 1:
+        raise ConfigError(f"data file {str(path)!r}: train and val images differ in shape")
+    x, y = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+    check_classes(y, y[:0], num_classes, f"data file {str(path)!r}")
     if "test_images" in arrays:
-        return x, y, _as_nhwc(arrays["test_images"]), _labels(arrays["test_labels"])
+        x_te, y_te = pair("test")
+        if x_te.shape[1:] != x.shape[1:]:
+            raise ConfigError(
+                f"data file {str(path)!r}: test images have shape {x_te.shape[1:]}, train images {x.shape[1:]}"
+            )
+        return x, y, x_te, y_te
     return _held_out_split(x, y, fraction, seed)
 
 
@@ -178,8 +270,9 @@ def _load_medmnist(settings: DatasetSettings, seed: int) -> ImageData:
     if not path.is_file() and settings.download:
         _download_medmnist(settings)
     arrays = _read_npz(path, "dataset.data-dir")
-    x_tr, y_tr, x_te, y_te = _split_arrays(arrays, path, seed, settings.test_fraction)
     names = tuple(info["label"][k] for k in sorted(info["label"], key=int))
+    x_tr, y_tr, x_te, y_te = _split_arrays(arrays, path, seed, settings.test_fraction, len(names))
+    check_classes(y_tr, y_te, len(names), f"data file {str(path)!r}")
     return ImageData(settings.name, x_tr, y_tr, x_te, y_te, names)
 
 
@@ -193,8 +286,8 @@ def _load_npz(settings: DatasetSettings, seed: int) -> ImageData:
     if not path.is_absolute():
         path = Path(settings.data_dir).expanduser() / path
     arrays = _read_npz(path, "dataset.npz-file")
-    x_tr, y_tr, x_te, y_te = _split_arrays(arrays, path, seed, settings.test_fraction)
-    num_classes = int(max(y_tr.max(), y_te.max())) + 1
+    x_tr, y_tr, x_te, y_te = _split_arrays(arrays, path, seed, settings.test_fraction, None)
+    num_classes = check_classes(y_tr, y_te, None, f"data file {str(path)!r}")
     return ImageData("npz", x_tr, y_tr, x_te, y_te, tuple(str(c) for c in range(num_classes)))
 
 
@@ -290,3 +383,11 @@ def dataset_info(settings: DatasetSettings, seed: int) -> DatasetInfo:
         return DatasetInfo(settings.name, len(names), channels, settings.size, names)
     data = load_image_data(settings, seed)
     return DatasetInfo(data.name, data.num_classes, data.channels, settings.size, data.class_names)
+
+
+def training_pool_size(settings: DatasetSettings, seed: int) -> int | None:
+    """Samples the clients' partitions are cut from (an upper bound of any client's num-examples)."""
+    if settings.name in MEDMNIST_2D:
+        counts = _medmnist_info(settings.name).get("n_samples", {})
+        return int(counts.get("train", 0)) + int(counts.get("val", 0)) or None
+    return len(load_image_data(settings, seed).train_y)

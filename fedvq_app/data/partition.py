@@ -69,7 +69,12 @@ def partition_indices(
 ) -> list[np.ndarray]:
     """Row indices of every partition (deterministic for a seed)."""
     if num_partitions < 1:
-        raise ConfigError(f"num-partitions must be >= 1, got {num_partitions}")
+        raise ConfigError(f"node-config key 'num-partitions' has invalid value {num_partitions}: expected an int >= 1")
+    if num_partitions > len(labels):
+        raise ConfigError(
+            f"node-config key 'num-partitions' has invalid value {num_partitions}: the training pool has only "
+            f"{len(labels)} samples; use at most {len(labels)} partitions (SuperNodes) or more data"
+        )
     if settings.kind == "pathological" and settings.classes_per_client > len(np.unique(labels)):
         raise ConfigError(
             f"config key 'partition.classes-per-client' has invalid value "
@@ -85,11 +90,14 @@ def partition_indices(
                 for i in range(num_partitions)]
     except ValueError as err:
         reason = str(err).splitlines()[0]
+        if num_partitions > len(labels):
+            hint = f"use at most {len(labels)} partitions (SuperNodes) or more data"
+        else:
+            hint = "raise partition.alpha or lower partition.min-partition-size"
         raise ConfigError(
             f"partition.kind={settings.kind!r} with alpha={settings.alpha} and "
             f"min-partition-size={settings.min_partition_size} cannot split {len(labels)} "
-            f"samples into {num_partitions} partitions ({reason}); raise partition.alpha or "
-            "lower partition.min-partition-size"
+            f"samples into {num_partitions} partitions ({reason}); {hint}"
         ) from None
 
 

@@ -62,13 +62,27 @@ def load_generated_partition(directory: Path, partition_id: int) -> TabularParti
             f"generated data file {path} not found (folder has {present or 'no client files'}); "
             f"run data_gen/generate_test_data.py and set kmeans.data-path or {DATA_PATH_ENV}"
         )
-    with np.load(path) as npz:
-        if "data" not in npz:
-            raise ConfigError(f"{path} has no 'data' array (keys: {sorted(npz.files)})")
-        x = np.asarray(npz["data"], dtype=np.float64)
-        labels = np.asarray(npz["labels"], dtype=np.int64) if "labels" in npz else None
-    if x.ndim != 2:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "data" not in npz:
+                raise ConfigError(f"{path} has no 'data' array (keys: {sorted(npz.files)})")
+            x = np.asarray(npz["data"], dtype=np.float64)
+            labels = np.asarray(npz["labels"]) if "labels" in npz else None
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - not an npz, truncated, text in 'data': bad input, one line
+        raise ConfigError(f"generated data file {path} is not a readable npz of numbers ({type(err).__name__})") from None
+    if x.ndim != 2 or len(x) < 1:
         raise ConfigError(f"{path}: 'data' must be a 2-D array (rows x features), got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ConfigError(f"{path}: 'data' has {int((~np.isfinite(x)).sum())} NaN or inf values")
+    if labels is not None:
+        if labels.shape != (len(x),) or labels.dtype.kind not in "iu" or (len(labels) and labels.min() < 0):
+            raise ConfigError(
+                f"{path}: 'labels' must be {len(x)} non-negative integers (one per row), got {labels.dtype} "
+                f"of shape {labels.shape}"
+            )
+        labels = labels.astype(np.int64)
     return TabularPartition(x, labels, "generated")
 
 

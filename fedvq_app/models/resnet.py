@@ -17,9 +17,21 @@ def _load_local_weights(model: nn.Module, weights: str) -> None:
             f"config key 'model.weights' has invalid value {weights!r}: no such file; give the "
             "path of a torchvision resnet18 state_dict (.pth) or leave it empty for random init"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    bad = f"config key 'model.weights' has invalid value {weights!r}"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - not a torch file, truncated, pickled code: one line
+        raise ConfigError(f"{bad}: not a readable state_dict file ({type(err).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{bad}: it holds a {type(state).__name__}, not a state_dict (name -> tensor)")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
+        raise ConfigError(f"{bad}: its tensors do not fit resnet18 ({lines[min(1, len(lines) - 1)]})") from None
+    if not set(state) - set(result.unexpected_keys):
+        raise ConfigError(f"{bad}: none of its {len(state)} entries is a resnet18 parameter")
 
 
 def resnet18_trunk(in_channels: int, weights: str = "") -> tuple[nn.Module, int]:

@@ -32,6 +32,7 @@ import torch
 from flwr.app import ArrayRecord
 from flwr.common.logger import log
 
+from fedvq_app.aggregation.validation import array_problem, array_schema
 from fedvq_app.config import ConfigError, Settings
 from fedvq_app.records import to_numpy, to_record
 
@@ -171,14 +172,21 @@ def load_checkpoint(directory: Path) -> Checkpoint:
     path = checkpoint_path(directory)
     if not path.is_file():
         raise ConfigError(f"config key 'resume-from' has invalid value '{directory}': no {CHECKPOINT_FILE} in it")
-    with np.load(path, allow_pickle=False) as npz:
-        meta = json.loads(npz[_META].tobytes().decode())
-        arrays = {k: npz[f"{_ARRAYS}{k}"] for k in meta["array_order"]}
-        state: dict[str, Any] = {k: npz[f"{_STATE}{k}"] for k in meta["strategy_arrays"]}
-        rng = dict(meta["rng"])
-        if rng:
-            rng["numpy"] = {**rng["numpy"], "keys": npz[_NUMPY_RNG]}
-            rng["torch"] = npz[_TORCH_RNG]
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(npz[_META].tobytes().decode())
+            arrays = {k: npz[f"{_ARRAYS}{k}"] for k in meta["array_order"]}
+            state: dict[str, Any] = {k: npz[f"{_STATE}{k}"] for k in meta["strategy_arrays"]}
+            rng = dict(meta["rng"])
+            if rng:
+                rng["numpy"] = {**rng["numpy"], "keys": npz[_NUMPY_RNG]}
+                rng["torch"] = npz[_TORCH_RNG]
+    except Exception as err:  # noqa: BLE001 - truncated, foreign or hand-edited file: bad input, one line
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise ConfigError(
+            f"config key 'resume-from' has invalid value '{directory}': {path} is not a readable checkpoint "
+            f"({type(err).__name__}: {detail})"
+        ) from None
     state.update(meta["strategy_plain"])
     return Checkpoint(
         server_round=int(meta["server_round"]),
@@ -234,12 +242,25 @@ class Checkpointer:
         )
 
 
-def resume(settings: Settings, strategy: Any, tracker: Any) -> tuple[int, ArrayRecord] | None:
-    """Restore server state from ``resume-from``; return (next round, global arrays) or None."""
+def resume(
+    settings: Settings, strategy: Any, tracker: Any, initial: ArrayRecord | None = None
+) -> tuple[int, ArrayRecord] | None:
+    """Restore server state from ``resume-from``; return (next round, global arrays) or None.
+
+    With ``initial`` (this run's freshly built arrays), a checkpoint whose arrays do
+    not have their names, shapes and dtypes is refused before anything is restored.
+    """
     if not settings.resume_from:
         return None
     checkpoint = load_checkpoint(Path(settings.resume_from).expanduser())
     check_compatible(settings, checkpoint)
+    if initial is not None:
+        problem = array_problem(array_schema(to_numpy(initial)), checkpoint.arrays)
+        if problem:
+            raise ConfigError(
+                f"config key 'resume-from' has invalid value {settings.resume_from!r}: its checkpoint does not "
+                f"fit this run's model ({problem})"
+            )
     load_strategy_state(strategy, checkpoint.strategy_state)
     tracker.load_state_dict(checkpoint.tracker_state, checkpoint.server_round)
     if checkpoint.rng:

@@ -23,11 +23,13 @@ import numpy as np
 from flwr.app import Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedvq_app.aggregation.kmeans import FeatureTransform
-from fedvq_app.config import Settings
+from fedvq_app.config import ConfigError, Settings
+from fedvq_app.errors import RunFailed
 from fedvq_app.registry import get_method
+from fedvq_app.server.failures import stop_if_hopeless
+from fedvq_app.server.loop import NodesUnavailable, PatientGrid, without_unavailable
 from fedvq_app.strategies.kmeans_evaluation import KMeansEvaluation
 from fedvq_app.strategies.kmeans_handshake import Federation, Handshake
 from fedvq_app.strategies.kmeans_init import SummaryInit
@@ -68,19 +70,46 @@ def build_phases(settings: Settings, federation: Federation) -> KMeansPhases:
     )
 
 
-def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
-    """Send one phase's instructions and wait for the replies (missing ones = dropped)."""
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
+def exchange(
+    grid: Grid, messages: list[Message], timeout: float, gone: set[int] | None = None, first: bool = False
+) -> list[Message]:
+    """Send one phase's instructions and wait for the replies (missing ones = dropped).
+
+    The SuperLink's "node unavailable" errors are dropouts, not replies: their
+    nodes join ``gone`` and are not messaged again. When every reply is an error
+    carrying the same (or only configuration) errors, the run stops with that line.
+    """
+    if not messages:
+        raise RunFailed("[kmeans] no client left to message")
+    phase = messages[0].metadata.message_type
+    replies, unavailable = without_unavailable(messages, grid.send_and_receive(messages, timeout=timeout))
+    if gone is not None:
+        gone.update(unavailable)
     dropped = sorted({m.metadata.dst_node_id for m in messages} - {r.metadata.src_node_id for r in replies})
     if dropped:
-        log(WARNING, "[kmeans] %s: no reply from nodes %s", messages[0].metadata.message_type, dropped)
+        log(WARNING, "[kmeans] %s: no reply from nodes %s", phase, dropped)
+    stop_if_hopeless(replies, f"k-means phase {phase}", first=first)
     return replies
 
 
-def connected_nodes(grid: Grid, minimum: int) -> list[int]:
-    """Every connected node, once at least ``minimum`` are (k-means uses all of them)."""
-    _, all_nodes = sample_nodes(grid, minimum, minimum)
-    return sorted(all_nodes)
+def connected_nodes(grid: Grid, minimum: int, wait_s: float) -> list[int]:
+    """Every connected node, once at least ``minimum`` are; at most ``wait_s`` seconds of waiting."""
+    try:
+        return sorted(PatientGrid(grid, minimum, wait_s).get_node_ids())
+    except NodesUnavailable as err:
+        raise RunFailed(
+            f"k-means cannot start: {err} (min-available-nodes={minimum}) after waiting round-timeout={wait_s:g} s"
+        ) from None
+
+
+def live(federation: Federation, gone: set[int]) -> Federation:
+    """The federation without the nodes that have gone away (for messages and the summary)."""
+    if not gone & set(federation.clients):
+        return federation
+    clients = {n: c for n, c in federation.clients.items() if n not in gone}
+    if not clients:
+        raise RunFailed(f"[kmeans] every client has gone away (nodes {sorted(gone)})")
+    return Federation(clients)
 
 
 def _round_metadata(result: StepResult, run: int, federation: Federation) -> dict[str, Any]:
@@ -126,16 +155,19 @@ def run_lloyd(
     federation: Federation,
     settings: Settings,
     tracker: ExperimentTracker,
+    gone: set[int] | None = None,
 ) -> tuple[list[StepResult], bool]:
     """Lloyd rounds until no run moves more than tol; returns every round's result and convergence."""
     opts = settings.method_options
     results: list[StepResult] = []
     tracker.traffic_outside_rounds()  # the set-up phases count in the run's total, not in round 1
+    gone = set() if gone is None else gone
     for rnd in range(1, opts.max_rounds + 1):
         started = time.time()
         config = {"server-round": rnd, "experiment": tracker.dir.name}
+        federation = live(federation, gone)
         messages = step.instructions(federation.nodes, config, transform, {CENTROIDS: step.centroids}, str(rnd))
-        replies = exchange(grid, messages, settings.round_timeout)
+        replies = exchange(grid, messages, settings.round_timeout, gone)
         result = step.aggregate(rnd, replies)
         metrics = {}
         if result is not None:
@@ -299,8 +331,14 @@ def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
     timeout = settings.round_timeout
     with logs.server_log():
         handshake = Handshake()
-        nodes = connected_nodes(grid, settings.min_available_nodes)
-        federation = handshake.aggregate(exchange(grid, handshake.instructions(nodes), timeout))
+        gone: set[int] = set()
+        nodes = connected_nodes(grid, settings.min_available_nodes, timeout)
+        federation = handshake.aggregate(exchange(grid, handshake.instructions(nodes), timeout, gone, first=True))
+        if opts.k > federation.num_samples:
+            raise ConfigError(
+                f"config key 'kmeans.k' has invalid value {opts.k}: the {len(federation.clients)} clients hold only "
+                f"{federation.num_samples} rows in all; expected an int <= {federation.num_samples}"
+            )
         log(
             INFO,
             "[kmeans] handshake: %d clients, %d rows, %d features, %d classes",
@@ -310,11 +348,13 @@ def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
             federation.num_classes,
         )
         phases: KMeansPhases = get_method(settings.method).build_strategy(settings, federation)
-        nodes = federation.nodes
 
         def run(phase, config: dict | None = None, **instruction_kwargs) -> Any:
             config = {**(config or {}), "experiment": tracker.dir.name}
-            return phase.aggregate(exchange(grid, phase.instructions(nodes, config, **instruction_kwargs), timeout))
+            nodes = live(federation, gone).nodes
+            return phase.aggregate(
+                exchange(grid, phase.instructions(nodes, config, **instruction_kwargs), timeout, gone)
+            )
 
         mean, std, _ = run(phases.normalization)
         transform = FeatureTransform(mean, std)
@@ -327,13 +367,14 @@ def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
 
         initial = run(phases.init, config=phases.init.config(), transform=transform)
         phases.step.centroids = initial
-        results, converged = run_lloyd(grid, phases.step, transform, federation, settings, tracker)
+        results, converged = run_lloyd(grid, phases.step, transform, federation, settings, tracker, gone)
         best = phases.step.best_run()
         history = write_round_logs(logs, initial, results, best, federation)
         centroids = phases.step.centroids[best]
         evaluation = run(
             phases.evaluation, config=phases.evaluation.config(), transform=transform, arrays={CENTROIDS: centroids}
         )
+        federation = live(federation, gone)  # a node that went away is in no count of the summary
         report = _report(settings, federation, phases, transform, pca, history, converged, evaluation)
         report.update(
             centroids=centroids.tolist(),

@@ -33,7 +33,9 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedvq_app.errors import RunFailed, is_node_unavailable
 from fedvq_app.server.checkpoint import Checkpointer, resume
+from fedvq_app.server.failures import check_client_sizes, nothing_accepted, stop_if_hopeless
 from fedvq_app.tracking.communication import metered
 from fedvq_app.tracking.experiment import ExperimentTracker, RoundOutcome
 
@@ -119,21 +121,33 @@ def _configure(strategy: Strategy, phase: str, rnd: int, arrays, config: dict, g
     return list(configure(rnd, arrays, ConfigRecord(dict(config)), patient))
 
 
+def without_unavailable(messages: list[Message], replies: Iterable[Message]) -> tuple[list[Message], list[int]]:
+    """Replies minus the SuperLink's "node unavailable" errors; also the nodes those errors stood for.
+
+    Such an error is the SuperLink speaking for a dead node (its sender is not the
+    node the message went to): a dropout, never a rejected reply of some node.
+    """
+    destination = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
+    kept, unavailable = [], []
+    for reply in replies:
+        node = destination.get(reply.metadata.reply_to_message_id)
+        foreign = node is not None and node != reply.metadata.src_node_id
+        if reply.has_error() and (foreign or is_node_unavailable(reply)):
+            node = node if node is not None else reply.metadata.src_node_id
+            log(WARNING, "[fedvq] node %s is unavailable: %s", node, reply.error.reason)
+            unavailable.append(node)
+            continue
+        kept.append(reply)
+    return kept, unavailable
+
+
 def _send(grid: Grid, messages, timeout: float) -> tuple[list[int], list]:
     """Send and wait at most ``timeout``; errors the SuperLink returns for absent nodes are no replies."""
     messages = list(messages)
     if not messages:
         return [], []
     sampled = [m.metadata.dst_node_id for m in messages]
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
-    destination = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
-    kept = []
-    for reply in replies:
-        node = destination.get(reply.metadata.reply_to_message_id)
-        if reply.has_error() and node is not None and node != reply.metadata.src_node_id:
-            log(WARNING, "[fedvq] node %s is unavailable: %s", node, reply.error.reason)
-            continue
-        kept.append(reply)
+    kept, _ = without_unavailable(messages, grid.send_and_receive(messages, timeout=timeout))
     silent = sorted(set(sampled) - {r.metadata.src_node_id for r in kept})
     if silent:
         log(WARNING, "[fedvq] no reply within the round from nodes %s", silent)
@@ -141,8 +155,10 @@ def _send(grid: Grid, messages, timeout: float) -> tuple[list[int], list]:
 
 
 def _stop(tracker: ExperimentTracker, rnd: int, err: Exception) -> None:
-    log(ERROR, "[fedvq] stopping before round %d: %s", rnd, err)
     tracker.stopped_early = {"before_round": rnd, "reason": str(err)}
+    if not tracker.rounds:  # nothing was trained: the run failed
+        raise RunFailed(f"no round could start: {err}")
+    log(ERROR, "[fedvq] stopping before round %d: %s", rnd, err)
 
 
 def _as_dict(record: MetricRecord | None) -> dict:
@@ -166,7 +182,7 @@ def run_rounds(
     first_round = plan.first_round
     grid = metered(grid, tracker.traffic)  # bytes to and from every client, per round
     tracker.traffic_outside_rounds()  # whatever a workflow exchanged before the first round
-    resumed = resume(tracker.settings, strategy, tracker)
+    resumed = resume(tracker.settings, strategy, tracker, initial=arrays)
     if resumed is not None:
         first_round, arrays = resumed
     checkpoint = Checkpointer(tracker.dir, strategy, tracker, dict(tracker.settings.raw))
@@ -178,7 +194,20 @@ def run_rounds(
             _stop(tracker, rnd, err)
             break
         sampled, replies = _send(grid, messages, plan.timeout)
+        if rnd == first_round and sampled and not replies:
+            reason = (f"no node replied within round-timeout={plan.timeout:g} s "
+                      f"({len(sampled)} sampled); raise round-timeout if the nodes are slow")
+            tracker.stopped_early = {"where": f"round {rnd} (train)", "reason": reason}
+            raise RunFailed(f"round {rnd} (train): {reason}")
+        stop_if_hopeless(replies, f"round {rnd} (train)", tracker, first=rnd == first_round)
+        if rnd == first_round:
+            check_client_sizes(replies, tracker, getattr(strategy, "weighted_by_key", "num-examples"))
         new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+        if rnd == first_round:  # no reply of the first round usable: no later round will do better
+            hopeless = nothing_accepted(list(getattr(strategy, "rejections", [])), replies)
+            if hopeless is not None:
+                tracker.stopped_early = {"where": f"round {rnd} (train)", "reason": hopeless}
+                raise RunFailed(f"round {rnd} (train): {hopeless}")
         if new_arrays is not None:
             arrays = new_arrays
         outcome = RoundOutcome(
@@ -196,6 +225,7 @@ def run_rounds(
                 unavailable = err
             else:
                 outcome.sampled_evaluate, outcome.evaluate_replies = _send(grid, eval_messages, plan.timeout)
+                stop_if_hopeless(outcome.evaluate_replies, f"round {rnd} (evaluate)", tracker)
                 outcome.evaluate_metrics = _as_dict(strategy.aggregate_evaluate(rnd, outcome.evaluate_replies))
                 outcome.evaluate_rejected = list(getattr(strategy, "rejections", []))
         report = getattr(strategy, "round_report", None)

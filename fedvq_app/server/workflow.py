@@ -10,10 +10,11 @@ import torch
 from flwr.serverapp import Grid
 
 from fedvq_app.config import Settings
-from fedvq_app.data.datasets import dataset_info
+from fedvq_app.data.datasets import dataset_info, training_pool_size
 from fedvq_app.models.state import shared_arrays
 from fedvq_app.registry import get_method
 from fedvq_app.server.loop import LoopPlan, run_rounds
+from fedvq_app.server.preflight import check_partition_feasible
 from fedvq_app.strategies.privacy import privatize
 from fedvq_app.tracking.experiment import ExperimentTracker
 from fedvq_app.training.dpsgd import dp_compatible
@@ -49,9 +50,13 @@ def run_training(grid: Grid, settings: Settings, tracker: ExperimentTracker):
     """
     spec = get_method(settings.method)
     info = dataset_info(settings.dataset, settings.seed)
+    check_partition_feasible(settings, info.num_classes)
     seed_server(settings.seed)
     arrays = shared_arrays(dp_compatible(spec.build_model(settings, info), settings), spec.is_shared)
-    strategy = privatize(spec.build_strategy(settings, info), settings)
+    strategy = spec.build_strategy(settings, info)
+    if hasattr(strategy, "max_num_examples"):  # the reply guard refuses claims beyond the whole pool
+        strategy.max_num_examples = training_pool_size(settings.dataset, settings.seed)
+    strategy = privatize(strategy, settings)  # client-level DP wraps the guarded strategy
     plan = LoopPlan(
         first_round=1,
         last_round=settings.num_server_rounds,

@@ -62,6 +62,8 @@ class ReplyGuard:
         self.accepted_nodes: list[int] = []
         self.last_dissimilarity: dict[str, float] = {}
         self._prescreened: list[Message] | None = None
+        #: most examples a client can hold (the whole training pool, when the server knows it)
+        self.max_num_examples: int | None = None
 
     # ---------------------------------------------------------------- sending
     def remember_sent(self, messages: Iterable[Message]) -> list[Message]:
@@ -85,7 +87,7 @@ class ReplyGuard:
         metrics = content.metric_records.get(METRICS)
         if metrics is None:
             return "no 'metrics' record"
-        problem = metric_problem(dict(metrics), self.weighted_by_key)
+        problem = metric_problem(dict(metrics), self.weighted_by_key) or self._size_problem(dict(metrics))
         if problem or not train:
             return problem
         arrays = content.array_records.get(ARRAYS)
@@ -109,6 +111,15 @@ class ReplyGuard:
         accepted = self.screen(replies, train=True)
         self._prescreened = accepted
         return accepted
+    def _size_problem(self, metrics: dict) -> str | None:
+        """A client cannot train on more examples than the whole federation's training pool."""
+        claimed = metrics.get(self.weighted_by_key)
+        if self.max_num_examples is not None and claimed > self.max_num_examples:
+            return (
+                f"metric '{self.weighted_by_key}' is {claimed:g}, more than the {self.max_num_examples} "
+                "training samples of the whole dataset"
+            )
+        return None
 
     def screen(self, replies: Iterable[Message], train: bool) -> list[Message]:
         """Valid replies, stripped to arrays+metrics; rejections logged and kept."""

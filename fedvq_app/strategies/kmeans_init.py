@@ -15,6 +15,7 @@ from flwr.app import Message
 
 from fedvq_app.aggregation.kmeans import seed_from_summaries
 from fedvq_app.aggregation.validation import Schema
+from fedvq_app.config import ConfigError
 from fedvq_app.strategies.kmeans_phase import INIT, KMeansPhase, reply_arrays, small_count_problem
 
 
@@ -41,8 +42,12 @@ class SummaryInit(KMeansPhase):
     def aggregate(self, replies: Iterable[Message]) -> np.ndarray:
         """Initial centroid sets, shape (runs, k, dim)."""
         accepted = self.screen(replies)
-        if not accepted:
-            raise ValueError("no client returned local means for the initialisation")
+        if not any((reply_arrays(m)["counts"] > 0).any() for m in accepted):
+            reasons = "; ".join(f"node {n}: {r}" for n, r in self.rejections[:3]) or "every local mean withheld"
+            raise ConfigError(
+                f"config key 'kmeans.privacy-threshold' ({self.threshold}): no client could share a local mean for "
+                f"the initialisation ({reasons}); lower it, lower kmeans.local-k, or give the clients more rows"
+            )
         sums = np.concatenate([reply_arrays(m)["sums"] for m in accepted])
         counts = np.concatenate([reply_arrays(m)["counts"] for m in accepted])
         shared = counts > 0

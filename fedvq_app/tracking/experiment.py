@@ -25,7 +25,7 @@ from typing import Any
 from flwr.app import Message
 from flwr.common.logger import log
 
-from fedvq_app.config import Settings, resolve_log_root
+from fedvq_app.config import ConfigError, Settings, resolve_log_root
 from fedvq_app.registry import get_method
 from fedvq_app.tracking.communication import Traffic, TrafficMeter, run_communication
 from fedvq_app.tracking.sinks import SinkSet, open_sinks
@@ -85,7 +85,7 @@ class RoundOutcome:
 class ExperimentTracker:
     """Writes one experiment folder; keeps just enough in memory for the summary."""
 
-    def __init__(self, settings: Settings, directory: Path) -> None:
+    def __init__(self, settings: Settings, directory: Path, new: bool = True) -> None:
         # TensorBoard / MLflow; an unusable MLflow target stops the run here, before the folder exists
         self.sinks = SinkSet(open_sinks(settings, directory))
         #: counts the bytes of every message the server sends and receives (the grid is wrapped with it)
@@ -96,7 +96,17 @@ class ExperimentTracker:
         self.round_seconds: list[float] = []
         self.settings = settings
         self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=not new)
+        except FileExistsError:
+            raise ConfigError(
+                f"config key 'experiment-name': experiment folder {str(directory)!r} exists already"
+            ) from None
+        except OSError as err:
+            raise ConfigError(
+                f"config key 'log-dir' has invalid value {settings.log_dir!r}: cannot create "
+                f"{str(directory)!r} ({err.strerror or err})"
+            ) from None
         self.started = time.time()
         self.rounds: list[dict[str, Any]] = []
         self.label_counts: dict[int, list[int]] = {}
@@ -105,18 +115,27 @@ class ExperimentTracker:
         self.planned_rounds = settings.num_server_rounds
         #: why the round loop ended before the last planned round (None = it did not)
         self.stopped_early: dict[str, Any] | None = None
-        write_json(self.dir / "config.json", settings.to_dict())
+        #: named warnings about legal but suspicious input (fedvq_app.errors.warn)
+        self.warnings: list[dict[str, str]] = []
+        #: a resumed folder is written only once its checkpoint is accepted (load_state_dict)
+        self.writable = new
+        if new:
+            write_json(self.dir / "config.json", settings.to_dict())
         log(INFO, "[fedvq] experiment folder: %s", self.dir)
 
     @classmethod
     def create(cls, settings: Settings) -> ExperimentTracker:
         """New folder under the resolved ``log-dir`` (resumes reuse their folder)."""
-        if settings.resume_from:
-            return cls(settings, Path(settings.resume_from).expanduser().resolve())
+        if settings.resume_from:  # checked by fedvq_app.server.preflight before anything is written
+            return cls(settings, Path(settings.resume_from).expanduser().resolve(), new=False)
         root = resolve_log_root(settings.log_dir)
         spec = get_method(settings.method)
         data = spec.data_name(settings) if spec.data_name else settings.dataset.name
         name = settings.experiment_name or f"{settings.method}_{data}_{datetime.now():%Y%m%d-%H%M%S-%f}"
+        if not settings.experiment_name:  # two runs in the same microsecond still get their own folders
+            base, suffix = name, 1
+            while (root / name).exists():
+                name, suffix = f"{base}-{suffix}", suffix + 1
         return cls(settings, root / name)
 
     # ------------------------------------------------------------------ rounds
@@ -179,6 +198,8 @@ class ExperimentTracker:
 
     def load_state_dict(self, state: dict[str, Any], last_round: int) -> None:
         """Continue a checkpointed run: reload its rounds up to ``last_round``, drop later ones."""
+        self.writable = True
+        write_json(self.dir / "config.json", self.settings.to_dict())
         path = self.dir / "rounds.jsonl"
         lines = path.read_text().splitlines() if path.is_file() else []
         self.rounds = [r for r in (json.loads(line) for line in lines if line.strip()) if r["round"] <= last_round]
@@ -233,17 +254,31 @@ class ExperimentTracker:
             "best": ({"round": best_round["round"], **_round_figures(best_round)} if best_round else {}),
             "dropped_total": sum(len(r["dropped"]) for r in self.rounds),
             "rejected_total": sum(len(r["rejected"]) for r in self.rounds),
+            "status": "stopped_early" if self.stopped_early else "completed",
         }
         if self.stopped_early:
             summary["stopped_early"] = self.stopped_early
         self.traffic_outside_rounds()
         summary["communication"] = run_communication(self.rounds, self.outside_rounds, self.node_to_partition)
+        if self.warnings:
+            summary["warnings"] = list(self.warnings)
         if method_report:
             method_report = dict(method_report)
             # a method without accuracies (k-means) names its headline figures at the top level
             summary.update(method_report.pop(TOP_LEVEL_KEY, {}))
             summary[self.settings.method] = method_report
         return _jsonable(summary)
+
+    def fail(self, reason: str) -> dict[str, Any]:
+        """summary.json of a run that failed: what it did so far, ``status: failed`` and why.
+
+        Also closes the TensorBoard file and marks the MLflow run FAILED.
+        """
+        summary = {**self.summary(), "status": "failed", "error": reason}
+        if self.writable:  # a refused resume leaves the experiment as it was
+            write_json(self.dir / "summary.json", summary)
+        self.sinks.fail(reason)
+        return summary
 
     def finish(self, method_report: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write summary.json and the plots; log where everything is."""
@@ -263,10 +298,6 @@ class ExperimentTracker:
         )
         log(INFO, "[fedvq] %s; results in %s", headline, self.dir)
         return summary
-
-    def fail(self, reason: str) -> None:
-        """The run stopped on an error: close the TensorBoard file, mark the MLflow run FAILED."""
-        self.sinks.fail(reason)
 
 
 def _size(num_bytes: float) -> str:
