@@ -1,13 +1,17 @@
-"""ClientApp: resolve the method from the run config and delegate to its client."""
+"""ClientApp: resolve the method from the run config and delegate to its client.
+
+Importing this module imports no method: the registry loads a method's modules
+when a message of a run using it arrives (a deployment starts a process per
+message, so what is imported here is paid on every message at every site).
+"""
 
 from __future__ import annotations
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedvq_app.clients.kmeans import ACTIONS as KMEANS_ACTIONS
 from fedvq_app.config import load_settings
-from fedvq_app.registry import get_method
+from fedvq_app.registry import custom_actions, get_method
 
 app = ClientApp()
 
@@ -39,7 +43,8 @@ def _action(handler_name: str):
     return handle
 
 
-# federated k-means phases: "query.kmeans_handshake" -> KMeansClient.handshake, ...
-for _message_type, _handler in KMEANS_ACTIONS.items():
+# custom message types of the registered methods, e.g. the federated k-means phases:
+# "query.kmeans_handshake" -> KMeansClient.handshake, ...
+for _message_type, _handler in custom_actions().items():
     _category, _name = _message_type.split(".")
     getattr(app, _category)(_name)(_action(_handler))

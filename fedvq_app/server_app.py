@@ -10,7 +10,6 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedvq_app.config import ConfigError, load_settings
 from fedvq_app.registry import get_method
-from fedvq_app.server.workflow import run_neural_workflow
 from fedvq_app.tracking.experiment import ExperimentTracker
 
 app = ServerApp()
@@ -22,7 +21,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         settings = load_settings(context.run_config)
         tracker = ExperimentTracker.create(settings)
-        workflow = get_method(settings.method).server_workflow or run_neural_workflow
+        workflow = get_method(settings.method).workflow()
         report = workflow(grid, settings, tracker)
     except ConfigError as err:
         log(ERROR, "[fedvq] configuration error: %s", err)

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from fedvq_app.config import ConfigError, PartitionSettings
-from fedvq_app.data.partition import cached_partition
 
 DATA_PATH_ENV = "TEST_DATA_PATH"
 SKLEARN_TABLES = ("iris", "wine", "breast-cancer")
@@ -85,6 +84,8 @@ def load_sklearn_partition(
     name: str, partition_id: int, num_partitions: int, split: str, skew_alpha: float, seed: int
 ) -> TabularPartition:
     """This client's share of a scikit-learn table, IID or skewed by label (Dirichlet)."""
+    from fedvq_app.data.partition import cached_partition  # noqa: PLC0415 - flwr-datasets, tables only
+
     x, y = _sklearn_table(name)
     if split == "iid":
         settings = PartitionSettings(kind="iid")

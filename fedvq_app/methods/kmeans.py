@@ -14,7 +14,6 @@ from fedvq_app.config import ConfigError, Settings, option
 from fedvq_app.data.tabular import DATA_PATH_ENV, SPLITS, TABULAR_SOURCES
 from fedvq_app.registry import MethodSpec
 from fedvq_app.server.kmeans_workflow import build_phases, run_kmeans_workflow
-from fedvq_app.tracking.kmeans_plots import kmeans_plots
 
 
 @dataclass(frozen=True)
@@ -97,6 +96,13 @@ def validate(settings: Settings) -> None:
         )
     if settings.resume_from:
         raise ConfigError("config key 'resume-from' is not supported by method 'kmeans' (it keeps no checkpoints)")
+
+
+def kmeans_plots(directory, rounds, summary):
+    """Method PNGs; matplotlib is imported only when a run finishes."""
+    from fedvq_app.tracking.kmeans_plots import kmeans_plots as plots  # noqa: PLC0415
+
+    return plots(directory, rounds, summary)
 
 
 SPEC = MethodSpec(
