@@ -37,6 +37,20 @@ def test_constant_feature_is_centred_not_divided_by_zero():
     assert std[1] == pytest.approx(np.std([2.0, 4.0, 6.0]))
 
 
+def test_merged_moments_stay_exact_far_from_zero():
+    """Offset 1e7, spread 1: the one-pass sumsq/n - mean^2 reported 1.414; the (count, mean, M2) merge is exact."""
+    rng = np.random.default_rng(3)
+    clients = [1e7 + rng.normal(scale=1.0, size=(n, 2)) for n in (50, 13, 200, 1)]
+    pooled = np.vstack(clients)
+    mean, std, count = km.merge_moments(km.local_moments(x) for x in clients)
+    assert count == 264
+    np.testing.assert_allclose(mean, pooled.mean(axis=0), rtol=1e-15)
+    np.testing.assert_allclose(std, pooled.std(axis=0), rtol=1e-9)
+    # the naive one-pass formula on the same data is visibly wrong: the test can tell the two apart
+    naive = np.sqrt(np.maximum(np.square(pooled).sum(axis=0) / count - np.square(pooled.sum(axis=0) / count), 0))
+    assert np.abs(naive - pooled.std(axis=0)).max() > 1e-3
+
+
 def test_merged_covariance_equals_pooled_covariance(client_rows):
     count, mean, scatter = km.merge_scatter(km.local_scatter(x) for x in client_rows)
     pooled = np.vstack(client_rows)

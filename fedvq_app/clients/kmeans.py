@@ -77,8 +77,9 @@ class KMeansClient:
         return self._reply(msg, {"num-features": self.data.num_features, "num-classes": self.data.num_classes})
 
     def normalization_stats(self, msg: Message) -> Message:
-        total, total_sq, _ = km.local_moments(self.data.x)
-        return self._reply(msg, {}, {"sum": total, "sumsq": total_sq})
+        """Per-feature mean and M2 (sum of squared deviations); the count is num-examples."""
+        _, mean, m2 = km.local_moments(self.data.x)
+        return self._reply(msg, {}, {"mean": mean, "m2": m2})
 
     def covariance_stats(self, msg: Message) -> Message:
         """(count, mean, scatter) of the globally standardized rows."""
