@@ -126,9 +126,14 @@ def run_lloyd(
     federation: Federation,
     settings: Settings,
     tracker: ExperimentTracker,
+    contributed: set[int] | None = None,
 ) -> tuple[list[StepResult], bool]:
-    """Lloyd rounds until no run moves more than tol; returns every round's result and convergence."""
+    """Lloyd rounds until no run moves more than tol; returns every round's result and convergence.
+
+    ``contributed`` collects the nodes whose step replies were accepted in any round.
+    """
     opts = settings.method_options
+    contributed = set() if contributed is None else contributed
     results: list[StepResult] = []
     for rnd in range(1, opts.max_rounds + 1):
         started = time.time()
@@ -136,6 +141,7 @@ def run_lloyd(
         messages = step.instructions(federation.nodes, config, transform, {CENTROIDS: step.centroids}, str(rnd))
         replies = exchange(grid, messages, settings.round_timeout)
         result = step.aggregate(rnd, replies)
+        contributed.update(step.accepted_nodes)
         metrics = {}
         if result is not None:
             best = step.best_run()
@@ -310,10 +316,16 @@ def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
         )
         phases: KMeansPhases = get_method(settings.method).build_strategy(settings, federation)
         nodes = federation.nodes
+        #: nodes with at least one accepted reply after the handshake: only these count in the summary
+        contributed: set[int] = set()
 
         def run(phase, config: dict | None = None, **instruction_kwargs) -> Any:
             config = {**(config or {}), "experiment": tracker.dir.name}
-            return phase.aggregate(exchange(grid, phase.instructions(nodes, config, **instruction_kwargs), timeout))
+            replies = exchange(grid, phase.instructions(nodes, config, **instruction_kwargs), timeout)
+            try:
+                return phase.aggregate(replies)
+            finally:
+                contributed.update(phase.accepted_nodes)
 
         mean, std, _ = run(phases.normalization)
         transform = FeatureTransform(mean, std)
@@ -326,21 +338,26 @@ def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
 
         initial = run(phases.init, config=phases.init.config(), transform=transform)
         phases.step.centroids = initial
-        results, converged = run_lloyd(grid, phases.step, transform, federation, settings, tracker)
+        results, converged = run_lloyd(grid, phases.step, transform, federation, settings, tracker, contributed)
         best = phases.step.best_run()
         history = write_round_logs(logs, initial, results, best, federation)
         centroids = phases.step.centroids[best]
         evaluation = run(
             phases.evaluation, config=phases.evaluation.config(), transform=transform, arrays={CENTROIDS: centroids}
         )
-        report = _report(settings, federation, phases, transform, pca, history, converged, evaluation)
+        used = federation.restricted_to(contributed)
+        excluded = sorted(federation.partition_of(n) for n in set(federation.clients) - contributed)
+        if excluded:
+            log(WARNING, "[kmeans] partitions %s were rejected in every phase: not counted in the summary", excluded)
+        report = _report(settings, used, phases, transform, pca, history, converged, evaluation)
+        report["excluded_partitions"] = excluded
         report.update(
             centroids=centroids.tolist(),
             centroids_original_scale=transform.to_original(centroids).tolist(),
             kept_run=best,
             run_inertia=results[-1].inertia.tolist() if results else [],
         )
-        logs.write_experiment_summary(_experiment_summary(settings, federation, report))
+        logs.write_experiment_summary(_experiment_summary(settings, used, report))
         logs.write_metrics(
             {
                 key: report.get(key)
