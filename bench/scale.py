@@ -1,71 +1,218 @@
-"""How far one 2-core machine goes: 10, 50 and 100 virtual clients through ``flwr run``.
+"""How far one machine goes: many k-means clients in-process, many virtual CNN clients under ``flwr run``.
 
-For each federation size it runs FedAvg on digits (IID, so that 100 clients still
-hold ~14 images each) and reports the peak memory of the run's own processes (PSS of everything
-that inherits its FLWR_HOME, so other work on the machine does not count),
-seconds per round, memory per client, and whether the run completed.
+``kmeans``: federated k-means through the real ServerApp/ClientApp on the in-process
+grid (generated 2-D data, 100 rows per client), 1,000 and 10,000 clients. Each size
+runs in a fresh interpreter twice, side by side: in the default environment (no
+``OMP_NUM_THREADS``; the clients cap their own pools, ``train.num-threads``) and under
+``OMP_NUM_THREADS=1``; reported: wall seconds, seconds per Lloyd round, peak memory
+(PSS of the job's process), the ratio default / OMP=1, and that both runs agree.
 
-    python bench/scale.py                 # 10, 50, 100 clients, 3 rounds
-    python bench/scale.py --quick         # smoke test: 4 clients, 1 round
+``cnn``: FedAvg with the small CNN on digits (IID) through ``flwr run`` with 1,000
+virtual SuperNodes, ``fraction-train=0.1`` and ``fraction-evaluate=0.1``: peak memory
+of the run's processes (PSS of everything inheriting its FLWR_HOME), memory per
+client, seconds per round, and the seconds partitioning takes at that size.
+
+``partitioning``: flwr-datasets partitioners at 1,000 clients on digits, including
+Dirichlet with a minimum partition size (a peer framework loops forever there):
+seconds until a partition or a one-line error.
+
+    python bench/scale.py kmeans --sizes 1000 10000
+    python bench/scale.py cnn --clients 1000 --rounds 3
+    python bench/scale.py partitioning
+    python bench/scale.py kmeans --quick       # smoke test: 50 clients
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from bench.common import MemorySampler, emit, rounds_of  # noqa: E402
-from fedvq_app.simulation import flwr_run  # noqa: E402
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+KMEANS_JOB = """
+import json, sys, time
+from data_gen.generate_test_data import GeneratorOptions, generate, write
+from fedvq_app.client_app import app as client_app
+from fedvq_app.local_grid import full_run_config, run_local
+from fedvq_app.server_app import app as server_app
+clients, work, threads = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+path = f"{work}/data_{clients}"
+import pathlib
+if not pathlib.Path(path, f"client_{clients - 1}.npz").is_file():
+    write(generate(GeneratorOptions(num_clients=clients, samples_per_client=100, num_features=2, num_clusters=3,
+                                    random_state=0)), path)
+name = f"kmeans_{clients}_{time.time_ns()}"
+config = full_run_config(method="kmeans", **{"log-dir": f"{work}/logs", "experiment-name": name,
+    "kmeans.data-source": "generated", "kmeans.data-path": path, "kmeans.k": 3, "kmeans.client-logs": False,
+    "min-available-nodes": clients, "train.num-threads": threads})
+import logging; logging.getLogger("flwr").setLevel(logging.WARNING)
+started = time.time()
+run_local(server_app, client_app, clients, config)
+elapsed = time.time() - started
+summary = json.loads(pathlib.Path(work, "logs", name, "summary.json").read_text())
+print(json.dumps({"job_s": elapsed, "rounds": summary["rounds"], "inertia": summary["inertia"],
+                  "num_clients": summary["num_clients"], "heavy_modules": sorted(
+                      m for m in ("torch", "flwr_datasets", "datasets") if m in sys.modules)}))
+"""
 
 
-def one_size(clients: int, rounds: int, workdir: Path, federation_extra: str) -> dict:
-    name = f"scale_{clients}_{int(time.time())}"
-    config = {
-        "method": "fedavg",
-        "num-server-rounds": rounds,
-        "partition.kind": "iid",
-        "train.local-epochs": 1,
-        "log-dir": str(workdir / "logs"),
-        "experiment-name": name,
-    }
-    home = workdir / f"home_{name}"
-    with MemorySampler(env_marker=f"FLWR_HOME={home}") as memory:
-        run = flwr_run(config, home, f"num-supernodes={clients} {federation_extra}".strip(),
-                       timeout=3600)
-    folder = workdir / "logs" / name
-    done = (folder / "summary.json").is_file()
-    per_round = [r["wall_time_s"] for r in rounds_of(folder)] if done else []
-    return {
+def kmeans_once(clients: int, work: Path, omp_one: bool, threads: int) -> dict:
+    """One in-process k-means job in a fresh interpreter; its own peak PSS."""
+    marker = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    env.update({"PYTHONPATH": str(ROOT), "FEDVQ_BENCH_JOB": marker})
+    if omp_one:
+        env.update(dict.fromkeys(THREAD_VARIABLES, "1"))
+    started = time.time()
+    with MemorySampler(interval_s=0.25, env_marker=f"FEDVQ_BENCH_JOB={marker}") as memory:
+        done = subprocess.run([sys.executable, "-c", KMEANS_JOB, str(clients), str(work), str(threads)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=7200)
+    if done.returncode != 0:
+        return {"completed": False, "tail": done.stderr[-1500:]}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"completed": True, "process_s": time.time() - started, **result,
+            "s_per_round": result["job_s"] / max(result["rounds"], 1),
+            "peak_pss_mib": memory.peak / 2**20}
+
+
+def bench_kmeans(args) -> None:
+    sizes = [50] if args.quick else args.sizes
+    with tempfile.TemporaryDirectory() as tmp:
+        for clients in sizes:
+            runs = {}
+            # side by side, same session: default environment (the clients cap their pools), then OMP=1
+            runs["default"] = kmeans_once(clients, Path(tmp), omp_one=False, threads=args.threads)
+            runs["omp1"] = kmeans_once(clients, Path(tmp), omp_one=True, threads=args.threads)
+            if args.uncapped:  # the old behaviour: no cap at all (train.num-threads=0), default environment
+                runs["uncapped"] = kmeans_once(clients, Path(tmp), omp_one=False, threads=0)
+            ok = all(r["completed"] for r in runs.values())
+            figures = {
+                "clients": clients,
+                "rows_per_client": 100,
+                "features": 2,
+                "train_num_threads": args.threads,
+                "runs": runs,
+                "completed": ok,
+                "ratio_default_vs_omp1": runs["default"]["job_s"] / runs["omp1"]["job_s"] if ok else None,
+                "same_result": ok and runs["default"]["inertia"] == runs["omp1"]["inertia"],
+                "peak_pss_mib": max(r.get("peak_pss_mib", 0) for r in runs.values()),
+                "targets": {"ratio_default_vs_omp1_at_most": 1.2, "peak_pss_mib_at_most": 350},
+                "note": "machine shared with other jobs: compare only the ratio, measured side by side",
+            }
+            emit("scale_kmeans", figures, quick=args.quick)
+
+
+def partitioning_seconds(kind: str, clients: int, **partition) -> dict:
+    """Seconds flwr-datasets takes to partition digits' training pool into ``clients`` shares."""
+    from fedvq_app.config import ConfigError, load_settings  # noqa: PLC0415
+    from fedvq_app.data.datasets import load_image_data  # noqa: PLC0415
+    from fedvq_app.data.partition import partition_indices  # noqa: PLC0415
+    from fedvq_app.local_grid import full_run_config  # noqa: PLC0415
+
+    settings = load_settings(full_run_config(**{"partition.kind": kind, **partition}))
+    labels = load_image_data(settings.dataset, settings.seed).train_y
+    started = time.time()
+    try:
+        parts = partition_indices(labels, settings.partition, clients, settings.seed)
+        outcome = {"ok": True, "min_size": int(min(map(len, parts))), "max_size": int(max(map(len, parts)))}
+    except ConfigError as err:
+        outcome = {"ok": False, "error": str(err)}
+    return {"kind": kind, "clients": clients, "samples": int(len(labels)), **partition,
+            "seconds": time.time() - started, **outcome}
+
+
+def bench_partitioning(args) -> None:
+    clients = 50 if args.quick else args.clients
+    cases = [
+        partitioning_seconds("iid", clients),
+        partitioning_seconds("dirichlet", clients, **{"partition.alpha": 0.5, "partition.min-partition-size": 0}),
+        partitioning_seconds("dirichlet", clients, **{"partition.alpha": 0.5, "partition.min-partition-size": 1}),
+        partitioning_seconds("dirichlet", clients, **{"partition.alpha": 100.0, "partition.min-partition-size": 1}),
+    ]
+    emit("scale_partitioning", {"cases": cases,
+                                "target": "no case loops: each ends in bounded time with a partition or an error"},
+         quick=args.quick)
+
+
+def bench_cnn(args) -> None:
+    from fedvq_app.simulation import flwr_run  # noqa: PLC0415
+
+    clients, rounds = (20, 1) if args.quick else (args.clients, args.rounds)
+    partition = partitioning_seconds("iid", clients)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        name = f"scale_cnn_{clients}_{int(time.time())}"
+        config = {
+            "method": "fedavg",
+            "model.name": "cnn",
+            "num-server-rounds": rounds,
+            "partition.kind": "iid",
+            "train.local-epochs": 1,
+            "fraction-train": args.fraction,
+            "fraction-evaluate": args.fraction,
+            "log-dir": str(workdir / "logs"),
+            "experiment-name": name,
+        }
+        home = workdir / f"home_{name}"
+        federation = f"num-supernodes={clients} {args.federation_extra}".strip()
+        with MemorySampler(env_marker=f"FLWR_HOME={home}") as memory:
+            run = flwr_run(config, home, federation, timeout=args.timeout)
+        folder = workdir / "logs" / name
+        done = (folder / "summary.json").is_file()
+        per_round = [r["wall_time_s"] for r in rounds_of(folder)] if done else []
+        summary = json.loads((folder / "summary.json").read_text()) if done else {}
+    emit("scale_cnn", {
         "clients": clients,
+        "rounds": rounds,
+        "fraction_train": args.fraction,
+        "fraction_evaluate": args.fraction,
+        "federation": federation,
         "completed": done,
         "returncode": run.returncode,
         "total_s": run.wall_s,
         "per_round_s": per_round,
         "steady_per_round_s": sum(per_round[1:]) / (len(per_round) - 1) if len(per_round) > 1 else None,
-        "peak_memory_gib": memory.peak_above_baseline_gib,  # PSS of this run's processes
+        "partitioning_s": partition["seconds"],
+        "peak_memory_gib": memory.peak_above_baseline_gib,
         "memory_per_client_mib": memory.peak_above_baseline_gib * 1024 / clients,
+        "final_accuracy": summary.get("final", {}).get("accuracy"),
         "tail": "" if done else run.output[-1500:],
-    }
+        "target": "1,000 virtual clients complete 3 rounds in 24 GB",
+    }, quick=args.quick)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50, 100])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--federation-extra", default="", help="e.g. client-resources-num-cpus=1")
-    parser.add_argument("--quick", action="store_true")
+    sub = parser.add_subparsers(dest="what", required=True)
+    km = sub.add_parser("kmeans", help="in-process federated k-means, default environment vs OMP_NUM_THREADS=1")
+    km.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    km.add_argument("--threads", type=int, default=1, help="train.num-threads of the clients")
+    km.add_argument("--uncapped", action="store_true", help="also run with train.num-threads=0 (no cap)")
+    km.add_argument("--quick", action="store_true")
+    cnn = sub.add_parser("cnn", help="FedAvg CNN, many virtual clients under flwr run")
+    cnn.add_argument("--clients", type=int, default=1000)
+    cnn.add_argument("--rounds", type=int, default=3)
+    cnn.add_argument("--fraction", type=float, default=0.1, help="fraction-train and fraction-evaluate")
+    cnn.add_argument("--federation-extra", default="", help="e.g. client-resources-num-cpus=1")
+    cnn.add_argument("--timeout", type=float, default=3600)
+    cnn.add_argument("--quick", action="store_true")
+    part = sub.add_parser("partitioning", help="flwr-datasets partitioners at many clients")
+    part.add_argument("--clients", type=int, default=1000)
+    part.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    sizes, rounds = ([4], 1) if args.quick else (args.sizes, args.rounds)
-    with tempfile.TemporaryDirectory() as tmp:
-        for clients in sizes:
-            figures = one_size(clients, rounds, Path(tmp), args.federation_extra)
-            emit("scale", {**figures, "rounds": rounds, "federation_extra": args.federation_extra,
-                           "target": "100 clients complete without running out of memory"}, quick=args.quick)
+    {"kmeans": bench_kmeans, "cnn": bench_cnn, "partitioning": bench_partitioning}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -111,6 +111,20 @@ def test_federated_lloyd_step_equals_the_centralized_step(client_rows):
     assert km.centroid_shift(start, federated).shape == (1,)
 
 
+def test_all_runs_at_once_equal_each_run_alone(client_rows):
+    x = client_rows[2]
+    rng = np.random.default_rng(5)
+    starts = rng.normal(size=(4, 3, x.shape[1]))  # R = 4 runs, k = 3
+    sums, counts, inertia, labels = km.chain_statistics(x, starts)
+    for r in range(4):
+        alone, d2 = km.assign(x, starts[r])
+        np.testing.assert_array_equal(labels[r], alone)
+        alone_sums, alone_counts = km.cluster_sums(x, alone, 3)
+        np.testing.assert_allclose(sums[r], alone_sums, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(counts[r], alone_counts)
+        assert inertia[r] == pytest.approx(d2.sum(), rel=1e-9)
+
+
 def test_seedings_come_from_local_means_and_need_k_distinct_ones():
     points = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
     seeds = km.seed_from_summaries(points, np.array([5, 5, 5, 5]), k=2, runs=4, seed=0)
