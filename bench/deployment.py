@@ -40,12 +40,28 @@ def _topology_class(checkout: Path):
     spec = importlib.util.spec_from_file_location(f"local_topology_{abs(hash(str(checkout)))}",
                                                   checkout / "scripts" / "local_topology.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module.LocalTopology
 
 
 def _rounds(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
+
+
+def figures_of(folder: Path) -> dict:
+    """Per-round figures of one finished job's experiment folder."""
+    per_round = [r["wall_time_s"] for r in _rounds(folder)]
+    steady = per_round[1:] or per_round
+    return {"completed": True, "per_round_s": per_round, "first_round_s": per_round[0],
+            "steady_round_s": sum(steady) / len(steady)}
+
+
+def _with_overhead(results: dict) -> dict:
+    zero = results.get("epochs_0", {})
+    if zero.get("completed"):
+        results["per_message_overhead_s"] = zero["steady_round_s"] / 2  # train + evaluate per node per round
+    return results
 
 
 def measure_checkout(checkout: Path, rounds: int, epochs: list[int], work: Path) -> dict:
@@ -69,24 +85,14 @@ def measure_checkout(checkout: Path, rounds: int, epochs: list[int], work: Path)
                     tail = (topology.logs / f"{name}.log").read_text()[-1500:]
                     results[f"epochs_{local_epochs}"] = {"completed": False, "tail": tail}
                     continue
-                per_round = [r["wall_time_s"] for r in _rounds(folder)]
-                steady = per_round[1:] or per_round
-                results[f"epochs_{local_epochs}"] = {
-                    "completed": True,
-                    "per_round_s": per_round,
-                    "first_round_s": per_round[0],
-                    "steady_round_s": sum(steady) / len(steady),
-                }
+                results[f"epochs_{local_epochs}"] = figures_of(folder)
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    zero = results.get("epochs_0", {})
-    if zero.get("completed"):
-        results["per_message_overhead_s"] = zero["steady_round_s"] / 2  # train + evaluate per node per round
-    return results
+    return _with_overhead(results)
 
 
 def main() -> None:
@@ -95,12 +101,17 @@ def main() -> None:
                         help="project checkout to measure (repeat: before, after); default: this one")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--epochs", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--measured", nargs=2, action="append", metavar=("CHECKOUT", "FOLDER"), default=[],
+                        help="a checkout already measured in this session by this script: the experiment folder "
+                        "of its local-epochs=0 job (listed before the --checkout ones)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     checkouts = args.checkout or [ROOT]
     rounds, epochs = (2, [0]) if args.quick else (args.rounds, args.epochs)
+    measured = [_with_overhead({"checkout": str(Path(c).resolve()), "epochs_0": figures_of(Path(f)),
+                                "measured_earlier": True}) for c, f in args.measured]
     with tempfile.TemporaryDirectory(prefix="fedvq_deploy_") as tmp:
-        measured = [measure_checkout(c, rounds, epochs, Path(tmp)) for c in checkouts]
+        measured += [measure_checkout(c, rounds, epochs, Path(tmp)) for c in checkouts]
     figures = {"supernodes": 3, "method": "fedavg", "dataset": "digits", "rounds": rounds, "checkouts": measured,
                "note": "one session, side by side; machine shared with other jobs: compare ratios only"}
     if len(measured) == 2 and all("per_message_overhead_s" in m for m in measured):

@@ -114,27 +114,33 @@ def scale_kmeans_section(records: list[dict]) -> list[str]:
     lines = [machine_line(records[0]), "", "Generated 2-D data, 100 rows per client, k = 3, n-init 10, the real "
              "ServerApp/ClientApp on the in-process grid, each job in a fresh interpreter. Kinds run interleaved "
              "in one session (the machine is shared: only the ratios mean something); medians.", "",
-             "| clients | kind | job s (median) | s per Lloyd round | rounds | peak PSS MiB | torch / flwr-datasets "
-             "imported |", "|---|---|---|---|---|---|---|"]
+             "| clients | kind | job s (median) | CPU s (median) | s per Lloyd round | rounds | peak PSS MiB | "
+             "torch / flwr-datasets imported |", "|---|---|---|---|---|---|---|---|"]
     for r in records:
         for kind, runs in r["runs"].items():
             ok = [x for x in runs if x.get("completed")]
             if not ok:
-                lines.append(f"| {r['clients']} | {kind} | failed | - | - | - | - |")
+                lines.append(f"| {r['clients']} | {kind} | failed | - | - | - | - | - |")
                 continue
+            cpu = (r.get("median_cpu_s") or {}).get(kind)
             lines.append(f"| {r['clients']} | {kind} | {r['median_job_s'][kind]:.1f} | "
+                         f"{'-' if cpu is None else f'{cpu:.1f}'} | "
                          f"{np.median([x['s_per_round'] for x in ok]):.2f} | {ok[0]['rounds']} | "
                          f"{max(x['peak_pss_mib'] for x in ok):.0f} | {ok[0]['heavy_modules'] or 'no'} |")
     compared = [r for r in records if r.get("ratio_default_vs_omp1") is not None]
     for r in compared:
-        lines += ["", f"{r['clients']} clients: default / OMP_NUM_THREADS=1 = {r['ratio_default_vs_omp1']:.2f} "
+        cpu = r.get("cpu_ratio_default_vs_omp1")
+        lines += ["", f"{r['clients']} clients: default / OMP_NUM_THREADS=1 = {r['ratio_default_vs_omp1']:.2f} wall"
+                  + (f", {cpu:.2f} CPU seconds" if cpu else "")
+                  + " "
                   f"(target <= 1.2: {verdict(r['ratio_default_vs_omp1'] <= 1.2)})"
                   + (f"; with no cap (train.num-threads=0) / OMP=1 = {r['ratio_uncapped_vs_omp1']:.2f}"
                      if r.get("ratio_uncapped_vs_omp1") else "")
                   + f"; same result in every run: {r['same_result']}."]
     largest = max(records, key=lambda r: r["clients"])
     peak = max(r["peak_pss_mib"] for r in records)
-    lines += ["", f"{largest['clients']} clients complete: {verdict(largest['completed'])}. "
+    settings = f" (kmeans.max-rounds {largest.get('max_rounds', 100)}, n-init {largest.get('n_init', 10)})"
+    lines += ["", f"{largest['clients']} clients{settings} complete: {verdict(largest['completed'])}. "
               f"Peak memory of a k-means job {peak:.0f} MiB (target <= 350 MiB: {verdict(peak <= 350)})."]
     return lines
 

@@ -49,7 +49,8 @@ from data_gen.generate_test_data import GeneratorOptions, generate, write
 from fedvq_app.client_app import app as client_app
 from fedvq_app.local_grid import full_run_config, run_local
 from fedvq_app.server_app import app as server_app
-clients, work, threads = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+clients, work, threads, max_rounds, n_init = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), \
+    int(sys.argv[5])
 path = f"{work}/data_{clients}"
 import pathlib
 if not pathlib.Path(path, f"client_{clients - 1}.npz").is_file():
@@ -58,19 +59,22 @@ if not pathlib.Path(path, f"client_{clients - 1}.npz").is_file():
 name = f"kmeans_{clients}_{time.time_ns()}"
 config = full_run_config(method="kmeans", **{"log-dir": f"{work}/logs", "experiment-name": name,
     "kmeans.data-source": "generated", "kmeans.data-path": path, "kmeans.k": 3, "kmeans.client-logs": False,
-    "min-available-nodes": clients, "train.num-threads": threads})
+    "min-available-nodes": clients, "train.num-threads": threads, "kmeans.max-rounds": max_rounds,
+    "kmeans.n-init": n_init})
 import logging; logging.getLogger("flwr").setLevel(logging.WARNING)
-started = time.time()
+import resource
+started, cpu_started = time.time(), resource.getrusage(resource.RUSAGE_SELF)
 run_local(server_app, client_app, clients, config)
-elapsed = time.time() - started
+elapsed, cpu = time.time() - started, resource.getrusage(resource.RUSAGE_SELF)
 summary = json.loads(pathlib.Path(work, "logs", name, "summary.json").read_text())
-print(json.dumps({"job_s": elapsed, "rounds": summary["rounds"], "inertia": summary["inertia"],
+print(json.dumps({"job_s": elapsed, "cpu_s": cpu.ru_utime + cpu.ru_stime - cpu_started.ru_utime - cpu_started.ru_stime,
+                  "rounds": summary["rounds"], "inertia": summary["inertia"],
                   "num_clients": summary["num_clients"], "heavy_modules": sorted(
                       m for m in ("torch", "flwr_datasets", "datasets") if m in sys.modules)}))
 """
 
 
-def kmeans_once(clients: int, work: Path, omp_one: bool, threads: int) -> dict:
+def kmeans_once(clients: int, work: Path, omp_one: bool, threads: int, max_rounds: int = 100, n_init: int = 10) -> dict:
     """One in-process k-means job in a fresh interpreter; its own peak PSS."""
     marker = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
@@ -79,7 +83,8 @@ def kmeans_once(clients: int, work: Path, omp_one: bool, threads: int) -> dict:
         env.update(dict.fromkeys(THREAD_VARIABLES, "1"))
     started = time.time()
     with MemorySampler(interval_s=0.25, env_marker=f"FEDVQ_BENCH_JOB={marker}") as memory:
-        done = subprocess.run([sys.executable, "-c", KMEANS_JOB, str(clients), str(work), str(threads)],
+        done = subprocess.run([sys.executable, "-c", KMEANS_JOB, str(clients), str(work), str(threads),
+                               str(max_rounds), str(n_init)],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=7200)
     if done.returncode != 0:
         return {"completed": False, "tail": done.stderr[-1500:]}
@@ -103,9 +108,12 @@ def bench_kmeans(args) -> None:
             for _ in range(args.repeats if compare else 1):
                 for kind in kinds:
                     runs[kind].append(kmeans_once(clients, Path(tmp), omp_one=kind == "omp1",
-                                                  threads=0 if kind == "uncapped" else args.threads))
+                                                  threads=0 if kind == "uncapped" else args.threads,
+                                                  max_rounds=args.max_rounds, n_init=args.n_init))
             ok = all(r["completed"] for rs in runs.values() for r in rs)
             median = {kind: float(np.median([r["job_s"] for r in rs])) if ok else None for kind, rs in runs.items()}
+            median_cpu = {kind: float(np.median([r["cpu_s"] for r in rs])) if ok else None
+                          for kind, rs in runs.items()}
             inertias = {r.get("inertia") for rs in runs.values() for r in rs}
             figures = {
                 "clients": clients,
@@ -114,6 +122,10 @@ def bench_kmeans(args) -> None:
                 "train_num_threads": args.threads,
                 "runs": runs,
                 "median_job_s": median,
+                "median_cpu_s": median_cpu,
+                "max_rounds": args.max_rounds,
+                "n_init": args.n_init,
+                "cpu_ratio_default_vs_omp1": median_cpu["default"] / median_cpu["omp1"] if ok and compare else None,
                 "completed": ok,
                 "ratio_default_vs_omp1": median["default"] / median["omp1"] if ok and compare else None,
                 "ratio_uncapped_vs_omp1": median["uncapped"] / median["omp1"] if ok and "uncapped" in median else None,
@@ -214,6 +226,8 @@ def main() -> None:
     km.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     km.add_argument("--threads", type=int, default=1, help="train.num-threads of the clients")
     km.add_argument("--uncapped", action="store_true", help="also run with train.num-threads=0 (no cap)")
+    km.add_argument("--max-rounds", type=int, default=100, help="kmeans.max-rounds")
+    km.add_argument("--n-init", type=int, default=10, help="kmeans.n-init")
     km.add_argument("--repeats", type=int, default=2, help="interleaved repeats of each compared kind")
     km.add_argument("--compare-up-to", type=int, default=1000,
                     help="larger federations run once, in the default environment only")
