@@ -7,6 +7,8 @@ message, so what is imported here is paid on every message at every site).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
@@ -16,8 +18,15 @@ from fedvq_app.registry import custom_actions, get_method
 app = ClientApp()
 
 
+@lru_cache(maxsize=16)
+def _settings(run_config: tuple, data_dir: str | None):
+    """Validated settings of a run, once per process and site data folder (not once per message)."""
+    return load_settings(dict(run_config), {"data-dir": data_dir} if data_dir else None)
+
+
 def _client(context: Context):
-    settings = load_settings(context.run_config, context.node_config)
+    # the node config enters the settings only through a site's data-dir (the rest is read by the client)
+    settings = _settings(tuple(sorted(context.run_config.items())), context.node_config.get("data-dir"))
     return get_method(settings.method).client(settings, context)
 
 
