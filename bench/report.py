@@ -189,6 +189,21 @@ def deployment_section(records: list[dict]) -> list[str]:
     return lines
 
 
+def client_process_section(records: list[dict]) -> list[str]:
+    r = records[0]
+    lines = [machine_line(r), "", "One fresh interpreter per sample (a SuperNode's ClientApp process per message), "
+             f"checkouts alternating, median of {r['repeats']}: Flower's import, then the app's part of a FedAvg "
+             "train message (import the ClientApp, resolve the method, settings, the client with its data).", "",
+             "| checkout | import flwr: wall s / CPU s | app: wall s / CPU s | modules loaded |", "|---|---|---|---|"]
+    for checkout, f in r["checkouts"].items():
+        lines.append(f"| {checkout} | {f['flwr_wall_s']:.2f} / {f['flwr_cpu_s']:.2f} | "
+                     f"{f['app_wall_s']:.2f} / {f['app_cpu_s']:.2f} | {f['modules']:.0f} |")
+    if "app_cpu_after_over_before" in r:
+        lines += ["", f"App's CPU seconds per process after / before = {r['app_cpu_after_over_before']:.2f}; "
+                  f"whole process (with Flower's import) = {r['process_cpu_after_over_before']:.2f}."]
+    return lines
+
+
 def methods_section(records: list[dict]) -> list[str]:
     """methods.md holds the table (built by bench/methods.py from all its cells); the machine of its newest cell."""
     r = records[0]
@@ -210,6 +225,9 @@ SECTIONS: dict[str, tuple[str, str, Callable[[list[dict]], list[str]]]] = {
                            scale_partitioning_section),
     "deployment": ("Deployment: fixed per-message ClientApp cost, before and after",
                    "python bench/deployment.py --checkout <base checkout> --checkout .", deployment_section),
+    "client_process": ("Deployment: one ClientApp process, before and after",
+                       "python bench/client_process.py --checkout <base checkout> --checkout .",
+                       client_process_section),
     "methods": ("Methods on digits", "python bench/methods.py", methods_section),
 }
 
