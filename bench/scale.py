@@ -169,9 +169,37 @@ def bench_partitioning(args) -> None:
          quick=args.quick)
 
 
-def bench_cnn(args) -> None:
-    from fedvq_app.simulation import flwr_run  # noqa: PLC0415
+START_SUPERLINK = """
+import sys
+import flwr.cli.local_superlink as local
+local.LOCAL_SUPERLINK_STARTUP_TIMEOUT = float(sys.argv[1])  # flwr's own 15 s is too short on a busy host
+local._start_local_superlink()
+"""
 
+
+def flwr_run_patient(config: dict, home: Path, federation: str, timeout: float, start_timeout: float = 600.0):
+    """``flwr run`` with its local SuperLink started beforehand, given ``start_timeout`` s to come up.
+
+    ``flwr run`` gives the SuperLink it starts a fixed 15 s; on a loaded 2-core host it
+    fails there. The same command (Flower's own function) started first with a longer
+    wait leaves a SuperLink that ``flwr run`` finds on the same ports and uses.
+    """
+    from fedvq_app.simulation import FlwrRun, private_superlink_env, run_config_arg, stop_daemons  # noqa: PLC0415
+
+    env = {**os.environ, **private_superlink_env(home)}
+    started = time.time()
+    try:
+        subprocess.run([sys.executable, "-c", START_SUPERLINK, str(start_timeout)], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=start_timeout + 60, check=True)
+        cmd = ["flwr", "run", ".", "--stream", "--federation-config", federation,
+               "--run-config", run_config_arg(config)]
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        return FlwrRun(done.returncode, time.time() - started, done.stdout + done.stderr)
+    finally:
+        stop_daemons(home)
+
+
+def bench_cnn(args) -> None:
     clients, rounds = (20, 1) if args.quick else (args.clients, args.rounds)
     partition = partitioning_seconds("iid", clients)
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,10 +219,7 @@ def bench_cnn(args) -> None:
         home = workdir / f"home_{name}"
         federation = f"num-supernodes={clients} {args.federation_extra}".strip()
         with MemorySampler(env_marker=f"FLWR_HOME={home}") as memory:
-            for _attempt in range(3):  # flwr gives its local SuperLink a fixed 15 s to start: too short on a busy host
-                run = flwr_run(config, home, federation, timeout=args.timeout)
-                if "Failed to start local SuperLink" not in run.output:
-                    break
+            run = flwr_run_patient(config, home, federation, timeout=args.timeout)
         folder = workdir / "logs" / name
         done = (folder / "summary.json").is_file()
         per_round = [r["wall_time_s"] for r in rounds_of(folder)] if done else []
