@@ -218,7 +218,9 @@ SECTIONS: dict[str, tuple[str, str, Callable[[list[dict]], list[str]]]] = {
     "scale": ("Scale: virtual clients on one machine (before issue 17)", "python bench/scale.py (old form)",
               scale_section),
     "scale_kmeans": ("Scale: federated k-means, 1,000 and 10,000 clients in-process",
-                     "python bench/scale.py kmeans --sizes 1000 10000 --uncapped", scale_kmeans_section),
+                     "python bench/scale.py kmeans --sizes 1000 --repeats 1; "
+                     "python bench/scale.py kmeans --sizes 10000 "
+                     "--max-rounds 1 --n-init 1", scale_kmeans_section),
     "scale_cnn": ("Scale: 1,000 virtual CNN clients under flwr run", "python bench/scale.py cnn --clients 1000",
                   scale_cnn_section),
     "scale_partitioning": ("Scale: partitioning 1,000 clients", "python bench/scale.py partitioning",
