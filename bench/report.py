@@ -15,6 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np  # noqa: E402
+
 from bench.common import RESULTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +35,7 @@ def latest(name: str) -> list[dict]:
     if name == "methods":  # one record per cell; a --quick smoke test does not replace the full table
         full = [r for r in records if not r["setup"]["quick"]]
         return [(full or records)[-1]]
-    return newest_run if name == "scale" else [records[-1]]
+    return newest_run if name in ("scale", "scale_kmeans") else [records[-1]]
 
 
 def verdict(ok: bool) -> str:
@@ -107,6 +109,101 @@ def scale_section(records: list[dict]) -> list[str]:
     return lines
 
 
+def scale_kmeans_section(records: list[dict]) -> list[str]:
+    """Issue 17: in-process federated k-means, default environment vs OMP_NUM_THREADS=1 side by side."""
+    lines = [machine_line(records[0]), "", "Generated 2-D data, 100 rows per client, k = 3, n-init 10, the real "
+             "ServerApp/ClientApp on the in-process grid, each job in a fresh interpreter. Kinds run interleaved "
+             "in one session (the machine is shared: only the ratios mean something); medians.", "",
+             "| clients | kind | job s (median) | CPU s (median) | s per Lloyd round | rounds | peak PSS MiB | "
+             "torch / flwr-datasets imported |", "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        for kind, runs in r["runs"].items():
+            ok = [x for x in runs if x.get("completed")]
+            if not ok:
+                lines.append(f"| {r['clients']} | {kind} | failed | - | - | - | - | - |")
+                continue
+            cpu = (r.get("median_cpu_s") or {}).get(kind)
+            lines.append(f"| {r['clients']} | {kind} | {r['median_job_s'][kind]:.1f} | "
+                         f"{'-' if cpu is None else f'{cpu:.1f}'} | "
+                         f"{np.median([x['s_per_round'] for x in ok]):.2f} | {ok[0]['rounds']} | "
+                         f"{max(x['peak_pss_mib'] for x in ok):.0f} | {ok[0]['heavy_modules'] or 'no'} |")
+    compared = [r for r in records if r.get("ratio_default_vs_omp1") is not None]
+    for r in compared:
+        cpu = r.get("cpu_ratio_default_vs_omp1")
+        lines += ["", f"{r['clients']} clients: default / OMP_NUM_THREADS=1 = {r['ratio_default_vs_omp1']:.2f} wall"
+                  + (f", {cpu:.2f} CPU seconds" if cpu else "")
+                  + " "
+                  f"(target <= 1.2: {verdict(r['ratio_default_vs_omp1'] <= 1.2)})"
+                  + (f"; with no cap (train.num-threads=0) / OMP=1 = {r['ratio_uncapped_vs_omp1']:.2f}"
+                     if r.get("ratio_uncapped_vs_omp1") else "")
+                  + f"; same result in every run: {r['same_result']}."]
+    largest = max(records, key=lambda r: r["clients"])
+    peak = max(r["peak_pss_mib"] for r in records)
+    settings = f" (kmeans.max-rounds {largest.get('max_rounds', 100)}, n-init {largest.get('n_init', 10)})"
+    lines += ["", f"{largest['clients']} clients{settings} complete: {verdict(largest['completed'])}. "
+              f"Peak memory of a k-means job {peak:.0f} MiB (target <= 350 MiB: {verdict(peak <= 350)})."]
+    return lines
+
+
+def scale_cnn_section(records: list[dict]) -> list[str]:
+    r = records[0]
+    spr = f"{r['steady_per_round_s']:.1f}" if r["steady_per_round_s"] else "-"
+    lines = [machine_line(r), "", f"FedAvg, small CNN, digits (IID), `flwr run` simulation, {r['federation']}, "
+             f"fraction-train = fraction-evaluate = {r['fraction_train']}, {r['rounds']} rounds.", "",
+             "| clients | completed | s per round (after round 1) | round 1 s | partitioning s | peak memory GiB | "
+             "MiB per client |", "|---|---|---|---|---|---|---|",
+             f"| {r['clients']} | {r['completed']} | {spr} | {r['per_round_s'][0] if r['per_round_s'] else '-'} | "
+             f"{r['partitioning_s']:.2f} | {r['peak_memory_gib']:.2f} | {r['memory_per_client_mib']:.2f} |"]
+    lines += ["", f"Target: 1,000 virtual clients complete {r['rounds']} rounds in 24 GB: "
+              f"{verdict(r['completed'] and r['clients'] >= 1000 and r['peak_memory_gib'] < 24)}."]
+    return lines
+
+
+def scale_partitioning_section(records: list[dict]) -> list[str]:
+    r = records[0]
+    lines = [machine_line(r), "", "| partitioner | clients | samples | seconds | outcome |", "|---|---|---|---|---|"]
+    for c in r["cases"]:
+        settings = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in c.items() if k.startswith("partition."))
+        outcome = (f"sizes {c['min_size']}..{c['max_size']}" if c["ok"] else f"error: {c['error'][:160]}")
+        lines.append(f"| {c['kind']} {settings} | {c['clients']} | {c['samples']} | {c['seconds']:.2f} | {outcome} |")
+    lines += ["", f"Target: {r['target']}: {verdict(all(c['seconds'] < 600 for c in r['cases']))}."]
+    return lines
+
+
+def deployment_section(records: list[dict]) -> list[str]:
+    r = records[0]
+    lines = [machine_line(r), "", f"FedAvg on digits, {r['supernodes']} SuperNodes + SuperLink on 127.0.0.1 "
+             f"(scripts/local_topology.py), {r['rounds']} rounds; checkouts measured one after the other in one "
+             "session. Per-message overhead = steady round time at local-epochs 0 / 2 (train + evaluate per node).",
+             "", "| checkout | round s, 0 epochs | round s, 1 epoch | round 1 s (0 epochs) | per-message overhead s |",
+             "|---|---|---|---|---|"]
+    for c in r["checkouts"]:
+        zero, one = c.get("epochs_0", {}), c.get("epochs_1", {})
+        fmt = lambda d, key: f"{d[key]:.1f}" if d.get("completed") else "-"  # noqa: E731
+        overhead = f"{c['per_message_overhead_s']:.2f}" if "per_message_overhead_s" in c else "-"
+        lines.append(f"| {c['checkout']} | {fmt(zero, 'steady_round_s')} | {fmt(one, 'steady_round_s')} | "
+                     f"{fmt(zero, 'first_round_s')} | {overhead} |")
+    if "overhead_after_over_before" in r:
+        ratio = r["overhead_after_over_before"]
+        lines += ["", f"Per-message overhead after / before = {ratio:.2f} (target <= 0.5: {verdict(ratio <= 0.5)})."]
+    return lines
+
+
+def client_process_section(records: list[dict]) -> list[str]:
+    r = records[0]
+    lines = [machine_line(r), "", "One fresh interpreter per sample (a SuperNode's ClientApp process per message), "
+             f"checkouts alternating, median of {r['repeats']}: Flower's import, then the app's part of a FedAvg "
+             "train message (import the ClientApp, resolve the method, settings, the client with its data).", "",
+             "| checkout | import flwr: wall s / CPU s | app: wall s / CPU s | modules loaded |", "|---|---|---|---|"]
+    for checkout, f in r["checkouts"].items():
+        lines.append(f"| {checkout} | {f['flwr_wall_s']:.2f} / {f['flwr_cpu_s']:.2f} | "
+                     f"{f['app_wall_s']:.2f} / {f['app_cpu_s']:.2f} | {f['modules']:.0f} |")
+    if "app_cpu_after_over_before" in r:
+        lines += ["", f"App's CPU seconds per process after / before = {r['app_cpu_after_over_before']:.2f}; "
+                  f"whole process (with Flower's import) = {r['process_cpu_after_over_before']:.2f}."]
+    return lines
+
+
 def methods_section(records: list[dict]) -> list[str]:
     """methods.md holds the table (built by bench/methods.py from all its cells); the machine of its newest cell."""
     r = records[0]
@@ -124,7 +221,21 @@ SECTIONS: dict[str, tuple[str, str, Callable[[list[dict]], list[str]]]] = {
     "codebook_aggregation": ("Codebook aggregation", "python bench/codebook_aggregation.py", codebook_section),
     "fed_kmeans": ("Federated vs centralized k-means", "python bench/fed_kmeans.py", fed_kmeans_section),
     "overhead": ("Flower overhead per round", "python bench/overhead.py", overhead_section),
-    "scale": ("Scale: virtual clients on one machine", "python bench/scale.py", scale_section),
+    "scale": ("Scale: virtual clients on one machine (before issue 17)", "python bench/scale.py (old form)",
+              scale_section),
+    "scale_kmeans": ("Scale: federated k-means, 1,000 and 10,000 clients in-process",
+                     "python bench/scale.py kmeans --sizes 1000 --repeats 1; "
+                     "python bench/scale.py kmeans --sizes 10000 "
+                     "--max-rounds 1 --n-init 1", scale_kmeans_section),
+    "scale_cnn": ("Scale: 1,000 virtual CNN clients under flwr run", "python bench/scale.py cnn --clients 1000",
+                  scale_cnn_section),
+    "scale_partitioning": ("Scale: partitioning 1,000 clients", "python bench/scale.py partitioning",
+                           scale_partitioning_section),
+    "deployment": ("Deployment: fixed per-message ClientApp cost, before and after",
+                   "python bench/deployment.py --checkout <base checkout> --checkout .", deployment_section),
+    "client_process": ("Deployment: one ClientApp process, before and after",
+                       "python bench/client_process.py --checkout <base checkout> --checkout .",
+                       client_process_section),
     "methods": ("Methods on digits", "python bench/methods.py", methods_section),
     "privacy": ("Differential privacy: accuracy vs epsilon", "python bench/privacy.py", privacy_section),
 }

@@ -1,5 +1,9 @@
 """ClientApp: resolve the method from the run config and delegate to its client.
 
+Importing this module imports no method: the registry loads a method's modules
+when a message of a run using it arrives (a deployment starts a process per
+message, so what is imported here is paid on every message at every site).
+
 A :class:`~fedvq_app.config.ConfigError` on a client (bad node config, missing
 data file, unusable device...) never reaches Flower as an exception, which would
 print a traceback for every node and round: the node logs the one line and
@@ -9,23 +13,30 @@ which the server counts as rejected and stops on when every node sends one.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from logging import ERROR
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
-from fedvq_app.clients.kmeans import ACTIONS as KMEANS_ACTIONS
 from fedvq_app.config import ConfigError, check_node_config, load_settings
 from fedvq_app.errors import config_error_reply
-from fedvq_app.registry import get_method
+from fedvq_app.registry import custom_actions, get_method
 
 app = ClientApp()
 
 
+@lru_cache(maxsize=16)
+def _settings(run_config: tuple, data_dir: str | None):
+    """Validated settings of a run, once per process and site data folder (not once per message)."""
+    return load_settings(dict(run_config), {"data-dir": data_dir} if data_dir else None)
+
+
 def _client(context: Context):
     check_node_config(context.node_config)
-    settings = load_settings(context.run_config, context.node_config)
+    # the node config enters the settings only through a site's data-dir (the rest is read by the client)
+    settings = _settings(tuple(sorted(context.run_config.items())), context.node_config.get("data-dir"))
     return get_method(settings.method).client(settings, context)
 
 
@@ -59,7 +70,8 @@ def _action(handler_name: str):
     return handle
 
 
-# federated k-means phases: "query.kmeans_handshake" -> KMeansClient.handshake, ...
-for _message_type, _handler in KMEANS_ACTIONS.items():
+# custom message types of the registered methods, e.g. the federated k-means phases:
+# "query.kmeans_handshake" -> KMeansClient.handshake, ...
+for _message_type, _handler in custom_actions().items():
     _category, _name = _message_type.split(".")
     getattr(app, _category)(_name)(_action(_handler))

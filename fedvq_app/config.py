@@ -332,7 +332,11 @@ class TrainSettings:
     )
     augment: bool = option("train.augment", False, help="random affine augmentation for every client")
     num_threads: int = option(
-        "train.num-threads", 1, minimum=0, help="torch intra-op threads per client process (0 = torch default)"
+        "train.num-threads",
+        1,
+        minimum=0,
+        help="threads per native pool of a client process: torch intra-op, BLAS and OpenMP via threadpoolctl "
+        "(k-means too; 0 = the libraries' defaults)",
     )
 
 

@@ -3,30 +3,51 @@
 Server and client resolve the same entry from ``method`` in the run config, so the
 model, the strategy, the client trainer and the list of shared parameters can never
 disagree. A new method is one module under ``fedvq_app/methods/`` exposing ``SPEC``
-and one line in :data:`_METHOD_MODULES`.
+and one entry in :data:`_METHODS`.
+
+The table is data, and lazy: a method's module (and with it torch, scikit-learn,
+...) is imported only when that method is asked for, so a k-means ClientApp never
+pays for the neural methods and a FedAvg ClientApp never for the others.
+Custom message types (the k-means phases) are listed in the entry itself, so the
+ClientApp can register their handlers without importing the method.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
+
+from fedvq_app.protocol import KMEANS_ACTIONS
 
 if TYPE_CHECKING:
     from fedvq_app.config import Settings
 
-_METHOD_MODULES = (
-    "fedvq_app.methods.fedavg",
-    "fedvq_app.methods.fedprox",
-    "fedvq_app.methods.scaffold",
-    "fedvq_app.methods.kmeans",
-    "fedvq_app.methods.cfl",
-    "fedvq_app.methods.fusedspace",
-    "fedvq_app.methods.fedloge",
-    "fedvq_app.methods.fedvq",
-)
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """Where a method lives: its module (exposing ``SPEC``) and its custom message types.
+
+    ``actions`` maps a custom message type (``"query.kmeans_handshake"``) to the name
+    of the client method answering it; ``train``/``evaluate`` need no entry.
+    """
+
+    module: str
+    actions: Mapping[str, str] = field(default_factory=dict)
+
+
+_METHODS: dict[str, MethodEntry] = {
+    "fedavg": MethodEntry("fedvq_app.methods.fedavg"),
+    "fedprox": MethodEntry("fedvq_app.methods.fedprox"),
+    "scaffold": MethodEntry("fedvq_app.methods.scaffold"),
+    "kmeans": MethodEntry("fedvq_app.methods.kmeans", actions=KMEANS_ACTIONS),
+    "cfl": MethodEntry("fedvq_app.methods.cfl"),
+    "fusedspace": MethodEntry("fedvq_app.methods.fusedspace"),
+    "fedloge": MethodEntry("fedvq_app.methods.fedloge"),
+    "fedvq": MethodEntry("fedvq_app.methods.fedvq"),
+}
 
 
 @dataclass(frozen=True)
@@ -58,26 +79,37 @@ class MethodSpec:
     #: ``privacy_check(settings)`` -> why ``privacy.mode`` would give a false guarantee (None = fine)
     privacy_check: Callable[[Settings], str | None] | None = None
 
+    def workflow(self) -> Callable[..., Any]:
+        """The ServerApp's job for this method (the common neural workflow unless it has its own)."""
+        if self.server_workflow is not None:
+            return self.server_workflow
+        from fedvq_app.server.workflow import run_neural_workflow  # noqa: PLC0415 - torch, neural only
 
-@cache
-def _specs() -> dict[str, MethodSpec]:
-    specs = {}
-    for module_name in _METHOD_MODULES:
-        spec = importlib.import_module(module_name).SPEC
-        specs[spec.name] = spec
-    return specs
+        return run_neural_workflow
 
 
 def method_names() -> tuple[str, ...]:
-    """All registered method names."""
-    return tuple(_specs())
+    """All registered method names (imports no method)."""
+    return tuple(_METHODS)
 
 
+@cache
 def get_method(name: str) -> MethodSpec:
-    """The spec registered under ``name`` (validated by config beforehand)."""
-    return _specs()[name]
+    """The spec registered under ``name``, importing only that method's module."""
+    spec = importlib.import_module(_METHODS[name].module).SPEC
+    if spec.name != name:
+        raise RuntimeError(f"{_METHODS[name].module} declares method {spec.name!r}, registered as {name!r}")
+    return spec
+
+
+def custom_actions() -> dict[str, str]:
+    """Every custom message type of every method -> its client handler's name (no import)."""
+    actions: dict[str, str] = {}
+    for entry in _METHODS.values():
+        actions.update(entry.actions)
+    return actions
 
 
 def all_option_types() -> list[type]:
-    """Every method-specific settings dataclass (for the pyproject key check)."""
-    return [s.options_type for s in _specs().values() if s.options_type is not None]
+    """Every method-specific settings dataclass (for the pyproject key check; imports all methods)."""
+    return [s.options_type for s in map(get_method, method_names()) if s.options_type is not None]

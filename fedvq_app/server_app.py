@@ -20,7 +20,6 @@ from fedvq_app.config import ConfigError, load_settings
 from fedvq_app.errors import RunFailed, install_one_line_failures
 from fedvq_app.registry import get_method
 from fedvq_app.server.preflight import preflight
-from fedvq_app.server.workflow import run_neural_workflow
 from fedvq_app.tracking.communication import metered
 from fedvq_app.tracking.experiment import ExperimentTracker
 
@@ -38,7 +37,7 @@ def main(grid: Grid, context: Context) -> None:
         settings = load_settings(context.run_config)
         preflight(settings, grid)
         tracker = ExperimentTracker.create(settings)
-        workflow = get_method(settings.method).server_workflow or run_neural_workflow
+        workflow = get_method(settings.method).workflow()
         # every message the workflow sends or receives is counted (communication cost)
         report = workflow(metered(grid, tracker.traffic), settings, tracker)
         tracker.finish(report)

@@ -10,6 +10,22 @@ from fedvq_app.local_grid import claim_server_identity, full_run_config
 from fedvq_app.records import to_record
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_partition_cache(tmp_path_factory):
+    """Partition cache files of the tests go to a temporary folder, not ~/.cache (subprocesses inherit it)."""
+    import os
+
+    from fedvq_app.data.cache import CACHE_ENV
+
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("partition_cache"))
+    yield
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
+
+
 @pytest.fixture(autouse=True)
 def _server_identity():
     """Messages can only be built where Flower knows the run (as in a ServerApp)."""

@@ -37,6 +37,20 @@ def test_constant_feature_is_centred_not_divided_by_zero():
     assert std[1] == pytest.approx(np.std([2.0, 4.0, 6.0]))
 
 
+def test_merged_moments_stay_exact_far_from_zero():
+    """Offset 1e7, spread 1: the one-pass sumsq/n - mean^2 reported 1.414; the (count, mean, M2) merge is exact."""
+    rng = np.random.default_rng(3)
+    clients = [1e7 + rng.normal(scale=1.0, size=(n, 2)) for n in (50, 13, 200, 1)]
+    pooled = np.vstack(clients)
+    mean, std, count = km.merge_moments(km.local_moments(x) for x in clients)
+    assert count == 264
+    np.testing.assert_allclose(mean, pooled.mean(axis=0), rtol=1e-15)
+    np.testing.assert_allclose(std, pooled.std(axis=0), rtol=1e-9)
+    # the naive one-pass formula on the same data is visibly wrong: the test can tell the two apart
+    naive = np.sqrt(np.maximum(np.square(pooled).sum(axis=0) / count - np.square(pooled.sum(axis=0) / count), 0))
+    assert np.abs(naive - pooled.std(axis=0)).max() > 1e-3
+
+
 def test_merged_covariance_equals_pooled_covariance(client_rows):
     count, mean, scatter = km.merge_scatter(km.local_scatter(x) for x in client_rows)
     pooled = np.vstack(client_rows)
@@ -95,6 +109,20 @@ def test_federated_lloyd_step_equals_the_centralized_step(client_rows):
     np.testing.assert_allclose(federated[0], central, rtol=1e-10)
     assert sum(s[2] for s in stats)[0] == pytest.approx(d2.sum())
     assert km.centroid_shift(start, federated).shape == (1,)
+
+
+def test_all_runs_at_once_equal_each_run_alone(client_rows):
+    x = client_rows[2]
+    rng = np.random.default_rng(5)
+    starts = rng.normal(size=(4, 3, x.shape[1]))  # R = 4 runs, k = 3
+    sums, counts, inertia, labels = km.chain_statistics(x, starts)
+    for r in range(4):
+        alone, d2 = km.assign(x, starts[r])
+        np.testing.assert_array_equal(labels[r], alone)
+        alone_sums, alone_counts = km.cluster_sums(x, alone, 3)
+        np.testing.assert_allclose(sums[r], alone_sums, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(counts[r], alone_counts)
+        assert inertia[r] == pytest.approx(d2.sum(), rel=1e-9)
 
 
 def test_seedings_come_from_local_means_and_need_k_distinct_ones():

@@ -171,7 +171,8 @@ def test_client_handshake_and_statistics_reveal_no_rows(run_config, skewed_clien
                                               "num-classes": 2}
     assert not hello.content.array_records
     stats = to_numpy(client.normalization_stats(Normalization(2).instructions([1])[0]).content["arrays"])
-    np.testing.assert_allclose(stats["sum"], client.data.x.sum(axis=0))
+    np.testing.assert_allclose(stats["mean"], client.data.x.mean(axis=0))
+    np.testing.assert_allclose(stats["m2"], client.data.x.var(axis=0) * 22)
     pca_msg = FederatedPCA(2, 2).instructions([1], transform=IDENTITY_2D)[0]
     scatter = to_numpy(client.covariance_stats(pca_msg).content["arrays"])["scatter"]
     np.testing.assert_allclose(scatter, np.cov(client.data.x, rowvar=False) * 21)

@@ -115,6 +115,27 @@ def test_a_dropped_node_leaves_the_others_to_finish(run_config, tmp_path):
     assert summary["kmeans"]["num_samples"] < 150  # the dropped partition's rows are not there
 
 
+def test_a_client_rejected_in_every_phase_is_not_counted(run_config, tmp_path):
+    """It passed the handshake, then every reply was malformed: not in num_clients / num_samples."""
+    from flwr.app import Error, Message
+
+    from fedvq_app.protocol import KMEANS_HANDSHAKE
+
+    def break_node_4(node, reply):
+        if node != 4 or reply.metadata.message_type == KMEANS_HANDSHAKE:
+            return reply
+        return Message(Error(code=0, reason="corrupted"), reply_to=reply)
+
+    _, folder, summary = _run(run_config, tmp_path, nodes=4, grid_kwargs={"tamper": break_node_4},
+                              **{"kmeans.data-source": "iris"})
+    _, _, full = _run(run_config, tmp_path, nodes=4, name="full", **{"kmeans.data-source": "iris"})
+    sizes = [len(load_tabular_partition("iris", i, 4).x) for i in range(4)]
+    assert full["num_clients"] == 4 and full["kmeans"]["num_samples"] == 150
+    assert summary["num_clients"] == 3 and summary["kmeans"]["excluded_partitions"] == [3]
+    assert summary["kmeans"]["num_samples"] == sum(sizes[:3])
+    assert json.loads((folder / "experiment_summary.json").read_text())["config"]["partitions"] == [0, 1, 2]
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from fedvq_app.client_app import app as client_app
+from fedvq_app.errors import RunFailed
 from fedvq_app.local_grid import full_run_config, run_local
 from fedvq_app.server_app import app as server_app
 from fedvq_app.tracking.compare import compare
@@ -327,7 +328,7 @@ def test_an_unreachable_mlflow_server_stops_the_run_before_any_folder(tmp_path, 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     config = full_run_config(**{**TINY, "log-dir": str(tmp_path / "logs"), "experiment-name": "x",
                                 "tracking.mlflow-uri": f"http://127.0.0.1:{_free_port()}"})
-    with pytest.raises(SystemExit):
+    with pytest.raises(RunFailed):
         run_local(server_app, client_app, 2, config)
     errors = [r.getMessage() for r in caplog.records if "configuration error" in r.getMessage()]
     assert len(errors) == 1 and "tracking.mlflow-uri" in errors[0] and "\n" not in errors[0]

@@ -3,7 +3,7 @@
 Every function here works on what a client may share -- feature sums, sums of
 squares, counts, per-centroid sums, scatter matrices, contingency counts -- or on
 one client's own rows before anything leaves it. The server never needs a raw row:
-the global mean/std come from (sum, sumsq, count), the global covariance from
+the global mean/std come from (count, mean, M2) merged as Chan et al., the global covariance from
 (count, mean, scatter) merged exactly, a Lloyd step from per-centroid (sum, count),
 and the Adjusted Rand Index from summed contingency tables.
 """
@@ -23,25 +23,35 @@ MIN_STD = 1e-12
 
 
 # ----------------------------------------------------------------------------
-# Federated normalization: (sum, sum of squares, count)
+# Federated normalization: (count, mean, M2) merged as Chan et al.
 # ----------------------------------------------------------------------------
-def local_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per-feature sum, sum of squares and row count of one client's data."""
+def local_moments(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """Row count, per-feature mean and M2 = sum((x - mean)^2) of one client's data.
+
+    Centring before squaring keeps the statistic exact for features far from zero; a
+    (sum, sum of squares) pair loses the variance to cancellation (offset 1e7, spread
+    1: sumsq / n - mean^2 subtracts two numbers of 1e14 whose difference is 1).
+    """
     x = np.asarray(x, dtype=np.float64)
-    return x.sum(axis=0), np.square(x).sum(axis=0), int(x.shape[0])
+    mean = x.mean(axis=0)
+    return int(x.shape[0]), mean, np.square(x - mean).sum(axis=0)
 
 
-def merge_moments(parts: Iterable[tuple[np.ndarray, np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray, int]:
-    """Global mean and population std (ddof=0, as StandardScaler) from client moments."""
-    parts = list(parts)
-    count = sum(int(n) for _, _, n in parts)
+def merge_moments(parts: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Global mean and population std (ddof=0, as StandardScaler) from client (count, mean, M2).
+
+    The many-part form of Chan, Golub and LeVeque's pairwise update: the pooled M2 is the
+    within-client M2s plus sum n_i (mean_i - mean)^2, where only differences of means are
+    squared. Clients with no rows are skipped.
+    """
+    parts = [(int(n), np.asarray(m, dtype=np.float64), np.asarray(q, dtype=np.float64)) for n, m, q in parts]
+    parts = [p for p in parts if p[0] > 0]
+    count = sum(n for n, _, _ in parts)
     if count <= 0:
         raise ValueError("no samples to normalize")
-    total = np.sum([np.asarray(s, dtype=np.float64) for s, _, _ in parts], axis=0)
-    total_sq = np.sum([np.asarray(q, dtype=np.float64) for _, q, _ in parts], axis=0)
-    mean = total / count
-    variance = np.maximum(total_sq / count - np.square(mean), 0.0)
-    std = np.sqrt(variance)
+    mean = np.sum([n * m for n, m, _ in parts], axis=0) / count
+    m2 = np.sum([q + n * np.square(m - mean) for n, m, q in parts], axis=0)
+    std = np.sqrt(np.maximum(m2 / count, 0.0))
     std[std < MIN_STD] = 1.0
     return mean, std, count
 
@@ -168,18 +178,20 @@ def chain_statistics(
 
     ``centroids`` is (R, k, d): R independent k-means runs advanced together (the
     federated counterpart of scikit-learn's ``n_init``). Returns sums (R, k, d),
-    counts (R, k), inertia (R,) and labels (R, N).
+    counts (R, k), inertia (R,) and labels (R, N). One distance computation covers
+    all R runs (one library call per message instead of R: on 100 rows the call's
+    fixed cost, not the arithmetic, is what a client pays).
     """
-    runs, k, _ = centroids.shape
-    sums = np.zeros((runs, k, x.shape[1]))
-    counts = np.zeros((runs, k), dtype=np.int64)
-    inertia = np.zeros(runs)
-    labels = np.zeros((runs, len(x)), dtype=np.int64)
-    for r in range(runs):
-        labels[r], d2 = assign(x, centroids[r])
-        sums[r], counts[r] = cluster_sums(x, labels[r], k)
-        inertia[r] = d2.sum()
-    return sums, counts, inertia, labels
+    runs, k, dim = centroids.shape
+    n = len(x)
+    d2 = euclidean_distances(x, centroids.reshape(runs * k, dim), squared=True).reshape(n, runs, k)
+    labels = d2.argmin(axis=2).T  # (R, N)
+    nearest = np.take_along_axis(d2, labels.T[:, :, None], axis=2)[:, :, 0].T  # (R, N)
+    flat = (labels + np.arange(runs)[:, None] * k).ravel()  # run r's cluster j -> r * k + j
+    sums = np.stack([np.bincount(flat, weights=np.tile(x[:, j], runs), minlength=runs * k) for j in range(dim)],
+                    axis=-1).reshape(runs, k, dim)
+    counts = np.bincount(flat, minlength=runs * k).astype(np.int64).reshape(runs, k)
+    return sums, counts, np.maximum(nearest, 0.0).sum(axis=1), labels.astype(np.int64)
 
 
 def privacy_filter(

@@ -18,31 +18,20 @@ from sklearn.cluster import KMeans
 from fedvq_app.aggregation import kmeans as km
 from fedvq_app.config import Settings, resolve_log_root
 from fedvq_app.data.tabular import TabularPartition, load_tabular_partition
+from fedvq_app.protocol import KMEANS_ACTIONS
 from fedvq_app.records import to_numpy, to_record
 from fedvq_app.strategies.kmeans_phase import (
     ARRAYS,
     CENTROIDS,
     CONFIG,
-    EVALUATION,
-    HANDSHAKE,
-    INIT,
     METRICS,
-    NORMALIZATION,
-    PCA,
-    STEP,
     read_transform,
 )
 from fedvq_app.tracking.kmeans_logs import KMeansLogs
+from fedvq_app.training.threads import limit_native_threads
 
-#: message type -> client method; the ClientApp registers one handler per entry
-ACTIONS = {
-    HANDSHAKE: "handshake",
-    NORMALIZATION: "normalization_stats",
-    PCA: "covariance_stats",
-    INIT: "init_summaries",
-    STEP: "lloyd_step",
-    EVALUATION: "final_evaluation",
-}
+#: message type -> client method; the ClientApp registers one handler per entry (via the registry)
+ACTIONS = KMEANS_ACTIONS
 NODE_THRESHOLD_KEY = "privacy-threshold"
 
 
@@ -54,6 +43,7 @@ class KMeansClient:
         self.options = settings.method_options
         self.partition_id = int(context.node_config["partition-id"])
         self.num_partitions = int(context.node_config["num-partitions"])
+        limit_native_threads(settings.train.num_threads)
         self.threshold = max(self.options.privacy_threshold, int(context.node_config.get(NODE_THRESHOLD_KEY, 0)))
         self.data: TabularPartition = load_tabular_partition(
             self.options.data_source,
@@ -87,8 +77,9 @@ class KMeansClient:
         return self._reply(msg, {"num-features": self.data.num_features, "num-classes": self.data.num_classes})
 
     def normalization_stats(self, msg: Message) -> Message:
-        total, total_sq, _ = km.local_moments(self.data.x)
-        return self._reply(msg, {}, {"sum": total, "sumsq": total_sq})
+        """Per-feature mean and M2 (sum of squared deviations); the count is num-examples."""
+        _, mean, m2 = km.local_moments(self.data.x)
+        return self._reply(msg, {}, {"mean": mean, "m2": m2})
 
     def covariance_stats(self, msg: Message) -> Message:
         """(count, mean, scatter) of the globally standardized rows."""

@@ -9,6 +9,7 @@ number of batches per epoch, with stronger augmentation below 70 % of its size.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,8 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 
 from fedvq_app.config import ConfigError, Settings
-from fedvq_app.data.datasets import ImageData, load_image_data
-from fedvq_app.data.partition import cached_partition
+from fedvq_app.data.cache import PARTITIONS, file_fingerprint
+from fedvq_app.data.datasets import ImageData, load_image_data, source_paths
 from fedvq_app.data.shifts import rotate_images
 
 STRONG_AUGMENT_BELOW = 0.7
@@ -84,12 +85,23 @@ def _split_train_val(
     return np.sort(train), np.sort(val)
 
 
-def load_client_data(settings: Settings, partition_id: int, num_partitions: int) -> ClientData:
-    """Partition the training pool, split this client's share, apply its shift."""
+def _cache_parts(settings: Settings, **extra) -> dict:
+    """Everything the arrays depend on: dataset settings, the files read, the seed, + ``extra``."""
+    return {
+        "dataset": dataclasses.asdict(settings.dataset),
+        "sources": [file_fingerprint(p) for p in source_paths(settings.dataset)],
+        "seed": settings.seed,
+        **extra,
+    }
+
+
+def _client_arrays(settings: Settings, partition_id: int, num_partitions: int, angle: int) -> dict:
+    """Partition the training pool (once per host, all clients), split this client's share, shift it."""
     data: ImageData = load_image_data(settings.dataset, settings.seed)
-    parts = cached_partition(
-        data.train_y.astype(np.int64).tobytes(), settings.partition, num_partitions, settings.seed
-    )
+    parts_key = _cache_parts(settings, partition=dataclasses.asdict(settings.partition), num_partitions=num_partitions)
+    stored = PARTITIONS.get("partitions", parts_key, lambda: _all_partitions(data.train_y, settings, num_partitions))
+    offsets = stored["offsets"]
+    parts = np.split(stored["rows"], offsets[1:-1])
     rows = parts[partition_id]
     if len(rows) == 0:
         raise ConfigError(
@@ -99,22 +111,64 @@ def load_client_data(settings: Settings, partition_id: int, num_partitions: int)
     train_rows, val_rows = _split_train_val(
         rows, data.train_y, settings.dataset.val_fraction, settings.seed + partition_id
     )
-    angle = settings.shift.angle_of(partition_id, num_partitions)
-    rotated = angle % 360 != 0
-    shift = (lambda x: rotate_images(x, angle)) if rotated else (lambda x: x)
+    shift = (lambda x: rotate_images(x, angle)) if angle % 360 else (lambda x: x)
     frac = settings.dataset.val_fraction
+    return {
+        "train_x": shift(data.train_x[train_rows]),
+        "train_y": data.train_y[train_rows],
+        "val_x": shift(data.train_x[val_rows]),
+        "val_y": data.train_y[val_rows],
+        "class_names": np.array(data.class_names, dtype=str),
+        "max_train_size": np.array(max(len(p) - val_count(len(p), frac) for p in parts)),
+    }
+
+
+def _all_partitions(labels: np.ndarray, settings: Settings, num_partitions: int) -> dict:
+    """Every partition's rows, concatenated, with offsets (flwr-datasets is imported only here)."""
+    from fedvq_app.data.partition import partition_indices  # noqa: PLC0415
+
+    parts = partition_indices(labels.astype(np.int64), settings.partition, num_partitions, settings.seed)
+    offsets = np.cumsum([0, *map(len, parts)])
+    return {"rows": np.concatenate(parts).astype(np.int64), "offsets": offsets.astype(np.int64)}
+
+
+def _test_arrays(settings: Settings, angle: int) -> dict:
+    data: ImageData = load_image_data(settings.dataset, settings.seed)
+    test_x = rotate_images(data.test_x, angle) if angle % 360 else data.test_x
+    return {"test_x": test_x, "test_y": data.test_y}
+
+
+def load_client_data(settings: Settings, partition_id: int, num_partitions: int) -> ClientData:
+    """Partition the training pool, split this client's share, apply its shift.
+
+    The arrays come from the host's partition cache (:mod:`fedvq_app.data.cache`): they
+    are computed on the first message of a run's settings and read back on the next
+    ones, in this process or in the next ClientApp process of the same SuperNode.
+    """
+    angle = settings.shift.angle_of(partition_id, num_partitions)
+    client_key = _cache_parts(
+        settings,
+        partition=dataclasses.asdict(settings.partition),
+        shift=dataclasses.asdict(settings.shift),
+        num_partitions=num_partitions,
+        partition_id=partition_id,
+    )
+    arrays = PARTITIONS.get("client", client_key, lambda: _client_arrays(settings, partition_id, num_partitions,
+                                                                         angle))
+    test = PARTITIONS.get("test", _cache_parts(settings, rotate_degrees=angle % 360),
+                          lambda: _test_arrays(settings, angle))
     return ClientData(
         partition_id=partition_id,
-        train_x=to_tensor(shift(data.train_x[train_rows])),
-        train_y=torch.from_numpy(data.train_y[train_rows]),
-        val_x=to_tensor(shift(data.train_x[val_rows])),
-        val_y=torch.from_numpy(data.train_y[val_rows]),
-        test_x=to_tensor(shift(data.test_x)),
-        test_y=torch.from_numpy(data.test_y),
-        class_names=data.class_names,
-        rotated=rotated,
+        train_x=to_tensor(arrays["train_x"]),
+        train_y=torch.from_numpy(arrays["train_y"]),
+        val_x=to_tensor(arrays["val_x"]),
+        val_y=torch.from_numpy(arrays["val_y"]),
+        test_x=to_tensor(test["test_x"]),
+        test_y=torch.from_numpy(test["test_y"]),
+        class_names=tuple(str(c) for c in arrays["class_names"]),
+        rotated=angle % 360 != 0,
+        max_train_size=int(arrays["max_train_size"]),
         domain=settings.shift.domain_of(partition_id, num_partitions),
-        max_train_size=max(len(p) - val_count(len(p), frac) for p in parts),
     )
 
 

@@ -358,6 +358,18 @@ _LOADERS = {
 }
 
 
+def source_paths(settings: DatasetSettings) -> list[Path]:
+    """The files (or folder) a dataset is read from; none for data shipped in a package (digits)."""
+    if settings.name in MEDMNIST_2D:
+        return [medmnist_file(settings)]
+    if settings.name == "npz":
+        path = Path(settings.npz_file).expanduser()
+        return [path if path.is_absolute() else Path(settings.data_dir).expanduser() / path]
+    if settings.name in ("emnist", "cifar10"):
+        return [Path(settings.data_dir).expanduser()]
+    return []
+
+
 @lru_cache(maxsize=2)
 def load_image_data(settings: DatasetSettings, seed: int) -> ImageData:
     """Load, resize and channel-convert a dataset (cached per process)."""

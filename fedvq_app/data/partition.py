@@ -7,8 +7,6 @@ computes the same assignment from the same seed and keeps its own share.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 from datasets import Dataset
 from flwr_datasets.partitioner import (
@@ -99,12 +97,3 @@ def partition_indices(
             f"min-partition-size={settings.min_partition_size} cannot split {len(labels)} "
             f"samples into {num_partitions} partitions ({reason}); {hint}"
         ) from None
-
-
-@lru_cache(maxsize=4)
-def cached_partition(
-    labels_key: bytes, settings: PartitionSettings, num_partitions: int, seed: int
-) -> tuple[np.ndarray, ...]:
-    """Partition once per process for a given label vector (keyed by its bytes)."""
-    labels = np.frombuffer(labels_key, dtype=np.int64)
-    return tuple(partition_indices(labels, settings, num_partitions, seed))

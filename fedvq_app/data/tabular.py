@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fedvq_app.config import ConfigError, PartitionSettings
-from fedvq_app.data.partition import cached_partition
+from fedvq_app.data.cache import PARTITIONS, file_fingerprint
 
 DATA_PATH_ENV = "TEST_DATA_PATH"
 SKLEARN_TABLES = ("iris", "wine", "breast-cancer")
@@ -54,8 +54,14 @@ def generated_data_dir(data_path: str, fallback_dir: str) -> Path:
 
 
 def load_generated_partition(directory: Path, partition_id: int) -> TabularPartition:
-    """``client_<partition_id>.npz`` of a generated data folder."""
+    """``client_<partition_id>.npz`` of a generated data folder (memoized per process by path, size, mtime)."""
     path = directory / f"client_{partition_id}.npz"
+    arrays = PARTITIONS.get("generated", {"file": file_fingerprint(path.resolve())},
+                            lambda: _read_generated(directory, path), disk=False)
+    return TabularPartition(arrays["data"], arrays.get("labels"), "generated")
+
+
+def _read_generated(directory: Path, path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         present = sorted(p.name for p in directory.glob("client_*.npz")) if directory.is_dir() else []
         raise ConfigError(
@@ -83,7 +89,7 @@ def load_generated_partition(directory: Path, partition_id: int) -> TabularParti
                 f"of shape {labels.shape}"
             )
         labels = labels.astype(np.int64)
-    return TabularPartition(x, labels, "generated")
+    return {"data": x} if labels is None else {"data": x, "labels": labels}
 
 
 @lru_cache(maxsize=4)
@@ -100,6 +106,18 @@ def load_sklearn_partition(
 ) -> TabularPartition:
     """This client's share of a scikit-learn table, IID or skewed by label (Dirichlet)."""
     x, y = _sklearn_table(name)
+    key = {"table": name, "split": split, "skew_alpha": skew_alpha, "seed": seed, "num_partitions": num_partitions}
+    stored = PARTITIONS.get("table-partitions", key, lambda: _table_partitions(y, num_partitions, split,
+                                                                               skew_alpha, seed))
+    start, stop = stored["offsets"][partition_id], stored["offsets"][partition_id + 1]
+    rows = stored["rows"][start:stop]
+    return TabularPartition(x[rows], y[rows], name)
+
+
+def _table_partitions(y: np.ndarray, num_partitions: int, split: str, skew_alpha: float, seed: int) -> dict:
+    """Every partition's sorted rows (concatenated, with offsets); flwr-datasets is imported only here."""
+    from fedvq_app.data.partition import partition_indices  # noqa: PLC0415
+
     if split == "iid":
         settings = PartitionSettings(kind="iid")
     else:
@@ -107,8 +125,9 @@ def load_sklearn_partition(
     # the tables are sorted by class and flwr-datasets' IidPartitioner cuts contiguous
     # shards, so the rows are shuffled (with the run's seed) before partitioning
     order = np.random.default_rng(seed).permutation(len(y))
-    rows = np.sort(order[cached_partition(y[order].tobytes(), settings, num_partitions, seed)[partition_id]])
-    return TabularPartition(x[rows], y[rows], name)
+    parts = [np.sort(order[p]) for p in partition_indices(y[order], settings, num_partitions, seed)]
+    offsets = np.cumsum([0, *map(len, parts)])
+    return {"rows": np.concatenate(parts).astype(np.int64), "offsets": offsets.astype(np.int64)}
 
 
 def load_tabular_partition(

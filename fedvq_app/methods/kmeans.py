@@ -14,7 +14,6 @@ from fedvq_app.config import ConfigError, Settings, option
 from fedvq_app.data.tabular import DATA_PATH_ENV, SPLITS, TABULAR_SOURCES
 from fedvq_app.registry import MethodSpec
 from fedvq_app.server.kmeans_workflow import build_phases, run_kmeans_workflow
-from fedvq_app.tracking.kmeans_plots import kmeans_plots
 
 
 @dataclass(frozen=True)
@@ -102,6 +101,11 @@ def validate(settings: Settings) -> None:
 def privacy_check(settings) -> str | None:
     """No DP mode: the clients share per-cluster sums and counts (see docs/privacy.md)."""
     return "federated k-means shares per-cluster sums and counts, guarded by kmeans.privacy-threshold, not by DP"
+def kmeans_plots(directory, rounds, summary):
+    """Method PNGs; matplotlib is imported only when a run finishes."""
+    from fedvq_app.tracking.kmeans_plots import kmeans_plots as plots  # noqa: PLC0415
+
+    return plots(directory, rounds, summary)
 
 
 SPEC = MethodSpec(

@@ -156,9 +156,15 @@ def run_lloyd(
     settings: Settings,
     tracker: ExperimentTracker,
     gone: set[int] | None = None,
+    contributed: set[int] | None = None,
 ) -> tuple[list[StepResult], bool]:
-    """Lloyd rounds until no run moves more than tol; returns every round's result and convergence."""
+    """Lloyd rounds until no run moves more than tol; returns every round's result and convergence.
+
+    ``gone`` holds the nodes that went away (never messaged again); ``contributed`` collects
+    the nodes whose step replies were accepted in any round.
+    """
     opts = settings.method_options
+    contributed = set() if contributed is None else contributed
     results: list[StepResult] = []
     tracker.traffic_outside_rounds()  # the set-up phases count in the run's total, not in round 1
     gone = set() if gone is None else gone
@@ -169,6 +175,7 @@ def run_lloyd(
         messages = step.instructions(federation.nodes, config, transform, {CENTROIDS: step.centroids}, str(rnd))
         replies = exchange(grid, messages, settings.round_timeout, gone)
         result = step.aggregate(rnd, replies)
+        contributed.update(step.accepted_nodes)
         metrics = {}
         if result is not None:
             best = step.best_run()
@@ -348,13 +355,17 @@ def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
             federation.num_classes,
         )
         phases: KMeansPhases = get_method(settings.method).build_strategy(settings, federation)
+        #: nodes with at least one accepted reply after the handshake: only these count in the summary
+        contributed: set[int] = set()
 
         def run(phase, config: dict | None = None, **instruction_kwargs) -> Any:
             config = {**(config or {}), "experiment": tracker.dir.name}
             nodes = live(federation, gone).nodes
-            return phase.aggregate(
-                exchange(grid, phase.instructions(nodes, config, **instruction_kwargs), timeout, gone)
-            )
+            replies = exchange(grid, phase.instructions(nodes, config, **instruction_kwargs), timeout, gone)
+            try:
+                return phase.aggregate(replies)
+            finally:
+                contributed.update(phase.accepted_nodes)
 
         mean, std, _ = run(phases.normalization)
         transform = FeatureTransform(mean, std)
@@ -367,7 +378,9 @@ def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
 
         initial = run(phases.init, config=phases.init.config(), transform=transform)
         phases.step.centroids = initial
-        results, converged = run_lloyd(grid, phases.step, transform, federation, settings, tracker, gone)
+        results, converged = run_lloyd(
+            grid, phases.step, transform, federation, settings, tracker, gone, contributed
+        )
         best = phases.step.best_run()
         history = write_round_logs(logs, initial, results, best, federation)
         centroids = phases.step.centroids[best]
@@ -375,14 +388,19 @@ def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
             phases.evaluation, config=phases.evaluation.config(), transform=transform, arrays={CENTROIDS: centroids}
         )
         federation = live(federation, gone)  # a node that went away is in no count of the summary
-        report = _report(settings, federation, phases, transform, pca, history, converged, evaluation)
+        used = federation.restricted_to(contributed)
+        excluded = sorted(federation.partition_of(n) for n in set(federation.clients) - contributed)
+        if excluded:
+            log(WARNING, "[kmeans] partitions %s were rejected in every phase: not counted in the summary", excluded)
+        report = _report(settings, used, phases, transform, pca, history, converged, evaluation)
+        report["excluded_partitions"] = excluded
         report.update(
             centroids=centroids.tolist(),
             centroids_original_scale=transform.to_original(centroids).tolist(),
             kept_run=best,
             run_inertia=results[-1].inertia.tolist() if results else [],
         )
-        logs.write_experiment_summary(_experiment_summary(settings, federation, report))
+        logs.write_experiment_summary(_experiment_summary(settings, used, report))
         logs.write_metrics(
             {
                 key: report.get(key)

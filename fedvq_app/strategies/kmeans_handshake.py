@@ -58,6 +58,11 @@ class Federation:
     def partition_of(self, node_id: int) -> int:
         return self.clients[node_id].partition_id
 
+    def restricted_to(self, nodes: Iterable[int]) -> Federation:
+        """The clients among ``nodes`` (e.g. those whose replies some later phase accepted)."""
+        keep = set(nodes)
+        return Federation({n: c for n, c in self.clients.items() if n in keep})
+
 
 def _describe(clients: Iterable[ClientInfo]) -> str:
     return ", ".join(c.name for c in sorted(clients, key=lambda c: c.partition_id))

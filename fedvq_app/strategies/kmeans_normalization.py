@@ -1,4 +1,4 @@
-"""Phase 2 of federated k-means: global mean and std from (sum, sum of squares, count)."""
+"""Phase 2 of federated k-means: global mean and std from per-client (count, mean, M2) (Chan et al.)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class Normalization(KMeansPhase):
 
     def expected_arrays(self) -> Schema:
         vector = ((self.num_features,), "float64")
-        return {"sum": vector, "sumsq": vector}
+        return {"mean": vector, "m2": vector}
 
     def aggregate(self, replies: Iterable[Message]) -> tuple[np.ndarray, np.ndarray, int]:
         """(mean, std, total count); ValueError when no usable reply came back."""
@@ -33,5 +33,5 @@ class Normalization(KMeansPhase):
         parts = []
         for msg in accepted:
             arrays = reply_arrays(msg)
-            parts.append((arrays["sum"], arrays["sumsq"], int(reply_metrics(msg)["num-examples"])))
+            parts.append((int(reply_metrics(msg)["num-examples"]), arrays["mean"], arrays["m2"]))
         return merge_moments(parts)

@@ -19,16 +19,18 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 
+from fedvq_app import protocol
 from fedvq_app.aggregation.kmeans import FeatureTransform
 from fedvq_app.aggregation.validation import Schema, array_problem, metric_problem
 from fedvq_app.records import to_numpy, to_record
 
-HANDSHAKE = "query.kmeans_handshake"
-NORMALIZATION = "query.kmeans_normalization"
-PCA = "query.kmeans_pca"
-INIT = "query.kmeans_init"
-STEP = "train.kmeans_step"
-EVALUATION = "evaluate.kmeans_evaluation"
+# the message types live in fedvq_app.protocol, where the ClientApp reads them without importing k-means
+HANDSHAKE = protocol.KMEANS_HANDSHAKE
+NORMALIZATION = protocol.KMEANS_NORMALIZATION
+PCA = protocol.KMEANS_PCA
+INIT = protocol.KMEANS_INIT
+STEP = protocol.KMEANS_STEP
+EVALUATION = protocol.KMEANS_EVALUATION
 
 ARRAYS = "arrays"
 METRICS = "metrics"

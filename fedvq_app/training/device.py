@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from fedvq_app.config import ConfigError
+from fedvq_app.training.threads import limit_native_threads
 
 
 def resolve_device(name: str) -> torch.device:
@@ -20,6 +21,6 @@ def resolve_device(name: str) -> torch.device:
 
 
 def configure_threads(num_threads: int) -> None:
-    """Cap intra-op threads (0 keeps torch's default) so parallel clients do not fight."""
-    if num_threads > 0 and torch.get_num_threads() != num_threads:
-        torch.set_num_threads(num_threads)
+    """Cap torch's intra-op threads and the BLAS/OpenMP pools (0 keeps the defaults) so parallel clients do
+    not fight."""
+    limit_native_threads(num_threads)

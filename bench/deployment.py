@@ -1,0 +1,125 @@
+"""Seconds per round and the fixed per-message ClientApp cost in a real 3-SuperNode topology (FedAvg).
+
+In a deployment every ClientApp message is a fresh Python process on the SuperNode:
+what the ClientApp imports and recomputes (the method's modules, the dataset, the
+partition) is paid per message, per round, at every site. This benchmark brings up
+``scripts/local_topology.py`` (one SuperLink, 3 SuperNodes on 127.0.0.1) for each
+checkout given -- e.g. today's main and this branch, side by side in one session --
+and runs the same FedAvg job on digits twice:
+
+* ``train.local-epochs=0``: a round is then almost only the fixed cost of its two
+  messages per node (train, evaluate); that round time / 2 is the fixed per-message
+  ClientApp overhead (the nodes work in parallel);
+* ``train.local-epochs=1``: a round with real training, for scale.
+
+The first round (SuperNode start-up, cold caches) is reported apart; the steady
+figures are means over the later rounds.
+
+    python bench/deployment.py --checkout /work/wt-17-base --checkout .   # before, after
+    python bench/deployment.py --quick                                   # this checkout, 2 rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import emit  # noqa: E402
+
+
+def _topology_class(checkout: Path):
+    """``LocalTopology`` of a checkout (its own script, so that its own code runs)."""
+    spec = importlib.util.spec_from_file_location(f"local_topology_{abs(hash(str(checkout)))}",
+                                                  checkout / "scripts" / "local_topology.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module.LocalTopology
+
+
+def _rounds(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
+
+
+def figures_of(folder: Path) -> dict:
+    """Per-round figures of one finished job's experiment folder."""
+    per_round = [r["wall_time_s"] for r in _rounds(folder)]
+    steady = per_round[1:] or per_round
+    return {"completed": True, "per_round_s": per_round, "first_round_s": per_round[0],
+            "steady_round_s": sum(steady) / len(steady)}
+
+
+def _with_overhead(results: dict) -> dict:
+    zero = results.get("epochs_0", {})
+    if zero.get("completed"):
+        results["per_message_overhead_s"] = zero["steady_round_s"] / 2  # train + evaluate per node per round
+    return results
+
+
+def measure_checkout(checkout: Path, rounds: int, epochs: list[int], work: Path) -> dict:
+    """Bring a topology up with this checkout's code, run the jobs, bring it down."""
+    checkout = checkout.resolve()
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "FEDVQ_CACHE_DIR")}
+    os.environ["PYTHONPATH"] = str(checkout)  # the SuperNodes' ClientApp processes import this checkout
+    os.environ["FEDVQ_CACHE_DIR"] = str(work / f"cache_{checkout.name}")  # starts cold (the base ignores it)
+    results = {"checkout": str(checkout)}
+    try:
+        topology = _topology_class(checkout)(num_supernodes=3, directory=work / f"topology_{checkout.name}")
+        with topology:
+            for local_epochs in epochs:
+                name = f"deploy_{checkout.name}_e{local_epochs}"
+                config = {"method": "fedavg", "num-server-rounds": rounds, "train.local-epochs": local_epochs,
+                          "partition.kind": "iid", "round-timeout": 600.0, "log-dir": str(work / "logs"),
+                          "experiment-name": name}
+                code = topology.run(config, timeout=1800, log_name=name)
+                folder = work / "logs" / name
+                if code != 0 or not (folder / "summary.json").is_file():
+                    tail = (topology.logs / f"{name}.log").read_text()[-1500:]
+                    results[f"epochs_{local_epochs}"] = {"completed": False, "tail": tail}
+                    continue
+                results[f"epochs_{local_epochs}"] = figures_of(folder)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return _with_overhead(results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkout", type=Path, action="append",
+                        help="project checkout to measure (repeat: before, after); default: this one")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--epochs", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--measured", nargs=2, action="append", metavar=("CHECKOUT", "FOLDER"), default=[],
+                        help="a checkout already measured in this session by this script: the experiment folder "
+                        "of its local-epochs=0 job (listed before the --checkout ones)")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    checkouts = args.checkout or [ROOT]
+    rounds, epochs = (2, [0]) if args.quick else (args.rounds, args.epochs)
+    measured = [_with_overhead({"checkout": str(Path(c).resolve()), "epochs_0": figures_of(Path(f)),
+                                "measured_earlier": True}) for c, f in args.measured]
+    with tempfile.TemporaryDirectory(prefix="fedvq_deploy_") as tmp:
+        measured += [measure_checkout(c, rounds, epochs, Path(tmp)) for c in checkouts]
+    figures = {"supernodes": 3, "method": "fedavg", "dataset": "digits", "rounds": rounds, "checkouts": measured,
+               "note": "one session, side by side; machine shared with other jobs: compare ratios only"}
+    if len(measured) == 2 and all("per_message_overhead_s" in m for m in measured):
+        before, after = measured
+        figures["overhead_after_over_before"] = after["per_message_overhead_s"] / before["per_message_overhead_s"]
+        figures["target"] = "per-message overhead after <= 0.5 x before"
+    emit("deployment", figures, quick=args.quick)
+
+
+if __name__ == "__main__":
+    main()
