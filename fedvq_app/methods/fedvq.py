@@ -25,12 +25,9 @@ from fedvq_app.models.vq import QUANTIZERS, build_vq_classifier, codebook_key, i
 from fedvq_app.registry import MethodSpec
 from fedvq_app.server.workflow import run_neural_workflow
 from fedvq_app.strategies.fedavg import sampling_kwargs
-from fedvq_app.strategies.fedvq import FedVQStrategy
+from fedvq_app.strategies.fedvq import LLOYD, FedVQStrategy
 from fedvq_app.tracking.fedvq_plots import fedvq_plots
 
-
-#: the usage-statistics aggregator of the ema quantizer (fedvq_app.aggregation.codebook_lloyd)
-LLOYD = "lloyd"
 ENCODER_SCHEDULES = ("private", "shared", "warmup")
 
 
@@ -45,7 +42,7 @@ class FedVQOptions:
     )
     encoder: str = option(
         "fedvq.encoder",
-        "warmup",
+        "shared",
         choices=ENCODER_SCHEDULES,
         help="private (seed: never leaves the client), shared (averaged like the decoder), "
         "warmup (shared for fedvq.shared-encoder-rounds rounds, then private)",
