@@ -25,6 +25,7 @@ from fedvq_app.simulation import flwr_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FEDERATION = "num-supernodes=10 client-resources-num-cpus=1"
+STARTUP_ATTEMPTS = 5
 
 
 def main() -> None:
@@ -38,8 +39,12 @@ def main() -> None:
     for method in [m for m in args.methods.split(",") if m]:
         name = f"{method}_defaults_seed{args.seed}"
         config = {"method": method, "seed": args.seed, "log-dir": str(log_dir), "experiment-name": name}
-        with tempfile.TemporaryDirectory(prefix="fedvq_flwr_") as home:
-            run = flwr_run(config, Path(home), FEDERATION, timeout=args.timeout)
+        for _attempt in range(STARTUP_ATTEMPTS):
+            with tempfile.TemporaryDirectory(prefix="fedvq_flwr_") as home:
+                run = flwr_run(config, Path(home), FEDERATION, timeout=args.timeout)
+            # Flower gives its local SuperLink a fixed 15 s to start; on a loaded machine that can fail
+            if "Failed to start local SuperLink" not in run.output:
+                break
         summary_path = log_dir / name / "summary.json"
         if not summary_path.is_file():
             print(run.output[-3000:])

@@ -327,11 +327,16 @@ def test_lloyd_is_the_exact_pooled_mean_of_the_assigned_vectors():
     result = lloyd_codebook([s[0] for s in stats], [s[1] for s in stats], [s[2] for s in stats], book, rng)
     pooled = np.vstack(xs)
     labels = ((pooled[:, None, :] - book[None]) ** 2).sum(-1).argmin(1)
-    for j in np.unique(labels):
-        np.testing.assert_allclose(result.codebook[j], pooled[labels == j].mean(0), rtol=1e-10)
-    # code 5 chose no vector anywhere: revived by splitting the most distorted code, finite, not left in place
+    means = {j: pooled[labels == j].mean(0) for j in np.unique(labels)}
+    moved = [j for j in means if not np.allclose(result.codebook[j], means[j], rtol=1e-10)]
+    # code 5 chose no vector anywhere: revived by splitting one used code c into c - delta and c + delta
     assert 5 not in labels and result.stats["revived_codes"] == 1 and np.isfinite(result.codebook).all()
-    assert not np.allclose(result.codebook[5], book[5])
+    assert len(moved) == 1
+    (c,) = moved
+    np.testing.assert_allclose((result.codebook[c] + result.codebook[5]) / 2, means[c], rtol=1e-10)
+    # the split code is the one with the largest squared error around its mean (known without raw vectors)
+    sse = {j: ((pooled[labels == j] - means[j]) ** 2).sum() for j in means}
+    assert c == max(sse, key=sse.get)
     # inertia from the statistics = the SSE of the pooled vectors to their code's new position (before the split)
     assert result.inertia > 0
 
