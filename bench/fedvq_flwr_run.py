@@ -34,11 +34,15 @@ def main() -> None:
     parser.add_argument("--methods", default="fedvq,fedavg")
     parser.add_argument("--log-dir", default=str(ROOT / "logs" / "bench_fedvq_flwr_run"))
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="fedvq only: a run-config override (recorded); the defaults otherwise")
     args = parser.parse_args()
     log_dir = Path(args.log_dir).resolve()
     for method in [m for m in args.methods.split(",") if m]:
-        name = f"{method}_defaults_seed{args.seed}"
-        config = {"method": method, "seed": args.seed, "log-dir": str(log_dir), "experiment-name": name}
+        overrides = dict(item.split("=", 1) for item in args.set) if method == "fedvq" else {}
+        suffix = "_".join(f"{k.split('.')[-1]}-{v}" for k, v in overrides.items())
+        name = f"{method}_{suffix or 'defaults'}_seed{args.seed}"
+        config = {"method": method, "seed": args.seed, "log-dir": str(log_dir), "experiment-name": name, **overrides}
         for _attempt in range(STARTUP_ATTEMPTS):
             with tempfile.TemporaryDirectory(prefix="fedvq_flwr_") as home:
                 run = flwr_run(config, Path(home), FEDERATION, timeout=args.timeout)
@@ -52,7 +56,7 @@ def main() -> None:
         summary = json.loads(summary_path.read_text())
         report = summary.get("fedvq", {})
         emit("fedvq_flwr_run", {
-            "method": method, "seed": args.seed, "federation": FEDERATION,
+            "method": method, "seed": args.seed, "federation": FEDERATION, "overrides": overrides,
             "rounds": summary.get("rounds_completed", summary.get("num_rounds")),
             "final_accuracy": summary["final"].get("accuracy"),
             "final_own_test_accuracy": summary["final"].get("own_test_accuracy"),
