@@ -89,7 +89,7 @@ def test_cold_kmeans_without_alignment_runs_and_checkpoints_can_be_off(tmp_path)
 
 
 def test_default_ema_lloyd_run_and_a_lloyd_reply_with_bad_statistics_is_rejected(tmp_path):
-    """The defaults (ema quantizer, shared encoder, lloyd) with node 2's round-2 sums poisoned by NaN."""
+    """ema quantizer, shared encoder (the default), lloyd, with node 2's round-2 sums poisoned by NaN."""
     seen = {"train": 0}
 
     def tamper(node, reply):
@@ -103,7 +103,8 @@ def test_default_ema_lloyd_run_and_a_lloyd_reply_with_bad_statistics_is_rejected
         return reply
 
     small = {k: v for k, v in SMALL.items() if not k.startswith("fedvq.")}
-    config = full_run_config(**small, **{"num-server-rounds": 2, "log-dir": str(tmp_path), "experiment-name": "ema",
+    config = full_run_config(**small, **{"fedvq.quantizer": "ema", "codebook.aggregation": "lloyd",
+                                         "num-server-rounds": 2, "log-dir": str(tmp_path), "experiment-name": "ema",
                                          "fedvq.save-checkpoints": False, "codebook.privacy-threshold": 2})
     run_local(server_app, client_app, 3, config, tamper=tamper)
     summary = json.loads((tmp_path / "ema" / "summary.json").read_text())

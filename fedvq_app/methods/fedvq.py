@@ -35,7 +35,7 @@ ENCODER_SCHEDULES = ("private", "shared", "warmup")
 class FedVQOptions:
     quantizer: str = option(
         "fedvq.quantizer",
-        "ema",
+        "straight-through",
         choices=QUANTIZERS,
         help="gumbel (seed: Gumbel-softmax sample), straight-through (argmax code, softmax gradient), "
         "ema (nearest-neighbour VQ, EMA codebook, k-means init, dead-code revival; vector-quantize-pytorch)",
@@ -65,7 +65,7 @@ class FedVQOptions:
     )
     aggregation: str = option(
         "codebook.aggregation",
-        LLOYD,
+        "mean",
         choices=(*AGGREGATORS, LLOYD),
         help="codebook aggregator: lloyd (ema only: exact mean of the assigned vectors from per-code counts and "
         "sums), mean (FedAvg), kmeans, weighted-kmeans (data-size sample weights), "
