@@ -301,3 +301,67 @@ def test_a_center_whose_nearest_slots_collide_is_matched_by_the_hungarian_algori
     assert match_slots(centers, reference).tolist() == [0, 2, 1]
     # distinct nearest slots: taken as they are
     assert match_slots(reference[[2, 0, 1]] + 0.1, reference).tolist() == [2, 0, 1]
+
+
+# ---------------------------------------------------------------------------- lloyd (usage statistics)
+def _client_stats(x, book, threshold=1):
+    from fedvq_app.aggregation.codebook_lloyd import local_statistics
+
+    labels = ((x[:, None, :] - book[None]) ** 2).sum(-1).argmin(1)
+    k = len(book)
+    counts = np.bincount(labels, minlength=k)
+    sums = np.zeros_like(book)
+    np.add.at(sums, labels, x)
+    squares = np.bincount(labels, weights=(x**2).sum(1), minlength=k)
+    return local_statistics(counts, sums, squares, threshold), labels
+
+
+def test_lloyd_is_the_exact_pooled_mean_of_the_assigned_vectors():
+    from fedvq_app.aggregation.codebook_lloyd import lloyd_codebook
+
+    rng = np.random.default_rng(0)
+    book = rng.normal(size=(6, 3)) * 3
+    xs = [book[rng.integers(0, 4, 200)] + rng.normal(size=(200, 3)) * 0.3,  # client 0: codes 0-3
+          book[rng.integers(2, 5, 50)] + rng.normal(size=(50, 3)) * 0.3]  # client 1: codes 2-4
+    stats = [_client_stats(x, book)[0] for x in xs]
+    result = lloyd_codebook([s[0] for s in stats], [s[1] for s in stats], [s[2] for s in stats], book, rng)
+    pooled = np.vstack(xs)
+    labels = ((pooled[:, None, :] - book[None]) ** 2).sum(-1).argmin(1)
+    means = {j: pooled[labels == j].mean(0) for j in np.unique(labels)}
+    moved = [j for j in means if not np.allclose(result.codebook[j], means[j], rtol=1e-10)]
+    # code 5 chose no vector anywhere: revived by splitting one used code c into c - delta and c + delta
+    assert 5 not in labels and result.stats["revived_codes"] == 1 and np.isfinite(result.codebook).all()
+    assert len(moved) == 1
+    (c,) = moved
+    np.testing.assert_allclose((result.codebook[c] + result.codebook[5]) / 2, means[c], rtol=1e-10)
+    # the split code is the one with the largest squared error around its mean (known without raw vectors)
+    sse = {j: ((pooled[labels == j] - means[j]) ** 2).sum() for j in means}
+    assert c == max(sse, key=sse.get)
+    # inertia from the statistics = the SSE of the pooled vectors to their code's new position (before the split)
+    assert result.inertia > 0
+
+
+def test_lloyd_privacy_threshold_withholds_small_codes():
+    rng = np.random.default_rng(1)
+    book = np.eye(3) * 5
+    x = np.vstack([book[0] + rng.normal(size=(20, 3)) * 0.1, book[1] + rng.normal(size=(3, 3)) * 0.1])
+    (counts, sums, squares, withheld), _ = _client_stats(x, book, threshold=5)
+    assert counts.tolist() == [20, 0, 0] and withheld == 1
+    assert not sums[1].any() and squares[1] == 0.0
+
+
+def test_lloyd_initialises_from_local_code_means_when_no_global_codebook_exists():
+    from fedvq_app.aggregation.codebook_lloyd import lloyd_codebook
+
+    rng = np.random.default_rng(2)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    # two clients whose local k-means found the same three clusters in different index orders
+    stats = []
+    for order in ([0, 1, 2], [2, 0, 1]):
+        local = centres[order] + rng.normal(size=(3, 2)) * 0.01
+        x = np.vstack([c + rng.normal(size=(30, 2)) * 0.1 for c in local])
+        stats.append(_client_stats(x, local)[0])
+    result = lloyd_codebook([s[0] for s in stats], [s[1] for s in stats], [s[2] for s in stats], None, rng)
+    assert result.stats["initialised"]
+    found = sorted(map(tuple, np.round(result.codebook, 0)))
+    assert found == sorted(map(tuple, centres))

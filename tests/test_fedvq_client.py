@@ -29,6 +29,9 @@ def _settings(run_config, tmp_path, **overrides):
                 "train.lr": 0.003,
                 "codebook.num-embeddings": 16,
                 "codebook.embedding-dim": 8,
+                "fedvq.quantizer": "gumbel",  # the seed's layer and private encoder unless a test says otherwise
+                "fedvq.encoder": "private",
+                "codebook.aggregation": "kmeans",
                 "log-dir": str(tmp_path),
                 **overrides,
             },
@@ -47,12 +50,14 @@ def _client(settings, state=None) -> FedVQClient:
     return FedVQClient(settings, context)
 
 
-def _train_message(client: FedVQClient, server_round: int) -> Message:
+def _train_message(client: FedVQClient, server_round: int, with_encoder: bool = False, ready: int = 1) -> Message:
     model = client.build_model()
+    keep = (lambda n: is_shared(n) or n.startswith("encoder.")) if with_encoder else is_shared  # noqa: E731
     content = RecordDict(
         {
-            "arrays": shared_arrays(model, is_shared),
-            "config": ConfigRecord({"server-round": server_round, "lr": 0.003, "experiment": "exp"}),
+            "arrays": shared_arrays(model, keep),
+            "config": ConfigRecord({"server-round": server_round, "lr": 0.003, "experiment": "exp",
+                                    "codebook-ready": ready}),
         }
     )
     return Message(content=content, dst_node_id=1, message_type="train")
@@ -157,3 +162,54 @@ def test_best_checkpoint_is_replaced_only_when_better(trained):
     assert third.train(_train_message(third, 3)).content["metrics"]["checkpoint-saved"] == 1
     assert torch.load(path, weights_only=True)["round"] == 3
     assert float(state[BEST_STATE_KEY]["val-accuracy"]) == pytest.approx(third.best.val_accuracy)
+
+
+# ---------------------------------------------------------------------------- encoder schedules
+def test_warmup_shares_the_encoder_then_it_never_leaves_the_client(tmp_path):
+    from fedvq_app.local_grid import full_run_config
+
+    settings = _settings(full_run_config, tmp_path, **{"fedvq.encoder": "warmup", "fedvq.shared-encoder-rounds": 1,
+                                                       "train.local-epochs": 1, "fedvq.save-checkpoints": False})
+    client = _client(settings)
+    first = client.train(_train_message(client, 1, with_encoder=True))
+    assert [k for k in first.content["arrays"] if k.startswith("encoder.")]  # shared round: the encoder goes up
+    # after the switch the server still hands down the averaged encoder once, but nothing comes back
+    second = _client(settings, client.context.state).train(_train_message(client, 2, with_encoder=True))
+    for name, record in second.content.array_records.items():
+        assert not [k for k in record if k.startswith("encoder.")], name
+    assert CODEBOOK_KEY in second.content["arrays"]
+
+
+# ---------------------------------------------------------------------------- ema + lloyd
+def test_ema_client_sends_usage_statistics_instead_of_its_codebook(tmp_path):
+    from fedvq_app.local_grid import full_run_config
+    from fedvq_app.models.vq import EMA_CODEBOOK_KEY
+
+    settings = _settings(full_run_config, tmp_path, **{"fedvq.quantizer": "ema", "codebook.aggregation": "lloyd",
+                                                       "codebook.privacy-threshold": 40, "train.local-epochs": 1,
+                                                       "fedvq.save-checkpoints": False})
+    client = _client(settings)
+    reply = client.train(_train_message(client, 1, ready=0))  # before any global codebook: local k-means init
+    arrays = reply.content["arrays"]
+    assert EMA_CODEBOOK_KEY not in arrays and not [k for k in arrays if k.startswith("encoder.")]
+    assert not [k for k in arrays if "cluster_size" in k or "embed_avg" in k]  # EMA running state stays
+    usage = reply.content[USAGE_RECORD]
+    counts, sums, squares = usage["counts"].numpy(), usage["sums"].numpy(), usage["squares"].numpy()
+    assert sums.shape == (16, 8) and squares.shape == (16,)
+    # recompute the statistics from the client's model: every code below the threshold is withheld
+    model = client.build_model()
+    from fedvq_app.models.state import load_arrays
+
+    load_arrays(model, client.context.state[PRIVATE_KEY])
+    load_arrays(model, reply.content["arrays"])
+    model.vq.quantizer._codebook.embed.copy_(client.best.state[EMA_CODEBOOK_KEY])
+    full = client.code_statistics(model)
+    side = SIZE // 4
+    assert full[0].sum() == client.data.num_train * side * side
+    kept = full[0] >= 40
+    np.testing.assert_array_equal(counts, np.where(kept, full[0], 0))
+    np.testing.assert_allclose(sums, np.where(kept[:, None], full[1], 0.0))
+    np.testing.assert_allclose(squares, np.where(kept, full[2], 0.0))
+    assert reply.content["metrics"]["codebook-withheld"] == int(((full[0] > 0) & ~kept).sum())
+    # code j's sum / count is the mean of the feature vectors nearest to code j
+    assert (squares[kept] >= np.square(sums[kept]).sum(1) / counts[kept] - 1e-6).all()  # Cauchy-Schwarz

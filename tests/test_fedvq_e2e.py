@@ -23,6 +23,8 @@ SMALL = {
     "train.lr": 0.003,
     "codebook.num-embeddings": 16,
     "codebook.embedding-dim": 8,
+    "fedvq.quantizer": "gumbel",
+    "fedvq.encoder": "private",
 }
 
 
@@ -84,6 +86,44 @@ def test_cold_kmeans_without_alignment_runs_and_checkpoints_can_be_off(tmp_path)
     report = json.loads((tmp_path / "ot" / "summary.json").read_text())["fedvq"]
     assert report["aggregation"] == "kmeans" and report["align"] == "none" and report["final_inertia"] >= 0
     assert not (tmp_path / "ot" / "client_checkpoints").exists()
+
+
+def test_default_ema_lloyd_run_and_a_lloyd_reply_with_bad_statistics_is_rejected(tmp_path):
+    """ema quantizer, shared encoder (the default), lloyd, with node 2's round-2 sums poisoned by NaN."""
+    seen = {"train": 0}
+
+    def tamper(node, reply):
+        if node == 2 and reply.metadata.message_type == "train" and not reply.has_error():
+            seen["train"] += 1
+            if seen["train"] == 2:
+                usage = reply.content["fedvq-usage"]
+                sums = usage["sums"].numpy().copy()
+                sums[0, 0] = np.nan
+                usage["sums"] = type(usage["sums"])(sums)
+        return reply
+
+    small = {k: v for k, v in SMALL.items() if not k.startswith("fedvq.")}
+    config = full_run_config(**small, **{"fedvq.quantizer": "ema", "codebook.aggregation": "lloyd",
+                                         "num-server-rounds": 2, "log-dir": str(tmp_path), "experiment-name": "ema",
+                                         "fedvq.save-checkpoints": False, "codebook.privacy-threshold": 2})
+    run_local(server_app, client_app, 3, config, tamper=tamper)
+    summary = json.loads((tmp_path / "ema" / "summary.json").read_text())
+    report = summary["fedvq"]
+    assert (report["quantizer"], report["encoder"], report["aggregation"]) == ("ema", "shared", "lloyd")
+    rounds = [json.loads(line) for line in (tmp_path / "ema" / "rounds.jsonl").read_text().splitlines()]
+    assert [len(r["rejected"]) for r in rounds] == [0, 1] and "sums" in rounds[1]["rejected"][0]["reason"]
+    assert rounds[0]["strategy"]["initialised"] is True and rounds[1]["strategy"]["initialised"] is False
+    assert 1 <= report["final_codes_used"] <= 16 and report["final_perplexity"] >= 1.0
+    assert "codes used / K" in (tmp_path / "ema" / "fedvq_tables.md").read_text()
+
+
+def test_lloyd_needs_the_ema_quantizer():
+    import pytest
+
+    from fedvq_app.config import ConfigError
+
+    with pytest.raises(ConfigError, match="codebook.aggregation.*lloyd.*fedvq.quantizer='ema'"):
+        load_settings(full_run_config(method="fedvq", **{"fedvq.quantizer": "gumbel", "codebook.aggregation": "lloyd"}))
 
 
 def test_conf_files_are_valid_fedvq_configs():

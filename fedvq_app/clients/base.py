@@ -140,6 +140,10 @@ class NeuralClient:
             self.privacy_metrics = dpsgd.finish()
         return result
 
+    def reply_arrays(self, model: nn.Module, msg: Message) -> ArrayRecord:
+        """The arrays the train reply carries: the shared part of the model."""
+        return shared_arrays(model, self.spec.is_shared)
+
     def reply_extras(self, model: nn.Module, msg: Message, hooks: list[TrainHook]) -> dict:
         """Extra records (name -> ArrayRecord/MetricRecord) for the train reply."""
         return {}
@@ -169,7 +173,7 @@ class NeuralClient:
         }
         content = RecordDict(
             {
-                "arrays": shared_arrays(model, self.spec.is_shared),
+                "arrays": self.reply_arrays(model, msg),
                 "metrics": MetricRecord(metrics),
                 **self.reply_extras(model, msg, hooks),
             }

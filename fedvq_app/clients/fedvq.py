@@ -1,9 +1,14 @@
 """FedVQ's client: the VQ loss, best-on-validation epochs, a best checkpoint, code usage.
 
-The encoder never leaves the client (``context.state``); the reply carries the
-shared arrays (codebook, projection, decoder, classifier), the usual metrics plus
-the codebook statistics, and record ``fedvq-usage`` with the code counts of the
-client's training data and the mask of codes used above the frequency threshold.
+The encoder stays in ``context.state``; it goes into a reply only in the rounds the
+client's own configuration shares it (``fedvq.encoder`` = shared, or warmup up to
+``fedvq.shared-encoder-rounds``), whatever the server sends. The reply carries the
+shared arrays (codebook -- not with ``lloyd`` --, projection, decoder, classifier),
+the usual metrics plus the codebook statistics, and record ``fedvq-usage`` with the
+code counts of the client's training data, the mask of codes used above the
+frequency threshold and, with ``lloyd``, the per-code sums and sums of squared norms
+of the assigned feature vectors, every code fewer than ``codebook.privacy-threshold``
+vectors chose withheld.
 """
 
 from __future__ import annotations
@@ -20,15 +25,19 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from torch import nn
 
 from fedvq_app.aggregation.codebook import perplexity, used_codes
+from fedvq_app.aggregation.codebook_lloyd import local_statistics
 from fedvq_app.clients.base import PRIVATE_KEY, NeuralClient, seed_everything
 from fedvq_app.config import Settings, resolve_log_root
 from fedvq_app.data.client_data import eval_loader, normalize_batch, train_loader
-from fedvq_app.models.state import LOCAL_ONLY_SUFFIXES, private_arrays
+from fedvq_app.models.state import LOCAL_ONLY_SUFFIXES, private_arrays, shared_arrays
+from fedvq_app.models.vq import codebook_key, encoder_travels, is_encoder
 from fedvq_app.records import to_record
-from fedvq_app.strategies.fedvq import USAGE_RECORD
+from fedvq_app.strategies.fedvq import LLOYD, READY_KEY, USAGE_RECORD
 from fedvq_app.training.loop import TrainHook, TrainResult, evaluate, make_optimizer, train_epochs
 
 BEST_STATE_KEY = "fedvq-best"
+#: 0-d buffers that cannot round-trip through an ArrayRecord; rebuilt on every load
+UNSTORED_SUFFIXES = (*LOCAL_ONLY_SUFFIXES, "_codebook.initted")
 CHECKPOINT_FOLDER = "client_checkpoints"
 
 
@@ -74,8 +83,36 @@ class FedVQClient(NeuralClient):
         """
         private = private_arrays(model, self.spec.is_shared)
         self.context.state[PRIVATE_KEY] = ArrayRecord(
-            {k: v for k, v in private.items() if not k.endswith(LOCAL_ONLY_SUFFIXES)}
+            {k: v for k, v in private.items() if not k.endswith(UNSTORED_SUFFIXES)}
         )
+
+    # ------------------------------------------------------------------ what travels
+    def load_model(self, msg: Message) -> nn.Module:
+        """The common load; the ema quantizer then adopts the global codebook once one exists."""
+        model = super().load_model(msg)
+        config = msg.content.config_records.get("config")
+        ready = config is None or int(config.get(READY_KEY, 1)) == 1
+        if self.options.quantizer == "ema" and ready:
+            model.vq.adopt_global()
+        return model
+
+    def encoder_up(self, msg: Message) -> bool:
+        """Whether this round's reply carries the encoder: the client's own schedule decides."""
+        server_round = int(msg.content["config"]["server-round"])
+        return encoder_travels(self.options.encoder, self.options.shared_encoder_rounds, server_round)[1]
+
+    def reply_arrays(self, model: nn.Module, msg: Message) -> ArrayRecord:
+        """Shared arrays; the encoder only in shared rounds; no codebook with lloyd (statistics instead)."""
+        up = self.encoder_up(msg)
+        book = codebook_key(self.options.quantizer)
+        lloyd = self.options.aggregation == LLOYD
+
+        def travels(name: str) -> bool:
+            if is_encoder(name):
+                return up and not name.endswith(UNSTORED_SUFFIXES)
+            return self.spec.is_shared(name) and not (lloyd and name == book)
+
+        return shared_arrays(model, travels)
 
     # ------------------------------------------------------------------ loss
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -147,21 +184,44 @@ class FedVQClient(NeuralClient):
 
     # ------------------------------------------------------------------ usage
     @torch.no_grad()
-    def code_counts(self, model: nn.Module) -> np.ndarray:
-        """How often each code is the most likely one over the training images (seed's tracking)."""
+    def code_statistics(self, model: nn.Module) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Over the training images: how often each code is chosen (seed's tracking); with the ema
+        quantizer also the per-code sums and sums of squared norms of the assigned feature vectors."""
         model.eval()
         num_codes = model.vq.num_embeddings
         counts = torch.zeros(num_codes, dtype=torch.int64)
+        with_sums = self.options.quantizer == "ema"
+        sums = torch.zeros(num_codes, model.vq.embedding_dim, dtype=torch.float64) if with_sums else None
+        squares = torch.zeros(num_codes, dtype=torch.float64) if with_sums else None
         for x, _ in eval_loader(self.data.train_x, self.data.train_y):
-            logits = model.vq.code_logits(model.encoder(normalize_batch(x.to(self.device))))
-            counts += torch.bincount(logits.argmax(1).cpu(), minlength=num_codes)
-        return counts.numpy()
+            features = model.encoder(normalize_batch(x.to(self.device)))
+            if with_sums:
+                n, s, q = model.vq.statistics(features)
+                counts += n.cpu()
+                sums += s.cpu()
+                squares += q.cpu()
+            else:
+                counts += torch.bincount(model.vq.assign(features).cpu(), minlength=num_codes)
+        as_numpy = lambda t: None if t is None else t.numpy()  # noqa: E731
+        return counts.numpy(), as_numpy(sums), as_numpy(squares)
+
+    def code_counts(self, model: nn.Module) -> np.ndarray:
+        return self.code_statistics(model)[0]
 
     def reply_extras(self, model: nn.Module, msg: Message, hooks) -> dict:
-        counts = self.code_counts(model)
+        counts, sums, squares = self.code_statistics(model)
+        self.usage_metrics = {"codebook-perplexity": perplexity(counts)}
+        record = {}
+        if self.options.aggregation == LLOYD:
+            shown, sums, squares, withheld = local_statistics(counts, sums, squares, self.options.privacy_threshold)
+            record = {"sums": sums, "squares": squares}
+            self.usage_metrics["codebook-withheld"] = withheld
+        else:
+            shown = counts
         used = used_codes(counts, self.options.usage_threshold)
-        self.usage_metrics = {"codebook-used": int(used.sum()), "codebook-perplexity": perplexity(counts)}
-        return {USAGE_RECORD: to_record({"counts": counts.astype(np.int64), "used": used.astype(np.uint8)})}
+        self.usage_metrics["codebook-used"] = int(used.sum())
+        record.update({"counts": shown.astype(np.int64), "used": (used & (shown > 0)).astype(np.uint8)})
+        return {USAGE_RECORD: to_record(record)}
 
     # ------------------------------------------------------------------ actions
     def train(self, msg: Message) -> Message:

@@ -1,9 +1,13 @@
-"""FedVQ (seed 000): vector-quantized models whose codebook is aggregated by clustering.
+"""FedVQ (seed 000): vector-quantized models whose codebook is aggregated by the server.
 
-Clients keep their encoder; the VQ layer, decoder and classifier travel. The
-server averages everything but the codebook, which one of the aggregators of
-``fedvq_app.aggregation.codebook`` rebuilds (``codebook.aggregation``) under an
-index-alignment mode (``codebook.align``).
+The quantizer (``fedvq.quantizer``: gumbel, straight-through, ema), the encoder
+schedule (``fedvq.encoder``: private, shared, warmup) and the codebook aggregator
+(``codebook.aggregation``) are independent choices, except that ``lloyd`` (the
+federated Lloyd step from per-code usage statistics) needs the nearest-neighbour
+``ema`` quantizer. The VQ layer, decoder and classifier travel; the encoder travels
+only while the schedule shares it. The server averages everything but the
+codebook, which one of the aggregators rebuilds under an index-alignment mode
+(``codebook.align``).
 """
 
 from __future__ import annotations
@@ -11,26 +15,67 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import torch
+
 from fedvq_app.aggregation.codebook import AGGREGATORS, ALIGN_MODES, CodebookParams
 from fedvq_app.clients.fedvq import FedVQClient
-from fedvq_app.config import Settings, option
+from fedvq_app.config import ConfigError, Settings, option
 from fedvq_app.data.datasets import DatasetInfo
-from fedvq_app.models.vq import build_vq_classifier, is_shared
+from fedvq_app.models.vq import QUANTIZERS, build_vq_classifier, codebook_key, is_encoder, is_shared
 from fedvq_app.registry import MethodSpec
 from fedvq_app.server.workflow import run_neural_workflow
 from fedvq_app.strategies.fedavg import sampling_kwargs
-from fedvq_app.strategies.fedvq import FedVQStrategy
+from fedvq_app.strategies.fedvq import LLOYD, FedVQStrategy
 from fedvq_app.tracking.fedvq_plots import fedvq_plots
+
+ENCODER_SCHEDULES = ("private", "shared", "warmup")
 
 
 @dataclass(frozen=True)
 class FedVQOptions:
+    quantizer: str = option(
+        "fedvq.quantizer",
+        "straight-through",
+        choices=QUANTIZERS,
+        help="gumbel (seed: Gumbel-softmax sample), straight-through (argmax code, softmax gradient), "
+        "ema (nearest-neighbour VQ, EMA codebook, k-means init, dead-code revival; vector-quantize-pytorch)",
+    )
+    encoder: str = option(
+        "fedvq.encoder",
+        "shared",
+        choices=ENCODER_SCHEDULES,
+        help="private (seed: never leaves the client), shared (averaged like the decoder), "
+        "warmup (shared for fedvq.shared-encoder-rounds rounds, then private)",
+    )
+    shared_encoder_rounds: int = option(
+        "fedvq.shared-encoder-rounds", 10, minimum=0, help="rounds the warmup schedule shares the encoder"
+    )
+    eval_sampling: bool = option(
+        "fedvq.eval-sampling", False, help="gumbel: sample Gumbel noise at evaluation too (the seed; stochastic scores)"
+    )
+    ema_decay: float = option(
+        "fedvq.ema-decay", 0.9, minimum=0.0, maximum=1.0, help="ema: decay of the EMA codebook updates"
+    )
+    dead_code_threshold: float = option(
+        "fedvq.dead-code-threshold",
+        2.0,
+        minimum=0.0,
+        help="ema: before the first global codebook, a client replaces codes whose EMA cluster size is below "
+        "this (library revival); afterwards dead codes are revived by the server",
+    )
     aggregation: str = option(
         "codebook.aggregation",
-        "kmeans",
-        choices=tuple(AGGREGATORS),
-        help="codebook aggregator: mean (FedAvg), kmeans, weighted-kmeans (data-size sample weights), "
+        "mean",
+        choices=(*AGGREGATORS, LLOYD),
+        help="codebook aggregator: lloyd (ema only: exact mean of the assigned vectors from per-code counts and "
+        "sums), mean (FedAvg), kmeans, weighted-kmeans (data-size sample weights), "
         "usage-kmeans (used codes, usage weights), wasserstein (POT free-support barycenter)",
+    )
+    privacy_threshold: int = option(
+        "codebook.privacy-threshold",
+        5,
+        minimum=1,
+        help="lloyd: a client withholds the statistics of a code fewer than this many of its vectors chose",
     )
     align: str = option(
         "codebook.align",
@@ -88,12 +133,31 @@ class FedVQOptions:
     )
 
 
+def validate(settings: Settings) -> None:
+    """Cross-field checks: combinations that cannot work are errors, not silent fallbacks."""
+    opts: FedVQOptions = settings.method_options
+    if opts.aggregation == LLOYD and opts.quantizer != "ema":
+        raise ConfigError(
+            f"config key 'codebook.aggregation' has invalid value 'lloyd' with fedvq.quantizer={opts.quantizer!r}: "
+            "lloyd averages the vectors each code is the nearest neighbour of and needs fedvq.quantizer='ema'; "
+            "use one of " + ", ".join(repr(a) for a in AGGREGATORS)
+        )
+
+
 def build_model(settings: Settings, info: DatasetInfo):
     opts: FedVQOptions = settings.method_options
     return build_vq_classifier(
         settings.model, info.channels, info.num_classes, opts.num_embeddings, opts.embedding_dim, opts.temperature,
-        opts.proj_init_gain,
+        opts.proj_init_gain, opts.quantizer, opts.eval_sampling, opts.ema_decay, opts.dead_code_threshold,
     )
+
+
+def initial_encoder(settings: Settings, info: DatasetInfo) -> dict:
+    """The encoder every client builds (same seed): what the shared schedules start from."""
+    torch.manual_seed(settings.seed)
+    state = build_model(settings, info).state_dict()
+    return {k: v.detach().cpu().numpy().copy() for k, v in state.items()
+            if is_encoder(k) and not k.endswith("num_batches_tracked")}
 
 
 def build_strategy(settings: Settings, info: DatasetInfo) -> FedVQStrategy:
@@ -111,6 +175,11 @@ def build_strategy(settings: Settings, info: DatasetInfo) -> FedVQStrategy:
         params=params,
         seed=settings.seed,
         experiment=settings.experiment_name,
+        codebook_key=codebook_key(opts.quantizer),
+        quantizer=opts.quantizer,
+        encoder=opts.encoder,
+        shared_encoder_rounds=opts.shared_encoder_rounds,
+        initial_encoder=initial_encoder(settings, info) if opts.encoder != "private" else {},
         **sampling_kwargs(settings),
     )
 
@@ -130,12 +199,14 @@ def privacy_check(settings) -> str | None:
 
 SPEC = MethodSpec(
     name="fedvq",
-    summary="private encoder + Gumbel VQ; codebook aggregated by mean/k-means/usage-k-means/OT barycenter",
+    summary="encoder (private/shared/warmup) + VQ (gumbel/straight-through/ema); codebook by Lloyd step from "
+    "usage statistics, mean, k-means, usage-k-means or OT barycenter",
     build_model=build_model,
     build_strategy=build_strategy,
     client=FedVQClient,
     is_shared=is_shared,
     options_type=FedVQOptions,
+    validate=validate,
     server_workflow=run_fedvq_workflow,
     plots=fedvq_plots,
     privacy_check=privacy_check,

@@ -1,10 +1,21 @@
-"""FedVQ's model (seed 000): encoder -> Gumbel-softmax VQ -> residual decoder -> classifier.
+"""FedVQ's model (seed 000): encoder -> vector quantizer -> residual decoder -> classifier.
 
-Module names decide what travels: ``encoder.*`` stays on the client, ``vq.*``
-(codebook + code projection), ``decoder.*`` and ``classifier.*`` are shared.
+Three quantizers (``fedvq.quantizer``):
+
+* ``gumbel`` -- the seed's layer: a 1x1 projection to K code logits, a hard
+  Gumbel-softmax sample in training (and at evaluation with ``eval_sampling``);
+* ``straight-through`` -- the same projection, but the code is the argmax of the
+  logits in the forward pass (no noise); the gradient flows through the softmax;
+* ``ema`` -- nearest-neighbour VQ with EMA codebook updates, k-means
+  initialisation and dead-code revival: vector-quantize-pytorch's ``VectorQuantize``.
+
+Module names decide what travels: ``encoder.*`` stays on the client unless the
+encoder schedule shares it (``fedvq.encoder``); the codebook, the code projection,
+``decoder.*`` and ``classifier.*`` are shared; the EMA quantizer's running
+statistics (``cluster_size``, ``embed_avg``, ``initted``) stay on the client.
 The encoder is the project's trunk (small CNN on CPU, ResNet-18 as in the seed)
 plus, when its channel count differs from ``embedding_dim``, a 1x1 convolution
-to that width (part of the private encoder).
+to that width (part of the encoder).
 """
 
 from __future__ import annotations
@@ -19,7 +30,18 @@ from fedvq_app.config import ModelSettings
 from fedvq_app.models import build_trunk
 
 ENCODER_PREFIX = "encoder."
+#: the codebook of the gumbel and straight-through quantizers, (K, D)
 CODEBOOK_KEY = "vq.embeddings"
+#: the codebook of the ema quantizer (vector-quantize-pytorch's buffer), (1, K, D)
+EMA_CODEBOOK_KEY = "vq.quantizer._codebook.embed"
+#: the ema quantizer's client-side running statistics: never sent
+EMA_PRIVATE_SUFFIXES = ("_codebook.cluster_size", "_codebook.embed_avg", "_codebook.initted")
+QUANTIZERS = ("gumbel", "straight-through", "ema")
+
+
+def codebook_key(quantizer: str) -> str:
+    """Name of the codebook array in the model's state dict."""
+    return EMA_CODEBOOK_KEY if quantizer == "ema" else CODEBOOK_KEY
 
 
 class VQOutput(NamedTuple):
@@ -49,12 +71,20 @@ class GumbelVQ(nn.Module):
     """
 
     def __init__(
-        self, num_embeddings: int, embedding_dim: int, temperature: float = 1.0, proj_gain: float = 1.0
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        temperature: float = 1.0,
+        proj_gain: float = 1.0,
+        eval_sampling: bool = False,
+        straight_through: bool = False,
     ) -> None:
         super().__init__()
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.temperature = temperature
+        self.eval_sampling = eval_sampling
+        self.straight_through = straight_through
         self.embeddings = nn.Parameter(torch.randn(num_embeddings, embedding_dim))
         self.proj = nn.Conv2d(embedding_dim, num_embeddings, kernel_size=1)
         with torch.no_grad():
@@ -64,18 +94,104 @@ class GumbelVQ(nn.Module):
         """(N, D, H, W) features -> (N*H*W, K) logits."""
         return self.proj(x).permute(0, 2, 3, 1).reshape(-1, self.num_embeddings)
 
+    @torch.no_grad()
+    def assign(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D, H, W) features -> (N*H*W,) most likely code of every position."""
+        return self.code_logits(x).argmax(1)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         n, c, h, w = x.shape
         logits = self.code_logits(x)
-        if self.training:
+        hard = F.one_hot(logits.argmax(1), self.num_embeddings).to(logits.dtype)
+        if self.straight_through:
+            # deterministic choice, gradient of the softmax (the straight-through estimator)
+            soft = F.softmax(logits / self.temperature, dim=1)
+            one_hot = hard + soft - soft.detach() if self.training else hard
+        elif self.training or self.eval_sampling:
             one_hot = F.gumbel_softmax(logits, tau=self.temperature, hard=True)
         else:
-            one_hot = F.one_hot(logits.argmax(1), self.num_embeddings).to(logits.dtype)
+            one_hot = hard
         quantized = (one_hot @ self.embeddings).view(n, h, w, c).permute(0, 3, 1, 2)
         mean_use = one_hot.mean(0)
         perplexity = torch.exp(-(mean_use * torch.log(mean_use + 1e-10)).sum())
         commitment = F.mse_loss(quantized.detach(), x)
         return quantized, commitment, perplexity, one_hot.argmax(1).view(n, h, w)
+
+
+class EMAVQ(nn.Module):
+    """Nearest-neighbour VQ with an EMA codebook: vector-quantize-pytorch's ``VectorQuantize``.
+
+    The library does the quantization, the EMA updates, the k-means initialisation on
+    the first training batch and the replacement of codes whose EMA cluster size fell
+    below ``dead_code_threshold``. What a federation needs on top of it:
+
+    * :meth:`adopt_global` -- after the server's codebook was loaded, mark the codebook
+      initialised (no local k-means over it), rescale ``embed_avg`` so that the next EMA
+      step continues from the global codes instead of jumping back to the local ones, and
+      switch the library's local dead-code replacement off: a code this client does not
+      use may be used by others; dead codes federation-wide are revived on the server.
+    * :meth:`statistics` -- per-code count, sum and sum of squared norms of the feature
+      vectors assigned to each code (the sufficient statistics of a Lloyd step).
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, decay: float, dead_code_threshold: float) -> None:
+        from vector_quantize_pytorch import VectorQuantize  # noqa: PLC0415
+
+        super().__init__()
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.quantizer = VectorQuantize(
+            dim=embedding_dim,
+            codebook_size=num_embeddings,
+            decay=decay,
+            kmeans_init=True,
+            threshold_ema_dead_code=dead_code_threshold,
+            accept_image_fmap=True,
+            channel_last=False,
+            commitment_weight=1.0,
+        )
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """(K, D) current codes."""
+        return self.quantizer._codebook.embed[0]
+
+    @torch.no_grad()
+    def adopt_global(self) -> None:
+        book = self.quantizer._codebook
+        book.initted.fill_(True)
+        if float(book.cluster_size.sum()) <= 0:  # a client that never trained: uniform counts
+            book.cluster_size.fill_(1.0)
+        size = book.cluster_size
+        smoothed = (size + book.eps) / (size.sum(-1, keepdim=True) + self.num_embeddings * book.eps)
+        book.embed_avg.copy_(book.embed * (smoothed * size.sum(-1, keepdim=True)).unsqueeze(-1))
+        book.threshold_ema_dead_code = 0
+        book.has_dead_code_replacement = False
+
+    @torch.no_grad()
+    def assign(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D, H, W) features -> (N*H*W,) index of the nearest code."""
+        flat = x.permute(0, 2, 3, 1).reshape(-1, self.embedding_dim)
+        return torch.cdist(flat, self.codebook).argmin(1)
+
+    @torch.no_grad()
+    def statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-code counts (K,), sums (K, D) and sums of squared norms (K,) of ``x``'s vectors."""
+        flat = x.permute(0, 2, 3, 1).reshape(-1, self.embedding_dim).double()
+        codes = self.assign(x)
+        counts = torch.bincount(codes, minlength=self.num_embeddings)
+        sums = torch.zeros(self.num_embeddings, self.embedding_dim, dtype=torch.float64, device=x.device)
+        sums.index_add_(0, codes, flat)
+        squares = torch.zeros(self.num_embeddings, dtype=torch.float64, device=x.device)
+        squares.index_add_(0, codes, flat.square().sum(1))
+        return counts, sums, squares
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        quantized, codes, commitment = self.quantizer(x)
+        picked = torch.bincount(codes.flatten(), minlength=self.num_embeddings).to(x.dtype)
+        mean_use = picked / picked.sum()
+        perplexity = torch.exp(-(mean_use * torch.log(mean_use + 1e-10)).sum())
+        return quantized, commitment.sum(), perplexity, codes
 
 
 def _conv_block(dim: int) -> nn.Sequential:
@@ -99,7 +215,7 @@ class ResidualDecoder(nn.Module):
 class VQClassifier(nn.Module):
     """encoder -> VQ -> decoder -> global average pooling -> linear classifier."""
 
-    def __init__(self, encoder: nn.Module, vq: GumbelVQ, num_classes: int) -> None:
+    def __init__(self, encoder: nn.Module, vq: GumbelVQ | EMAVQ, num_classes: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.vq = vq
@@ -122,13 +238,40 @@ def build_vq_classifier(
     embedding_dim: int,
     temperature: float,
     proj_gain: float = 1.0,
+    quantizer: str = "gumbel",
+    eval_sampling: bool = False,
+    ema_decay: float = 0.9,
+    dead_code_threshold: float = 0.0,
 ) -> VQClassifier:
-    """The seed's VQ classifier on the configured trunk."""
+    """The VQ classifier on the configured trunk with the chosen quantizer."""
     trunk, channels = build_trunk(model, in_channels)
     encoder = trunk if channels == embedding_dim else nn.Sequential(trunk, nn.Conv2d(channels, embedding_dim, 1))
-    return VQClassifier(encoder, GumbelVQ(num_embeddings, embedding_dim, temperature, proj_gain), num_classes)
+    if quantizer == "ema":
+        vq: GumbelVQ | EMAVQ = EMAVQ(num_embeddings, embedding_dim, ema_decay, dead_code_threshold)
+    else:
+        vq = GumbelVQ(num_embeddings, embedding_dim, temperature, proj_gain, eval_sampling,
+                      straight_through=quantizer == "straight-through")
+    return VQClassifier(encoder, vq, num_classes)
+
+
+def is_encoder(name: str) -> bool:
+    return name.startswith(ENCODER_PREFIX)
 
 
 def is_shared(name: str) -> bool:
-    """Everything but the encoder travels to the server."""
-    return not name.startswith(ENCODER_PREFIX)
+    """What travels with a private encoder: everything but the encoder and the EMA running statistics."""
+    return not is_encoder(name) and not name.endswith(EMA_PRIVATE_SUFFIXES)
+
+
+def encoder_travels(schedule: str, shared_rounds: int, server_round: int) -> tuple[bool, bool]:
+    """(sent to the clients, sent back by them) for the encoder in ``server_round``.
+
+    ``private``: never. ``shared``: always, averaged like the decoder. ``warmup``: shared
+    in rounds 1..shared_rounds; the first private round still hands every client the
+    averaged encoder it starts from, and from then on it never leaves a client.
+    """
+    if schedule == "shared":
+        return True, True
+    if schedule == "warmup":
+        return server_round <= shared_rounds + 1, server_round <= shared_rounds
+    return False, False

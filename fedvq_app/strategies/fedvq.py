@@ -1,11 +1,16 @@
 """FedVQ on the server: FedAvg for every shared array except the codebook.
 
 The codebook is rebuilt each round by the aggregator named in
-``codebook.aggregation`` (``fedvq_app.aggregation.codebook``) from the clients'
+``codebook.aggregation``: ``lloyd`` (``fedvq_app.aggregation.codebook_lloyd``) from
+the clients' per-code counts, sums and sums of squares only -- the clients' codebooks
+do not travel -- or one of ``fedvq_app.aggregation.codebook`` from the clients'
 codebooks, example counts and code-usage counts, under the alignment mode
 ``codebook.align``; projection, decoder and classifier are averaged weighted by
-examples. The strategy keeps per-round aggregation statistics, every client's
-best evaluation round and the last round's codes for the final report's plots.
+examples. The encoder schedule (``fedvq.encoder``) decides per round whether the
+encoder is sent and whether it must come back; the reply guard expects exactly the
+arrays the schedule asks back. The strategy keeps per-round aggregation statistics,
+every client's best evaluation round and the last round's codes for the final
+report's plots.
 """
 
 from __future__ import annotations
@@ -19,14 +24,20 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 
 from fedvq_app.aggregation.codebook import CodebookParams, aggregate_codebook, perplexity, used_codes
-from fedvq_app.models.vq import CODEBOOK_KEY
+from fedvq_app.aggregation.codebook_lloyd import lloyd_codebook
+from fedvq_app.models.vq import CODEBOOK_KEY, encoder_travels, is_encoder
 from fedvq_app.records import to_numpy, to_record
 from fedvq_app.strategies.fedavg import GuardedFedAvg
 
 #: record of the train reply with the code counts ("counts") and used-code mask ("used")
 USAGE_RECORD = "fedvq-usage"
 #: per-round statistics kept for the final report and the checkpoint
-HISTORY_KEYS = ("round", "aggregation_s", "inertia", "usage_ratio", "drift")
+HISTORY_KEYS = ("round", "aggregation_s", "inertia", "usage_ratio", "drift", "codes_used", "perplexity")
+#: train config key: 1 once a global codebook exists (the ema quantizer skips its local k-means init)
+READY_KEY = "codebook-ready"
+#: train config key: 1 when this round's reply must carry the encoder
+ENCODER_UP_KEY = "encoder-up"
+LLOYD = "lloyd"
 #: decimals kept for the PCA coordinates in summary.json
 PCA_DECIMALS = 4
 
@@ -65,9 +76,23 @@ class FedVQStrategy(GuardedFedAvg):
         params: CodebookParams = CodebookParams(),
         seed: int = 0,
         experiment: str = "",
+        codebook_key: str = CODEBOOK_KEY,
+        quantizer: str = "gumbel",
+        encoder: str = "private",
+        shared_encoder_rounds: int = 0,
+        initial_encoder: dict[str, np.ndarray] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.codebook_key = codebook_key
+        self.quantizer = quantizer
+        self.encoder = encoder
+        self.shared_encoder_rounds = shared_encoder_rounds
+        #: the latest global encoder (shared schedules); starts as every client's initial encoder
+        self.encoder_global: dict[str, np.ndarray] = dict(initial_encoder or {})
+        #: whether a global codebook exists; the ema quantizer initialises locally before that
+        self.ready = quantizer != "ema"
+        self._encoder_up = False
         self.aggregation = aggregation
         self.align = align
         self.codebook_shape = tuple(codebook_shape)
@@ -84,21 +109,54 @@ class FedVQStrategy(GuardedFedAvg):
 
     # ---------------------------------------------------------------- sending
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid):
-        """Remember the codebook the clients start from (the alignment reference)."""
-        self.previous = arrays[CODEBOOK_KEY].numpy().astype(np.float64)
+        """Send what the encoder schedule says; remember the codebook the clients start from."""
+        down, self._encoder_up = encoder_travels(self.encoder, self.shared_encoder_rounds, server_round)
+        values = {k: v for k, v in to_numpy(arrays).items() if not is_encoder(k)}
+        if down:
+            current = {k: v for k, v in to_numpy(arrays).items() if is_encoder(k)} or self.encoder_global
+            values = {**current, **values}
+        self.previous = values[self.codebook_key].astype(np.float64).reshape(self.codebook_shape)
         if self.experiment:
             config["experiment"] = self.experiment
-        return super().configure_train(server_round, arrays, config, grid)
+        config[READY_KEY] = int(self.ready)
+        config[ENCODER_UP_KEY] = int(self._encoder_up)
+        return super().configure_train(server_round, to_record(values), config, grid)
+
+    def remember_sent(self, messages):
+        """The expected reply schema: what was sent, less what the client keeps this round."""
+        messages = super().remember_sent(messages)
+        for node, schema in self.expected.items():
+            self.expected[node] = {k: v for k, v in schema.items() if self._comes_back(k)}
+        return messages
+
+    def _comes_back(self, name: str) -> bool:
+        if is_encoder(name):
+            return self._encoder_up
+        return not (name == self.codebook_key and self.aggregation == LLOYD)
 
     # ---------------------------------------------------------------- screening
     def method_problem(self, msg: Message) -> str | None:
-        """Codebook of the configured size; usage counts: one finite count >= 0 per code (and the mask as many)."""
-        book = msg.content["arrays"].get(CODEBOOK_KEY)
-        if book is None:
-            return f"no codebook '{CODEBOOK_KEY}' in the reply"
-        if tuple(book.shape) != self.codebook_shape:
-            return f"codebook has shape {tuple(book.shape)}, expected {self.codebook_shape}"
+        """Codebook of the configured size; usage counts: one finite count >= 0 per code (and the mask as many);
+        with lloyd: per-code sums (K, D) and sums of squares (K,), finite, squares >= 0."""
+        k, d = self.codebook_shape
         usage = msg.content.array_records[USAGE_RECORD]
+        if self.aggregation == LLOYD:
+            for name, shape in (("sums", (k, d)), ("squares", (k,))):
+                if name not in usage:
+                    return f"'{USAGE_RECORD}' has no '{name}'"
+                value = usage[name].numpy()
+                if value.shape != shape:
+                    return f"usage {name} have shape {value.shape}, expected {shape}"
+                if not np.isfinite(value.astype(np.float64)).all():
+                    return f"usage {name} must be finite"
+            if (usage["squares"].numpy() < 0).any():
+                return "usage squares must be >= 0"
+        else:
+            book = msg.content["arrays"].get(self.codebook_key)
+            if book is None:
+                return f"no codebook '{self.codebook_key}' in the reply"
+            if int(np.prod(book.shape)) != k * d or book.shape[-2:] != (k, d):
+                return f"codebook has shape {tuple(book.shape)}, expected {self.codebook_shape}"
         if "counts" not in usage:
             return f"'{USAGE_RECORD}' has no 'counts'"
         counts = usage["counts"].numpy()
@@ -119,27 +177,35 @@ class FedVQStrategy(GuardedFedAvg):
             return None, metrics
         by_node = {m.metadata.src_node_id: m for m in replies if not m.has_error()}
         accepted = [by_node[n] for n in self.accepted_nodes]
-        codebooks = [m.content["arrays"][CODEBOOK_KEY].numpy() for m in accepted]
         weights = [float(m.content["metrics"]["num-examples"]) for m in accepted]
-        counts = [self.extras[n][USAGE_RECORD]["counts"].numpy() for n in self.accepted_nodes]
+        usage = [self.extras[n][USAGE_RECORD] for n in self.accepted_nodes]
+        counts = [u["counts"].numpy() for u in usage]
+        rng = np.random.default_rng([self.seed, server_round])
+        previous = self.previous if self.ready else None  # ema before any global codebook: clustered cold
         started = time.perf_counter()
-        result = aggregate_codebook(
-            self.aggregation,
-            codebooks,
-            weights,
-            counts,
-            self.previous,
-            np.random.default_rng([self.seed, server_round]),
-            self.align,
-            self.params,
-        )
+        if self.aggregation == LLOYD:
+            sums = [u["sums"].numpy() for u in usage]
+            result = lloyd_codebook(counts, sums, [u["squares"].numpy() for u in usage], previous, rng,
+                                    self.params.max_iter)
+            # what the plots show for a client: the local means of the codes it disclosed
+            codebooks = [s[c > 0] / c[c > 0][:, None] for s, c in zip(sums, counts, strict=True)]
+        else:
+            codebooks = [m.content["arrays"][self.codebook_key].numpy().reshape(self.codebook_shape)
+                         for m in accepted]
+            align = self.align if self.ready else "none"
+            result = aggregate_codebook(self.aggregation, codebooks, weights, counts, previous, rng, align,
+                                        self.params)
         elapsed = time.perf_counter() - started
         arrays = to_numpy(averaged)
-        arrays[CODEBOOK_KEY] = result.codebook.astype(arrays[CODEBOOK_KEY].dtype)
+        if self._encoder_up:
+            self.encoder_global = {k: v for k, v in arrays.items() if is_encoder(k)}
+        shape = (1, *self.codebook_shape) if self.quantizer == "ema" else self.codebook_shape
+        arrays[self.codebook_key] = result.codebook.reshape(shape).astype(np.float32)
+        self.ready = True
         pids = [_pid(m) for m in accepted]
         self.last_codes = dict(zip(pids, codebooks, strict=True))
         self.last_usage = dict(zip(pids, counts, strict=True))
-        self.last_global = arrays[CODEBOOK_KEY]
+        self.last_global = arrays[self.codebook_key].reshape(self.codebook_shape)
         self._report = self._round_statistics(server_round, pids, weights, counts, result, elapsed)
         self.history.append({k: self._report[k] for k in HISTORY_KEYS if k in self._report})
         return to_record(arrays), metrics
@@ -147,6 +213,7 @@ class FedVQStrategy(GuardedFedAvg):
     def _round_statistics(self, server_round, pids, weights, counts, result, elapsed) -> dict[str, Any]:
         total = sum(weights)
         used = [used_codes(c, self.params.usage_threshold) for c in counts]
+        pooled = np.sum([np.asarray(c, dtype=np.float64) for c in counts], axis=0)
         clients = {
             str(pid): {
                 "share": w / total,
@@ -163,6 +230,12 @@ class FedVQStrategy(GuardedFedAvg):
             "aggregation_s": elapsed,
             "inertia": result.inertia,
             "usage_ratio": float(np.logical_or.reduce(used).mean()),
+            # federation-wide: codes any vector chose (/ K) and the perplexity of the pooled counts
+            "codes_used": int((pooled > 0).sum()),
+            "codebook_size": int(len(pooled)),
+            "perplexity": perplexity(pooled),
+            "quantizer": self.quantizer,
+            "encoder": "shared" if self._encoder_up else "private",
             **{k: v for k, v in result.stats.items() if k not in ("usage_ratio",)},
             "clients": clients,
         }
@@ -204,9 +277,15 @@ class FedVQStrategy(GuardedFedAvg):
     def final_report(self) -> dict[str, Any]:
         """summary.json['fedvq']: timings, last statistics, best rounds, usage, codebook PCA."""
         seconds = [h["aggregation_s"] for h in self.history]
+        last = self.history[-1] if self.history else {}
         report: dict[str, Any] = {
+            "quantizer": self.quantizer,
+            "encoder": self.encoder,
+            "shared_encoder_rounds": self.shared_encoder_rounds,
             "aggregation": self.aggregation,
             "align": self.align,
+            "final_codes_used": last.get("codes_used"),
+            "final_perplexity": last.get("perplexity"),
             "codebook_shape": list(self.codebook_shape),
             "aggregation_s_mean": float(np.mean(seconds)) if seconds else None,
             "aggregation_s_total": float(np.sum(seconds)),
@@ -221,9 +300,12 @@ class FedVQStrategy(GuardedFedAvg):
 
     def state_dict(self) -> dict[str, Any]:
         """Server state beyond the global arrays: statistics history and best rounds."""
-        state: dict[str, Any] = {"history": self.history, "best_rounds": self.best_rounds}
+        state: dict[str, Any] = {"history": self.history, "best_rounds": self.best_rounds, "ready": self.ready,
+                                 "encoder_keys": sorted(self.encoder_global)}
         if self.last_global is not None:
             state["last_global"] = np.asarray(self.last_global)
+        for i, key in enumerate(sorted(self.encoder_global)):
+            state[f"encoder_{i}"] = np.asarray(self.encoder_global[key])
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -231,3 +313,7 @@ class FedVQStrategy(GuardedFedAvg):
         self.best_rounds = {str(k): dict(v) for k, v in state.get("best_rounds", {}).items()}
         last = state.get("last_global")
         self.last_global = None if last is None else np.asarray(last)
+        self.ready = bool(state.get("ready", self.ready))
+        keys = state.get("encoder_keys", [])
+        if keys:
+            self.encoder_global = {key: np.asarray(state[f"encoder_{i}"]) for i, key in enumerate(keys)}

@@ -59,8 +59,15 @@ def codebook_pca_plot(path: Path, report: dict[str, Any]) -> Path | None:
     return _save(fig, path)
 
 
+def _strategy_value(strategy: dict[str, Any], key: str) -> Any:
+    if key == "codes_used_share":
+        used, size = strategy.get("codes_used"), strategy.get("codebook_size")
+        return None if used is None or not size else used / size
+    return strategy.get(key)
+
+
 def _strategy_series(rounds: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    pairs = [(r["round"], r.get("strategy", {}).get(key)) for r in rounds]
+    pairs = [(r["round"], _strategy_value(r.get("strategy", {}), key)) for r in rounds]
     pairs = [(x, y) for x, y in pairs if y is not None]
     return [x for x, _ in pairs], [float(y) for _, y in pairs]
 
@@ -70,6 +77,8 @@ def aggregation_stats(path: Path, rounds: list[dict[str, Any]]) -> Path | None:
     panels = [
         ("inertia", "inertia (clients' codes)"),
         ("usage_ratio", "usage ratio (codes used by any client)"),
+        ("codes_used_share", "codes used / K (federation)"),
+        ("perplexity", "code perplexity (pooled counts)"),
         ("drift", "mean code drift vs previous"),
         ("aggregation_s", "aggregation time (s)"),
     ]
@@ -82,7 +91,7 @@ def aggregation_stats(path: Path, rounds: list[dict[str, Any]]) -> Path | None:
         ax.set_xlabel("round")
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
-    fig.suptitle("Codebook aggregation statistics")
+    fig.suptitle("Codebook aggregation and usage statistics")
     return _save(fig, path)
 
 
@@ -104,7 +113,8 @@ def tables_markdown(rounds: list[dict[str, Any]], summary: dict[str, Any]) -> st
     last_train = next((r for r in reversed(rounds) if r.get("strategy", {}).get("clients")), None)
     usage = last_train["strategy"]["clients"] if last_train else {}
     best = report.get("best_round_per_client", {})
-    parts = [f"# FedVQ tables ({report.get('aggregation')}, align={report.get('align')})"]
+    parts = [f"# FedVQ tables (quantizer={report.get('quantizer')}, encoder={report.get('encoder')}, "
+             f"{report.get('aggregation')}, align={report.get('align')})"]
     if evaluated:
         last = evaluated[-1]
         clients = last["evaluate"]["clients"]
@@ -132,9 +142,13 @@ def tables_markdown(rounds: list[dict[str, Any]], summary: dict[str, Any]) -> st
     stats = [r["strategy"] for r in rounds if r.get("strategy", {}).get("inertia") is not None]
     if stats:
         parts += ["## Aggregation per round", _table(
-            ["round", "inertia", "usage ratio", "drift", "realigned codes", "seconds"],
-            [[str(s["round"]), _fmt(s["inertia"], ".3f"), _fmt(s.get("usage_ratio"), ".3f"),
-              _fmt(s.get("drift"), ".4f"), str(s.get("realigned_codes", "-")), _fmt(s["aggregation_s"], ".3f")]
+            ["round", "encoder", "codes used / K", "perplexity", "inertia", "usage ratio", "drift",
+             "realigned codes", "revived codes", "seconds"],
+            [[str(s["round"]), str(s.get("encoder", "-")),
+              f"{s.get('codes_used', '-')} / {s.get('codebook_size', '-')}",
+              _fmt(s.get("perplexity"), ".2f"), _fmt(s["inertia"], ".3f"), _fmt(s.get("usage_ratio"), ".3f"),
+              _fmt(s.get("drift"), ".4f"), str(s.get("realigned_codes", "-")), str(s.get("revived_codes", "-")),
+              _fmt(s["aggregation_s"], ".3f")]
              for s in stats],
         )]
     return "\n\n".join(parts) + "\n"
