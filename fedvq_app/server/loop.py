@@ -34,7 +34,6 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedvq_app.errors import RunFailed, is_node_unavailable
-from fedvq_app.server.checkpoint import Checkpointer, resume
 from fedvq_app.server.failures import check_client_sizes, nothing_accepted, stop_if_hopeless
 from fedvq_app.tracking.communication import metered
 from fedvq_app.tracking.experiment import ExperimentTracker, RoundOutcome
@@ -182,6 +181,8 @@ def run_rounds(
     first_round = plan.first_round
     grid = metered(grid, tracker.traffic)  # bytes to and from every client, per round
     tracker.traffic_outside_rounds()  # whatever a workflow exchanged before the first round
+    from fedvq_app.server.checkpoint import Checkpointer, resume  # noqa: PLC0415 (torch: neural loops only)
+
     resumed = resume(tracker.settings, strategy, tracker, initial=arrays)
     if resumed is not None:
         first_round, arrays = resumed

@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 from fedvq_app.config import ConfigError, Settings, resolve_log_root
-from fedvq_app.server.checkpoint import check_compatible, load_checkpoint
 
 
 def check_log_dir(log_dir: str) -> Path:
@@ -34,6 +33,8 @@ def check_log_dir(log_dir: str) -> Path:
 
 def check_resume(settings: Settings) -> None:
     """resume-from must name an existing experiment whose checkpoint this config may continue."""
+    from fedvq_app.server.checkpoint import check_compatible, load_checkpoint  # noqa: PLC0415 (imports torch)
+
     folder = Path(settings.resume_from).expanduser()
     if not folder.is_dir():
         raise ConfigError(
@@ -79,8 +80,8 @@ def check_device_here(settings: Settings) -> None:
 
 def preflight(settings: Settings, grid=None) -> None:
     """Everything the server can refuse before it creates or touches a folder."""
-    if grid is not None and shares_the_clients_machine(grid):
-        check_device_here(settings)
+    if settings.device.startswith("cuda") and grid is not None and shares_the_clients_machine(grid):
+        check_device_here(settings)  # 'auto' and 'cpu' always work: no torch import for them
     if settings.resume_from:
         check_resume(settings)
         return

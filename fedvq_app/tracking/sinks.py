@@ -16,6 +16,7 @@ dropped: the federated run goes on and rounds.jsonl stays complete.
 
 from __future__ import annotations
 
+import sys
 from logging import WARNING
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +40,27 @@ def _config_markdown(config: dict[str, Any]) -> str:
     return "| key | value |\n|---|---|\n" + rows
 
 
+class _ScalarWriter:
+    """``tensorboard.summary.Writer`` behind the few SummaryWriter calls the sink makes (scalars only)."""
+
+    def __init__(self, directory: Path) -> None:
+        from tensorboard.summary import Writer  # noqa: PLC0415
+
+        self.writer = Writer(str(directory))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, float(value), step)
+
+    def add_text(self, tag: str, text: str, step: int = 0) -> None:
+        """Text summaries need torch's writer; the same facts are in config.json and summary.json."""
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 class TensorBoardSink:
     """Scalars per round into event files in the experiment folder."""
 
@@ -49,6 +71,11 @@ class TensorBoardSink:
         self.writer = None
 
     def _open(self, first_step: int):
+        if "torch" not in sys.modules:
+            # a run that never loaded torch (federated k-means) keeps it that way: tensorboard's own
+            # scalar writer (no text summaries; k-means runs are never resumed, so nothing to purge)
+            self.writer = _ScalarWriter(self.directory)
+            return self.writer
         from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 (imports tensorboard)
 
         # purge_step: a resumed run drops the steps the crashed process logged after its checkpoint
