@@ -237,6 +237,56 @@ class ShiftSettings:
     rotate_degrees: int = option(
         "shift.rotate-degrees", 180, choices=None, help="rotation angle of the shifted clients (seed 001: 180)"
     )
+    domains: str = option(
+        "shift.domains",
+        "",
+        help="multi-domain shift: comma-separated rotation angles, one per domain; the clients are cut into that many "
+        "contiguous, equal groups by partition id (UEFL: '0,-50,120'); empty = off; excludes shift.rotate-fraction",
+    )
+
+    @property
+    def angles(self) -> tuple[int, ...]:
+        """Rotation angle of every domain (``()`` when ``shift.domains`` is off)."""
+        return parse_angles(self.domains)
+
+    def domain_of(self, partition_id: int, num_partitions: int) -> int:
+        """Domain index of a client: 0 = unshifted (or the first of ``shift.domains``)."""
+        if self.angles:
+            return min(partition_id * len(self.angles) // max(num_partitions, 1), len(self.angles) - 1)
+        from fedvq_app.data.shifts import rotated_partitions  # noqa: PLC0415
+
+        return int(partition_id in rotated_partitions(num_partitions, self.rotate_fraction))
+
+    def angle_of(self, partition_id: int, num_partitions: int) -> int:
+        """Rotation (degrees, counter-clockwise) of a client's train, val and test images."""
+        domain = self.domain_of(partition_id, num_partitions)
+        if self.angles:
+            return self.angles[domain]
+        return self.rotate_degrees if domain else 0
+
+
+def parse_angles(text: str) -> tuple[int, ...]:
+    """``'0, -50,120'`` -> ``(0, -50, 120)``; ConfigError naming ``shift.domains`` otherwise."""
+    if not text.strip():
+        return ()
+    try:
+        angles = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        angles = ()
+    if len(angles) < 2:
+        raise ConfigError(
+            f"config key 'shift.domains' has invalid value {text!r}: expected at least two comma-separated "
+            "integer angles in degrees, e.g. '0,-50,120' (or '' for none)"
+        )
+    return angles
+
+
+def _check_shift(shift: ShiftSettings) -> None:
+    if shift.angles and shift.rotate_fraction > 0:
+        raise ConfigError(
+            f"config key 'shift.domains' ({shift.domains!r}) cannot be combined with shift.rotate-fraction="
+            f"{shift.rotate_fraction}: expected one of them (set shift.rotate-fraction=0 to use domains)"
+        )
 
 
 @dataclass(frozen=True)
@@ -416,13 +466,15 @@ def load_settings(
     dataset = parse_section(DatasetSettings, run_config)
     if node_config and node_config.get("data-dir"):
         dataset = dataclasses.replace(dataset, data_dir=str(node_config["data-dir"]))
+    shift = parse_section(ShiftSettings, run_config)
+    _check_shift(shift)
     spec = get_method(top.method)
     options = parse_section(spec.options_type, run_config) if spec.options_type else None
     settings = Settings(
         **{f.name: getattr(top, f.name) for f in dataclasses.fields(_TopLevel)},
         dataset=dataset,
         partition=parse_section(PartitionSettings, run_config),
-        shift=parse_section(ShiftSettings, run_config),
+        shift=shift,
         model=parse_section(ModelSettings, run_config),
         train=parse_section(TrainSettings, run_config),
         metrics=parse_section(MetricsSettings, run_config),

@@ -282,3 +282,22 @@ def test_matching_distances_equal_scipy_cdist():
     a, b = rng.normal(size=(7, 5)), rng.normal(size=(9, 5))
     np.testing.assert_allclose(squared_distances(a, b), cdist(a, b, "sqeuclidean"), atol=1e-10)
     assert (squared_distances(a, a) >= 0).all()
+
+
+def test_rows_sharing_their_first_values_are_told_apart_by_the_rest():
+    from fedvq_app.aggregation.codebook import _row_ids
+
+    head = [1.0, 2.0, 3.0, 4.0]
+    points = np.array([head + [5.0], head + [6.0], head + [5.0], [0.0, 2.0, 3.0, 4.0, 5.0]])
+    assert _row_ids(points).tolist() == [0, 1, 0, 2]
+
+
+def test_a_center_whose_nearest_slots_collide_is_matched_by_the_hungarian_algorithm():
+    from fedvq_app.aggregation.codebook_align import match_slots
+
+    reference = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    # both first centers are nearest to slot 0: greedy fails, the optimum sends one to slot 2
+    centers = np.array([[0.0, 1.0], [0.0, 4.0], [10.0, 1.0]])
+    assert match_slots(centers, reference).tolist() == [0, 2, 1]
+    # distinct nearest slots: taken as they are
+    assert match_slots(reference[[2, 0, 1]] + 0.1, reference).tolist() == [2, 0, 1]

@@ -29,7 +29,13 @@ def match_slots(centers: np.ndarray, reference: np.ndarray) -> np.ndarray:
     reference = np.asarray(reference, dtype=np.float64)
     if len(centers) > len(reference):
         raise ValueError(f"{len(centers)} centers cannot take distinct slots among {len(reference)}")
-    rows, cols = linear_sum_assignment(squared_distances(centers, reference))
+    cost = squared_distances(centers, reference)
+    nearest = cost.argmin(axis=1)
+    if len(np.unique(nearest)) == len(nearest):
+        # every center's nearest slot is its own: the sum of row minima is a lower bound of
+        # any matching's cost, so this is the optimum (the usual case after a warm start)
+        return nearest.astype(np.int64)
+    rows, cols = linear_sum_assignment(cost)
     slots = np.empty(len(centers), dtype=np.int64)
     slots[rows] = cols
     return slots

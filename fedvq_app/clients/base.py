@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from torch import nn
 
 from fedvq_app.aggregation.dissimilarity import model_fingerprint
+from fedvq_app.aggregation.etf import personal_test_rows
 from fedvq_app.config import Settings
 from fedvq_app.data.client_data import (
     ClientData,
@@ -35,10 +36,12 @@ from fedvq_app.training.loop import (
     EvalResult,
     TrainHook,
     TrainResult,
+    classification_metrics,
     cross_entropy_loss,
     evaluate,
     make_optimizer,
     plain_forward,
+    predict,
     train_epochs,
 )
 
@@ -152,6 +155,7 @@ class NeuralClient:
             "train-steps": result.steps,
             "label-counts": self.data.label_counts(),
             "rotated": int(self.data.rotated),
+            "domain": self.data.domain,
         }
         content = RecordDict(
             {
@@ -162,18 +166,40 @@ class NeuralClient:
         )
         return Message(content=content, reply_to=msg)
 
-    def evaluate_splits(self, model: nn.Module) -> tuple[EvalResult, EvalResult]:
-        """Scores on the local validation split and the global test set."""
+    @property
+    def own_test_rows(self) -> np.ndarray:
+        """Rows of the global test set that form this client's own-distribution test set.
+
+        Drawn per class to follow the client's training label mix (the same rows every
+        round and on every node; see :func:`~fedvq_app.aggregation.etf.personal_test_rows`),
+        in the client's own shift domain (its test images are rotated like its train images).
+        Every method's model -- FedAvg's global one included -- is scored on these rows,
+        so personalised and global methods are compared on the same data.
+        """
+        if getattr(self, "_own_test_rows", None) is None:
+            self._own_test_rows = personal_test_rows(
+                self.data.test_y.numpy(), self.data.label_counts(), self.settings.seed, self.partition_id
+            )
+        return self._own_test_rows
+
+    def evaluate_splits(self, model: nn.Module) -> dict[str, EvalResult]:
+        """Scores by split: local validation (``val``), global test set (``test``) and the
+        client's own-distribution test rows (``own-test``; absent when the client has none)."""
         n_cls = self.data.num_classes
         val = evaluate(model, eval_loader(self.data.val_x, self.data.val_y), self.device, n_cls, self.forward)
-        test = evaluate(model, eval_loader(self.data.test_x, self.data.test_y), self.device, n_cls, self.forward)
-        return val, test
+        logits, labels = predict(model, eval_loader(self.data.test_x, self.data.test_y), self.device, self.forward)
+        splits = {"val": val, "test": classification_metrics(logits, labels, n_cls)}
+        rows = torch.from_numpy(self.own_test_rows)
+        if len(rows) and len(labels):
+            splits["own-test"] = classification_metrics(logits[rows], labels[rows], n_cls)
+        return splits
 
     def evaluate(self, msg: Message) -> Message:
-        """Evaluate the client's model (shared + private) on val and global test."""
+        """Evaluate the client's model (shared + private) on val, global test and own-distribution test."""
         model = self.load_model(msg)
-        val, test = self.evaluate_splits(model)
-        metrics = {**self.base_metrics(), **val.as_metrics("val"), **test.as_metrics("test")}
+        metrics = dict(self.base_metrics())
+        for split, result in self.evaluate_splits(model).items():
+            metrics.update(result.as_metrics(split))
         records = {"metrics": MetricRecord(metrics), **self.gradient_records(model, msg)}
         return Message(content=RecordDict(records), reply_to=msg)
 

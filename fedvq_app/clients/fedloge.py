@@ -12,7 +12,7 @@ the realigned global head, personal = ``fedloge.personal-formula`` (classes the
 client never trained on masked; both formulas are also reported as
 ``personal-<formula>``) -- is scored on the client's own long-tailed
 test data: its personal test set, drawn from the global test set to follow the
-client's training label mix (:func:`~fedvq_app.aggregation.etf.personal_test_rows`). The client-independent
+client's training label mix (:attr:`NeuralClient.own_test_rows`). The client-independent
 modes (generic, global, raw-global) are also scored on the whole, class-balanced
 global test set (``<mode>-balanced``). Every mode reports per-class correct/total
 counts; the server turns them into overall/head/medium/tail accuracies.
@@ -20,12 +20,11 @@ counts; the server turns them into overall/head/medium/tail accuracies.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from flwr.app import Message, MetricRecord, RecordDict
 
-from fedvq_app.aggregation.etf import class_hits, personal_test_rows
+from fedvq_app.aggregation.etf import class_hits
 from fedvq_app.clients.base import NeuralClient
 from fedvq_app.data.client_data import eval_loader
 from fedvq_app.models.fedloge import (
@@ -73,15 +72,6 @@ class FedLoGeClient(NeuralClient):
             **{f"personal-{f}": heads.formula_logits(feats, f) for f in PERSONAL_FORMULAS},
         }
 
-    @property
-    def personal_rows(self) -> np.ndarray:
-        """Rows of the global test set that form this client's own long-tailed test data."""
-        if not hasattr(self, "_personal_rows"):
-            self._personal_rows = personal_test_rows(
-                self.data.test_y.numpy(), self.data.label_counts(), self.settings.seed, self.partition_id
-            )
-        return self._personal_rows
-
     def evaluate(self, msg: Message) -> Message:
         """val-*/test-*: global mode (val split, global test set); per mode on own data and balanced:
         ``<mode>-accuracy`` and per-class ``<mode>-class-correct`` / ``<mode>-class-total``."""
@@ -103,7 +93,7 @@ class FedLoGeClient(NeuralClient):
             logits = self.mode_logits(model, heads, test_feats)
         test = classification_metrics(logits["global"], test_y, n_cls)
         metrics = {**self.base_metrics(), **val.as_metrics("val"), **test.as_metrics("test")}
-        rows = torch.from_numpy(self.personal_rows)
+        rows = torch.from_numpy(self.own_test_rows)
         scored = [(mode, logits[mode][rows], test_y[rows]) for mode in MODES]
         scored += [(mode + BALANCED_SUFFIX, logits[mode], test_y) for mode in BALANCED_MODES]
         for name, mode_logits, labels in scored:
@@ -111,5 +101,7 @@ class FedLoGeClient(NeuralClient):
             metrics[f"{name}-accuracy"] = float(correct.sum() / max(total.sum(), 1))
             metrics[f"{name}-class-correct"] = correct.tolist()
             metrics[f"{name}-class-total"] = total.tolist()
+        if len(rows):  # own-distribution test: FedLoGe's personalised output on the rows every method is scored on
+            metrics.update(classification_metrics(logits["personal"][rows], test_y[rows], n_cls).as_metrics("own-test"))
         records = {"metrics": MetricRecord(metrics), **self.gradient_records(model, msg)}
         return Message(content=RecordDict(records), reply_to=msg)

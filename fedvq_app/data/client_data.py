@@ -1,7 +1,8 @@
 """One client's view of the data: its train/val split, the global test set, loaders.
 
-Images become normalized float tensors once; rotated clients (covariate shift) see
-their train, val and test images rotated, i.e. the test set in their own domain.
+Images become normalized float tensors once; rotated clients (covariate shift: seed
+001's rotated fraction, or several rotation domains with ``shift.domains``) see their
+train, val and test images rotated, i.e. the test set in their own domain.
 Seed 000's iteration equalization makes every client run the largest client's
 number of batches per epoch, with stronger augmentation below 70 % of its size.
 """
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 from fedvq_app.config import Settings
 from fedvq_app.data.datasets import ImageData, load_image_data
 from fedvq_app.data.partition import cached_partition
-from fedvq_app.data.shifts import rotate_images, rotated_partitions
+from fedvq_app.data.shifts import rotate_images
 
 STRONG_AUGMENT_BELOW = 0.7
 
@@ -36,6 +37,8 @@ class ClientData:
     class_names: tuple[str, ...]
     rotated: bool
     max_train_size: int
+    #: covariate-shift domain (0 = unshifted; with shift.domains the index of the client's angle)
+    domain: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -91,8 +94,9 @@ def load_client_data(settings: Settings, partition_id: int, num_partitions: int)
     train_rows, val_rows = _split_train_val(
         rows, data.train_y, settings.dataset.val_fraction, settings.seed + partition_id
     )
-    rotated = partition_id in rotated_partitions(num_partitions, settings.shift.rotate_fraction)
-    shift = (lambda x: rotate_images(x, settings.shift.rotate_degrees)) if rotated else (lambda x: x)
+    angle = settings.shift.angle_of(partition_id, num_partitions)
+    rotated = angle % 360 != 0
+    shift = (lambda x: rotate_images(x, angle)) if rotated else (lambda x: x)
     frac = settings.dataset.val_fraction
     return ClientData(
         partition_id=partition_id,
@@ -104,6 +108,7 @@ def load_client_data(settings: Settings, partition_id: int, num_partitions: int)
         test_y=torch.from_numpy(data.test_y),
         class_names=data.class_names,
         rotated=rotated,
+        domain=settings.shift.domain_of(partition_id, num_partitions),
         max_train_size=max(len(p) - val_count(len(p), frac) for p in parts),
     )
 

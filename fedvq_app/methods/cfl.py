@@ -61,7 +61,8 @@ def build_strategy(settings: Settings, info: DatasetInfo) -> ClusteredFL:
     model = classifier_model(settings, info)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     rule = SplitRule(opts.eps1, opts.eps2, opts.min_cluster_size, opts.warmup_rounds)
-    rotated = settings.shift.rotate_fraction > 0 and settings.shift.rotate_degrees % 360 != 0
+    shift = settings.shift
+    rotated = any(a % 360 for a in shift.angles) or (shift.rotate_fraction > 0 and shift.rotate_degrees % 360 != 0)
     return ClusteredFL(
         rule=rule,
         trainable=trainable,

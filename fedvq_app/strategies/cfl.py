@@ -164,16 +164,17 @@ class ClusteredFL(GuardedFedAvg):
         return problem
 
     def _learn_partitions(self, accepted: Iterable[Message]) -> None:
-        """node -> partition (and partition -> rotated) from replies the guard accepted."""
+        """node -> partition (and partition -> shift domain) from replies the guard accepted."""
         for msg in accepted:
             metrics = msg.content["metrics"]
             partition = partition_of(metrics)
             if partition is None:
                 continue
             self.node_partition[msg.metadata.src_node_id] = partition
-            rotated = metrics.get("rotated")
-            if isinstance(rotated, int | float) and not isinstance(rotated, bool) and rotated in (0, 1):
-                self.groups[partition] = int(rotated)
+            domain = metrics.get("domain", metrics.get("rotated"))
+            valid = isinstance(domain, int | float) and not isinstance(domain, bool)
+            if valid and domain >= 0 and domain == int(domain):
+                self.groups[partition] = int(domain)
 
     # ---------------------------------------------------------------- aggregation
     def _collect(self, accepted: list[Message]) -> dict[int, list[ClientUpdate]]:

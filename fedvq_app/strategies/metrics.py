@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flwr.app import MetricRecord, RecordDict
 
-PER_CLIENT_KEYS = frozenset({"partition-id", "rotated", "label-counts"})
+PER_CLIENT_KEYS = frozenset({"partition-id", "rotated", "domain", "label-counts"})
 
 
 def aggregate_scalar_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:

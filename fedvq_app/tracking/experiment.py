@@ -180,6 +180,9 @@ class ExperimentTracker:
                 f"test acc mean {spread['mean_accuracy']:.4f} "
                 f"(min {spread['min_accuracy']:.4f}, max {spread['max_accuracy']:.4f})"
             )
+        own = client_spread(record["evaluate"]["clients"], "own-test-accuracy")
+        if own:
+            parts.append(f"own-test acc mean {own['mean_accuracy']:.4f}")
         if record["dropped"] or record["rejected"]:
             parts.append(f"dropped {len(record['dropped'])}, rejected {len(record['rejected'])}")
         parts.append(f"{record['wall_time_s']:.1f} s")
@@ -259,6 +262,7 @@ def _round_figures(record: dict[str, Any]) -> dict[str, Any]:
     clients = record["evaluate"]["clients"]
     ordered = [clients[k] for k in sorted(clients, key=int)]
     per_client = [c.get("test-accuracy") for c in ordered]
+    per_client_own = [c.get("own-test-accuracy") for c in ordered]
     return {
         "round": record["round"],
         "accuracy": _mean(per_client),
@@ -270,4 +274,9 @@ def _round_figures(record: dict[str, Any]) -> dict[str, Any]:
         "balanced_accuracy": _mean([c.get("test-balanced-accuracy") for c in ordered]),
         "val_accuracy": _mean([c.get("val-accuracy") for c in ordered]),
         "test_loss": _mean([c.get("test-loss") for c in ordered]),
+        # each client's model on test rows drawn to its own label mix (and in its own shift domain)
+        "own_test_accuracy": _mean(per_client_own),
+        "per_client_own_test_accuracy": per_client_own,
+        "min_client_own_test_accuracy": min((v for v in per_client_own if v is not None), default=None),
+        "own_test_macro_f1": _mean([c.get("own-test-macro-f1") for c in ordered]),
     }
