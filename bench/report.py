@@ -30,7 +30,7 @@ def latest(name: str) -> list[dict]:
         return []
     day = records[-1]["date"][:10]
     newest_run = [r for r in records if r["date"][:10] == day]
-    if name == "methods":  # one record per cell; a --quick smoke test does not replace the full table
+    if name in ("methods", "reproduce"):  # one record per cell; a --quick smoke test does not replace the full table
         full = [r for r in records if not r["setup"]["quick"]]
         return [(full or records)[-1]]
     return newest_run if name == "scale" else [records[-1]]
@@ -114,12 +114,22 @@ def methods_section(records: list[dict]) -> list[str]:
     return [machine_line(r), "", table.strip(), "", "![accuracy per scenario](bench/results/methods.png)"]
 
 
+def reproduce_section(records: list[dict]) -> list[str]:
+    """reproduce.md holds the 3-seed table (built by bench/reproduce.py from its cells); the machine of its newest."""
+    r = records[0]
+    table = (RESULTS / "reproduce.md").read_text() if (RESULTS / "reproduce.md").is_file() else ""
+    chart = "![accuracy, mean and spread over seeds](bench/results/reproduce.png)"
+    return [machine_line(r), "", table.strip(), "", chart]
+
+
 SECTIONS: dict[str, tuple[str, str, Callable[[list[dict]], list[str]]]] = {
     "codebook_aggregation": ("Codebook aggregation", "python bench/codebook_aggregation.py", codebook_section),
     "fed_kmeans": ("Federated vs centralized k-means", "python bench/fed_kmeans.py", fed_kmeans_section),
     "overhead": ("Flower overhead per round", "python bench/overhead.py", overhead_section),
     "scale": ("Scale: virtual clients on one machine", "python bench/scale.py", scale_section),
     "methods": ("Methods on digits", "python bench/methods.py", methods_section),
+    "reproduce": ("Reproduction grid: every method x the seeds' scenarios x 3 seeds", "python bench/reproduce.py",
+                  reproduce_section),
 }
 
 

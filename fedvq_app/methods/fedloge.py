@@ -28,10 +28,10 @@ from fedvq_app.tracking.fedloge_plots import fedloge_plots
 class FedLoGeOptions:
     sse_c: str = option(
         "fedloge.sse-c",
-        "reference",
+        "top-magnitude",
         choices=SSE_C_KINDS,
-        help="SSE-C: reference (random positions zeroed, class vectors at norm 0.1 with the ETF's angles, "
-        "random bias) or top-magnitude (per-row largest entries kept, unit norm, no bias)",
+        help="SSE-C: top-magnitude (per-row largest entries kept, unit norm, no bias) or reference (the reference "
+        "code's: random positions zeroed, class vectors at norm 0.1 with the ETF's angles, random bias)",
     )
     sparsity: float = option(
         "fedloge.sparsity",

@@ -41,7 +41,7 @@ REPORTED_MODES = MODES + tuple(m + BALANCED_SUFFIX for m in BALANCED_MODES)
 #: which global head the realigned-local personal formula adds to the realigned local head
 PERSONAL_GLOBAL_HEADS = ("raw", "realigned")
 #: SSE-C constructions: the reference code's, or the top-magnitude unit-norm frame
-SSE_C_KINDS = ("reference", "top-magnitude")
+SSE_C_KINDS = ("top-magnitude", "reference")
 
 
 class FedLoGeNet(nn.Module):
