@@ -351,3 +351,14 @@ def test_conf_files_of_the_seed_tables_are_valid():
         else:
             assert settings.partition.kind == "pathological" and settings.partition.classes_per_client == 2
     assert methods == {"fedavg", "fedprox", "scaffold", "fusedspace"}
+
+
+def test_reference_variant_conf_files_are_the_reference_recipe():
+    files = sorted((ROOT / "conf").glob("fusedspace_digits_dirichlet_reference_*.toml"))
+    assert [p.stem.rsplit("_", 1)[1] for p in files] == ["base", "encwarm", "l2sp"]
+    variants = {}
+    for path in files:
+        opts = load_settings(full_run_config(**tomllib.loads(path.read_text()))).method_options
+        assert (opts.autoencoder, opts.task_aware, opts.ae_optimizer, opts.ae_lr) == ("unet", False, "sgd", 0.01)
+        variants[path.stem.rsplit("_", 1)[1]] = (opts.warmup_epochs, opts.l2sp)
+    assert variants == {"base": (0, 0.0), "encwarm": (2, 0.0), "l2sp": (0, 0.001)}
