@@ -8,7 +8,7 @@ with one shared model its final model scored on the same per-client long-tailed 
 sets, ``model`` / ``model-balanced``). ``--summarize`` prints mean and spread over seeds.
 
     python scripts/run_seeds.py conf/seed003_digits_dirichlet_fedavg.toml --seeds 42,43,44
-    python scripts/run_seeds.py conf/seed003_digits_dirichlet_fusedspace.toml --tag sgd -- fusedspace.optimizer=sgd
+    python scripts/run_seeds.py conf/seed003_digits_dirichlet_fusedspace.toml --tag adam -- fusedspace.ae-optimizer=adam
     python scripts/run_seeds.py --summarize logs/seed_runs.jsonl
 
 Trailing ``key=value`` pairs override the conf files (values parsed as TOML).
