@@ -32,7 +32,7 @@ def latest(name: str) -> list[dict]:
         return []
     day = records[-1]["date"][:10]
     newest_run = [r for r in records if r["date"][:10] == day]
-    if name == "methods":  # one record per cell; a --quick smoke test does not replace the full table
+    if name in ("methods", "reproduce"):  # one record per cell; a --quick smoke test does not replace the full table
         full = [r for r in records if not r["setup"]["quick"]]
         return [(full or records)[-1]]
     return newest_run if name in ("scale", "scale_kmeans") else [records[-1]]
@@ -215,6 +215,12 @@ def privacy_section(records: list[dict]) -> list[str]:
     from bench.privacy import section  # noqa: PLC0415
 
     return section(records)
+def reproduce_section(records: list[dict]) -> list[str]:
+    """reproduce.md holds the 3-seed table (built by bench/reproduce.py from its cells); the machine of its newest."""
+    r = records[0]
+    table = (RESULTS / "reproduce.md").read_text() if (RESULTS / "reproduce.md").is_file() else ""
+    chart = "![accuracy, mean and spread over seeds](bench/results/reproduce.png)"
+    return [machine_line(r), "", table.strip(), "", chart]
 
 
 SECTIONS: dict[str, tuple[str, str, Callable[[list[dict]], list[str]]]] = {
@@ -238,6 +244,8 @@ SECTIONS: dict[str, tuple[str, str, Callable[[list[dict]], list[str]]]] = {
                        client_process_section),
     "methods": ("Methods on digits", "python bench/methods.py", methods_section),
     "privacy": ("Differential privacy: accuracy vs epsilon", "python bench/privacy.py", privacy_section),
+    "reproduce": ("Reproduction grid: every method x the seeds' scenarios x 3 seeds", "python bench/reproduce.py",
+                  reproduce_section),
 }
 
 

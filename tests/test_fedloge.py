@@ -50,14 +50,22 @@ def _model(settings):
 
 # ------------------------------------------------------------------ model
 def test_sse_c_is_frozen_and_never_in_the_state_dict():
-    settings = _settings()
+    settings = _settings(**{"fedloge.sse-c": "reference"})
     model = _model(settings)
     assert "sse_c" not in model.state_dict() and "sse_c" not in dict(model.named_parameters())
     sent = set(shared_arrays(model, is_shared).keys())
     assert sent and all(k.startswith(("backbone.", "global_head.")) for k in sent)
     assert "global_head.weight" in sent and not any(k.startswith("local_head.") for k in sent)
+    assert "sse_c_bias" not in model.state_dict()
     assert torch.equal(model.sse_c, _model(settings).sse_c)  # every node rebuilds the same SSE-C
+    assert torch.equal(model.sse_c_bias, _model(settings).sse_c_bias)
     assert (model.sse_c == 0).float().mean().item() == pytest.approx(0.6, abs=0.01)
+    assert torch.allclose(model.sse_c.norm(dim=1), torch.full((10,), 0.1))  # the reference's norm
+    assert model.sse_c_bias.abs().min() > 0  # the reference's frozen random bias
+    feats = torch.rand(2, model.sse_c.shape[1])
+    assert torch.allclose(model.generic_logits(feats), feats @ model.sse_c.T + model.sse_c_bias)
+    top = _model(_settings())  # the default frame: unit rows, no bias
+    assert torch.allclose(top.sse_c.norm(dim=1), torch.ones(10)) and torch.equal(top.sse_c_bias, torch.zeros(10))
 
 
 def test_backbone_learns_only_through_sse_c_and_heads_only_from_detached_features():
@@ -89,10 +97,20 @@ def test_gla_fr_realigns_norms_and_masks_unseen_classes():
     assert torch.equal(heads.local_bias, model.local_head.bias.detach())  # the local bias stays (seed)
     logits = heads.personal_logits(torch.randn(4, 128))
     assert (logits[:, [1, 4]] == MASKED_LOGIT).all() and (logits[:, [0, 2]] > MASKED_LOGIT / 2).all()
-    assert torch.equal(heads.personal_global_weight, heads.global_weight)  # the seed's formula adds the raw head
-    realigned = gla_fr(model, counts, tau=1.7, personal_global="realigned")
-    assert torch.equal(realigned.personal_global_weight, heads.realigned_global_weight)
+    # the reference's formula (default): raw local head + global rows at the local row norms, global bias
     feats = torch.rand(3, 128)
+    seen = [0, 2, 3, 5]
+    reference = F.linear(feats, model.local_head.weight, model.local_head.bias) + F.linear(
+        feats, expected, model.global_head.bias)
+    assert torch.allclose(heads.personal_logits(feats)[:, seen], reference.detach()[:, seen], atol=1e-5)
+    # the other formula: realigned local head (local bias) + the raw or the realigned global head
+    heads = gla_fr(model, counts, tau=1.7, formula="realigned-local")
+    other = F.linear(feats, expected, model.local_head.bias) + F.linear(
+        feats, model.global_head.weight, model.global_head.bias)
+    assert torch.allclose(heads.personal_logits(feats)[:, seen], other.detach()[:, seen], atol=1e-5)
+    assert torch.equal(heads.personal_global_weight, heads.global_weight)
+    realigned = gla_fr(model, counts, tau=1.7, personal_global="realigned", formula="realigned-local")
+    assert torch.equal(realigned.personal_global_weight, heads.realigned_global_weight)
     difference = realigned.personal_logits(feats) - heads.personal_logits(feats)
     assert torch.allclose(difference[:, 0], realigned.global_logits(feats)[:, 0] - heads.raw_global_logits(feats)[:, 0])
     raw = gla_fr(model, counts, tau=1.7, realign=False)
@@ -100,6 +118,8 @@ def test_gla_fr_realigns_norms_and_masks_unseen_classes():
     assert torch.equal(raw.local_weight, model.local_head.weight.detach())
     with pytest.raises(ValueError, match="personal_global"):
         gla_fr(model, counts, tau=1.7, personal_global="local")
+    with pytest.raises(ValueError, match="formula"):
+        gla_fr(model, counts, tau=1.7, formula="local")
 
 
 # ------------------------------------------------------------------ client
@@ -149,6 +169,7 @@ def test_evaluate_scores_every_mode_on_the_clients_own_long_tailed_test_data():
     for mode in BALANCED_MODES:
         assert metrics[f"{mode}-balanced-class-total"] == test_counts.tolist(), mode
     assert metrics["test-accuracy"] == pytest.approx(metrics["global-balanced-accuracy"])
+    assert metrics["personal-class-correct"] == metrics["personal-raw-local-class-correct"]  # the default formula
     for mode in REPORTED_MODES:
         assert sum(metrics[f"{mode}-class-correct"]) / sum(metrics[f"{mode}-class-total"]) == pytest.approx(
             metrics[f"{mode}-accuracy"]
@@ -241,12 +262,17 @@ def test_group_shares_must_nest():
         _settings(**{"fedloge.tau": 0.0})
 
 
-@pytest.mark.parametrize("name", ["fedloge_digits_lt.toml", "fedavg_digits_lt.toml"])
+@pytest.mark.parametrize(
+    "name", ["fedloge_digits_lt.toml", "fedavg_digits_lt.toml", "fedloge_digits_lt_reference.toml"]
+)
 def test_conf_files_describe_the_same_digits_lt_experiment(name):
     values = tomllib.loads((ROOT / "conf" / name).read_text())
     settings = load_settings(full_run_config(**values))
     assert settings.partition.kind == "long-tail" and settings.partition.imbalance_factor == 0.01
     assert settings.partition.alpha == 0.5 and settings.dataset.name == "digits"
+    if name.endswith("_reference.toml"):  # the reference code's local-training hyper-parameters
+        train = settings.train
+        assert (train.lr, train.momentum, train.batch_size, train.local_epochs) == (0.03, 0.5, 8, 5)
 
 
 # ------------------------------------------------------------------ whole runs

@@ -10,13 +10,17 @@ from fedvq_app.aggregation.etf import (
     MEDIUM,
     TAIL,
     class_hits,
+    cosine_matrix,
     etf_statistics,
+    frame_on_support,
     group_accuracy,
     mode_summary,
     personal_test_rows,
     proportional_counts,
+    random_support,
     realign_global,
     realign_local,
+    reference_sse_c,
     shot_groups,
     simplex_etf,
     sparse_etf,
@@ -128,3 +132,84 @@ def test_personal_test_rows_are_fixed_and_follow_the_training_mix():
     assert len(set(rows.tolist())) == len(rows)
     assert np.array_equal(rows, personal_test_rows(labels, [8, 4, 0, 2], seed=1, partition_id=3))
     assert not np.array_equal(rows, personal_test_rows(labels, [8, 4, 0, 2], seed=1, partition_id=4))
+
+
+# ----------------------------------------------------------------------------
+# SSE-C as the reference builds it
+# ----------------------------------------------------------------------------
+def _reference_loss_and_grad(w: np.ndarray, target_norm: float = 0.1):
+    """The reference's SSE-C objective (rows = classes): sum (|w_c| - 0.1)^2 - mean_c acos(max_j cos_cj)."""
+    norms = np.linalg.norm(w, axis=1)
+    unit = w / norms[:, None]
+    cos = unit @ unit.T
+    np.fill_diagonal(cos, -1.0)
+    nearest = cos.argmax(axis=1)
+    x = np.clip(cos[np.arange(len(w)), nearest], -0.99999, 0.99999)
+    loss = float(((norms - target_norm) ** 2).sum() - np.arccos(x).mean())
+    grad = 2.0 * (norms - target_norm)[:, None] * unit
+    slope = 1.0 / (len(w) * np.sqrt(1.0 - x**2))  # d(-mean acos x_c)/dx_c
+    for c, m in enumerate(nearest):
+        grad[c] += slope[c] * (unit[m] - x[c] * unit[c]) / norms[c]
+        grad[m] += slope[c] * (unit[c] - x[c] * unit[m]) / norms[m]
+    return loss, grad
+
+
+def _reference_masked_adam(w: np.ndarray, lr: float = 1e-4, steps: int = 10_000) -> np.ndarray:
+    """The reference's procedure: Adam (torch defaults) on that loss, gradients masked to the non-zeros."""
+    mask = w != 0
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for t in range(1, steps + 1):
+        g = _reference_loss_and_grad(w)[1] * mask
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        w = w - lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+    return w
+
+
+def test_the_numpy_reference_objective_matches_autograd():
+    import torch  # noqa: PLC0415
+
+    w = np.random.default_rng(0).standard_normal((5, 12)) * 0.3
+    t = torch.tensor(w, requires_grad=True)
+    norms = t.norm(dim=1)
+    cos = (t / norms[:, None]) @ (t / norms[:, None]).T
+    cos = cos - torch.diag(torch.diagonal(cos)) - torch.eye(5)
+    loss = ((norms - 0.1) ** 2).sum() - torch.acos(cos.max(dim=1)[0].clamp(-0.99999, 0.99999)).mean()
+    loss.backward()
+    ours, grad = _reference_loss_and_grad(w)
+    assert ours == pytest.approx(float(loss))
+    np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_reference_sse_c_zeroes_random_positions_pulls_norms_to_0_1_and_keeps_the_etf_angles():
+    d, c = 128, 10
+    weights, bias = reference_sse_c(d, c, 0.6, seed=42)
+    again, bias_again = reference_sse_c(d, c, 0.6, seed=42)
+    assert np.array_equal(weights, again) and np.array_equal(bias, bias_again)  # every node builds the same
+    assert not np.array_equal(weights, reference_sse_c(d, c, 0.6, seed=43)[0])
+    assert (weights == 0).sum() == int(0.6 * d * c)  # over the whole matrix, as the reference
+    assert len(set((weights == 0).sum(axis=1).tolist())) > 1  # random positions: rows differ in zeros
+    np.testing.assert_allclose(np.linalg.norm(weights, axis=1), 0.1, rtol=1e-5)
+    cos = cosine_matrix(weights)
+    np.testing.assert_allclose(cos[~np.eye(c, dtype=bool)], -1 / (c - 1), atol=1e-4)
+    assert np.abs(bias).max() <= 1 / np.sqrt(d) and np.abs(bias).min() > 0
+
+
+def test_the_solved_frame_is_the_one_the_reference_adam_steps_reach():
+    """Same start (ETF, same random zeros), the reference's 10,000 masked Adam steps vs frame_on_support."""
+    d, c = 128, 10
+    rng = np.random.default_rng(5)
+    frame = simplex_etf(d, c, rng)
+    support = random_support(frame.shape, 0.6, rng)
+    adam = _reference_masked_adam(frame * support)
+    ours = frame_on_support(frame, support, 0.1)
+    assert np.array_equal(adam != 0, support) and np.array_equal(ours != 0, support)
+    np.testing.assert_allclose(np.linalg.norm(adam, axis=1), 0.1, atol=2e-3)
+    off = ~np.eye(c, dtype=bool)
+    cos_adam, cos_ours = cosine_matrix(adam)[off], cosine_matrix(ours)[off]
+    # the reference's own target: every class's nearest neighbour as far as the ETF allows
+    assert cosine_matrix(adam)[off].max() == pytest.approx(-1 / (c - 1), abs=5e-3)
+    np.testing.assert_allclose(cos_adam, cos_ours, atol=1e-2)
+    # the top-magnitude frame (the project's first SSE-C) is not that frame
+    top = sparse_etf(d, c, 0.6, seed=5)
+    assert cosine_matrix(top)[off].max() > -1 / (c - 1) + 0.05

@@ -12,11 +12,11 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedvq_app.client_app import app as client_app
-from fedvq_app.clients.fusedspace import FusedSpaceClient
+from fedvq_app.clients.fusedspace import OPTIMIZER_STATE_KEY, FusedSpaceClient, autoencoder_parameters
 from fedvq_app.config import load_settings
 from fedvq_app.local_grid import full_run_config, run_local
 from fedvq_app.models.fusedspace import is_shared
-from fedvq_app.models.state import private_arrays, shared_arrays
+from fedvq_app.models.state import load_arrays, private_arrays, shared_arrays
 from fedvq_app.records import to_numpy, to_record
 from fedvq_app.registry import get_method
 from fedvq_app.server_app import app as server_app
@@ -39,20 +39,43 @@ def _model(settings, size=28, channels=1, classes=10, seed=0):
 
 
 # ----------------------------------------------------------------------------- model
-def test_encoder_is_private_decoder_and_classifier_are_shared():
-    model = _model(_settings())
+@pytest.mark.parametrize("autoencoder", ["unet", "plain"])
+def test_encoder_is_private_decoder_and_classifier_are_shared(autoencoder):
+    model = _model(_settings(**{"fusedspace.autoencoder": autoencoder}))
     shared, private = to_numpy(shared_arrays(model, is_shared)), to_numpy(private_arrays(model, is_shared))
     assert private and all(k.startswith("encoder.") for k in private)
     assert not any(k.startswith("encoder.") for k in shared)
     assert {k.split(".")[0] for k in shared} == {"decoder", "classifier"}
-    assert set(shared) | set(private) == set(model.state_dict())
+    assert set(shared) | set(private) == set(model.state_dict()) and not set(shared) & set(private)
+    if autoencoder == "unet":  # the reference's split: encoder levels + bottleneck private, up-sampling shared
+        assert {k.split(".")[1] for k in private} == {"level1", "level2", "bottleneck"}
+        assert {k.split(".")[1] for k in shared if k.startswith("decoder.")} == {
+            "up2", "level2", "up1", "level1", "output"}
 
 
-@pytest.mark.parametrize(("size", "channels"), [(28, 1), (30, 3)])
-def test_fused_input_has_the_image_shape_and_dz_sets_the_latent(size, channels):
-    model = _model(_settings(**{"fusedspace.dz": 5}), size=size, channels=channels)
+def test_unet_skips_carry_the_private_encoder_into_the_shared_decoder_but_no_parameter_travels():
+    settings = _settings(**{"fusedspace.autoencoder": "unet"})
+    a, b = _model(settings, seed=1), _model(settings, seed=2)
+    load_arrays(b, shared_arrays(a, is_shared))  # b receives a's decoder + classifier
+    for name, tensor in b.state_dict().items():
+        same = torch.equal(tensor, a.state_dict()[name])
+        assert same == (not name.startswith("encoder.")), name  # b's encoder is untouched
+    x = torch.randn(3, 1, 28, 28)
+    z, e2, e1 = b.encoder(x)
+    with torch.no_grad():  # the decoder reads the level outputs: changing a skip changes the reconstruction
+        assert not torch.allclose(b.decoder((z, e2, e1)), b.decoder((z, e2, torch.zeros_like(e1))))
+        assert not torch.allclose(a.reconstruct(x), b.reconstruct(x))  # same decoder, different encoders
+
+
+@pytest.mark.parametrize(("size", "channels"), [(28, 1), (30, 3), (8, 1)])
+@pytest.mark.parametrize("autoencoder", ["unet", "plain"])
+def test_fused_input_has_the_image_shape_and_the_latent_its_width(size, channels, autoencoder):
+    settings = _settings(**{"fusedspace.dz": 5, "fusedspace.width": 4, "fusedspace.autoencoder": autoencoder})
+    model = _model(settings, size=size, channels=channels)
     x = torch.randn(4, channels, size, size)
-    assert model.encoder(x).shape[1] == 5
+    encoded = model.encoder(x)
+    latent = encoded[0] if autoencoder == "unet" else encoded
+    assert latent.shape[1:] == ((16 if autoencoder == "unet" else 5), size // 4, size // 4)
     logits, reconstruction = model.fused_logits(x)
     assert reconstruction.shape == x.shape and logits.shape == (4, 10)
     torch.testing.assert_close(model(x), logits)
@@ -118,6 +141,11 @@ def test_the_server_never_sends_private_parameters():
 
 
 # ----------------------------------------------------------------------------- client
+def _config(**overrides):
+    """Client-level tests run on the native 8x8 digits, one local epoch (fast)."""
+    return full_run_config(method="fusedspace", **{"dataset.size": 8, "train.local-epochs": 1, **overrides})
+
+
 def _client(settings, config):
     context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 3},
                       state=RecordDict(), run_config=config)
@@ -131,7 +159,7 @@ def _train_message(client):
 
 
 def test_warmup_trains_the_encoder_alone_against_the_frozen_decoder():
-    config = full_run_config(method="fusedspace", **{"fusedspace.warmup-epochs": 2})
+    config = _config(**{"fusedspace.warmup-epochs": 1})
     client = _client(load_settings(config), config)
     msg = _train_message(client)
     model = client.load_model(msg)
@@ -144,19 +172,127 @@ def test_warmup_trains_the_encoder_alone_against_the_frozen_decoder():
     assert client.encoder_warmup(model, msg) < first  # reconstruction improves
 
 
-def test_classification_gradient_flows_into_the_autoencoder():
-    config = full_run_config(method="fusedspace", **{"fusedspace.lambda-rec": 0.0})
-    client = _client(load_settings(config), config)
-    model = client.build_model()
-    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+def _grads(model, client, x, y):
+    model.zero_grad(set_to_none=True)
     loss, _ = client.batch_loss(model, x, y)
     loss.backward()
-    for part in (model.encoder, model.decoder):
-        assert sum(float(p.grad.abs().sum()) for p in part.parameters()) > 0
+    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
+
+
+def test_task_aware_sends_the_classification_gradient_into_the_autoencoder_and_false_detaches_it():
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    grads = {}
+    for aware in (True, False):
+        config = _config(**{"fusedspace.lambda-rec": 0.0, "fusedspace.task-aware": aware})
+        client = _client(load_settings(config), config)
+        grads[aware] = _grads(client.build_model(), client, x, y)
+    for name, g in grads[True].items():
+        if name.startswith(("encoder.", "decoder.")):
+            assert float(g.abs().sum()) > 0, name  # task-aware: CE reaches the autoencoder
+            assert float(grads[False][name].abs().sum()) == 0, name  # reference: it does not
+        else:
+            torch.testing.assert_close(g, grads[False][name])  # the classifier's gradient is the same
+
+    # task-aware false, lambda 1: the autoencoder's gradient is exactly that of the reconstruction loss alone
+    config = _config(**{"fusedspace.task-aware": False})
+    client = _client(load_settings(config), config)
+    model = client.build_model()
+    both = _grads(model, client, x, y)
+    model.zero_grad(set_to_none=True)
+    torch.nn.functional.mse_loss(model.reconstruct(x), x).backward()
+    for name, p in model.named_parameters():
+        if name.startswith(("encoder.", "decoder.")):
+            torch.testing.assert_close(both[name], p.grad)
+
+
+def test_the_reference_sgd_keeps_its_momentum_across_rounds_in_the_context_state():
+    config = _config(**{"fusedspace.warmup-epochs": 0})
+    client = _client(load_settings(config), config)
+    model = client.build_model()
+    names = {id(p): n.split(".")[0] for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in client.trainable_parameters(model)} == {"classifier"}
+    (hook,) = client.train_hooks(model, _train_message(client))
+    opt = hook.optimizer
+    assert isinstance(opt, torch.optim.SGD)
+    assert (opt.defaults["lr"], opt.defaults["momentum"], opt.defaults["weight_decay"]) == (0.01, 0.9, 5e-4)
+    assert {names[id(p)] for g in opt.param_groups for p in g["params"]} == {"encoder", "decoder"}
+    assert OPTIMIZER_STATE_KEY not in client.context.state
+
+    client.train(_train_message(client))
+    saved = to_numpy(client.context.state[OPTIMIZER_STATE_KEY])
+    ae_names = [n for n, _ in autoencoder_parameters(model)]
+    assert set(saved) == {f"{n}/momentum_buffer" for n in ae_names}
+    # the next round's optimizer starts from those buffers: one step from the restored state equals
+    # one more step of an optimizer that never stopped
+    model = client.build_model()
+    restored = client.make_ae_optimizer(model)
+    for (name, p), group_p in zip(autoencoder_parameters(model), restored.param_groups[0]["params"], strict=True):
+        assert group_p is p
+        np.testing.assert_array_equal(restored.state[p]["momentum_buffer"].numpy(), saved[f"{name}/momentum_buffer"])
+    twin = client.build_model()
+    continuing = torch.optim.SGD([p for _, p in autoencoder_parameters(twin)], lr=0.01, momentum=0.9,
+                                 weight_decay=5e-4)
+    for (_, p), (_, q) in zip(autoencoder_parameters(model), autoencoder_parameters(twin), strict=True):
+        continuing.state[q]["momentum_buffer"] = restored.state[p]["momentum_buffer"].clone()
+        p.grad = torch.ones_like(p)
+        q.grad = torch.ones_like(q)
+    restored.step()
+    continuing.step()
+    for (_, p), (_, q) in zip(autoencoder_parameters(model), autoencoder_parameters(twin), strict=True):
+        torch.testing.assert_close(p, q)
+
+    fresh_config = _config(**{"fusedspace.ae-keep-state": False})
+    fresh = _client(load_settings(fresh_config), fresh_config)
+    fresh.train(_train_message(fresh))
+    assert OPTIMIZER_STATE_KEY not in fresh.context.state
+
+
+def test_adam_option_and_ae_lr_zero_puts_all_on_the_loop_optimizer():
+    config = _config(**{"fusedspace.ae-optimizer": "adam", "fusedspace.ae-lr": 0.002,
+                                                     "fusedspace.ae-weight-decay": 0.0})
+    client = _client(load_settings(config), config)
+    model = client.build_model()
+    (hook,) = client.train_hooks(model, _train_message(client))
+    assert isinstance(hook.optimizer, torch.optim.Adam) and hook.optimizer.defaults["lr"] == 0.002
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss, _ = client.batch_loss(model, torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)))
+    loss.backward()
+    hook.after_step(model)  # Adam's first step moves every parameter with a gradient by about lr
+    for k, v in model.state_dict().items():
+        step = float((v - before[k]).abs().max())
+        if k.startswith("classifier."):
+            assert step == 0.0  # the loop's optimizer, not the hook, moves the classifier
+        else:
+            assert 0.0 < step <= 0.002 * 1.01, k
+    assert all(p.grad is None for p in [*model.encoder.parameters(), *model.decoder.parameters()])
+
+    config = _config(**{"fusedspace.ae-lr": 0.0})
+    client = _client(load_settings(config), config)
+    model = client.build_model()
+    assert client.train_hooks(model, _train_message(client)) == []
+    assert len(list(client.trainable_parameters(model))) == len(list(model.parameters()))
+
+
+def test_l2sp_pulls_the_encoder_towards_its_initial_weights():
+    config = _config(**{"fusedspace.l2sp": 0.5})
+    client = _client(load_settings(config), config)
+    model = client.build_model()
+    assert float(client.l2sp_penalty(model)) == 0.0  # at the seeded initial encoder
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.add_(0.1)
+    count = sum(p.numel() for p in model.encoder.parameters())
+    penalty = client.l2sp_penalty(model)
+    assert float(penalty) == pytest.approx(0.5 * count * 0.01, rel=1e-4)
+    penalty.backward()
+    for p in model.encoder.parameters():  # d/dw of 0.5 * (w - w0)^2 summed = (w - w0) = 0.1
+        torch.testing.assert_close(p.grad, torch.full_like(p, 0.1))
+    off = _config()
+    assert _client(load_settings(off), off).l2sp_penalty(model) == 0.0
 
 
 def test_train_reply_holds_no_encoder_and_the_encoder_stays_in_the_state():
-    config = full_run_config(method="fusedspace")
+    config = _config()
     client = _client(load_settings(config), config)
     answer = client.train(_train_message(client)).content
     for record in answer.array_records.values():
@@ -168,37 +304,9 @@ def test_train_reply_holds_no_encoder_and_the_encoder_stays_in_the_state():
     assert stats["warmup-loss"] > 0 and stats["reconstruction-loss"] > 0
 
 
-def test_ae_lr_gives_the_autoencoder_its_own_adam_and_zero_puts_all_on_the_loop_optimizer():
-    config = full_run_config(method="fusedspace", **{"fusedspace.ae-lr": 0.002})
-    client = _client(load_settings(config), config)
-    model = client.build_model()
-    names = {id(p): n.split(".")[0] for n, p in model.named_parameters()}
-    assert {names[id(p)] for p in client.trainable_parameters(model)} == {"classifier"}
-    (hook,) = client.train_hooks(model, _train_message(client))
-    assert isinstance(hook.optimizer, torch.optim.Adam) and hook.optimizer.defaults["lr"] == 0.002
-    assert {names[id(p)] for g in hook.optimizer.param_groups for p in g["params"]} == {"encoder", "decoder"}
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    loss, _ = client.batch_loss(model, torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)))
-    loss.backward()
-    hook.after_step(model)  # Adam's first step moves every parameter with a gradient by about lr
-    for k, v in model.state_dict().items():
-        step = float((v - before[k]).abs().max())
-        if k.startswith("classifier."):
-            assert step == 0.0  # the loop's optimizer, not the hook, moves the classifier
-        else:
-            assert 0.0 < step <= 0.002 * 1.01, k
-    assert all(p.grad is None for p in [*model.encoder.parameters(), *model.decoder.parameters()])
-
-    config = full_run_config(method="fusedspace", **{"fusedspace.ae-lr": 0.0})
-    client = _client(load_settings(config), config)
-    model = client.build_model()
-    assert client.train_hooks(model, _train_message(client)) == []
-    assert len(list(client.trainable_parameters(model))) == len(list(model.parameters()))
-
-
 def test_gamma_scope_selects_the_gradient_parameters():
     for scope, prefixes in (("classifier", {"classifier"}), ("shared", {"classifier", "decoder"})):
-        config = full_run_config(method="fusedspace", **{"fusedspace.gamma-scope": scope})
+        config = _config(**{"fusedspace.gamma-scope": scope})
         client = _client(load_settings(config), config)
         names = client.gradient_parameters(client.build_model())
         assert {n.split(".")[0] for n in names} == prefixes
@@ -212,7 +320,8 @@ def test_a_run_learns_reports_gamma_and_never_sends_an_encoder(tmp_path):
         seen.append(msg)
         return msg
 
-    overrides = {"num-server-rounds": 2, "train.local-epochs": 1, "log-dir": str(tmp_path), "experiment-name": "fs",
+    overrides = {"num-server-rounds": 2, "train.local-epochs": 1, "dataset.size": 8, "log-dir": str(tmp_path),
+                 "experiment-name": "fs",
                  "metrics.gradient-dissimilarity": True}
     run_local(server_app, client_app, 3, full_run_config(method="fusedspace", **overrides), tamper=inspect)
     assert len(seen) == 12  # 3 nodes x 2 rounds x (train + evaluate)
@@ -242,3 +351,14 @@ def test_conf_files_of_the_seed_tables_are_valid():
         else:
             assert settings.partition.kind == "pathological" and settings.partition.classes_per_client == 2
     assert methods == {"fedavg", "fedprox", "scaffold", "fusedspace"}
+
+
+def test_reference_variant_conf_files_are_the_reference_recipe():
+    files = sorted((ROOT / "conf").glob("fusedspace_digits_dirichlet_reference_*.toml"))
+    assert [p.stem.rsplit("_", 1)[1] for p in files] == ["base", "encwarm", "l2sp"]
+    variants = {}
+    for path in files:
+        opts = load_settings(full_run_config(**tomllib.loads(path.read_text()))).method_options
+        assert (opts.autoencoder, opts.task_aware, opts.ae_optimizer, opts.ae_lr) == ("unet", False, "sgd", 0.01)
+        variants[path.stem.rsplit("_", 1)[1]] = (opts.warmup_epochs, opts.l2sp)
+    assert variants == {"base": (0, 0.0), "encwarm": (2, 0.0), "l2sp": (0, 0.001)}

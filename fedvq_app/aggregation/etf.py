@@ -2,9 +2,13 @@
 
 No torch and no flwr here: everything is a numpy function unit-tested on its own.
 
-* :func:`sparse_etf` -- the static classifier SSE-C: a simplex equiangular tight
-  frame (unit class vectors with pairwise cosine -1/(C-1)), sparsified by keeping
-  the largest-magnitude entries of every class vector, rows rescaled to unit norm.
+* :func:`reference_sse_c` -- the static classifier SSE-C as FedLoGe's reference code
+  builds it: a simplex equiangular tight frame (class vectors with pairwise cosine
+  -1/(C-1)) with a random 60 % of its entries zeroed, then every class vector pulled
+  to norm 0.1 with the angles of the frame kept on the surviving entries
+  (:func:`frame_on_support`), plus a random bias; both frozen.
+* :func:`sparse_etf` -- the project's first SSE-C: the largest-magnitude entries of
+  every class vector kept, rows rescaled to unit norm, no bias.
 * :func:`realign_global` / :func:`realign_local` -- GLA-FR: the global head's
   class rows rescaled to one norm ``tau``; a client's local head made of the global
   head's rows times the norms of the client's own local-head rows.
@@ -70,6 +74,69 @@ def sparse_etf(feature_dim: int, num_classes: int, sparsity: float, seed: int) -
     """SSE-C weights (C, d), float32, the same on every node for the same seed."""
     rng = np.random.default_rng([seed, feature_dim, num_classes])
     return sparsify_rows(simplex_etf(feature_dim, num_classes, rng), sparsity).astype(np.float32)
+
+
+def random_support(shape: tuple[int, int], sparsity: float, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask with ``int(sparsity * size)`` entries zeroed at uniformly random positions of the matrix."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    mask = np.ones(shape[0] * shape[1], dtype=bool)
+    mask[rng.choice(mask.size, int(sparsity * mask.size), replace=False)] = False
+    mask = mask.reshape(shape)
+    empty = np.flatnonzero(~mask.any(axis=1))
+    if len(empty):
+        raise ValueError(f"sparsity {sparsity} leaves class vector(s) {empty.tolist()} without any entry")
+    return mask
+
+
+def frame_on_support(frame: np.ndarray, support: np.ndarray, norm: float) -> np.ndarray:
+    """Class vectors restricted to ``support`` with row norm ``norm`` and the Gram (angles) of ``frame``.
+
+    Zeroing entries of an ETF moves its angles; FedLoGe's reference code pulls them
+    back with masked Adam steps on a norm + minimum-angle loss. This solves for the
+    same target directly: it minimises ||W W^T - norm^2 cos(frame)||^2 over the
+    entries of ``support`` (scipy's L-BFGS-B), started from the zeroed frame scaled to
+    ``norm``. Where the support admits the frame (d well above C, as for every backbone
+    here) the result has exactly the frame's cosines.
+    """
+    from scipy.optimize import minimize  # noqa: PLC0415 (scipy is slow to import)
+
+    unit = frame / np.maximum(np.linalg.norm(frame, axis=1, keepdims=True), _EPS)
+    target = unit @ unit.T
+    start = frame * support
+    start = start / np.maximum(np.linalg.norm(start, axis=1, keepdims=True), _EPS)
+    free = np.flatnonzero(support)
+
+    def mismatch(values: np.ndarray) -> tuple[float, np.ndarray]:
+        weights = np.zeros(support.size)
+        weights[free] = values
+        weights = weights.reshape(support.shape)
+        residual = weights @ weights.T - target
+        return float((residual * residual).sum()), (4.0 * residual @ weights).ravel()[free]
+
+    result = minimize(mismatch, start.ravel()[free], jac=True, method="L-BFGS-B",
+                      options={"maxiter": 3000, "ftol": 1e-16, "gtol": 1e-12})
+    solved = np.zeros(support.size)
+    solved[free] = result.x
+    solved = solved.reshape(support.shape)
+    return solved * (norm / np.maximum(np.linalg.norm(solved, axis=1, keepdims=True), _EPS))
+
+
+REFERENCE_NORM = 0.1  # the reference pulls every SSE-C class vector to this norm
+
+
+def reference_sse_c(feature_dim: int, num_classes: int, sparsity: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(weights (C, d), bias (C,)) float32 of the reference's SSE-C, the same on every node for a seed.
+
+    The bias is what the reference's ``nn.Linear`` starts with and never trains:
+    uniform in +-1/sqrt(d).
+    """
+    rng = np.random.default_rng([seed, feature_dim, num_classes, 1])
+    frame = simplex_etf(feature_dim, num_classes, rng)
+    weights = frame_on_support(frame, random_support(frame.shape, sparsity, rng), REFERENCE_NORM)
+    bound = 1.0 / np.sqrt(feature_dim)
+    bias = rng.uniform(-bound, bound, size=num_classes)
+    return weights.astype(np.float32), bias.astype(np.float32)
 
 
 def cosine_matrix(matrix: np.ndarray) -> np.ndarray:

@@ -8,8 +8,9 @@ pass (the detach makes that identical to three separate steps). The local head
 is private: it is saved in ``context.state`` and never put in a reply.
 
 Evaluation (the server sends ``realign``): every mode -- generic = SSE-C, global =
-the realigned global head, personal = realigned local head + global head (classes
-the client never trained on masked) -- is scored on the client's own long-tailed
+the realigned global head, personal = ``fedloge.personal-formula`` (classes the
+client never trained on masked; both formulas are also reported as
+``personal-<formula>``) -- is scored on the client's own long-tailed
 test data: its personal test set, drawn from the global test set to follow the
 client's training label mix (:attr:`NeuralClient.own_test_rows`). The client-independent
 modes (generic, global, raw-global) are also scored on the whole, class-balanced
@@ -26,7 +27,15 @@ from flwr.app import Message, MetricRecord, RecordDict
 from fedvq_app.aggregation.etf import class_hits
 from fedvq_app.clients.base import NeuralClient
 from fedvq_app.data.client_data import eval_loader
-from fedvq_app.models.fedloge import BALANCED_MODES, BALANCED_SUFFIX, MODES, FedLoGeNet, GlaFrHeads, gla_fr
+from fedvq_app.models.fedloge import (
+    BALANCED_MODES,
+    BALANCED_SUFFIX,
+    MODES,
+    PERSONAL_FORMULAS,
+    FedLoGeNet,
+    GlaFrHeads,
+    gla_fr,
+)
 from fedvq_app.training.loop import classification_metrics, predict
 
 
@@ -56,10 +65,11 @@ class FedLoGeClient(NeuralClient):
     def mode_logits(self, model: FedLoGeNet, heads: GlaFrHeads, feats: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of every mode for the same features."""
         return {
-            "generic": F.linear(feats, model.sse_c.cpu()),
+            "generic": F.linear(feats, model.sse_c.cpu(), model.sse_c_bias.cpu()),
             "global": heads.global_logits(feats),
             "personal": heads.personal_logits(feats),
             "raw-global": heads.raw_global_logits(feats),
+            **{f"personal-{f}": heads.formula_logits(feats, f) for f in PERSONAL_FORMULAS},
         }
 
     def evaluate(self, msg: Message) -> Message:
@@ -67,7 +77,14 @@ class FedLoGeClient(NeuralClient):
         ``<mode>-accuracy`` and per-class ``<mode>-class-correct`` / ``<mode>-class-total``."""
         model = self.load_model(msg)
         realign = bool(msg.content["config"].get("realign", True))
-        heads = gla_fr(model, self.data.label_counts(), self.options.tau, realign, self.options.personal_global_head)
+        heads = gla_fr(
+            model,
+            self.data.label_counts(),
+            self.options.tau,
+            realign,
+            self.options.personal_global_head,
+            self.options.personal_formula,
+        )
         n_cls = self.data.num_classes
         val_feats, val_y = self._features(model, self.data.val_x, self.data.val_y)
         test_feats, test_y = self._features(model, self.data.test_x, self.data.test_y)

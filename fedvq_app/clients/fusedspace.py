@@ -1,13 +1,24 @@
-"""FusedSpaceFed's client: encoder warm-up, then joint task-aware training.
+"""FusedSpaceFed's client: encoder warm-up, then local training of autoencoder and classifier.
 
-Each round the private encoder is first re-aligned to the new global decoder
-(``fusedspace.warmup-epochs`` of reconstruction with decoder and classifier
-frozen), then encoder, decoder and classifier train together on
-``CE(C(x + D(E_i(x))), y) + lambda_rec * ||D(E_i(x)) - x||^2``: the classification
-gradient flows through the reconstruction into the autoencoder. As in the seed,
-the autoencoder has its own Adam optimizer (``fusedspace.ae-lr``; 0 = the
-classifier's optimizer for everything). Only decoder and classifier are sent;
-the encoder stays in ``context.state``.
+Each round, on the client:
+
+1. the private encoder may first be re-aligned to the new global decoder
+   (``fusedspace.warmup-epochs`` of reconstruction with decoder and classifier
+   frozen), as the reference's ENCWARM variant does;
+2. the local epochs of the common loop with the batch loss
+   ``CE(C(x + t), y) + lambda_rec * ||D(E_i(x)) - x||^2 (+ L2-SP)``, ``t = D(E_i(x))``:
+   with ``fusedspace.task-aware = true`` the classification gradient flows through
+   ``t`` into the autoencoder; with ``false`` ``t`` is detached, so the autoencoder
+   learns reconstruction only and the classifier learns on the fused input -- the
+   reference's two per-batch steps (one backward pass: the detach keeps the two
+   gradients apart).
+
+The classifier uses ``train.optimizer`` at ``train.lr`` (as every baseline). The
+autoencoder has its own optimizer (``fusedspace.ae-optimizer``: the reference's SGD
+with momentum and weight decay, or Adam), stepped by a :class:`TrainHook`; with
+``fusedspace.ae-keep-state`` its state (momentum buffers / Adam moments) is kept in
+``context.state`` across rounds, like the reference's long-lived client objects.
+Only decoder and classifier are sent; the encoder stays in ``context.state``.
 """
 
 from __future__ import annotations
@@ -21,11 +32,15 @@ from torch import nn
 
 from fedvq_app.clients.base import NeuralClient, seed_everything
 from fedvq_app.data.client_data import train_loader
-from fedvq_app.models.fusedspace import FusedSpaceNet
+from fedvq_app.models.fusedspace import PRIVATE_PREFIX, FusedSpaceNet
+from fedvq_app.records import to_numpy, to_record
 from fedvq_app.strategies.fusedspace import STATS_RECORD
 from fedvq_app.training.loop import TrainHook, TrainResult, make_optimizer, train_epochs
 
-WARMUP_STREAM = 3  # seeds the warm-up shuffles apart from the joint epochs'
+WARMUP_STREAM = 3  # seeds the warm-up shuffles apart from the local epochs'
+AE_OPTIMIZERS = ("sgd", "adam")
+OPTIMIZER_STATE_KEY = "fusedspace-ae-optimizer"  # context.state record of the autoencoder optimizer
+AUTOENCODER_PREFIXES = (PRIVATE_PREFIX, "decoder.")
 
 
 class AutoencoderStep(TrainHook):
@@ -53,12 +68,32 @@ def only_trainable(model: nn.Module, module: nn.Module):
             p.requires_grad_(previous[n])
 
 
-def reconstruction_loss(model: FusedSpaceNet, x: torch.Tensor, y: torch.Tensor):
-    """Warm-up loss ||D(E_i(x)) - x||^2 (mean); logits only for the loop's accuracy."""
-    reconstruction = model.reconstruct(x)
-    with torch.no_grad():
-        logits = model.classifier(x + reconstruction)
-    return F.mse_loss(reconstruction, x), logits
+def autoencoder_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of encoder and decoder, in model order."""
+    return [(n, p) for n, p in model.named_parameters() if n.startswith(AUTOENCODER_PREFIXES)]
+
+
+def optimizer_state_arrays(optimizer: torch.optim.Optimizer, names: list[str]) -> dict:
+    """Per-parameter optimizer state as numpy arrays keyed ``<parameter name>/<state key>``."""
+    state = optimizer.state_dict()["state"]
+    return {
+        f"{names[index]}/{key}": value.detach().cpu().numpy()
+        for index, entries in state.items()
+        for key, value in entries.items()
+        if torch.is_tensor(value)
+    }
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, names: list[str], arrays: dict) -> None:
+    """Inverse of :func:`optimizer_state_arrays` (torch casts devices and dtypes)."""
+    position = {n: i for i, n in enumerate(names)}
+    state: dict[int, dict] = {}
+    for key, value in arrays.items():
+        name, _, entry = key.rpartition("/")
+        if name not in position:
+            raise KeyError(f"saved optimizer state names a parameter the model lacks: {name}")
+        state.setdefault(position[name], {})[entry] = torch.from_numpy(value.copy())
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
 class FusedSpaceClient(NeuralClient):
@@ -70,15 +105,74 @@ class FusedSpaceClient(NeuralClient):
         self.reconstruction_sum = 0.0
         self.reconstruction_batches = 0
         self.warmup_loss = 0.0
+        self.ae_optimizer: torch.optim.Optimizer | None = None
+        self._initial_encoder: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ losses
+    def l2sp_penalty(self, model: FusedSpaceNet) -> torch.Tensor | float:
+        """``fusedspace.l2sp`` x sum ||w - w_0||^2 over the encoder (w_0: its seeded initial weights)."""
+        if self.options.l2sp == 0:
+            return 0.0
+        if self._initial_encoder is None:
+            self._initial_encoder = {n: p.detach().clone() for n, p in self.build_model().encoder.named_parameters()}
+        total = sum(
+            (p - self._initial_encoder[n].to(p.device)).pow(2).sum() for n, p in model.encoder.named_parameters()
+        )
+        return self.options.l2sp * total
 
     def batch_loss(self, model: FusedSpaceNet, x: torch.Tensor, y: torch.Tensor):
-        """Classification of the fused input + lambda_rec x reconstruction (task-aware)."""
-        logits, reconstruction = model.fused_logits(x)
+        """CE of the fused input + lambda_rec x reconstruction (+ L2-SP); task-aware or detached."""
+        reconstruction = model.reconstruct(x)
+        fused = x + (reconstruction if self.options.task_aware else reconstruction.detach())
+        logits = model.classifier(fused)
         rec = F.mse_loss(reconstruction, x)
         self.reconstruction_sum += float(rec.detach())
         self.reconstruction_batches += 1
-        return F.cross_entropy(logits, y) + self.options.lambda_rec * rec, logits
+        return F.cross_entropy(logits, y) + self.options.lambda_rec * rec + self.l2sp_penalty(model), logits
 
+    def reconstruction_loss(self, model: FusedSpaceNet, x: torch.Tensor, y: torch.Tensor):
+        """Warm-up loss ||D(E_i(x)) - x||^2 (+ L2-SP); logits only for the loop's accuracy."""
+        reconstruction = model.reconstruct(x)
+        with torch.no_grad():
+            logits = model.classifier(x + reconstruction)
+        return F.mse_loss(reconstruction, x) + self.l2sp_penalty(model), logits
+
+    # ------------------------------------------------------------------ optimizers
+    def make_ae_optimizer(self, model: FusedSpaceNet) -> torch.optim.Optimizer:
+        """The autoencoder's optimizer, with last round's state when ``fusedspace.ae-keep-state``."""
+        opts = self.options
+        named = autoencoder_parameters(model)
+        params = [p for _, p in named]
+        if opts.ae_optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                params, lr=opts.ae_lr, momentum=opts.ae_momentum, weight_decay=opts.ae_weight_decay
+            )
+        else:
+            optimizer = torch.optim.Adam(params, lr=opts.ae_lr, weight_decay=opts.ae_weight_decay)
+        if opts.ae_keep_state and OPTIMIZER_STATE_KEY in self.context.state:
+            saved = to_numpy(self.context.state[OPTIMIZER_STATE_KEY])
+            load_optimizer_state(optimizer, [n for n, _ in named], saved)
+        return optimizer
+
+    def save_ae_optimizer(self, model: FusedSpaceNet) -> None:
+        if self.ae_optimizer is None or not self.options.ae_keep_state:
+            return
+        names = [n for n, _ in autoencoder_parameters(model)]
+        self.context.state[OPTIMIZER_STATE_KEY] = to_record(optimizer_state_arrays(self.ae_optimizer, names))
+
+    def trainable_parameters(self, model: FusedSpaceNet):
+        """The loop's optimizer: the classifier, or everything when the autoencoder has no own one."""
+        return model.classifier.parameters() if self.options.ae_lr > 0 else model.parameters()
+
+    def train_hooks(self, model: FusedSpaceNet, msg: Message) -> list[TrainHook]:
+        """The autoencoder's optimizer, stepped together with the loop's optimizer."""
+        if self.options.ae_lr == 0:
+            self.ae_optimizer = None
+            return []
+        self.ae_optimizer = self.make_ae_optimizer(model)
+        return [AutoencoderStep(self.ae_optimizer)]
+
+    # ------------------------------------------------------------------ training
     def encoder_warmup(self, model: FusedSpaceNet, msg: Message) -> float:
         """Train E_i alone to reconstruct through the frozen global decoder; mean loss."""
         if self.options.warmup_epochs == 0:
@@ -88,35 +182,21 @@ class FusedSpaceClient(NeuralClient):
         generator = seed_everything(self.settings.seed, int(config["server-round"]), self.partition_id, WARMUP_STREAM)
         loader = train_loader(self.data, self.settings, generator)
         with only_trainable(model, model.encoder):
-            optimizer = self.autoencoder_optimizer(model.encoder.parameters(), lr)
+            # the autoencoder's own optimizer (decoder frozen: no gradient, no step), as the reference
+            optimizer = self.ae_optimizer or make_optimizer(model.encoder.parameters(), self.settings.train, lr)
             result = train_epochs(
-                model, loader, optimizer, self.options.warmup_epochs, self.device, reconstruction_loss
+                model, loader, optimizer, self.options.warmup_epochs, self.device, self.reconstruction_loss
             )
         model.zero_grad(set_to_none=True)  # no warm-up gradient leaks into the first joint step
         return result.loss
 
-    def autoencoder_optimizer(self, params, lr: float):
-        """Adam at ``fusedspace.ae-lr``, or the configured optimizer at ``lr`` when it is 0."""
-        if self.options.ae_lr > 0:
-            return torch.optim.Adam(params, lr=self.options.ae_lr)
-        return make_optimizer(params, self.settings.train, lr)
-
-    def trainable_parameters(self, model: FusedSpaceNet):
-        """The loop's optimizer: the classifier, or everything when the autoencoder has no own one."""
-        return model.classifier.parameters() if self.options.ae_lr > 0 else model.parameters()
-
-    def train_hooks(self, model: FusedSpaceNet, msg: Message) -> list[TrainHook]:
-        """The autoencoder's Adam, stepped together with the loop's optimizer."""
-        if self.options.ae_lr == 0:
-            return []
-        params = [*model.encoder.parameters(), *model.decoder.parameters()]
-        return [AutoencoderStep(torch.optim.Adam(params, lr=self.options.ae_lr))]
-
     def local_train(self, model: FusedSpaceNet, msg: Message, hooks: list[TrainHook]) -> TrainResult:
-        """Encoder warm-up, then the joint epochs of the common loop."""
+        """Encoder warm-up, then the local epochs of the common loop; the optimizer state is kept."""
         self.warmup_loss = self.encoder_warmup(model, msg)
         self.reconstruction_sum, self.reconstruction_batches = 0.0, 0
-        return super().local_train(model, msg, hooks)
+        result = super().local_train(model, msg, hooks)
+        self.save_ae_optimizer(model)
+        return result
 
     def reply_extras(self, model: nn.Module, msg: Message, hooks: list[TrainHook]) -> dict:
         """Reconstruction statistics (scalars only) next to the shared arrays."""

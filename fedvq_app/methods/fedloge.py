@@ -11,7 +11,13 @@ from dataclasses import dataclass
 
 from fedvq_app.clients.fedloge import FedLoGeClient
 from fedvq_app.config import ConfigError, Settings, option
-from fedvq_app.models.fedloge import PERSONAL_GLOBAL_HEADS, build_fedloge_model, is_shared
+from fedvq_app.models.fedloge import (
+    PERSONAL_FORMULAS,
+    PERSONAL_GLOBAL_HEADS,
+    SSE_C_KINDS,
+    build_fedloge_model,
+    is_shared,
+)
 from fedvq_app.registry import MethodSpec
 from fedvq_app.strategies.fedavg import sampling_kwargs
 from fedvq_app.strategies.fedloge import FedLoGeStrategy
@@ -20,12 +26,19 @@ from fedvq_app.tracking.fedloge_plots import fedloge_plots
 
 @dataclass(frozen=True)
 class FedLoGeOptions:
+    sse_c: str = option(
+        "fedloge.sse-c",
+        "top-magnitude",
+        choices=SSE_C_KINDS,
+        help="SSE-C: top-magnitude (per-row largest entries kept, unit norm, no bias) or reference (the reference "
+        "code's: random positions zeroed, class vectors at norm 0.1 with the ETF's angles, random bias)",
+    )
     sparsity: float = option(
         "fedloge.sparsity",
         0.6,
         minimum=0.0,
         maximum=0.95,
-        help="share of every SSE-C class vector zeroed (smallest magnitudes first) before it is frozen",
+        help="share of the SSE-C entries zeroed before it is frozen",
     )
     tau: float = option(
         "fedloge.tau",
@@ -39,11 +52,18 @@ class FedLoGeOptions:
         True,
         help="apply GLA-FR at every evaluation (false: only after the last round; earlier rounds use raw heads)",
     )
+    personal_formula: str = option(
+        "fedloge.personal-formula",
+        "raw-local",
+        choices=PERSONAL_FORMULAS,
+        help="personal mode: raw-local (the reference code: raw local head + global rows at the local row norms) "
+        "or realigned-local (realigned local head + fedloge.personal-global-head)",
+    )
     personal_global_head: str = option(
         "fedloge.personal-global-head",
         "raw",
         choices=PERSONAL_GLOBAL_HEADS,
-        help="personal mode = realigned local head + this global head: raw (the seed's formula) or realigned",
+        help="realigned-local formula: the global head added to the realigned local head, raw or realigned",
     )
     head_share: float = option(
         "fedloge.head-share",

@@ -1,0 +1,292 @@
+"""Reproduction grid: every classification method x the seeds' scenarios on digits x 3 seeds.
+
+Each cell (method, scenario, seed) is one whole federated job in-process (the real
+ServerApp and ClientApp on ``run_local``), the same clients, rounds and local epochs for
+every method. Per cell, from the final evaluated round: accuracy, macro-F1 and balanced
+accuracy on the global test set, own-distribution accuracy (each client's model on test
+rows drawn to its own label mix, ``final.own_test_accuracy``), tail accuracy on the global
+test set for the long-tailed scenario (classes in the tail of the federation's training
+counts, FedLoGe's 75 % / 95 % rule), and the gradient dissimilarity Gamma.
+
+Cells are appended to ``bench/results/reproduce.jsonl`` (``--quick`` cells are not
+recorded); ``reproduce.md`` (one table: mean ± sample standard deviation over seeds) and
+``reproduce.png`` (accuracy, mean and spread) are rebuilt from the newest cells of the
+newest full setup; ``bench/report.py`` renders the table into BENCHMARKS.md.
+
+    python bench/reproduce.py                 # full grid (--jobs 2 workers)
+    python bench/reproduce.py --quick         # smoke run: 2 rounds, 3 clients, 1 seed, 2 scenarios, not recorded
+    python bench/reproduce.py --methods fedavg,fusedspace --scenarios dirichlet-0.05
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import RESULTS, emit, rounds_of  # noqa: E402
+from bench.methods import SCENARIOS, classification_methods, parse_list  # noqa: E402
+
+NAME = "reproduce"
+SEEDS = (42, 43, 44)
+QUICK_SCENARIOS = ("dirichlet-0.05", "long-tail-0.01")
+LONG_TAIL = "long-tail"
+#: (record key, column title, scale to %)
+FIGURES = (
+    ("accuracy", "accuracy %", True),
+    ("macro_f1", "macro-F1 %", True),
+    ("balanced_accuracy", "balanced acc. %", True),
+    ("own_test_accuracy", "own-distribution acc. %", True),
+    ("tail_accuracy", "tail acc. % (long-tail)", True),
+    ("gamma", "Gamma", False),
+)
+
+
+def setup_of(args: argparse.Namespace) -> dict:
+    """What must match for two cells to share a table."""
+    return {"dataset": "digits", "size": args.size, "clients": args.clients, "rounds": args.rounds,
+            "local_epochs": args.local_epochs, "gradient_batches": args.gradient_batches, "quick": args.quick}
+
+
+def tail_accuracy(folder: Path) -> float | None:
+    """Mean over clients of the final global-test accuracy over the federation's tail classes.
+
+    The groups come from the training label counts of every client, rebuilt from the
+    run's ``config.json`` (same seed, same split), cut by FedLoGe's 75 % / 95 % rule.
+    """
+    from fedvq_app.aggregation.etf import TAIL, shot_groups  # noqa: PLC0415
+    from fedvq_app.config import load_settings  # noqa: PLC0415
+    from fedvq_app.data.client_data import load_client_data  # noqa: PLC0415
+
+    evaluated = [r for r in rounds_of(folder) if r["evaluate"]["clients"]]
+    if not evaluated:
+        return None
+    settings = load_settings(json.loads((folder / "config.json").read_text()))
+    clients = evaluated[-1]["evaluate"]["clients"]
+    total = np.sum([load_client_data(settings, pid, len(clients)).label_counts() for pid in range(len(clients))],
+                   axis=0)
+    tail = np.flatnonzero(shot_groups(total) == TAIL)
+    per_client = []
+    for metrics in clients.values():
+        accuracy = np.asarray(metrics.get("test-class-accuracy", []), dtype=float)
+        values = accuracy[tail[tail < len(accuracy)]]
+        values = values[values >= 0]  # -1 marks a class absent from the test split
+        if len(values):
+            per_client.append(float(values.mean()))
+    return float(np.mean(per_client)) if per_client else None
+
+
+def run_cell(method: str, scenario: str, seed: int, setup: dict, work: str) -> dict:
+    """One federated job (in a worker process); its final figures or the error that stopped it."""
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    from fedvq_app.client_app import app as client_app  # noqa: PLC0415
+    from fedvq_app.local_grid import full_run_config, run_local  # noqa: PLC0415
+    from fedvq_app.server_app import app as server_app  # noqa: PLC0415
+
+    name = f"{method}_{scenario}_s{seed}"
+    config = full_run_config(
+        method=method,
+        seed=seed,
+        **{"num-server-rounds": setup["rounds"], "eval-every": setup["rounds"],
+           "train.local-epochs": setup["local_epochs"], "dataset.name": "digits", "dataset.size": setup["size"],
+           "metrics.gradient-dissimilarity": True, "metrics.gradient-batches": setup["gradient_batches"],
+           "log-dir": work, "experiment-name": name, **SCENARIOS[scenario]},
+    )
+    started = time.time()
+    row = {"method": method, "scenario": scenario, "seed": seed}
+    folder = Path(work) / name
+    try:
+        run_local(server_app, client_app, setup["clients"], config)
+        summary = json.loads((folder / "summary.json").read_text())
+    except Exception as err:  # noqa: BLE001 - one failing cell must not stop the grid
+        return {**row, "error": f"{type(err).__name__}: {err}"[:300], "seconds": time.time() - started}
+    final = summary.get("final") or {}
+    gamma = (summary.get("gradient_dissimilarity") or {}).get("final")
+    if gamma is None:  # a strategy whose final report does not carry it: the last evaluated round's value
+        evaluated = [r["evaluate"]["aggregated"] for r in rounds_of(folder) if r.get("evaluate")]
+        gamma = next((e["gradient-dissimilarity"] for e in reversed(evaluated) if "gradient-dissimilarity" in e), None)
+    tail = tail_accuracy(folder) if SCENARIOS[scenario].get("partition.kind") == LONG_TAIL else None
+    return {**row, "accuracy": final.get("accuracy"), "macro_f1": final.get("macro_f1"),
+            "balanced_accuracy": final.get("balanced_accuracy"), "own_test_accuracy": final.get("own_test_accuracy"),
+            "tail_accuracy": tail, "gamma": gamma, "seconds": time.time() - started}
+
+
+# ----------------------------------------------------------------------------
+# Table and chart
+# ----------------------------------------------------------------------------
+def load_cells() -> list[dict]:
+    path = RESULTS / f"{NAME}.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def table_cells(records: list[dict]) -> tuple[dict, dict[tuple[str, str, int], dict]]:
+    """The setup of the newest full-size cell (quick ones only when there is none) and its newest cells."""
+    full = [r for r in records if not r["setup"]["quick"]]
+    pool = full or records
+    if not pool:
+        return {}, {}
+    setup = pool[-1]["setup"]
+    return setup, {(r["method"], r["scenario"], r["seed"]): r for r in pool if r["setup"] == setup}
+
+
+def mean_spread(values: list[float | None]) -> tuple[float, float, int] | None:
+    """Mean, sample standard deviation (0 for one value) and count of the measured values."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, len(values)
+
+
+def _cell_text(stat, percent: bool) -> str:
+    if stat is None:
+        return "-"
+    mean, spread, _ = stat
+    return f"{100 * mean:.2f} ± {100 * spread:.2f}" if percent else f"{mean:.2f} ± {spread:.2f}"
+
+
+def aggregate(cells: dict) -> dict[tuple[str, str], dict]:
+    """(method, scenario) -> {figure: (mean, spread, n)}, plus seeds and failures."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for (method, scenario, _), cell in cells.items():
+        groups.setdefault((method, scenario), []).append(cell)
+    out = {}
+    for key, group in groups.items():
+        ok = [c for c in group if "error" not in c]
+        out[key] = {fig: mean_spread([c.get(fig) for c in ok]) for fig, _, _ in FIGURES}
+        out[key]["seeds"] = sorted(c["seed"] for c in ok)
+        out[key]["failed"] = [f"seed {c['seed']}: {c['error']}" for c in group if "error" in c]
+        out[key]["seconds"] = float(np.mean([c["seconds"] for c in group]))
+    return out
+
+
+def render_markdown(records: list[dict]) -> str:
+    setup, cells = table_cells(records)
+    if not cells:
+        return "No cells measured yet.\n"
+    stats = aggregate(cells)
+    methods = list(dict.fromkeys(m for m, _ in stats))
+    scenarios = [s for s in SCENARIOS if any(s == sc for _, sc in stats)]
+    dates = sorted(c["date"] for c in cells.values())
+    lines = [
+        f"Digits (scikit-learn, {setup['size']}x{setup['size']}), {setup['clients']} clients, {setup['rounds']} "
+        f"rounds x {setup['local_epochs']} local epoch(s), every method at its defaults, final-round figures; "
+        f"mean ± sample standard deviation over the seeds listed (n). Accuracy, macro-F1, balanced and tail "
+        f"accuracy: mean over clients of each client's model on the global test set; own-distribution: on test "
+        f"rows drawn to the client's own label mix; Gamma over {setup['gradient_batches']} batch(es) per client. "
+        f"Measured {dates[0]} .. {dates[-1]}{' (quick smoke-test size)' if setup['quick'] else ''}.",
+        "",
+        "Scenarios: " + "; ".join(f"`{s}` = " + ", ".join(f"{k}={v}" for k, v in SCENARIOS[s].items())
+                                  for s in scenarios) + ".",
+        "",
+        "| scenario | method | n | " + " | ".join(title for _, title, _ in FIGURES) + " | s per job |",
+        "|---|---|---|" + "---|" * (len(FIGURES) + 1),
+    ]
+    for s in scenarios:
+        for m in methods:
+            entry = stats.get((m, s))
+            if entry is None:
+                continue
+            figures = [_cell_text(entry[fig], pct) for fig, _, pct in FIGURES]
+            lines.append(f"| {s} | {m} | {len(entry['seeds'])} | " + " | ".join(figures)
+                         + f" | {entry['seconds']:.0f} |")
+    failures = [f"- {m} / {s}: {f}" for (m, s), e in stats.items() for f in e["failed"]]
+    if failures:
+        lines += ["", "Failures:", "", *failures]
+    return "\n".join(lines) + "\n"
+
+
+def render_chart(records: list[dict], path: Path) -> None:
+    """Grouped bars: mean accuracy per scenario and method, error bars = spread over seeds."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    setup, cells = table_cells(records)
+    if not cells:
+        return
+    stats = aggregate(cells)
+    methods = list(dict.fromkeys(m for m, _ in stats))
+    scenarios = [s for s in SCENARIOS if any(s == sc for _, sc in stats)]
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(scenarios) + 3), 4.2))
+    x = np.arange(len(scenarios))
+    for i, m in enumerate(methods):
+        values = [(stats.get((m, s)) or {}).get("accuracy") for s in scenarios]
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, [100 * v[0] if v else 0 for v in values], width,
+               yerr=[100 * v[1] if v else 0 for v in values], capsize=2, label=m)
+    ax.set_xticks(x, scenarios)
+    ax.set_ylabel("test accuracy (%), mean ± sd over seeds")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"digits {setup['size']}x{setup['size']}, {setup['clients']} clients, "
+                 f"{setup['rounds']} rounds x {setup['local_epochs']} epoch(s)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_reports(records: list[dict], folder: Path) -> Path:
+    """``reproduce.md`` and ``reproduce.png`` of ``records`` in ``folder``; the table's path."""
+    table = folder / f"{NAME}.md"
+    table.write_text(render_markdown(records))
+    render_chart(records, folder / f"{NAME}.png")
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 2 rounds x 1 epoch, 3 clients, seed 42, two scenarios, not recorded")
+    parser.add_argument("--methods", default="", help="comma-separated subset (default: every classification method)")
+    parser.add_argument("--scenarios", default="", help=f"comma-separated subset of {', '.join(SCENARIOS)}")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--size", type=int, default=8, help="image side (digits are natively 8x8)")
+    parser.add_argument("--gradient-batches", type=int, default=4)
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (one job each at a time)")
+    parser.add_argument("--out", type=Path, help="folder of the table and chart (default bench/results; "
+                        "--quick: a scratch folder, printed)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.local_epochs, args.clients, args.gradient_batches, args.seeds = 2, 1, 3, 1, "42"
+    available = classification_methods()
+    methods = parse_list(args.methods, available, "methods") if args.methods else available
+    default_scenarios = list(QUICK_SCENARIOS if args.quick else SCENARIOS)
+    scenarios = parse_list(args.scenarios, list(SCENARIOS), "scenarios") if args.scenarios else default_scenarios
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    setup = setup_of(args)
+    work = tempfile.mkdtemp(prefix="bench_reproduce_")
+    cells = [(m, s, seed) for s in scenarios for seed in seeds for m in methods]
+    quick_records: list[dict] = []
+    folder = args.out or (Path(work) if args.quick else RESULTS)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            futures = [pool.submit(run_cell, m, s, seed, setup, work) for m, s, seed in cells]
+            for future in futures:
+                record = emit(NAME, {"setup": setup, **future.result()}, quick=args.quick)
+                quick_records.append(record)
+                table = write_reports(quick_records if args.quick else load_cells(), folder)
+        print(table.read_text() if args.quick else f"wrote {table} and {table.with_suffix('.png')}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""bench/reproduce.py: the table's mean and spread over seeds, and a --quick smoke cell."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import reproduce
+from bench.methods import SCENARIOS
+
+SETUP = {"dataset": "digits", "size": 8, "clients": 10, "rounds": 10, "local_epochs": 2, "gradient_batches": 4,
+         "quick": False}
+
+
+def _cell(method, scenario, seed, accuracy, **extra):
+    return {"setup": SETUP, "date": "2026-12-01 12:00:00", "method": method, "scenario": scenario, "seed": seed,
+            "accuracy": accuracy, "macro_f1": accuracy, "balanced_accuracy": accuracy, "own_test_accuracy": None,
+            "tail_accuracy": None, "gamma": 2.0, "seconds": 10.0, **extra}
+
+
+def test_the_table_gives_mean_and_sample_spread_over_seeds_per_method_and_scenario():
+    records = [_cell("fedavg", "dirichlet-0.05", s, a) for s, a in ((42, 0.90), (43, 0.94), (44, 0.98))]
+    records += [_cell("fedloge", "long-tail-0.01", 42, 0.5, tail_accuracy=0.25)]
+    records += [{**_cell("fedloge", "long-tail-0.01", 43, None), "error": "ValueError: boom"}]
+    records += [{**_cell("fedavg", "dirichlet-0.05", 42, 0.1), "setup": {**SETUP, "quick": True}}]  # ignored
+    table = reproduce.render_markdown(records)
+    assert "| dirichlet-0.05 | fedavg | 3 | 94.00 ± 4.00 | 94.00 ± 4.00 | 94.00 ± 4.00 | - | - | 2.00 ± 0.00 |" in table
+    assert "| long-tail-0.01 | fedloge | 1 | 50.00 ± 0.00 |" in table and "25.00 ± 0.00" in table
+    assert "fedloge / long-tail-0.01: seed 43: ValueError: boom" in table
+
+
+def test_quick_runs_a_real_cell_and_reports_tail_and_own_distribution_accuracy(tmp_path, capsys):
+    reproduce.main(["--quick", "--methods", "fedavg", "--scenarios", "long-tail-0.01", "--jobs", "1",
+                    "--out", str(tmp_path)])
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    cell = json.loads(line)
+    assert "error" not in cell, cell.get("error")
+    assert cell["setup"]["quick"] and cell["seed"] == 42 and cell["setup"]["rounds"] == 2
+    for key in ("accuracy", "macro_f1", "balanced_accuracy", "own_test_accuracy", "tail_accuracy"):
+        assert 0.0 <= cell[key] <= 1.0, key
+    assert cell["accuracy"] > 0.1  # above chance after two rounds
+    assert (tmp_path / "reproduce.md").is_file() and (tmp_path / "reproduce.png").is_file()
+    assert "| long-tail-0.01 | fedavg | 1 |" in (tmp_path / "reproduce.md").read_text()
+
+
+def test_the_grid_covers_the_seeds_scenarios():
+    assert set(reproduce.QUICK_SCENARIOS) <= set(SCENARIOS)
+    assert {"dirichlet-0.05", "pathological-2", "dirichlet-0.5", "long-tail-0.01", "rotated-half"} == set(SCENARIOS)
+    with pytest.raises(SystemExit):
+        reproduce.main(["--quick", "--methods", "nope"])
