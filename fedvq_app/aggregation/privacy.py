@@ -23,13 +23,12 @@ server, so the figure survives a resume (the clients' own accountants live in
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from functools import cache
 
 import dp_accounting
 import numpy as np
-from opacus.accountants import RDPAccountant
-from opacus.accountants.analysis import rdp as rdp_analysis
 
 ADD_OR_REMOVE_ONE = "add-or-remove-one"
 REPLACE_ONE = "replace-one"
@@ -108,6 +107,25 @@ class SampleLevelLedger:
         self.histories = {int(p): [(float(z), float(q), int(s)) for z, q, s in hist] for p, hist in state.items()}
 
 
+def quiet_opacus():
+    """Import Opacus (its RDP analysis) without the root logging handler its import installs.
+
+    ``opacus.utils.module_utils`` calls ``logging.basicConfig`` at import time: every
+    Flower log line would then be printed twice (once more by the root logger). Call this
+    before any other Opacus import; later imports find the module cached.
+    Returns ``(RDPAccountant, rdp_analysis)``.
+    """
+    root = logging.getLogger()
+    before = list(root.handlers)
+    from opacus.accountants import RDPAccountant  # noqa: PLC0415 (only DP runs pay the import)
+    from opacus.accountants.analysis import rdp as rdp_analysis  # noqa: PLC0415
+
+    for handler in list(root.handlers):
+        if handler not in before:
+            root.removeHandler(handler)
+    return RDPAccountant, rdp_analysis
+
+
 def history_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
     """Opacus' RDP epsilon of a DP-SGD history at ``delta`` (0 for no steps).
 
@@ -118,15 +136,17 @@ def history_epsilon(history: list[tuple[float, float, int]], delta: float) -> fl
     """
     if not history:
         return 0.0
+    accountant, rdp_analysis = quiet_opacus()
     rdp = sum(steps * _rdp_per_step(float(z), float(q)) for z, q, steps in history)
-    epsilon, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+    epsilon, _ = rdp_analysis.get_privacy_spent(orders=accountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
     return float(epsilon)
 
 
 @cache
 def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
+    accountant, rdp_analysis = quiet_opacus()
     return np.asarray(
         rdp_analysis.compute_rdp(
-            q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS
+            q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=accountant.DEFAULT_ALPHAS
         )
     )

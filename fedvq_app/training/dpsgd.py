@@ -26,7 +26,7 @@ import torch
 from flwr.app import ConfigRecord, RecordDict
 from torch import nn
 
-from fedvq_app.aggregation.privacy import history_epsilon
+from fedvq_app.aggregation.privacy import history_epsilon, quiet_opacus
 from fedvq_app.config import ConfigError, PrivacySettings, Settings
 from fedvq_app.strategies.privacy import DP_EPSILON, DP_NOISE, DP_SAMPLE_RATE, DP_STEPS
 
@@ -38,6 +38,7 @@ def dp_compatible(model: nn.Module | None, settings: Settings) -> nn.Module | No
     """``model`` as Opacus can train it under sample-dpsgd (BatchNorm -> GroupNorm); unchanged otherwise."""
     if model is None or settings.privacy.mode != SAMPLE_MODE:
         return model
+    quiet_opacus()  # before any Opacus import: no second root log handler
     from opacus.validators import ModuleValidator  # noqa: PLC0415 (only DP runs pay the import)
 
     model = ModuleValidator.fix(model)
@@ -85,6 +86,7 @@ class DpSgdSession:
         """None unless ``privacy.mode`` is sample-dpsgd."""
         if privacy.mode != SAMPLE_MODE:
             return None
+        quiet_opacus()
         from opacus import PrivacyEngine  # noqa: PLC0415
 
         engine = PrivacyEngine(accountant="rdp")
