@@ -127,8 +127,9 @@ def test_usage_statistics_travel_with_the_parameters(trained):
     metrics = reply.content["metrics"]
     assert metrics["codebook-used"] == int(used_codes(counts, 0.01).sum())
     assert metrics["codebook-perplexity"] == pytest.approx(perplexity(counts))
-    # the training batches' mean perplexity: more than one code in play, never more than the codebook
-    assert 1.0 < metrics["train-perplexity"] <= len(counts)
+    # the seed's Gumbel layer samples codes while training and takes the argmax afterwards: the
+    # training batches spread over more codes than the trained model picks on the same data
+    assert metrics["train-perplexity"] > metrics["codebook-perplexity"] > 1.0
 
 
 def test_the_best_validation_epoch_is_sent(trained):

@@ -335,6 +335,15 @@ def test_an_unreachable_mlflow_server_stops_the_run_before_any_folder(tmp_path, 
     assert not (tmp_path / "logs" / "x").exists()
 
 
+def _healthy(url: str) -> bool:
+    """Whether the MLflow server answers its health check (False while it is not listening yet)."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -359,13 +368,7 @@ def mlflow_server(tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
+        while not _healthy(url):
             if server.poll() is not None or time.time() > deadline:
                 pytest.fail("mlflow server did not start: " + (tmp_path / "server.log").read_text()[-1500:])
             time.sleep(1)
