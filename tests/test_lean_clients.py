@@ -54,6 +54,24 @@ print(json.dumps({{"mods": sorted(m for m in sys.modules if m.split('.')[0] in {
     assert [m for m in loaded["mods"] if m.split(".")[0] != "matplotlib"] == []  # plots at the end only
 
 
+def test_a_fedavg_client_without_dp_imports_no_privacy_library(tmp_path):
+    """dp-accounting pulls scipy.signal (~3 s per process): only DP runs may pay for it."""
+    code = """
+import json, sys
+from flwr.app import Context, RecordDict
+from fedvq_app.config import load_settings
+from fedvq_app.local_grid import full_run_config
+from fedvq_app.registry import get_method
+config = full_run_config(method="fedavg", **{"partition.kind": "iid"})
+context = Context(run_id=1, node_id=2, node_config={"partition-id": 1, "num-partitions": 3}, state=RecordDict(),
+                  run_config=config)
+get_method("fedavg").client(load_settings(config), context)
+print(json.dumps({"mods": sorted(m for m in sys.modules if m.split('.')[0] in ("dp_accounting", "opacus"))
+                  + [m for m in ("scipy.signal",) if m in sys.modules]}))
+"""
+    assert _python(code, {CACHE_ENV: str(tmp_path / "cache")})["mods"] == []
+
+
 def test_a_partition_is_read_back_by_the_next_process_without_the_partitioner(run_config, tmp_path, monkeypatch):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     overrides = {"partition.kind": "dirichlet", "partition.alpha": 0.5}

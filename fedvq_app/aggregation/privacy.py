@@ -27,7 +27,6 @@ import logging
 from dataclasses import dataclass, field
 from functools import cache
 
-import dp_accounting
 import numpy as np
 
 ADD_OR_REMOVE_ONE = "add-or-remove-one"
@@ -36,6 +35,8 @@ REPLACE_ONE = "replace-one"
 
 def client_level_event(noise_multiplier: float, sample_size: int, population: int, subsampled: bool):
     """The dp-accounting event of one client-level release (see the module docstring)."""
+    import dp_accounting  # noqa: PLC0415 (its scipy.signal import costs ~3 s: only DP runs pay it)
+
     if not subsampled:
         return dp_accounting.GaussianDpEvent(noise_multiplier)
     return dp_accounting.SampledWithoutReplacementDpEvent(
@@ -63,6 +64,8 @@ class ClientLevelLedger:
         """Epsilon after every recorded release at ``delta`` (0 before the first)."""
         if not self.releases:
             return 0.0
+        import dp_accounting  # noqa: PLC0415
+
         relation = (
             dp_accounting.NeighboringRelation.REPLACE_ONE
             if self.subsampled
