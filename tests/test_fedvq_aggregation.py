@@ -365,3 +365,18 @@ def test_lloyd_initialises_from_local_code_means_when_no_global_codebook_exists(
     assert result.stats["initialised"]
     found = sorted(map(tuple, np.round(result.codebook, 0)))
     assert found == sorted(map(tuple, centres))
+
+
+@pytest.mark.parametrize("spread", [0.001, 0.3, 10.0])
+def test_quantization_error_with_a_hint_equals_the_exhaustive_search(spread):
+    """Elkan's bound accepts a guessed nearest code only when no other can be nearer: same sum."""
+    rng = np.random.default_rng(int(spread * 1000))
+    for _ in range(30):
+        k, d, n = int(rng.integers(2, 15)), int(rng.integers(1, 6)), int(rng.integers(1, 50))
+        codes = rng.standard_normal((k, d)) * rng.choice([0.01, 1.0, 100.0])
+        codes[1] = codes[0]  # a duplicated code: its half-gap is 0
+        points = codes[rng.integers(0, k, n)] + spread * rng.standard_normal((n, d))
+        hint = rng.integers(0, k, n)  # many guesses wrong
+        brute = float(((points[:, None, :] - codes[None]) ** 2).sum(2).min(1).sum())
+        assert quantization_error(points, codes, hint) == pytest.approx(brute, rel=1e-9, abs=1e-12)
+        assert quantization_error(points, codes) == pytest.approx(brute, rel=1e-9, abs=1e-12)

@@ -157,23 +157,48 @@ def _prepare(
 # ----------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------
-def quantization_error(points: np.ndarray, codebook: np.ndarray) -> float:
-    """Sum of squared distances of ``points`` to their nearest code.
+def _nearest_sq_distances(points: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """Squared distance of every point to its nearest code (exhaustive search).
 
     The nearest code comes from one float32 matrix product (the model's own precision,
     twice as fast as float64 on a round's (clients x K) x K products); the distance to it
     is then taken exactly in float64, so tight codebooks lose no precision to cancellation.
     """
-    points = np.asarray(points, dtype=np.float64)
-    codebook = np.asarray(codebook, dtype=np.float64)
-    if len(points) == 0:
-        return 0.0
     p32, c32 = points.astype(np.float32), codebook.astype(np.float32)
     # |p|^2 - 2 p.c + |c|^2 as one GEMM (scikit-learn's euclidean_distances upcasts float32
     # to float64 chunk by chunk, which made this the slowest step of a round)
     sq = (c32 * c32).sum(1)[None, :] - 2.0 * (p32 @ c32.T)
     nearest = sq.argmin(axis=1)
-    return float(((points - codebook[nearest]) ** 2).sum())
+    return ((points - codebook[nearest]) ** 2).sum(1)
+
+
+def quantization_error(points: np.ndarray, codebook: np.ndarray, hint: np.ndarray | None = None) -> float:
+    """Sum of squared distances of ``points`` to their nearest code.
+
+    ``hint`` (optional) is a guess of each point's nearest code, e.g. its own row index when
+    the points are the clients' codebooks. A guess is accepted without searching when the
+    point lies within half the distance from the guessed code to its closest other code
+    (then no other code can be nearer, by the triangle inequality: Elkan's bound); only the
+    other points are searched exhaustively. The result is the exhaustive one either way.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    codebook = np.asarray(codebook, dtype=np.float64)
+    if len(points) == 0:
+        return 0.0
+    if hint is None or len(codebook) < 2:
+        return float(_nearest_sq_distances(points, codebook).sum())
+    hint = np.asarray(hint, dtype=np.int64)
+    to_hint = ((points - codebook[hint]) ** 2).sum(1)
+    norms = (codebook * codebook).sum(1)
+    scale = norms[:, None] + norms[None, :]
+    # squared code-to-code distances from the Gram matrix, less a margin for its rounding error
+    between = np.maximum(scale - 2.0 * (codebook @ codebook.T) - 1e-9 * scale, 0.0)
+    np.fill_diagonal(between, np.inf)
+    half_gap_sq = between.min(1) / 4.0  # (|c_h - c_k| / 2)^2 for the closest other code k
+    certain = to_hint <= half_gap_sq[hint]
+    rest = ~certain
+    searched = _nearest_sq_distances(points[rest], codebook).sum() if rest.any() else 0.0
+    return float(to_hint[certain].sum() + searched)
 
 
 def _row_ids(points: np.ndarray) -> np.ndarray:
@@ -315,7 +340,9 @@ def _result(codebook: np.ndarray, inputs: _Inputs, **stats: Any) -> CodebookResu
         "dropped_clients": inputs.dropped,
         "distinct_codes": count_distinct(points),
     }
-    return CodebookResult(codebook, quantization_error(points, codebook), {**common, **stats})
+    # every client's row j most likely sits nearest to global code j (all started from it)
+    hint = np.tile(np.arange(inputs.shape[0]), len(inputs.codebooks)) if len(codebook) == inputs.shape[0] else None
+    return CodebookResult(codebook, quantization_error(points, codebook, hint), {**common, **stats})
 
 
 # ----------------------------------------------------------------------------
