@@ -245,7 +245,8 @@ SECTIONS: dict[str, tuple[str, str, Callable[[list[dict]], list[str]]]] = {
     "scale_partitioning": ("Scale: partitioning 1,000 clients", "python bench/scale.py partitioning",
                            scale_partitioning_section),
     "deployment": ("Deployment: fixed per-message ClientApp cost, before and after",
-                   "python bench/deployment.py --checkout <base checkout> --checkout .", deployment_section),
+                   "python bench/deployment.py --checkout <base> --checkout . --checkout . --checkout <base> "
+                   "--rounds 3 --epochs 0", deployment_section),
     "client_process": ("Deployment: one ClientApp process, before and after",
                        "python bench/client_process.py --checkout <base checkout> --checkout .",
                        client_process_section),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -72,6 +73,29 @@ def test_classification_metrics_match_hand_counts():
     assert result.class_accuracy == (1.0, pytest.approx(1 / 3), -1.0)  # class 2 absent -> -1
     assert result.balanced_accuracy == pytest.approx((1.0 + 1 / 3) / 2)
     assert result.macro_f1 == pytest.approx((0.5 + 0.5) / 2)
+
+
+def test_classification_metrics_agree_with_scikit_learn():
+    """The confusion-matrix formulas give scikit-learn's macro-F1 and balanced accuracy, also
+    when the model predicts classes absent from the labels or misses present ones."""
+    import warnings  # noqa: PLC0415
+
+    from sklearn.metrics import balanced_accuracy_score, f1_score  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        n, k = int(rng.integers(1, 60)), int(rng.integers(2, 8))
+        labels = torch.from_numpy(rng.integers(0, max(1, k - trial % 3), n))  # some classes absent
+        logits = torch.from_numpy(rng.standard_normal((n, k))).float()
+        y, pred = labels.numpy(), logits.argmax(1).numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            balanced = balanced_accuracy_score(y, pred)
+        f1 = f1_score(y, pred, labels=np.unique(y), average="macro", zero_division=0)
+        result = classification_metrics(logits, labels, k)
+        assert result.balanced_accuracy == pytest.approx(balanced)
+        assert result.macro_f1 == pytest.approx(f1)
+        assert result.accuracy == pytest.approx((y == pred).mean())
 
 
 def test_scaffold_control_variate_is_the_mean_raw_gradient():
