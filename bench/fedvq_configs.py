@@ -45,9 +45,14 @@ SCENARIOS = {
     # UEFL's 3 rotation domains (0 / -50 / 120 degrees), 9 clients, labels IID, digits 16x16
     "domains": ("conf/fedvq_digits_3domains.toml", 9, {"train.optimizer": "adam", "train.lr": 0.003,
                                                       "num-server-rounds": 10, "eval-every": 5}),
+    # the README's flwr run in process: pyproject defaults (digits 28x28, Dirichlet 0.5, SGD 0.05 momentum 0.9,
+    # 15 rounds x 2 local epochs), 10 clients; bench/fedvq_flwr_run.py runs the real command
+    "readme": (None, 10, {"eval-every": 5}),
 }
 
-#: name -> overrides; "fedavg" is the baseline
+EMA_SHARED_LLOYD = {"fedvq.quantizer": "ema", "fedvq.encoder": "shared", "codebook.aggregation": "lloyd"}
+
+#: name -> overrides; "fedavg" is the baseline, "defaults" the pyproject defaults with nothing set
 CONFIGS = {
     "fedavg": {"method": "fedavg"},
     "gumbel-private-usage-kmeans": {"fedvq.quantizer": "gumbel", "fedvq.encoder": "private",
@@ -62,14 +67,30 @@ CONFIGS = {
                           "codebook.aggregation": "lloyd"},
     "st-warmup5-mean": {"fedvq.quantizer": "straight-through", "fedvq.encoder": "warmup",
                         "fedvq.shared-encoder-rounds": 5, "codebook.aggregation": "mean"},
+    # issue 13, second pass: revival limited, multi-head VQ, the flatten head
+    "ema-shared-lloyd-norevive": {**EMA_SHARED_LLOYD, "codebook.max-revived": 0},
+    "ema-shared-lloyd-revive3": {**EMA_SHARED_LLOYD, "codebook.revive-after": 3, "codebook.max-revived": 4},
+    "ema-shared-mean": {**EMA_SHARED_LLOYD, "codebook.aggregation": "mean"},
+    "ema4-shared-lloyd": {**EMA_SHARED_LLOYD, "fedvq.heads": 4},
+    "ema4-shared-lloyd-norevive": {**EMA_SHARED_LLOYD, "fedvq.heads": 4, "codebook.max-revived": 0},
+    "ema8-shared-lloyd-norevive": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0},
+    "ema8-shared-mean": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.aggregation": "mean"},
+    "st-shared-mean-flatten": {"fedvq.quantizer": "straight-through", "fedvq.encoder": "shared",
+                               "codebook.aggregation": "mean", "fedvq.head": "flatten"},
+    "ema-shared-lloyd-norevive-flatten": {**EMA_SHARED_LLOYD, "codebook.max-revived": 0, "fedvq.head": "flatten"},
+    "ema8-shared-lloyd-norevive-flatten": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0,
+                                           "fedvq.head": "flatten"},
+    "defaults": {},
 }
 FEDVQ_SECTIONS = ("fedvq.", "codebook.")
 
 
 def run_config_of(scenario: str, config: str, seed: int, log_dir: Path) -> tuple[dict, int, str]:
     conf, clients, extra = SCENARIOS[scenario]
-    base = {**tomllib.loads((ROOT / conf).read_text()), **extra}
+    base = {**(tomllib.loads((ROOT / conf).read_text()) if conf else {"method": "fedvq"}), **extra}
     overrides = {**base, **CONFIGS[config], "seed": seed}
+    if config == "defaults":  # the pyproject defaults: no fedvq key of the base conf survives
+        overrides = {k: v for k, v in overrides.items() if not k.startswith(FEDVQ_SECTIONS)}
     if overrides["method"] != "fedvq":
         overrides = {k: v for k, v in overrides.items() if not k.startswith(FEDVQ_SECTIONS)}
     name = f"{scenario}_{config}_seed{seed}"
@@ -128,7 +149,8 @@ def write_table() -> Path:
             continue
         any_cell = next(iter(cells.values()))
         lines += [f"## {scenario}: {any_cell['clients']} clients, {any_cell['rounds']} rounds x "
-                  f"{any_cell['local_epochs']} local epochs (base `{SCENARIOS[scenario][0]}`)", "",
+                  f"{any_cell['local_epochs']} local epochs (base `{SCENARIOS[scenario][0] or 'pyproject defaults'}`)",
+                  "",
                   "| configuration | seeds | global acc | own acc | codes used / K | perplexity |",
                   "|---|---|---|---|---|---|"]
         for config in CONFIGS:

@@ -188,10 +188,10 @@ class FedVQClient(NeuralClient):
         """Over the training images: how often each code is chosen (seed's tracking); with the ema
         quantizer also the per-code sums and sums of squared norms of the assigned feature vectors."""
         model.eval()
-        num_codes = model.vq.num_embeddings
+        num_codes = model.vq.num_codes
         counts = torch.zeros(num_codes, dtype=torch.int64)
         with_sums = self.options.quantizer == "ema"
-        sums = torch.zeros(num_codes, model.vq.embedding_dim, dtype=torch.float64) if with_sums else None
+        sums = torch.zeros(num_codes, model.vq.code_dim, dtype=torch.float64) if with_sums else None
         squares = torch.zeros(num_codes, dtype=torch.float64) if with_sums else None
         for x, _ in eval_loader(self.data.train_x, self.data.train_y):
             features = model.encoder(normalize_batch(x.to(self.device)))

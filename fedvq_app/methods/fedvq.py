@@ -21,7 +21,7 @@ from fedvq_app.aggregation.codebook import AGGREGATORS, ALIGN_MODES, CodebookPar
 from fedvq_app.clients.fedvq import FedVQClient
 from fedvq_app.config import ConfigError, Settings, option
 from fedvq_app.data.datasets import DatasetInfo
-from fedvq_app.models.vq import QUANTIZERS, build_vq_classifier, codebook_key, is_encoder, is_shared
+from fedvq_app.models.vq import HEADS, QUANTIZERS, build_vq_classifier, codebook_key, is_encoder, is_shared
 from fedvq_app.registry import MethodSpec
 from fedvq_app.server.workflow import run_neural_workflow
 from fedvq_app.strategies.fedavg import sampling_kwargs
@@ -63,6 +63,21 @@ class FedVQOptions:
         help="ema: before the first global codebook, a client replaces codes whose EMA cluster size is below "
         "this (library revival); afterwards dead codes are revived by the server",
     )
+    heads: int = option(
+        "fedvq.heads",
+        1,
+        minimum=1,
+        help="ema: multi-head VQ (vector-quantize-pytorch heads, one K-code codebook per head): each feature "
+        "vector is split into this many chunks of D/heads, each quantized on its own; needs "
+        "codebook.aggregation lloyd or mean",
+    )
+    head: str = option(
+        "fedvq.head",
+        "pool",
+        choices=HEADS,
+        help="classifier on the decoded map: pool (seed: global average pooling + linear), flatten (the plain "
+        "CNN's head: flatten + dense 128 + ReLU + linear, keeps the spatial layout)",
+    )
     aggregation: str = option(
         "codebook.aggregation",
         "mean",
@@ -76,6 +91,19 @@ class FedVQOptions:
         5,
         minimum=1,
         help="lloyd: a client withholds the statistics of a code fewer than this many of its vectors chose",
+    )
+    max_revived: int = option(
+        "codebook.max-revived",
+        -1,
+        minimum=-1,
+        help="lloyd: at most this many dead codes revived by splitting per round (-1 = all, 0 = none: a dead code "
+        "keeps its previous vector)",
+    )
+    revive_after: int = option(
+        "codebook.revive-after",
+        1,
+        minimum=1,
+        help="lloyd: revive a code only after it was dead (no vector anywhere) this many consecutive rounds",
     )
     align: str = option(
         "codebook.align",
@@ -144,11 +172,30 @@ def validate(settings: Settings) -> None:
         )
 
 
+    if opts.heads > 1:
+        if opts.quantizer != "ema":
+            raise ConfigError(
+                f"config key 'fedvq.heads' has invalid value {opts.heads} with fedvq.quantizer={opts.quantizer!r}: "
+                "multi-head VQ needs fedvq.quantizer='ema' (or fedvq.heads=1)"
+            )
+        if opts.aggregation not in (LLOYD, "mean"):
+            raise ConfigError(
+                f"config key 'codebook.aggregation' has invalid value {opts.aggregation!r} with fedvq.heads="
+                f"{opts.heads}: every head has its own codebook, which only 'lloyd' and 'mean' keep apart"
+            )
+        if opts.embedding_dim % opts.heads:
+            raise ConfigError(
+                f"config key 'fedvq.heads' has invalid value {opts.heads}: it must divide "
+                f"codebook.embedding-dim={opts.embedding_dim}"
+            )
+
+
 def build_model(settings: Settings, info: DatasetInfo):
     opts: FedVQOptions = settings.method_options
     return build_vq_classifier(
         settings.model, info.channels, info.num_classes, opts.num_embeddings, opts.embedding_dim, opts.temperature,
         opts.proj_init_gain, opts.quantizer, opts.eval_sampling, opts.ema_decay, opts.dead_code_threshold,
+        opts.heads, opts.head, info.size,
     )
 
 
@@ -171,7 +218,10 @@ def build_strategy(settings: Settings, info: DatasetInfo) -> FedVQStrategy:
     return FedVQStrategy(
         aggregation=opts.aggregation,
         align=opts.align,
-        codebook_shape=(opts.num_embeddings, opts.embedding_dim),
+        codebook_shape=(opts.heads * opts.num_embeddings, opts.embedding_dim // opts.heads),
+        heads=opts.heads,
+        max_revived=opts.max_revived,
+        revive_after=opts.revive_after,
         params=params,
         seed=settings.seed,
         experiment=settings.experiment_name,

@@ -1,0 +1,186 @@
+"""FedVQ's capacity options: multi-head EMA VQ (``fedvq.heads``), the flatten head (``fedvq.head``)
+and the limits on the server's dead-code revival (``codebook.max-revived``, ``codebook.revive-after``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord
+
+from fedvq_app.aggregation.codebook_lloyd import lloyd_codebook_heads, revive_dead
+from fedvq_app.config import ConfigError, ModelSettings, load_settings
+from fedvq_app.local_grid import full_run_config
+from fedvq_app.models.vq import EMA_CODEBOOK_KEY, build_vq_classifier
+from fedvq_app.records import to_numpy, to_record
+from fedvq_app.strategies.fedvq import USAGE_RECORD, FedVQStrategy
+from tests.conftest import reply
+
+
+# ---------------------------------------------------------------------------- multi-head EMA VQ
+def _ema(heads: int, k: int = 8, d: int = 8, head: str = "pool", size: int = 16):
+    torch.manual_seed(0)
+    return build_vq_classifier(ModelSettings(), 1, 10, num_embeddings=k, embedding_dim=d, temperature=1.0,
+                               quantizer="ema", heads=heads, head=head, size=size)
+
+
+def test_multi_head_vq_quantizes_every_chunk_on_its_own_codebook():
+    model = _ema(heads=4)
+    vq = model.vq
+    assert tuple(vq.quantizer._codebook.embed.shape) == (4, 8, 2)  # one 8-code codebook of width 2 per head
+    assert (vq.num_codes, vq.code_dim) == (32, 2)
+    features = model.encoder(torch.randn(6, 1, 16, 16))
+    model.train()
+    vq(features)  # the library's k-means initialisation on this batch
+    model.eval()
+    quantized, _, perplexity, codes = vq(features)
+    books = vq.quantizer._codebook.embed
+    chunks = features.permute(0, 2, 3, 1).reshape(-1, 4, 2)
+    # every chunk replaced by the nearest code of its own head, the chunks concatenated back in channel order
+    nearest = torch.stack([torch.cdist(chunks[:, h], books[h]).argmin(1) for h in range(4)], 1)
+    rebuilt = torch.stack([books[h][nearest[:, h]] for h in range(4)], 1).reshape(6, 4, 4, 8).permute(0, 3, 1, 2)
+    torch.testing.assert_close(quantized, rebuilt)
+    # code indices are h * K + j: head h only ever picks from its own block of K
+    flat = codes.reshape(-1, 4)
+    for h in range(4):
+        assert int(flat[:, h].min()) >= 8 * h and int(flat[:, h].max()) < 8 * (h + 1)
+    assert 1.0 <= float(perplexity) <= 32
+    assert torch.equal(vq.assign(features), (nearest + torch.arange(4) * 8).reshape(-1))
+
+
+def test_multi_head_statistics_are_per_head_counts_sums_and_squares():
+    model = _ema(heads=2)
+    model.train()
+    features = model.encoder(torch.randn(4, 1, 16, 16))
+    model.vq(features)
+    counts, sums, squares = model.vq.statistics(features)
+    assert counts.shape == (16,) and sums.shape == (16, 4) and squares.shape == (16,)
+    # every position gives one chunk per head
+    assert int(counts[:8].sum()) == int(counts[8:].sum()) == 4 * 4 * 4
+    chunks = features.detach().permute(0, 2, 3, 1).reshape(-1, 2, 4).double()
+    codes = model.vq.assign(features).reshape(-1, 2)
+    for j in (int(codes[0, 1]), int(codes[0, 0])):
+        h = j // 8
+        mine = chunks[codes[:, h] == j, h]
+        torch.testing.assert_close(sums[j], mine.sum(0))
+        torch.testing.assert_close(squares[j], mine.square().sum())
+
+
+def test_lloyd_heads_keep_every_head_apart():
+    rng = np.random.default_rng(0)
+    k, d = 4, 3
+    previous = np.vstack([np.zeros((k, d)) + np.arange(k)[:, None], 100 + np.arange(k)[:, None] + np.zeros((k, d))])
+    counts = np.array([5, 5, 5, 5, 9, 9, 9, 0])  # head 1, code 3 (index 7) is dead
+    sums = previous * counts[:, None]
+    squares = (previous**2).sum(1) * counts + 1.0 * counts
+    result = lloyd_codebook_heads([counts], [sums], [squares], previous, rng, heads=2)
+    # the dead code of head 1 is revived by splitting one of head 1's own codes (near 100), never head 0's
+    assert result.codebook.shape == (8, 3) and result.stats["revived_codes"] == 1
+    assert (result.codebook[4:] > 90).all() and (result.codebook[:4] < 10).all()
+    np.testing.assert_allclose(result.codebook[:4], previous[:4])
+    # the same statistics in one call with heads=1 would be free to split a code of the other head
+    assert lloyd_codebook_heads([counts], [sums], [squares], previous, rng, heads=1).codebook.shape == (8, 3)
+
+
+def test_revival_cap_and_eligibility():
+    rng = np.random.default_rng(1)
+    book = np.arange(12, dtype=np.float64).reshape(6, 2)
+    counts = np.array([10, 10, 0, 0, 0, 10])
+    sums = book * counts[:, None]
+    squares = (book**2).sum(1) * counts + 2.0 * counts
+    _, revived = revive_dead(book, counts, sums, squares, rng)
+    assert revived == [2, 3, 4]
+    kept, revived = revive_dead(book, counts, sums, squares, rng, max_revived=0)
+    assert revived == [] and np.array_equal(kept, book)
+    _, revived = revive_dead(book, counts, sums, squares, rng, max_revived=2)
+    assert revived == [2, 3]
+    _, revived = revive_dead(book, counts, sums, squares, rng, eligible=np.array([0, 0, 0, 1, 1, 0], bool))
+    assert revived == [3, 4]
+
+
+# ---------------------------------------------------------------------------- revive-after in the strategy
+K, D = 6, 2
+
+
+def _lloyd_strategy(**kwargs) -> FedVQStrategy:
+    strategy = FedVQStrategy(aggregation="lloyd", align="hungarian", codebook_shape=(K, D), seed=3,
+                             min_available_nodes=1, codebook_key=EMA_CODEBOOK_KEY, quantizer="ema", **kwargs)
+    strategy.ready = True  # a global codebook exists: rounds below are Lloyd steps
+    return strategy
+
+
+class _Grid:
+    def get_node_ids(self):
+        return [1, 2]
+
+
+def _lloyd_round(strategy, server_round, arrays, counts):
+    sent = list(strategy.configure_train(server_round, to_record(arrays), ConfigRecord(), _Grid()))
+    book = arrays[EMA_CODEBOOK_KEY].reshape(K, D).astype(np.float64)
+    replies = []
+    for msg in sent:
+        sums = book * counts[:, None]
+        squares = (book**2).sum(1) * counts + 0.5 * counts
+        usage = {"counts": counts.astype(np.int64), "used": (counts > 0).astype(np.uint8), "sums": sums,
+                 "squares": squares}
+        metrics = {"num-examples": 10, "partition-id": msg.metadata.dst_node_id}
+        replies.append(reply(msg, {"classifier.weight": np.zeros((2, D), np.float32)}, metrics,
+                             **{USAGE_RECORD: to_record(usage)}))
+    new, _ = strategy.aggregate_train(server_round, replies)
+    return to_numpy(new), strategy.round_report()
+
+
+def test_a_code_is_revived_only_after_revive_after_dead_rounds():
+    strategy = _lloyd_strategy(revive_after=2)
+    arrays = {EMA_CODEBOOK_KEY: np.arange(K * D, dtype=np.float32).reshape(1, K, D),
+              "classifier.weight": np.zeros((2, D), np.float32)}
+    counts = np.array([4, 4, 4, 4, 4, 0])
+    arrays, report = _lloyd_round(strategy, 1, arrays, counts)
+    # dead for one round: kept where it was
+    assert report["revived_codes"] == 0 and strategy.dead_rounds.tolist() == [0, 0, 0, 0, 0, 1]
+    np.testing.assert_allclose(arrays[EMA_CODEBOOK_KEY][0, 5], [10, 11])
+    arrays, report = _lloyd_round(strategy, 2, arrays, counts)
+    # dead for two rounds: revived, and its count starts again
+    assert report["revived_codes"] == 1 and strategy.dead_rounds[5] == 0
+    assert not np.allclose(arrays[EMA_CODEBOOK_KEY][0, 5], [10, 11])
+    state = strategy.state_dict()
+    fresh = _lloyd_strategy(revive_after=2)
+    fresh.load_state_dict(state)
+    assert fresh.dead_rounds.tolist() == strategy.dead_rounds.tolist()
+
+
+# ---------------------------------------------------------------------------- flatten head
+def test_flatten_head_reads_the_spatial_layout():
+    pooled = _ema(heads=1, head="pool")
+    flat16, flat28 = _ema(heads=1, head="flatten", size=16), _ema(heads=1, head="flatten", size=28)
+    assert isinstance(pooled.classifier, torch.nn.Linear)
+    # a dense layer over the whole decoded map (4x4 positions at 16x16, 7x7 at 28x28), as the plain CNN's
+    assert flat16.classifier[1].in_features == 8 * 4 * 4 and flat28.classifier[1].in_features == 8 * 7 * 7
+    x = torch.randn(3, 1, 16, 16)
+    flat16.eval()
+    assert flat16(x).logits.shape == (3, 10)
+    # moving one position's features changes the flatten head's logits, but swapping two positions'
+    # decoded features leaves the pooled head's unchanged (pooling forgets where a feature was)
+    decoded = torch.randn(1, 8, 4, 4)
+    swapped = decoded.clone()
+    swapped[..., 0, 0], swapped[..., 3, 3] = decoded[..., 3, 3], decoded[..., 0, 0]
+    pool_logits = lambda m, t: m.classifier(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(t, 1), 1))  # noqa: E731
+    torch.testing.assert_close(pool_logits(pooled, decoded), pool_logits(pooled, swapped))
+    assert not torch.allclose(flat16.classifier(decoded), flat16.classifier(swapped))
+
+
+# ---------------------------------------------------------------------------- configuration
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"fedvq.heads": 2, "fedvq.quantizer": "straight-through"}, "'fedvq.heads'"),
+        ({"fedvq.heads": 2, "fedvq.quantizer": "ema", "codebook.aggregation": "kmeans"}, "'codebook.aggregation'"),
+        ({"fedvq.heads": 3, "fedvq.quantizer": "ema", "codebook.aggregation": "lloyd"}, "must divide"),
+        ({"fedvq.head": "mlp"}, "'fedvq.head'"),
+        ({"codebook.max-revived": -2}, "'codebook.max-revived'"),
+        ({"codebook.revive-after": 0}, "'codebook.revive-after'"),
+    ],
+)
+def test_bad_capacity_options_name_the_key(overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_settings(full_run_config(method="fedvq", **overrides))
