@@ -80,6 +80,18 @@ CONFIGS = {
     "ema-shared-lloyd-norevive-flatten": {**EMA_SHARED_LLOYD, "codebook.max-revived": 0, "fedvq.head": "flatten"},
     "ema8-shared-lloyd-norevive-flatten": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0,
                                            "fedvq.head": "flatten"},
+    "ema-shared-lloyd-norevive-gn": {**EMA_SHARED_LLOYD, "codebook.max-revived": 0, "fedvq.decoder-norm": "group"},
+    "ema8-shared-lloyd-norevive-gn": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0,
+                                      "fedvq.decoder-norm": "group"},
+    "ema8-shared-lloyd-gn": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "fedvq.decoder-norm": "group"},
+    "ema8-shared-mean-gn": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.aggregation": "mean",
+                            "fedvq.decoder-norm": "group"},
+    "st-shared-mean-gn": {"fedvq.quantizer": "straight-through", "fedvq.encoder": "shared",
+                          "codebook.aggregation": "mean", "fedvq.decoder-norm": "group"},
+    "ema8-private-lloyd-norevive-gn": {**EMA_SHARED_LLOYD, "fedvq.encoder": "private", "fedvq.heads": 8,
+                                       "codebook.max-revived": 0, "fedvq.decoder-norm": "group"},
+    "ema8-warmup5-lloyd-norevive-gn": {**EMA_SHARED_LLOYD, "fedvq.encoder": "warmup", "fedvq.shared-encoder-rounds": 5,
+                                       "fedvq.heads": 8, "codebook.max-revived": 0, "fedvq.decoder-norm": "group"},
     "defaults": {},
 }
 FEDVQ_SECTIONS = ("fedvq.", "codebook.")

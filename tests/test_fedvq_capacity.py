@@ -169,6 +169,23 @@ def test_flatten_head_reads_the_spatial_layout():
     assert not torch.allclose(flat16.classifier(decoded), flat16.classifier(swapped))
 
 
+# ---------------------------------------------------------------------------- decoder normalisation
+def test_group_norm_decoder_has_no_running_statistics_and_ignores_the_batch():
+    torch.manual_seed(0)
+    kwargs = dict(num_embeddings=8, embedding_dim=8, temperature=1.0, quantizer="straight-through")
+    batch = build_vq_classifier(ModelSettings(), 1, 10, **kwargs)
+    group = build_vq_classifier(ModelSettings(), 1, 10, decoder_norm="group", **kwargs)
+    assert any("running_mean" in k for k in batch.state_dict())
+    assert not any("running" in k or "num_batches" in k for k in group.state_dict())
+    assert isinstance(group.decoder.block1[1], torch.nn.GroupNorm) and group.decoder.block1[1].num_groups == 8
+    # the same image gives the same logits alone or in a batch, in training mode too (no batch statistics)
+    group.train()
+    x = torch.randn(4, 1, 16, 16)
+    decoded_alone = group.decoder(group.vq(group.encoder(x[:1]))[0])
+    decoded_batch = group.decoder(group.vq(group.encoder(x))[0])[:1]
+    torch.testing.assert_close(decoded_alone, decoded_batch)
+
+
 # ---------------------------------------------------------------------------- configuration
 @pytest.mark.parametrize(
     ("overrides", "needle"),
@@ -177,6 +194,7 @@ def test_flatten_head_reads_the_spatial_layout():
         ({"fedvq.heads": 2, "fedvq.quantizer": "ema", "codebook.aggregation": "kmeans"}, "'codebook.aggregation'"),
         ({"fedvq.heads": 3, "fedvq.quantizer": "ema", "codebook.aggregation": "lloyd"}, "must divide"),
         ({"fedvq.head": "mlp"}, "'fedvq.head'"),
+        ({"fedvq.decoder-norm": "layer"}, "'fedvq.decoder-norm'"),
         ({"codebook.max-revived": -2}, "'codebook.max-revived'"),
         ({"codebook.revive-after": 0}, "'codebook.revive-after'"),
     ],

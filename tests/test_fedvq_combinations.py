@@ -116,8 +116,8 @@ def test_combination_runs_end_to_end(tmp_path, monkeypatch, quantizer, encoder, 
 CAPACITY = [
     ("ema", "shared", "lloyd", {"fedvq.heads": 2, "fedvq.head": "flatten", "codebook.max-revived": 1,
                                 "codebook.revive-after": 2}),
-    ("ema", "warmup", "mean", {"fedvq.heads": 2}),
-    ("straight-through", "private", "mean", {"fedvq.head": "flatten"}),
+    ("ema", "warmup", "mean", {"fedvq.heads": 2, "fedvq.decoder-norm": "group"}),
+    ("straight-through", "private", "mean", {"fedvq.head": "flatten", "fedvq.decoder-norm": "group"}),
     ("gumbel", "shared", "kmeans", {"fedvq.head": "flatten"}),
 ]
 

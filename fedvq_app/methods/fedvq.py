@@ -21,7 +21,15 @@ from fedvq_app.aggregation.codebook import AGGREGATORS, ALIGN_MODES, CodebookPar
 from fedvq_app.clients.fedvq import FedVQClient
 from fedvq_app.config import ConfigError, Settings, option
 from fedvq_app.data.datasets import DatasetInfo
-from fedvq_app.models.vq import HEADS, QUANTIZERS, build_vq_classifier, codebook_key, is_encoder, is_shared
+from fedvq_app.models.vq import (
+    DECODER_NORMS,
+    HEADS,
+    QUANTIZERS,
+    build_vq_classifier,
+    codebook_key,
+    is_encoder,
+    is_shared,
+)
 from fedvq_app.registry import MethodSpec
 from fedvq_app.server.workflow import run_neural_workflow
 from fedvq_app.strategies.fedavg import sampling_kwargs
@@ -77,6 +85,13 @@ class FedVQOptions:
         choices=HEADS,
         help="classifier on the decoded map: pool (seed: global average pooling + linear), flatten (the plain "
         "CNN's head: flatten + dense 128 + ReLU + linear, keeps the spatial layout)",
+    )
+    decoder_norm: str = option(
+        "fedvq.decoder-norm",
+        "batch",
+        choices=DECODER_NORMS,
+        help="normalisation in the decoder's conv blocks: batch (seed: BatchNorm, running statistics averaged "
+        "across clients), group (GroupNorm: no running statistics)",
     )
     aggregation: str = option(
         "codebook.aggregation",
@@ -195,7 +210,7 @@ def build_model(settings: Settings, info: DatasetInfo):
     return build_vq_classifier(
         settings.model, info.channels, info.num_classes, opts.num_embeddings, opts.embedding_dim, opts.temperature,
         opts.proj_init_gain, opts.quantizer, opts.eval_sampling, opts.ema_decay, opts.dead_code_threshold,
-        opts.heads, opts.head, info.size,
+        opts.heads, opts.head, info.size, opts.decoder_norm,
     )
 
 

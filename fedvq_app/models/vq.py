@@ -20,6 +20,7 @@ to that width (part of the encoder).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -217,17 +218,33 @@ class EMAVQ(nn.Module):
         return quantized, commitment.sum(), perplexity, codes
 
 
-def _conv_block(dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+DECODER_NORMS = ("batch", "group")
+#: channels per group of the decoder's GroupNorm (fewer groups when the width is not a multiple)
+GROUP_NORM_GROUPS = 8
+
+
+def _norm(dim: int, kind: str) -> nn.Module:
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(dim, GROUP_NORM_GROUPS), dim)
+    return nn.BatchNorm2d(dim)
+
+
+def _conv_block(dim: int, norm: str = "batch") -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), _norm(dim, norm), nn.ReLU(inplace=True))
 
 
 class ResidualDecoder(nn.Module):
-    """Two conv blocks with the seed's wiring: x1 = b1(q); x2 = b2(x1 + q); out = x2 + x1."""
+    """Two conv blocks with the seed's wiring: x1 = b1(q); x2 = b2(x1 + q); out = x2 + x1.
 
-    def __init__(self, dim: int) -> None:
+    ``norm``: ``batch`` (the seed's BatchNorm) or ``group`` (GroupNorm: no running
+    statistics, so the averaged decoder normalises with what it computes on each batch
+    instead of the average of the clients' running means and variances).
+    """
+
+    def __init__(self, dim: int, norm: str = "batch") -> None:
         super().__init__()
-        self.block1 = _conv_block(dim)
-        self.block2 = _conv_block(dim)
+        self.block1 = _conv_block(dim, norm)
+        self.block2 = _conv_block(dim, norm)
 
     def forward(self, quantized: torch.Tensor) -> torch.Tensor:
         x1 = self.block1(quantized)
@@ -245,12 +262,12 @@ class VQClassifier(nn.Module):
     flatten + dense + ReLU + linear (``flatten``: the plain CNN's head, which keeps the spatial layout)."""
 
     def __init__(self, encoder: nn.Module, vq: GumbelVQ | EMAVQ, num_classes: int, head: str = "pool",
-                 spatial: tuple[int, int] = (1, 1)) -> None:
+                 spatial: tuple[int, int] = (1, 1), decoder_norm: str = "batch") -> None:
         super().__init__()
         self.encoder = encoder
         self.vq = vq
         self.head = head
-        self.decoder = ResidualDecoder(vq.embedding_dim)
+        self.decoder = ResidualDecoder(vq.embedding_dim, decoder_norm)
         if head == "flatten":
             self.classifier = nn.Sequential(
                 nn.Flatten(), nn.Linear(vq.embedding_dim * spatial[0] * spatial[1], FLATTEN_HIDDEN),
@@ -283,6 +300,7 @@ def build_vq_classifier(
     heads: int = 1,
     head: str = "pool",
     size: int = 16,
+    decoder_norm: str = "batch",
 ) -> VQClassifier:
     """The VQ classifier on the configured trunk with the chosen quantizer and head.
 
@@ -306,7 +324,7 @@ def build_vq_classifier(
         with torch.no_grad():
             spatial = tuple(encoder(torch.zeros(1, in_channels, size, size)).shape[-2:])
         encoder.train(was_training)
-    return VQClassifier(encoder, vq, num_classes, head, spatial)
+    return VQClassifier(encoder, vq, num_classes, head, spatial, decoder_norm)
 
 
 def is_encoder(name: str) -> bool:
