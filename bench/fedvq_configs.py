@@ -92,6 +92,16 @@ CONFIGS = {
                                        "codebook.max-revived": 0, "fedvq.decoder-norm": "group"},
     "ema8-warmup5-lloyd-norevive-gn": {**EMA_SHARED_LLOYD, "fedvq.encoder": "warmup", "fedvq.shared-encoder-rounds": 5,
                                        "fedvq.heads": 8, "codebook.max-revived": 0, "fedvq.decoder-norm": "group"},
+    "ema8-shared-lloyd-norevive-bn": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0,
+                                      "fedvq.recalibrate-bn": True},
+    "ema-shared-lloyd-norevive-bn": {**EMA_SHARED_LLOYD, "codebook.max-revived": 0, "fedvq.recalibrate-bn": True},
+    "ema8-shared-lloyd-bn": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "fedvq.recalibrate-bn": True},
+    "st-shared-mean-bn": {"fedvq.quantizer": "straight-through", "fedvq.encoder": "shared",
+                          "codebook.aggregation": "mean", "fedvq.recalibrate-bn": True},
+    "ema8-private-lloyd-norevive-bn": {**EMA_SHARED_LLOYD, "fedvq.encoder": "private", "fedvq.heads": 8,
+                                       "codebook.max-revived": 0, "fedvq.recalibrate-bn": True},
+    "ema8-warmup5-lloyd-norevive-bn": {**EMA_SHARED_LLOYD, "fedvq.encoder": "warmup", "fedvq.shared-encoder-rounds": 5,
+                                       "fedvq.heads": 8, "codebook.max-revived": 0, "fedvq.recalibrate-bn": True},
     "defaults": {},
 }
 FEDVQ_SECTIONS = ("fedvq.", "codebook.")

@@ -202,3 +202,31 @@ def test_group_norm_decoder_has_no_running_statistics_and_ignores_the_batch():
 def test_bad_capacity_options_name_the_key(overrides, needle):
     with pytest.raises(ConfigError, match=needle):
         load_settings(full_run_config(method="fedvq", **overrides))
+
+
+# ---------------------------------------------------------------------------- BatchNorm recalibration
+def test_recalibration_measures_batch_norm_statistics_of_the_evaluated_model(tmp_path):
+    from fedvq_app.data.client_data import normalize_batch
+    from tests.test_fedvq_client import _client, _settings
+
+    settings = _settings(full_run_config, tmp_path, **{"fedvq.quantizer": "ema", "fedvq.encoder": "shared",
+                                                        "codebook.aggregation": "lloyd",
+                                                        "fedvq.recalibrate-bn": True})
+    client = _client(settings)
+    model = client.build_model()
+    model.train()
+    model(normalize_batch(client.data.train_x[:8]))  # k-means init of the codebook
+    bn = model.decoder.block1[1]
+    bn.running_mean.fill_(5.0)  # stale statistics, as averaged by the server
+    bn.running_var.fill_(9.0)
+    codebook = model.vq.codebook.clone()
+    assert client.recalibrate_batch_norm(model) == 2
+    # block1's statistics are now those of its input over all training images (biased variance aside)
+    with torch.no_grad():
+        z = model.encoder(normalize_batch(client.data.train_x))
+        pre = model.decoder.block1[0](model.vq(z)[0])
+    # (batches of 256 weigh equally in the cumulative average: close, not exact)
+    torch.testing.assert_close(bn.running_mean, pre.mean((0, 2, 3)), rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(bn.running_var, pre.var((0, 2, 3)), rtol=5e-2, atol=1e-3)
+    torch.testing.assert_close(model.vq.codebook, codebook)  # the EMA codebook did not move
+    assert not model.training and bn.momentum == 0.1

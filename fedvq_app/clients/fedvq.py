@@ -153,6 +153,40 @@ class FedVQClient(NeuralClient):
             model.load_state_dict(self.best.state)
         return merge_epochs(results)
 
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def recalibrate_batch_norm(self, model: nn.Module) -> int:
+        """Re-estimate every BatchNorm layer's running mean and variance for ``model`` on this
+        client's training images (one pass, cumulative average); returns the number of layers.
+
+        The averaged running statistics the server sends are the mean of each client's
+        statistics of its *local* model along its local training, which do not match the
+        averaged weights; evaluation with them is far below what the same weights reach
+        with statistics measured for them. Only the BatchNorm layers run in training mode
+        here: the EMA codebook is not touched, and no parameter changes.
+        """
+        layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not layers or self.data.num_train == 0:
+            return 0
+        model.eval()
+        momenta = [m.momentum for m in layers]
+        for layer in layers:
+            layer.reset_running_stats()
+            layer.momentum = None  # cumulative average over the batches
+            layer.train()
+        for x, _ in eval_loader(self.data.train_x, self.data.train_y):
+            model(normalize_batch(x.to(self.device)))
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+        model.eval()
+        return len(layers)
+
+    def evaluate_splits(self, model: nn.Module):
+        """The common scores; with ``fedvq.recalibrate-bn`` after re-estimating BatchNorm statistics locally."""
+        if self.options.recalibrate_bn:
+            self.recalibrate_batch_norm(model)
+        return super().evaluate_splits(model)
+
     # ------------------------------------------------------------------ checkpoint
     def checkpoint_path(self, msg: Message) -> Path:
         """``fedvq.checkpoint-dir`` or ``<log-dir>/<experiment>/client_checkpoints``."""

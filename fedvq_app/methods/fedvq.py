@@ -93,6 +93,13 @@ class FedVQOptions:
         help="normalisation in the decoder's conv blocks: batch (seed: BatchNorm, running statistics averaged "
         "across clients), group (GroupNorm: no running statistics)",
     )
+    recalibrate_bn: bool = option(
+        "fedvq.recalibrate-bn",
+        False,
+        help="at evaluation each client re-estimates the BatchNorm running statistics of the model it "
+        "evaluates on its own training images (one forward pass; the averaged running statistics do not "
+        "match the averaged weights)",
+    )
     aggregation: str = option(
         "codebook.aggregation",
         "mean",
