@@ -44,6 +44,7 @@ TINY = {
     "eval-every": 2,
     "fedvq.shared-encoder-rounds": 1,
     "fedvq.save-checkpoints": False,
+    "fedvq.heads": 1,  # one head: the gumbel and straight-through layers have no other (heads: CAPACITY below)
 }
 
 
@@ -127,9 +128,9 @@ def test_capacity_options_run_end_to_end(tmp_path, monkeypatch, quantizer, encod
     object.__setattr__(fedvq_method.SPEC, "plots", None)
     monkeypatch.setattr(plots, "standard_plots", lambda *a, **k: [])
     try:
-        config = full_run_config(**TINY, **{"fedvq.quantizer": quantizer, "fedvq.encoder": encoder,
-                                            "codebook.aggregation": aggregation, "log-dir": str(tmp_path),
-                                            "experiment-name": "c", **extra})
+        config = full_run_config(**{**TINY, "fedvq.quantizer": quantizer, "fedvq.encoder": encoder,
+                                    "codebook.aggregation": aggregation, "log-dir": str(tmp_path),
+                                    "experiment-name": "c", **extra})
         run_local(server_app, client_app, 2, config)
     finally:
         object.__setattr__(fedvq_method.SPEC, "plots", fedvq_method.fedvq_plots)

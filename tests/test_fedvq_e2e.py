@@ -25,6 +25,7 @@ SMALL = {
     "codebook.embedding-dim": 8,
     "fedvq.quantizer": "gumbel",
     "fedvq.encoder": "private",
+    "fedvq.heads": 1,
 }
 
 
