@@ -120,6 +120,9 @@ CONFIGS = {
     "ema8-shared-lloyd-norevive-bn-last-flatten": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0,
                                                    "fedvq.recalibrate-bn": True, "fedvq.best-val": False,
                                                    "fedvq.head": "flatten"},
+    "ema8-shared-lloyd-norevive-bn-last-clip": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0,
+                                                "fedvq.recalibrate-bn": True, "fedvq.best-val": False,
+                                                "fedvq.grad-clip": 1.0},
     "defaults": {},
 }
 FEDVQ_SECTIONS = ("fedvq.", "codebook.")

@@ -230,3 +230,16 @@ def test_recalibration_measures_batch_norm_statistics_of_the_evaluated_model(tmp
     torch.testing.assert_close(bn.running_var, pre.var((0, 2, 3)), rtol=5e-2, atol=1e-3)
     torch.testing.assert_close(model.vq.codebook, codebook)  # the EMA codebook did not move
     assert not model.training and bn.momentum == 0.1
+
+
+def test_gradient_clipping_hook_bounds_the_global_norm():
+    from fedvq_app.clients.fedvq import ClipGradients
+
+    model = _ema(heads=2)
+    model.train()
+    out = model(torch.randn(8, 1, 16, 16) * 50)
+    (out.logits.square().sum() * 1e3).backward()
+    norm = lambda: float(torch.norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])))  # noqa: E731
+    assert norm() > 1.0
+    ClipGradients(1.0).before_step(model)
+    assert norm() == pytest.approx(1.0, rel=1e-4)

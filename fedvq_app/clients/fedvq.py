@@ -63,6 +63,16 @@ def merge_epochs(results: list[TrainResult]) -> TrainResult:
     )
 
 
+class ClipGradients(TrainHook):
+    """Clip the gradients' global norm before every optimizer step (``torch.nn.utils.clip_grad_norm_``)."""
+
+    def __init__(self, max_norm: float) -> None:
+        self.max_norm = max_norm
+
+    def before_step(self, model: nn.Module) -> None:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], self.max_norm)
+
+
 class FedVQClient(NeuralClient):
     """The neural client with the seed's VQ loss and its per-round bookkeeping."""
 
@@ -129,6 +139,13 @@ class FedVQClient(NeuralClient):
         return model(x).logits
 
     # ------------------------------------------------------------------ training
+    def train_hooks(self, model: nn.Module, msg: Message) -> list[TrainHook]:
+        """The common hooks plus gradient-norm clipping when ``fedvq.grad-clip`` > 0."""
+        hooks = list(super().train_hooks(model, msg))
+        if self.options.grad_clip > 0:
+            hooks.append(ClipGradients(self.options.grad_clip))
+        return hooks
+
     def _val_accuracy(self, model: nn.Module) -> float | None:
         if self.data.val_y.numel() == 0:
             return None

@@ -100,6 +100,12 @@ class FedVQOptions:
         "evaluates on its own training images (one forward pass; the averaged running statistics do not "
         "match the averaged weights)",
     )
+    grad_clip: float = option(
+        "fedvq.grad-clip",
+        0.0,
+        minimum=0.0,
+        help="clip the global gradient norm of every local step to this (0 = off)",
+    )
     aggregation: str = option(
         "codebook.aggregation",
         "mean",
