@@ -43,7 +43,7 @@ ENCODER_SCHEDULES = ("private", "shared", "warmup")
 class FedVQOptions:
     quantizer: str = option(
         "fedvq.quantizer",
-        "straight-through",
+        "ema",
         choices=QUANTIZERS,
         help="gumbel (seed: Gumbel-softmax sample), straight-through (argmax code, softmax gradient), "
         "ema (nearest-neighbour VQ, EMA codebook, k-means init, dead-code revival; vector-quantize-pytorch)",
@@ -73,7 +73,7 @@ class FedVQOptions:
     )
     heads: int = option(
         "fedvq.heads",
-        1,
+        8,
         minimum=1,
         help="ema: multi-head VQ (vector-quantize-pytorch heads, one K-code codebook per head): each feature "
         "vector is split into this many chunks of D/heads, each quantized on its own; needs "
@@ -95,7 +95,7 @@ class FedVQOptions:
     )
     recalibrate_bn: bool = option(
         "fedvq.recalibrate-bn",
-        False,
+        True,
         help="at evaluation each client re-estimates the BatchNorm running statistics of the model it "
         "evaluates on its own training images (one forward pass; the averaged running statistics do not "
         "match the averaged weights)",
@@ -108,7 +108,7 @@ class FedVQOptions:
     )
     aggregation: str = option(
         "codebook.aggregation",
-        "mean",
+        "lloyd",
         choices=(*AGGREGATORS, LLOYD),
         help="codebook aggregator: lloyd (ema only: exact mean of the assigned vectors from per-code counts and "
         "sums), mean (FedAvg), kmeans, weighted-kmeans (data-size sample weights), "
@@ -122,7 +122,7 @@ class FedVQOptions:
     )
     max_revived: int = option(
         "codebook.max-revived",
-        -1,
+        0,
         minimum=-1,
         help="lloyd: at most this many dead codes revived by splitting per round (-1 = all, 0 = none: a dead code "
         "keeps its previous vector)",
@@ -177,7 +177,7 @@ class FedVQOptions:
         "fedvq.recon-weight", 0.1, minimum=0.0, help="weight of the decoder's feature reconstruction loss (seed: 0.1)"
     )
     best_val: bool = option(
-        "fedvq.best-val", True, help="send the local epoch that scored best on the local validation split (seed)"
+        "fedvq.best-val", False, help="send the local epoch that scored best on the local validation split (seed)"
     )
     save_checkpoints: bool = option(
         "fedvq.save-checkpoints", True, help="each client keeps its best-validation model as client_<id>_best.pt"
