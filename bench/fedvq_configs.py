@@ -153,6 +153,8 @@ def run_config_of(scenario: str, config: str, seed: int, log_dir: Path) -> tuple
 
 def cell(scenario: str, config: str, seed: int, log_dir: Path) -> dict:
     run_config, clients, name = run_config_of(scenario, config, seed, log_dir)
+    if (log_dir / name).exists():  # the run would refuse the folder and the old summary.json be read back
+        raise SystemExit(f"experiment folder {log_dir / name} exists already: move it away or pass --log-dir")
     started = time.time()
     run_local(server_app, client_app, clients, run_config)
     seconds = time.time() - started

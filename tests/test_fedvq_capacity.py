@@ -190,7 +190,7 @@ def test_group_norm_decoder_has_no_running_statistics_and_ignores_the_batch():
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
-        ({"fedvq.heads": 2, "fedvq.quantizer": "straight-through"}, "'fedvq.heads'"),
+        ({"fedvq.heads": 2, "fedvq.quantizer": "straight-through", "codebook.aggregation": "mean"}, "'fedvq.heads'"),
         ({"fedvq.heads": 2, "fedvq.quantizer": "ema", "codebook.aggregation": "kmeans"}, "'codebook.aggregation'"),
         ({"fedvq.heads": 3, "fedvq.quantizer": "ema", "codebook.aggregation": "lloyd"}, "must divide"),
         ({"fedvq.head": "mlp"}, "'fedvq.head'"),
