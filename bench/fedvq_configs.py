@@ -131,6 +131,8 @@ CONFIGS = {
                                                 "fedvq.grad-clip": 1.0},
     "defaults": {},
     "defaults-private": {"fedvq.encoder": "private"},
+    "defaults-flatten": {"fedvq.head": "flatten"},
+    "defaults-norecal": {"fedvq.recalibrate-bn": False},
     "defaults-warmup5": {"fedvq.encoder": "warmup", "fedvq.shared-encoder-rounds": 5},
 }
 FEDVQ_SECTIONS = ("fedvq.", "codebook.")

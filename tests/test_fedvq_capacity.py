@@ -243,3 +243,12 @@ def test_gradient_clipping_hook_bounds_the_global_norm():
     assert norm() > 1.0
     ClipGradients(1.0).before_step(model)
     assert norm() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_codebook_pca_of_one_dimensional_codes():
+    from fedvq_app.strategies.fedvq import codebook_pca
+
+    # 8 heads of an 8-d vector: codes of width 1; the plot still gets two coordinates per code
+    report = codebook_pca(np.arange(6.0)[:, None], {0: np.ones((3, 1)), 1: np.zeros((2, 1))})
+    assert len(report["global"]) == 6 and all(len(c) == 2 and c[1] == 0.0 for c in report["global"])
+    assert report["explained_variance_ratio"] == [1.0, 0.0] and len(report["clients"]["1"]) == 2

@@ -53,10 +53,18 @@ def codebook_pca(global_codebook: np.ndarray, client_codebooks: dict[int, np.nda
 
     pids = sorted(client_codebooks)
     stacked = np.vstack([global_codebook, *[client_codebooks[p] for p in pids]])
-    pca = PCA(n_components=2).fit(stacked)
-    project = lambda x: np.round(pca.transform(x), PCA_DECIMALS).tolist()  # noqa: E731
+    # codes narrower than 2 (e.g. 8 heads of a 8-d vector) or too few rows: fewer components, zero-padded
+    n = min(2, stacked.shape[1], len(stacked))
+    pca = PCA(n_components=n).fit(stacked)
+
+    def project(x):
+        coords = np.zeros((len(x), 2))
+        coords[:, :n] = pca.transform(x)
+        return np.round(coords, PCA_DECIMALS).tolist()
+
+    ratio = [*pca.explained_variance_ratio_.tolist(), *[0.0] * (2 - n)]
     return {
-        "explained_variance_ratio": pca.explained_variance_ratio_.tolist(),
+        "explained_variance_ratio": ratio,
         "global": project(global_codebook),
         "clients": {str(p): project(client_codebooks[p]) for p in pids},
     }
