@@ -11,6 +11,7 @@ codes used / K and the perplexity of the pooled code counts in the last round.
 
     python bench/fedvq_configs.py --scenario dirichlet --seeds 42,7,123
     python bench/fedvq_configs.py --scenario domains --configs fedavg,ema-warmup --seeds 42
+    python bench/fedvq_configs.py --scenario readme --configs defaults --seeds 42   # README setting in process
     python bench/fedvq_configs.py --table          # rebuild bench/results/fedvq_configs.md only
 
 Each cell appends one JSON line to ``bench/results/fedvq_configs.jsonl``; the table
