@@ -11,6 +11,7 @@ codes used / K and the perplexity of the pooled code counts in the last round.
 
     python bench/fedvq_configs.py --scenario dirichlet --seeds 42,7,123
     python bench/fedvq_configs.py --scenario domains --configs fedavg,ema-warmup --seeds 42
+    python bench/fedvq_configs.py --scenario readme --configs defaults --seeds 42   # README setting in process
     python bench/fedvq_configs.py --table          # rebuild bench/results/fedvq_configs.md only
 
 Each cell appends one JSON line to ``bench/results/fedvq_configs.jsonl``; the table
@@ -45,9 +46,20 @@ SCENARIOS = {
     # UEFL's 3 rotation domains (0 / -50 / 120 degrees), 9 clients, labels IID, digits 16x16
     "domains": ("conf/fedvq_digits_3domains.toml", 9, {"train.optimizer": "adam", "train.lr": 0.003,
                                                       "num-server-rounds": 10, "eval-every": 5}),
+    # the README's flwr run in process: pyproject defaults (digits 28x28, Dirichlet 0.5, SGD 0.05 momentum 0.9,
+    # 15 rounds x 2 local epochs), 10 clients; bench/fedvq_flwr_run.py runs the real command
+    "readme": (None, 10, {"eval-every": 5}),
 }
 
-#: name -> overrides; "fedavg" is the baseline
+#: every named configuration (not "defaults*") states its changes against these settings, the fedvq
+#: defaults before issue 13's second pass, so the rows measured then keep their meaning
+PINNED = {"fedvq.heads": 1, "fedvq.best-val": True, "fedvq.recalibrate-bn": False, "codebook.max-revived": -1,
+          "fedvq.grad-clip": 0.0}
+
+EMA_SHARED_LLOYD = {"fedvq.quantizer": "ema", "fedvq.encoder": "shared", "codebook.aggregation": "lloyd"}
+
+#: name -> overrides; "fedavg" is the baseline, "defaults" the pyproject's fedvq defaults (the base conf's
+#: fedvq keys dropped), "defaults-<x>" those with one change
 CONFIGS = {
     "fedavg": {"method": "fedavg"},
     "gumbel-private-usage-kmeans": {"fedvq.quantizer": "gumbel", "fedvq.encoder": "private",
@@ -62,14 +74,78 @@ CONFIGS = {
                           "codebook.aggregation": "lloyd"},
     "st-warmup5-mean": {"fedvq.quantizer": "straight-through", "fedvq.encoder": "warmup",
                         "fedvq.shared-encoder-rounds": 5, "codebook.aggregation": "mean"},
+    # issue 13, second pass: revival limited, multi-head VQ, the flatten head
+    "ema-shared-lloyd-norevive": {**EMA_SHARED_LLOYD, "codebook.max-revived": 0},
+    "ema-shared-lloyd-revive3": {**EMA_SHARED_LLOYD, "codebook.revive-after": 3, "codebook.max-revived": 4},
+    "ema-shared-mean": {**EMA_SHARED_LLOYD, "codebook.aggregation": "mean"},
+    "ema4-shared-lloyd": {**EMA_SHARED_LLOYD, "fedvq.heads": 4},
+    "ema4-shared-lloyd-norevive": {**EMA_SHARED_LLOYD, "fedvq.heads": 4, "codebook.max-revived": 0},
+    "ema8-shared-lloyd-norevive": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0},
+    "ema8-shared-mean": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.aggregation": "mean"},
+    "st-shared-mean-flatten": {"fedvq.quantizer": "straight-through", "fedvq.encoder": "shared",
+                               "codebook.aggregation": "mean", "fedvq.head": "flatten"},
+    "ema-shared-lloyd-norevive-flatten": {**EMA_SHARED_LLOYD, "codebook.max-revived": 0, "fedvq.head": "flatten"},
+    "ema8-shared-lloyd-norevive-flatten": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0,
+                                           "fedvq.head": "flatten"},
+    "ema-shared-lloyd-norevive-gn": {**EMA_SHARED_LLOYD, "codebook.max-revived": 0, "fedvq.decoder-norm": "group"},
+    "ema8-shared-lloyd-norevive-gn": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0,
+                                      "fedvq.decoder-norm": "group"},
+    "ema8-shared-lloyd-gn": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "fedvq.decoder-norm": "group"},
+    "ema8-shared-mean-gn": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.aggregation": "mean",
+                            "fedvq.decoder-norm": "group"},
+    "st-shared-mean-gn": {"fedvq.quantizer": "straight-through", "fedvq.encoder": "shared",
+                          "codebook.aggregation": "mean", "fedvq.decoder-norm": "group"},
+    "ema8-private-lloyd-norevive-gn": {**EMA_SHARED_LLOYD, "fedvq.encoder": "private", "fedvq.heads": 8,
+                                       "codebook.max-revived": 0, "fedvq.decoder-norm": "group"},
+    "ema8-warmup5-lloyd-norevive-gn": {**EMA_SHARED_LLOYD, "fedvq.encoder": "warmup", "fedvq.shared-encoder-rounds": 5,
+                                       "fedvq.heads": 8, "codebook.max-revived": 0, "fedvq.decoder-norm": "group"},
+    "ema8-shared-lloyd-norevive-bn": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0,
+                                      "fedvq.recalibrate-bn": True},
+    "ema-shared-lloyd-norevive-bn": {**EMA_SHARED_LLOYD, "codebook.max-revived": 0, "fedvq.recalibrate-bn": True},
+    "ema8-shared-lloyd-bn": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "fedvq.recalibrate-bn": True},
+    "st-shared-mean-bn": {"fedvq.quantizer": "straight-through", "fedvq.encoder": "shared",
+                          "codebook.aggregation": "mean", "fedvq.recalibrate-bn": True},
+    "ema8-private-lloyd-norevive-bn": {**EMA_SHARED_LLOYD, "fedvq.encoder": "private", "fedvq.heads": 8,
+                                       "codebook.max-revived": 0, "fedvq.recalibrate-bn": True},
+    "ema8-warmup5-lloyd-norevive-bn": {**EMA_SHARED_LLOYD, "fedvq.encoder": "warmup", "fedvq.shared-encoder-rounds": 5,
+                                       "fedvq.heads": 8, "codebook.max-revived": 0, "fedvq.recalibrate-bn": True},
+    "ema8-private-lloyd-bn": {**EMA_SHARED_LLOYD, "fedvq.encoder": "private", "fedvq.heads": 8,
+                              "fedvq.recalibrate-bn": True},
+    "ema8-warmup5-lloyd-bn": {**EMA_SHARED_LLOYD, "fedvq.encoder": "warmup", "fedvq.shared-encoder-rounds": 5,
+                              "fedvq.heads": 8, "fedvq.recalibrate-bn": True},
+    "ema8-shared-lloyd-norevive-bn-last": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0,
+                                           "fedvq.recalibrate-bn": True, "fedvq.best-val": False},
+    "ema8-shared-lloyd-bn-last": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "fedvq.recalibrate-bn": True,
+                                  "fedvq.best-val": False},
+    "ema8-private-lloyd-norevive-bn-last": {**EMA_SHARED_LLOYD, "fedvq.encoder": "private", "fedvq.heads": 8,
+                                            "codebook.max-revived": 0, "fedvq.recalibrate-bn": True,
+                                            "fedvq.best-val": False},
+    "ema8-warmup5-lloyd-norevive-bn-last": {**EMA_SHARED_LLOYD, "fedvq.encoder": "warmup",
+                                            "fedvq.shared-encoder-rounds": 5, "fedvq.heads": 8,
+                                            "codebook.max-revived": 0, "fedvq.recalibrate-bn": True,
+                                            "fedvq.best-val": False},
+    "ema8-shared-lloyd-norevive-bn-last-flatten": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0,
+                                                   "fedvq.recalibrate-bn": True, "fedvq.best-val": False,
+                                                   "fedvq.head": "flatten"},
+    "ema8-shared-lloyd-norevive-bn-last-clip": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0,
+                                                "fedvq.recalibrate-bn": True, "fedvq.best-val": False,
+                                                "fedvq.grad-clip": 1.0},
+    "defaults": {},
+    "defaults-private": {"fedvq.encoder": "private"},
+    "defaults-flatten": {"fedvq.head": "flatten"},
+    "defaults-norecal": {"fedvq.recalibrate-bn": False},
+    "defaults-warmup5": {"fedvq.encoder": "warmup", "fedvq.shared-encoder-rounds": 5},
 }
 FEDVQ_SECTIONS = ("fedvq.", "codebook.")
 
 
 def run_config_of(scenario: str, config: str, seed: int, log_dir: Path) -> tuple[dict, int, str]:
     conf, clients, extra = SCENARIOS[scenario]
-    base = {**tomllib.loads((ROOT / conf).read_text()), **extra}
-    overrides = {**base, **CONFIGS[config], "seed": seed}
+    base = {**(tomllib.loads((ROOT / conf).read_text()) if conf else {"method": "fedvq"}), **extra}
+    if config.startswith("defaults"):  # the pyproject's fedvq defaults: no fedvq key of the base conf survives
+        base = {k: v for k, v in base.items() if not k.startswith(FEDVQ_SECTIONS)}
+    pinned = {} if config.startswith("defaults") else PINNED
+    overrides = {**base, **pinned, **CONFIGS[config], "seed": seed}
     if overrides["method"] != "fedvq":
         overrides = {k: v for k, v in overrides.items() if not k.startswith(FEDVQ_SECTIONS)}
     name = f"{scenario}_{config}_seed{seed}"
@@ -80,6 +156,8 @@ def run_config_of(scenario: str, config: str, seed: int, log_dir: Path) -> tuple
 
 def cell(scenario: str, config: str, seed: int, log_dir: Path) -> dict:
     run_config, clients, name = run_config_of(scenario, config, seed, log_dir)
+    if (log_dir / name).exists():  # the run would refuse the folder and the old summary.json be read back
+        raise SystemExit(f"experiment folder {log_dir / name} exists already: move it away or pass --log-dir")
     started = time.time()
     run_local(server_app, client_app, clients, run_config)
     seconds = time.time() - started
@@ -128,7 +206,8 @@ def write_table() -> Path:
             continue
         any_cell = next(iter(cells.values()))
         lines += [f"## {scenario}: {any_cell['clients']} clients, {any_cell['rounds']} rounds x "
-                  f"{any_cell['local_epochs']} local epochs (base `{SCENARIOS[scenario][0]}`)", "",
+                  f"{any_cell['local_epochs']} local epochs (base `{SCENARIOS[scenario][0] or 'pyproject defaults'}`)",
+                  "",
                   "| configuration | seeds | global acc | own acc | codes used / K | perplexity |",
                   "|---|---|---|---|---|---|"]
         for config in CONFIGS:

@@ -43,6 +43,8 @@ def main() -> None:
         suffix = "_".join(f"{k.split('.')[-1]}-{v}" for k, v in overrides.items())
         name = f"{method}_{suffix or 'defaults'}_seed{args.seed}"
         config = {"method": method, "seed": args.seed, "log-dir": str(log_dir), "experiment-name": name, **overrides}
+        if (log_dir / name).exists():  # the run would refuse the folder and the old summary.json be read back
+            raise SystemExit(f"experiment folder {log_dir / name} exists already: move it away or pass --log-dir")
         for _attempt in range(STARTUP_ATTEMPTS):
             with tempfile.TemporaryDirectory(prefix="fedvq_flwr_") as home:
                 run = flwr_run(config, Path(home), FEDERATION, timeout=args.timeout)

@@ -31,6 +31,7 @@ def _settings(run_config, tmp_path, **overrides):
                 "codebook.embedding-dim": 8,
                 "fedvq.quantizer": "gumbel",  # the seed's layer and private encoder unless a test says otherwise
                 "fedvq.encoder": "private",
+                "fedvq.heads": 1,
                 "codebook.aggregation": "kmeans",
                 "log-dir": str(tmp_path),
                 **overrides,

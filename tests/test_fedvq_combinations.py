@@ -44,6 +44,7 @@ TINY = {
     "eval-every": 2,
     "fedvq.shared-encoder-rounds": 1,
     "fedvq.save-checkpoints": False,
+    "fedvq.heads": 1,  # one head: the gumbel and straight-through layers have no other (heads: CAPACITY below)
 }
 
 
@@ -110,3 +111,42 @@ def test_combination_runs_end_to_end(tmp_path, monkeypatch, quantizer, encoder, 
     expected = {"private": ["private", "private"], "shared": ["shared", "shared"], "warmup": ["shared", "private"]}
     assert [r["strategy"]["encoder"] for r in rounds] == expected[encoder]
     assert np.isfinite(rounds[-1]["strategy"]["inertia"])
+
+
+#: the capacity options (multi-head EMA VQ, flatten head, revival limits) end to end, each value at least once
+CAPACITY = [
+    ("ema", "shared", "lloyd", {"fedvq.heads": 2, "fedvq.head": "flatten", "codebook.max-revived": 1,
+                                "codebook.revive-after": 2}),
+    ("ema", "warmup", "mean", {"fedvq.heads": 2, "fedvq.decoder-norm": "group"}),
+    ("straight-through", "private", "mean", {"fedvq.head": "flatten", "fedvq.decoder-norm": "group"}),
+    ("gumbel", "shared", "kmeans", {"fedvq.head": "flatten"}),
+]
+
+
+@pytest.mark.parametrize(("quantizer", "encoder", "aggregation", "extra"), CAPACITY)
+def test_capacity_options_run_end_to_end(tmp_path, monkeypatch, quantizer, encoder, aggregation, extra):
+    object.__setattr__(fedvq_method.SPEC, "plots", None)
+    monkeypatch.setattr(plots, "standard_plots", lambda *a, **k: [])
+    try:
+        config = full_run_config(**{**TINY, "fedvq.quantizer": quantizer, "fedvq.encoder": encoder,
+                                    "codebook.aggregation": aggregation, "log-dir": str(tmp_path),
+                                    "experiment-name": "c", **extra})
+        run_local(server_app, client_app, 2, config)
+    finally:
+        object.__setattr__(fedvq_method.SPEC, "plots", fedvq_method.fedvq_plots)
+    out = tmp_path / "c"
+    summary = json.loads((out / "summary.json").read_text())
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["rejected"] for r in rounds] == [[], []]
+    assert 0.0 <= summary["final"]["accuracy"] <= 1.0
+    heads = extra.get("fedvq.heads", 1)
+    report = summary["fedvq"]
+    # with heads, the federation counts heads x K codes of width D / heads
+    assert report["heads"] == heads and report["codebook_shape"] == [heads * 4, 4 // heads]
+    last = rounds[-1]["strategy"]
+    assert last["codebook_size"] == heads * 4 and 1.0 <= last["perplexity"] <= last["codes_used"] + 1e-9
+    if heads > 1:  # every head quantizes every position, so every head has codes in use
+        usage = np.sum([np.asarray(u) for u in report["usage"].values()], axis=0).reshape(heads, 4)
+        assert (usage.sum(1) > 0).all()
+        if aggregation != "lloyd":  # nothing withheld: each head counted every position once
+            assert len(set(usage.sum(1).tolist())) == 1

@@ -25,6 +25,7 @@ SMALL = {
     "codebook.embedding-dim": 8,
     "fedvq.quantizer": "gumbel",
     "fedvq.encoder": "private",
+    "fedvq.heads": 1,
 }
 
 
@@ -115,7 +116,9 @@ def test_default_ema_lloyd_run_and_a_lloyd_reply_with_bad_statistics_is_rejected
     assert rounds[0]["strategy"]["initialised"] is True and rounds[1]["strategy"]["initialised"] is False
     last = rounds[-1]["strategy"]
     assert (report["final_codes_used"], report["final_perplexity"]) == (last["codes_used"], last["perplexity"])
-    assert 1.0 <= last["perplexity"] <= last["codes_used"] <= 16
+    # the default 8 heads of 16 codes: 128 codes federation-wide
+    assert report["heads"] == 8 and last["codebook_size"] == 8 * 16
+    assert 1.0 <= last["perplexity"] <= last["codes_used"] <= 8 * 16
     assert "codes used / K" in (tmp_path / "ema" / "fedvq_tables.md").read_text()
 
 

@@ -55,11 +55,27 @@ def code_sse(counts: np.ndarray, sums: np.ndarray, squares: np.ndarray, codes: n
 
 
 def revive_dead(
-    codebook: np.ndarray, counts: np.ndarray, sums: np.ndarray, squares: np.ndarray, rng: np.random.Generator
+    codebook: np.ndarray,
+    counts: np.ndarray,
+    sums: np.ndarray,
+    squares: np.ndarray,
+    rng: np.random.Generator,
+    eligible: np.ndarray | None = None,
+    max_revived: int = -1,
 ) -> tuple[np.ndarray, list[int]]:
-    """Split the most distorted live codes into the dead ones; (new codebook, revived indices)."""
+    """Split the most distorted live codes into the dead ones; (new codebook, revived indices).
+
+    ``eligible`` (bool per code): only these dead codes may be revived (e.g. dead for several
+    rounds); ``max_revived``: at most this many this round (-1: no cap), the longest-dead first
+    in index order. A dead code not revived keeps its vector.
+    """
     book = np.array(codebook, dtype=np.float64, copy=True)
-    dead = np.flatnonzero(counts <= 0)
+    dead_mask = counts <= 0
+    if eligible is not None:
+        dead_mask &= np.asarray(eligible, dtype=bool)
+    dead = np.flatnonzero(dead_mask)
+    if max_revived >= 0:
+        dead = dead[:max_revived]
     live = counts > 0
     if not len(dead) or not live.any():
         return book, []
@@ -116,11 +132,15 @@ def lloyd_codebook(
     previous: np.ndarray | None,
     rng: np.random.Generator,
     max_iter: int = 300,
+    eligible: np.ndarray | None = None,
+    max_revived: int = -1,
 ) -> CodebookResult:
     """New global codebook from the clients' (already privacy-filtered) per-code statistics.
 
     ``previous`` is the global codebook the clients trained from (None before the first
     one exists: federated k-means initialisation over the local code means).
+    ``eligible`` / ``max_revived``: which dead codes may be revived, and how many (see
+    :func:`revive_dead`).
     """
     counts = [np.asarray(c, dtype=np.int64) for c in counts]
     sums = [np.asarray(s, dtype=np.float64) for s in sums]
@@ -135,7 +155,7 @@ def lloyd_codebook(
     total_s = np.sum(sums, axis=0)
     total_q = np.sum(squares, axis=0)
     book, empty = lloyd_update(previous, total_s, total_n)
-    book, revived = revive_dead(book, total_n, total_s, total_q, rng)
+    book, revived = revive_dead(book, total_n, total_s, total_q, rng, eligible, max_revived)
     inertia = float(code_sse(total_n, total_s, total_q, book)[total_n > 0].sum())
     return CodebookResult(
         book,
@@ -143,3 +163,38 @@ def lloyd_codebook(
         {"initialised": False, "dead_codes": int(empty.sum()), "revived_codes": len(revived),
          "distinct_codes": int((total_n > 0).sum())},
     )
+
+
+def lloyd_codebook_heads(
+    counts: Sequence[np.ndarray],
+    sums: Sequence[np.ndarray],
+    squares: Sequence[np.ndarray],
+    previous: np.ndarray | None,
+    rng: np.random.Generator,
+    heads: int,
+    max_iter: int = 300,
+    eligible: np.ndarray | None = None,
+    max_revived: int = -1,
+) -> CodebookResult:
+    """:func:`lloyd_codebook` for a multi-head quantizer: ``heads`` codebooks of ``K`` codes each.
+
+    The statistics come flat, code ``j`` of head ``h`` at index ``h * K + j``; every head's
+    codebook is initialised, updated and revived on its own statistics only (a code of one
+    head never takes the vectors of another head's chunks). ``max_revived`` caps each head.
+    """
+    if heads == 1:
+        return lloyd_codebook(counts, sums, squares, previous, rng, max_iter, eligible, max_revived)
+    k = len(counts[0]) // heads
+    books, inertia, stats = [], 0.0, {}
+    for h in range(heads):
+        part = slice(h * k, (h + 1) * k)
+        result = lloyd_codebook(
+            [c[part] for c in counts], [s[part] for s in sums], [q[part] for q in squares],
+            None if previous is None else previous[part], rng, max_iter,
+            None if eligible is None else eligible[part], max_revived,
+        )
+        books.append(result.codebook)
+        inertia += result.inertia
+        for key, value in result.stats.items():
+            stats[key] = value if isinstance(value, bool) else stats.get(key, 0) + value
+    return CodebookResult(np.vstack(books), inertia, stats)

@@ -63,6 +63,16 @@ def merge_epochs(results: list[TrainResult]) -> TrainResult:
     )
 
 
+class ClipGradients(TrainHook):
+    """Clip the gradients' global norm before every optimizer step (``torch.nn.utils.clip_grad_norm_``)."""
+
+    def __init__(self, max_norm: float) -> None:
+        self.max_norm = max_norm
+
+    def before_step(self, model: nn.Module) -> None:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], self.max_norm)
+
+
 class FedVQClient(NeuralClient):
     """The neural client with the seed's VQ loss and its per-round bookkeeping."""
 
@@ -129,6 +139,13 @@ class FedVQClient(NeuralClient):
         return model(x).logits
 
     # ------------------------------------------------------------------ training
+    def train_hooks(self, model: nn.Module, msg: Message) -> list[TrainHook]:
+        """The common hooks plus gradient-norm clipping when ``fedvq.grad-clip`` > 0."""
+        hooks = list(super().train_hooks(model, msg))
+        if self.options.grad_clip > 0:
+            hooks.append(ClipGradients(self.options.grad_clip))
+        return hooks
+
     def _val_accuracy(self, model: nn.Module) -> float | None:
         if self.data.val_y.numel() == 0:
             return None
@@ -152,6 +169,40 @@ class FedVQClient(NeuralClient):
         if self.best is not None:
             model.load_state_dict(self.best.state)
         return merge_epochs(results)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def recalibrate_batch_norm(self, model: nn.Module) -> int:
+        """Re-estimate every BatchNorm layer's running mean and variance for ``model`` on this
+        client's training images (one pass, cumulative average); returns the number of layers.
+
+        The averaged running statistics the server sends are the mean of each client's
+        statistics of its *local* model along its local training, which do not match the
+        averaged weights; evaluation with them is far below what the same weights reach
+        with statistics measured for them. Only the BatchNorm layers run in training mode
+        here: the EMA codebook is not touched, and no parameter changes.
+        """
+        layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not layers or self.data.num_train == 0:
+            return 0
+        model.eval()
+        momenta = [m.momentum for m in layers]
+        for layer in layers:
+            layer.reset_running_stats()
+            layer.momentum = None  # cumulative average over the batches
+            layer.train()
+        for x, _ in eval_loader(self.data.train_x, self.data.train_y):
+            model(normalize_batch(x.to(self.device)))
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+        model.eval()
+        return len(layers)
+
+    def evaluate_splits(self, model: nn.Module):
+        """The common scores; with ``fedvq.recalibrate-bn`` after re-estimating BatchNorm statistics locally."""
+        if self.options.recalibrate_bn:
+            self.recalibrate_batch_norm(model)
+        return super().evaluate_splits(model)
 
     # ------------------------------------------------------------------ checkpoint
     def checkpoint_path(self, msg: Message) -> Path:
@@ -188,10 +239,10 @@ class FedVQClient(NeuralClient):
         """Over the training images: how often each code is chosen (seed's tracking); with the ema
         quantizer also the per-code sums and sums of squared norms of the assigned feature vectors."""
         model.eval()
-        num_codes = model.vq.num_embeddings
+        num_codes = model.vq.num_codes
         counts = torch.zeros(num_codes, dtype=torch.int64)
         with_sums = self.options.quantizer == "ema"
-        sums = torch.zeros(num_codes, model.vq.embedding_dim, dtype=torch.float64) if with_sums else None
+        sums = torch.zeros(num_codes, model.vq.code_dim, dtype=torch.float64) if with_sums else None
         squares = torch.zeros(num_codes, dtype=torch.float64) if with_sums else None
         for x, _ in eval_loader(self.data.train_x, self.data.train_y):
             features = model.encoder(normalize_batch(x.to(self.device)))

@@ -21,7 +21,15 @@ from fedvq_app.aggregation.codebook import AGGREGATORS, ALIGN_MODES, CodebookPar
 from fedvq_app.clients.fedvq import FedVQClient
 from fedvq_app.config import ConfigError, Settings, option
 from fedvq_app.data.datasets import DatasetInfo
-from fedvq_app.models.vq import QUANTIZERS, build_vq_classifier, codebook_key, is_encoder, is_shared
+from fedvq_app.models.vq import (
+    DECODER_NORMS,
+    HEADS,
+    QUANTIZERS,
+    build_vq_classifier,
+    codebook_key,
+    is_encoder,
+    is_shared,
+)
 from fedvq_app.registry import MethodSpec
 from fedvq_app.server.workflow import run_neural_workflow
 from fedvq_app.strategies.fedavg import sampling_kwargs
@@ -35,7 +43,7 @@ ENCODER_SCHEDULES = ("private", "shared", "warmup")
 class FedVQOptions:
     quantizer: str = option(
         "fedvq.quantizer",
-        "straight-through",
+        "ema",
         choices=QUANTIZERS,
         help="gumbel (seed: Gumbel-softmax sample), straight-through (argmax code, softmax gradient), "
         "ema (nearest-neighbour VQ, EMA codebook, k-means init, dead-code revival; vector-quantize-pytorch)",
@@ -63,9 +71,44 @@ class FedVQOptions:
         help="ema: before the first global codebook, a client replaces codes whose EMA cluster size is below "
         "this (library revival); afterwards dead codes are revived by the server",
     )
+    heads: int = option(
+        "fedvq.heads",
+        8,
+        minimum=1,
+        help="ema: multi-head VQ (vector-quantize-pytorch heads, one K-code codebook per head): each feature "
+        "vector is split into this many chunks of D/heads, each quantized on its own; needs "
+        "codebook.aggregation lloyd or mean",
+    )
+    head: str = option(
+        "fedvq.head",
+        "pool",
+        choices=HEADS,
+        help="classifier on the decoded map: pool (seed: global average pooling + linear), flatten (the plain "
+        "CNN's head: flatten + dense 128 + ReLU + linear, keeps the spatial layout)",
+    )
+    decoder_norm: str = option(
+        "fedvq.decoder-norm",
+        "batch",
+        choices=DECODER_NORMS,
+        help="normalisation in the decoder's conv blocks: batch (seed: BatchNorm, running statistics averaged "
+        "across clients), group (GroupNorm: no running statistics)",
+    )
+    recalibrate_bn: bool = option(
+        "fedvq.recalibrate-bn",
+        True,
+        help="at evaluation each client re-estimates the BatchNorm running statistics of the model it "
+        "evaluates on its own training images (one forward pass; the averaged running statistics do not "
+        "match the averaged weights)",
+    )
+    grad_clip: float = option(
+        "fedvq.grad-clip",
+        0.0,
+        minimum=0.0,
+        help="clip the global gradient norm of every local step to this (0 = off)",
+    )
     aggregation: str = option(
         "codebook.aggregation",
-        "mean",
+        "lloyd",
         choices=(*AGGREGATORS, LLOYD),
         help="codebook aggregator: lloyd (ema only: exact mean of the assigned vectors from per-code counts and "
         "sums), mean (FedAvg), kmeans, weighted-kmeans (data-size sample weights), "
@@ -76,6 +119,19 @@ class FedVQOptions:
         5,
         minimum=1,
         help="lloyd: a client withholds the statistics of a code fewer than this many of its vectors chose",
+    )
+    max_revived: int = option(
+        "codebook.max-revived",
+        0,
+        minimum=-1,
+        help="lloyd: at most this many dead codes revived by splitting per round (-1 = all, 0 = none: a dead code "
+        "keeps its previous vector)",
+    )
+    revive_after: int = option(
+        "codebook.revive-after",
+        1,
+        minimum=1,
+        help="lloyd: revive a code only after it was dead (no vector anywhere) this many consecutive rounds",
     )
     align: str = option(
         "codebook.align",
@@ -121,7 +177,7 @@ class FedVQOptions:
         "fedvq.recon-weight", 0.1, minimum=0.0, help="weight of the decoder's feature reconstruction loss (seed: 0.1)"
     )
     best_val: bool = option(
-        "fedvq.best-val", True, help="send the local epoch that scored best on the local validation split (seed)"
+        "fedvq.best-val", False, help="send the local epoch that scored best on the local validation split (seed)"
     )
     save_checkpoints: bool = option(
         "fedvq.save-checkpoints", True, help="each client keeps its best-validation model as client_<id>_best.pt"
@@ -144,11 +200,30 @@ def validate(settings: Settings) -> None:
         )
 
 
+    if opts.heads > 1:
+        if opts.quantizer != "ema":
+            raise ConfigError(
+                f"config key 'fedvq.heads' has invalid value {opts.heads} with fedvq.quantizer={opts.quantizer!r}: "
+                "multi-head VQ needs fedvq.quantizer='ema' (or fedvq.heads=1)"
+            )
+        if opts.aggregation not in (LLOYD, "mean"):
+            raise ConfigError(
+                f"config key 'codebook.aggregation' has invalid value {opts.aggregation!r} with fedvq.heads="
+                f"{opts.heads}: every head has its own codebook, which only 'lloyd' and 'mean' keep apart"
+            )
+        if opts.embedding_dim % opts.heads:
+            raise ConfigError(
+                f"config key 'fedvq.heads' has invalid value {opts.heads}: it must divide "
+                f"codebook.embedding-dim={opts.embedding_dim}"
+            )
+
+
 def build_model(settings: Settings, info: DatasetInfo):
     opts: FedVQOptions = settings.method_options
     return build_vq_classifier(
         settings.model, info.channels, info.num_classes, opts.num_embeddings, opts.embedding_dim, opts.temperature,
         opts.proj_init_gain, opts.quantizer, opts.eval_sampling, opts.ema_decay, opts.dead_code_threshold,
+        opts.heads, opts.head, info.size, opts.decoder_norm,
     )
 
 
@@ -171,7 +246,10 @@ def build_strategy(settings: Settings, info: DatasetInfo) -> FedVQStrategy:
     return FedVQStrategy(
         aggregation=opts.aggregation,
         align=opts.align,
-        codebook_shape=(opts.num_embeddings, opts.embedding_dim),
+        codebook_shape=(opts.heads * opts.num_embeddings, opts.embedding_dim // opts.heads),
+        heads=opts.heads,
+        max_revived=opts.max_revived,
+        revive_after=opts.revive_after,
         params=params,
         seed=settings.seed,
         experiment=settings.experiment_name,

@@ -20,6 +20,7 @@ to that width (part of the encoder).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -82,6 +83,8 @@ class GumbelVQ(nn.Module):
         super().__init__()
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
+        self.num_codes = num_embeddings
+        self.code_dim = embedding_dim
         self.temperature = temperature
         self.eval_sampling = eval_sampling
         self.straight_through = straight_through
@@ -134,15 +137,27 @@ class EMAVQ(nn.Module):
       vectors assigned to each code (the sufficient statistics of a Lloyd step).
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, decay: float, dead_code_threshold: float) -> None:
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, decay: float, dead_code_threshold: float, heads: int = 1
+    ) -> None:
         from vector_quantize_pytorch import VectorQuantize  # noqa: PLC0415
 
         super().__init__()
+        if embedding_dim % heads:
+            raise ValueError(f"embedding_dim {embedding_dim} is not divisible by heads {heads}")
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
+        self.heads = heads
+        #: the library splits every feature vector into ``heads`` chunks of this width (no projection)
+        self.code_dim = embedding_dim // heads
+        #: codes counted over all heads: code ``j`` of head ``h`` is index ``h * K + j``
+        self.num_codes = heads * num_embeddings
         self.quantizer = VectorQuantize(
             dim=embedding_dim,
             codebook_size=num_embeddings,
+            codebook_dim=self.code_dim,
+            heads=heads,
+            separate_codebook_per_head=heads > 1,
             decay=decay,
             kmeans_init=True,
             threshold_ema_dead_code=dead_code_threshold,
@@ -153,8 +168,8 @@ class EMAVQ(nn.Module):
 
     @property
     def codebook(self) -> torch.Tensor:
-        """(K, D) current codes."""
-        return self.quantizer._codebook.embed[0]
+        """(heads * K, D / heads) current codes, head by head."""
+        return self.quantizer._codebook.embed.reshape(self.num_codes, self.code_dim)
 
     @torch.no_grad()
     def adopt_global(self) -> None:
@@ -168,43 +183,68 @@ class EMAVQ(nn.Module):
         book.threshold_ema_dead_code = 0
         book.has_dead_code_replacement = False
 
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D, H, W) features -> (N*H*W, heads, D / heads): the chunks the library quantizes."""
+        return x.permute(0, 2, 3, 1).reshape(-1, self.heads, self.code_dim)
+
     @torch.no_grad()
     def assign(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, D, H, W) features -> (N*H*W,) index of the nearest code."""
-        flat = x.permute(0, 2, 3, 1).reshape(-1, self.embedding_dim)
-        return torch.cdist(flat, self.codebook).argmin(1)
+        """(N, D, H, W) features -> (N*H*W*heads,) index ``h * K + j`` of every chunk's nearest code."""
+        chunks = self._split(x)
+        books = self.quantizer._codebook.embed.expand(self.heads, -1, -1)
+        nearest = torch.stack([torch.cdist(chunks[:, h], books[h]).argmin(1) for h in range(self.heads)], 1)
+        offsets = torch.arange(self.heads, device=x.device) * self.num_embeddings
+        return (nearest + offsets).reshape(-1)
 
     @torch.no_grad()
     def statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-code counts (K,), sums (K, D) and sums of squared norms (K,) of ``x``'s vectors."""
-        flat = x.permute(0, 2, 3, 1).reshape(-1, self.embedding_dim).double()
+        """Per-code counts (heads*K,), sums (heads*K, D/heads) and sums of squared norms of ``x``'s chunks."""
+        flat = self._split(x).reshape(-1, self.code_dim).double()
         codes = self.assign(x)
-        counts = torch.bincount(codes, minlength=self.num_embeddings)
-        sums = torch.zeros(self.num_embeddings, self.embedding_dim, dtype=torch.float64, device=x.device)
+        counts = torch.bincount(codes, minlength=self.num_codes)
+        sums = torch.zeros(self.num_codes, self.code_dim, dtype=torch.float64, device=x.device)
         sums.index_add_(0, codes, flat)
-        squares = torch.zeros(self.num_embeddings, dtype=torch.float64, device=x.device)
+        squares = torch.zeros(self.num_codes, dtype=torch.float64, device=x.device)
         squares.index_add_(0, codes, flat.square().sum(1))
         return counts, sums, squares
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         quantized, codes, commitment = self.quantizer(x)
-        picked = torch.bincount(codes.flatten(), minlength=self.num_embeddings).to(x.dtype)
+        if self.heads > 1:  # (N, H, W, heads) -> one index h * K + j per chunk
+            codes = codes + torch.arange(self.heads, device=x.device) * self.num_embeddings
+        picked = torch.bincount(codes.flatten(), minlength=self.num_codes).to(x.dtype)
         mean_use = picked / picked.sum()
         perplexity = torch.exp(-(mean_use * torch.log(mean_use + 1e-10)).sum())
         return quantized, commitment.sum(), perplexity, codes
 
 
-def _conv_block(dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+DECODER_NORMS = ("batch", "group")
+#: channels per group of the decoder's GroupNorm (fewer groups when the width is not a multiple)
+GROUP_NORM_GROUPS = 8
+
+
+def _norm(dim: int, kind: str) -> nn.Module:
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(dim, GROUP_NORM_GROUPS), dim)
+    return nn.BatchNorm2d(dim)
+
+
+def _conv_block(dim: int, norm: str = "batch") -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), _norm(dim, norm), nn.ReLU(inplace=True))
 
 
 class ResidualDecoder(nn.Module):
-    """Two conv blocks with the seed's wiring: x1 = b1(q); x2 = b2(x1 + q); out = x2 + x1."""
+    """Two conv blocks with the seed's wiring: x1 = b1(q); x2 = b2(x1 + q); out = x2 + x1.
 
-    def __init__(self, dim: int) -> None:
+    ``norm``: ``batch`` (the seed's BatchNorm) or ``group`` (GroupNorm: no running
+    statistics, so the averaged decoder normalises with what it computes on each batch
+    instead of the average of the clients' running means and variances).
+    """
+
+    def __init__(self, dim: int, norm: str = "batch") -> None:
         super().__init__()
-        self.block1 = _conv_block(dim)
-        self.block2 = _conv_block(dim)
+        self.block1 = _conv_block(dim, norm)
+        self.block2 = _conv_block(dim, norm)
 
     def forward(self, quantized: torch.Tensor) -> torch.Tensor:
         x1 = self.block1(quantized)
@@ -212,21 +252,36 @@ class ResidualDecoder(nn.Module):
         return x2 + x1
 
 
-class VQClassifier(nn.Module):
-    """encoder -> VQ -> decoder -> global average pooling -> linear classifier."""
+HEADS = ("pool", "flatten")
+#: hidden width of the flatten head (the plain CNN's dense layer)
+FLATTEN_HIDDEN = 128
 
-    def __init__(self, encoder: nn.Module, vq: GumbelVQ | EMAVQ, num_classes: int) -> None:
+
+class VQClassifier(nn.Module):
+    """encoder -> VQ -> decoder -> head: global average pooling + linear (``pool``, the seed), or
+    flatten + dense + ReLU + linear (``flatten``: the plain CNN's head, which keeps the spatial layout)."""
+
+    def __init__(self, encoder: nn.Module, vq: GumbelVQ | EMAVQ, num_classes: int, head: str = "pool",
+                 spatial: tuple[int, int] = (1, 1), decoder_norm: str = "batch") -> None:
         super().__init__()
         self.encoder = encoder
         self.vq = vq
-        self.decoder = ResidualDecoder(vq.embedding_dim)
-        self.classifier = nn.Linear(vq.embedding_dim, num_classes)
+        self.head = head
+        self.decoder = ResidualDecoder(vq.embedding_dim, decoder_norm)
+        if head == "flatten":
+            self.classifier = nn.Sequential(
+                nn.Flatten(), nn.Linear(vq.embedding_dim * spatial[0] * spatial[1], FLATTEN_HIDDEN),
+                nn.ReLU(inplace=True), nn.Linear(FLATTEN_HIDDEN, num_classes),
+            )
+        else:
+            self.classifier = nn.Linear(vq.embedding_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> VQOutput:
         features = self.encoder(x)
         quantized, commitment, perplexity, codes = self.vq(features)
         decoded = self.decoder(quantized)
-        logits = self.classifier(torch.flatten(F.adaptive_avg_pool2d(decoded, 1), 1))
+        pooled = decoded if self.head == "flatten" else torch.flatten(F.adaptive_avg_pool2d(decoded, 1), 1)
+        logits = self.classifier(pooled)
         return VQOutput(logits, commitment, decoded, features, perplexity, codes)
 
 
@@ -242,16 +297,34 @@ def build_vq_classifier(
     eval_sampling: bool = False,
     ema_decay: float = 0.9,
     dead_code_threshold: float = 0.0,
+    heads: int = 1,
+    head: str = "pool",
+    size: int = 16,
+    decoder_norm: str = "batch",
 ) -> VQClassifier:
-    """The VQ classifier on the configured trunk with the chosen quantizer."""
+    """The VQ classifier on the configured trunk with the chosen quantizer and head.
+
+    ``heads`` (ema only): the library's multi-head VQ, every feature vector split into
+    ``heads`` chunks, each quantized with its own K-code codebook. ``size``: the input
+    side, needed by the ``flatten`` head to size its dense layer.
+    """
     trunk, channels = build_trunk(model, in_channels)
     encoder = trunk if channels == embedding_dim else nn.Sequential(trunk, nn.Conv2d(channels, embedding_dim, 1))
     if quantizer == "ema":
-        vq: GumbelVQ | EMAVQ = EMAVQ(num_embeddings, embedding_dim, ema_decay, dead_code_threshold)
+        vq: GumbelVQ | EMAVQ = EMAVQ(num_embeddings, embedding_dim, ema_decay, dead_code_threshold, heads)
     else:
+        if heads != 1:
+            raise ValueError(f"heads={heads}: multi-head VQ needs the ema quantizer")
         vq = GumbelVQ(num_embeddings, embedding_dim, temperature, proj_gain, eval_sampling,
                       straight_through=quantizer == "straight-through")
-    return VQClassifier(encoder, vq, num_classes)
+    spatial = (1, 1)
+    if head == "flatten":
+        was_training = encoder.training
+        encoder.eval()
+        with torch.no_grad():
+            spatial = tuple(encoder(torch.zeros(1, in_channels, size, size)).shape[-2:])
+        encoder.train(was_training)
+    return VQClassifier(encoder, vq, num_classes, head, spatial, decoder_norm)
 
 
 def is_encoder(name: str) -> bool:

@@ -24,7 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 
 from fedvq_app.aggregation.codebook import CodebookParams, aggregate_codebook, perplexity, used_codes
-from fedvq_app.aggregation.codebook_lloyd import lloyd_codebook
+from fedvq_app.aggregation.codebook_lloyd import lloyd_codebook_heads
 from fedvq_app.models.vq import CODEBOOK_KEY, encoder_travels, is_encoder
 from fedvq_app.records import to_numpy, to_record
 from fedvq_app.strategies.fedavg import GuardedFedAvg
@@ -53,10 +53,18 @@ def codebook_pca(global_codebook: np.ndarray, client_codebooks: dict[int, np.nda
 
     pids = sorted(client_codebooks)
     stacked = np.vstack([global_codebook, *[client_codebooks[p] for p in pids]])
-    pca = PCA(n_components=2).fit(stacked)
-    project = lambda x: np.round(pca.transform(x), PCA_DECIMALS).tolist()  # noqa: E731
+    # codes narrower than 2 (e.g. 8 heads of a 8-d vector) or too few rows: fewer components, zero-padded
+    n = min(2, stacked.shape[1], len(stacked))
+    pca = PCA(n_components=n).fit(stacked)
+
+    def project(x):
+        coords = np.zeros((len(x), 2))
+        coords[:, :n] = pca.transform(x)
+        return np.round(coords, PCA_DECIMALS).tolist()
+
+    ratio = [*pca.explained_variance_ratio_.tolist(), *[0.0] * (2 - n)]
     return {
-        "explained_variance_ratio": pca.explained_variance_ratio_.tolist(),
+        "explained_variance_ratio": ratio,
         "global": project(global_codebook),
         "clients": {str(p): project(client_codebooks[p]) for p in pids},
     }
@@ -81,9 +89,18 @@ class FedVQStrategy(GuardedFedAvg):
         encoder: str = "private",
         shared_encoder_rounds: int = 0,
         initial_encoder: dict[str, np.ndarray] | None = None,
+        heads: int = 1,
+        max_revived: int = -1,
+        revive_after: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        #: ema multi-head VQ: ``codebook_shape`` is (heads * K, D / heads), head by head
+        self.heads = heads
+        self.max_revived = max_revived
+        self.revive_after = revive_after
+        #: lloyd: consecutive rounds each code had no vector anywhere (revival waits for revive_after)
+        self.dead_rounds = np.zeros(codebook_shape[0], dtype=np.int64)
         self.codebook_key = codebook_key
         self.quantizer = quantizer
         self.encoder = encoder
@@ -155,7 +172,7 @@ class FedVQStrategy(GuardedFedAvg):
             book = msg.content["arrays"].get(self.codebook_key)
             if book is None:
                 return f"no codebook '{self.codebook_key}' in the reply"
-            if int(np.prod(book.shape)) != k * d or book.shape[-2:] != (k, d):
+            if int(np.prod(book.shape)) != k * d or book.shape[-1] != d:
                 return f"codebook has shape {tuple(book.shape)}, expected {self.codebook_shape}"
         if "counts" not in usage:
             return f"'{USAGE_RECORD}' has no 'counts'"
@@ -185,8 +202,15 @@ class FedVQStrategy(GuardedFedAvg):
         started = time.perf_counter()
         if self.aggregation == LLOYD:
             sums = [u["sums"].numpy() for u in usage]
-            result = lloyd_codebook(counts, sums, [u["squares"].numpy() for u in usage], previous, rng,
-                                    self.params.max_iter)
+            pooled = np.sum([np.asarray(c, dtype=np.int64) for c in counts], axis=0)
+            self.dead_rounds = np.where(pooled > 0, 0, self.dead_rounds + 1) if previous is not None \
+                else np.zeros_like(self.dead_rounds)
+            result = lloyd_codebook_heads(counts, sums, [u["squares"].numpy() for u in usage], previous, rng,
+                                          self.heads, self.params.max_iter,
+                                          eligible=self.dead_rounds >= self.revive_after,
+                                          max_revived=self.max_revived)
+            if previous is not None:  # a revived code starts a fresh life
+                self.dead_rounds[self._revived(previous, result.codebook, pooled)] = 0
             # what the plots show for a client: the local means of the codes it disclosed
             codebooks = [s[c > 0] / c[c > 0][:, None] for s, c in zip(sums, counts, strict=True)]
         else:
@@ -199,7 +223,8 @@ class FedVQStrategy(GuardedFedAvg):
         arrays = to_numpy(averaged)
         if self._encoder_up:
             self.encoder_global = {k: v for k, v in arrays.items() if is_encoder(k)}
-        shape = (1, *self.codebook_shape) if self.quantizer == "ema" else self.codebook_shape
+        k_per_head = self.codebook_shape[0] // self.heads
+        shape = (self.heads, k_per_head, self.codebook_shape[1]) if self.quantizer == "ema" else self.codebook_shape
         arrays[self.codebook_key] = result.codebook.reshape(shape).astype(np.float32)
         self.ready = True
         pids = [_pid(m) for m in accepted]
@@ -209,6 +234,11 @@ class FedVQStrategy(GuardedFedAvg):
         self._report = self._round_statistics(server_round, pids, weights, counts, result, elapsed)
         self.history.append({k: self._report[k] for k in HISTORY_KEYS if k in self._report})
         return to_record(arrays), metrics
+
+    @staticmethod
+    def _revived(previous: np.ndarray, book: np.ndarray, pooled: np.ndarray) -> np.ndarray:
+        """Dead codes whose vector the revival changed."""
+        return (pooled <= 0) & np.any(book != previous, axis=1)
 
     def _round_statistics(self, server_round, pids, weights, counts, result, elapsed) -> dict[str, Any]:
         total = sum(weights)
@@ -287,6 +317,7 @@ class FedVQStrategy(GuardedFedAvg):
             "final_codes_used": last.get("codes_used"),
             "final_perplexity": last.get("perplexity"),
             "codebook_shape": list(self.codebook_shape),
+            "heads": self.heads,
             "aggregation_s_mean": float(np.mean(seconds)) if seconds else None,
             "aggregation_s_total": float(np.sum(seconds)),
             "final_inertia": self.history[-1]["inertia"] if self.history else None,
@@ -301,7 +332,7 @@ class FedVQStrategy(GuardedFedAvg):
     def state_dict(self) -> dict[str, Any]:
         """Server state beyond the global arrays: statistics history and best rounds."""
         state: dict[str, Any] = {"history": self.history, "best_rounds": self.best_rounds, "ready": self.ready,
-                                 "encoder_keys": sorted(self.encoder_global)}
+                                 "encoder_keys": sorted(self.encoder_global), "dead_rounds": self.dead_rounds}
         if self.last_global is not None:
             state["last_global"] = np.asarray(self.last_global)
         for i, key in enumerate(sorted(self.encoder_global)):
@@ -314,6 +345,8 @@ class FedVQStrategy(GuardedFedAvg):
         last = state.get("last_global")
         self.last_global = None if last is None else np.asarray(last)
         self.ready = bool(state.get("ready", self.ready))
+        if "dead_rounds" in state:
+            self.dead_rounds = np.asarray(state["dead_rounds"], dtype=np.int64)
         keys = state.get("encoder_keys", [])
         if keys:
             self.encoder_global = {key: np.asarray(state[f"encoder_{i}"]) for i, key in enumerate(keys)}
