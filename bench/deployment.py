@@ -80,10 +80,20 @@ def _with_overhead(results: dict) -> dict:
     return results
 
 
-def measure_floor(topology, rounds: int, zero_folder: Path, work: Path, name: str) -> dict:
+def fedavg_payload_floats() -> int:
+    """Number of values in the FedAvg job's global model (what each of its messages carries down)."""
+    from fedvq_app.config import load_settings  # noqa: PLC0415
+    from fedvq_app.data.datasets import dataset_info  # noqa: PLC0415
+    from fedvq_app.local_grid import full_run_config  # noqa: PLC0415
+    from fedvq_app.registry import get_method  # noqa: PLC0415
+
+    settings = load_settings(full_run_config(method="fedavg", **{"partition.kind": "iid"}))
+    model = get_method("fedavg").build_model(settings, dataset_info(settings.dataset, settings.seed))
+    return int(sum(t.numel() for t in model.state_dict().values()))
+
+
+def measure_floor(topology, rounds: int, floats: int, work: Path, name: str) -> dict:
     """The no-op app's rounds on this topology, with the FedAvg job's array payload."""
-    phases = _rounds(zero_folder)[0]["communication"]["phases"]["train"]
-    floats = int(phases["sent"] / topology.num_supernodes / 4)
     result = work / f"{name}.json"
     command = ["run", str(FLOOR_APP), topology.connection, "--stream", "--run-config",
                f"num-server-rounds={rounds} payload-floats={floats} result-file='{result}'"]
@@ -118,9 +128,9 @@ def measure_checkout(checkout: Path, rounds: int, epochs: list[int], work: Path)
                     results[f"epochs_{local_epochs}"] = {"completed": False, "tail": tail}
                     continue
                 results[f"epochs_{local_epochs}"] = figures_of(folder)
-            zero = work / "logs" / f"deploy_{checkout.name}_e0"
             if results.get("epochs_0", {}).get("completed"):
-                results["floor"] = measure_floor(topology, rounds, zero, work, f"floor_{checkout.name}")
+                results["floor"] = measure_floor(topology, rounds, fedavg_payload_floats(), work,
+                                                 f"floor_{checkout.name}")
     finally:
         for key, value in saved.items():
             if value is None:
@@ -146,7 +156,7 @@ def main() -> None:
     measured = [_with_overhead({"checkout": str(Path(c).resolve()), "epochs_0": figures_of(Path(f)),
                                 "measured_earlier": True}) for c, f in args.measured]
     with tempfile.TemporaryDirectory(prefix="fedvq_deploy_") as tmp:
-        measured += [measure_checkout(c, rounds, epochs, Path(tmp)) for c in checkouts]
+        measured += [measure_checkout(c, rounds, epochs, Path(tmp) / str(i)) for i, c in enumerate(checkouts)]
     figures = {"supernodes": 3, "method": "fedavg", "dataset": "digits", "rounds": rounds, "checkouts": measured,
                "note": "one session, side by side; machine shared with other jobs: compare ratios only"}
     by_checkout: dict[str, list[dict]] = {}
