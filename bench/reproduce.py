@@ -229,6 +229,10 @@ def render_markdown(records: list[dict]) -> str:
     if verdicts:
         lines += ["", "Targets (issue 14; mean over the seeds measured, compared with FedAvg's mean in the same grid):",
                   "", *verdicts]
+    missing = [f"- {m}: " + ", ".join(s for s in SCENARIOS if (m, s) not in stats)
+               for m in classification_methods() if any((m, s) not in stats for s in SCENARIOS)]
+    if missing:
+        lines += ["", "Not measured in this setup (no cell of the full grid yet):", "", *missing]
     failures = [f"- {m} / {s}: {f}" for (m, s), e in stats.items() for f in e["failed"]]
     if failures:
         lines += ["", "Failures:", "", *failures]

@@ -28,6 +28,8 @@ def test_the_table_gives_mean_and_sample_spread_over_seeds_per_method_and_scenar
     assert "| dirichlet-0.05 | fedavg | 3 | 94.00 ± 4.00 | 94.00 ± 4.00 | 94.00 ± 4.00 | - | - | 2.00 ± 0.00 |" in table
     assert "| long-tail-0.01 | fedloge | 1 | 50.00 ± 0.00 |" in table and "25.00 ± 0.00" in table
     assert "fedloge / long-tail-0.01: seed 43: ValueError: boom" in table
+    assert "- fedavg: dirichlet-0.5, pathological-2, rotated-half, long-tail-0.01" in table  # cells not run are named
+    assert "- cfl: dirichlet-0.5, dirichlet-0.05, pathological-2, rotated-half, long-tail-0.01" in table
 
 
 def test_the_table_says_which_targets_are_met_and_which_missed():
