@@ -227,8 +227,9 @@ def render_markdown(records: list[dict]) -> str:
                          + f" | {entry['seconds']:.0f} |")
     verdicts = target_lines(stats)
     if verdicts:
-        lines += ["", "Targets (issue 14; mean over the seeds measured, compared with FedAvg's mean in the same grid):",
-                  "", *verdicts]
+        lines += ["", f"Targets (issue 14) at this grid's budget ({setup['rounds']} rounds; mean over the seeds "
+                  "measured, compared with FedAvg's mean in the same grid; the 30-round figures and the causes are "
+                  "in docs/fusedspace.md and docs/fedloge.md):", "", *verdicts]
     missing = [f"- {m}: " + ", ".join(s for s in SCENARIOS if (m, s) not in stats)
                for m in classification_methods() if any((m, s) not in stats for s in SCENARIOS)]
     if missing:
