@@ -124,7 +124,9 @@ def parse_overrides(overrides: list[str], source: str = "overrides") -> dict:
 
     check_run_config_keys([k for text in overrides for k in override_keys(text)], source)
     try:
-        return parse_config_args(overrides)
+        # one string: Flower's parser merges separate strings with a shallow dict update, so a second
+        # `fusedspace.x=...` string would drop the first `fusedspace.*` key
+        return parse_config_args([" ".join(overrides)])
     except Exception as err:  # noqa: BLE001 - Flower's parser raises several types for a bad value
         raise ConfigError(f"{source}: cannot parse {' '.join(overrides)!r} ({err})") from None
 

@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flwr.common.config import parse_config_args  # noqa: E402
+from fedvq_app.simulation import parse_overrides  # noqa: E402
 
 FIGURES = ("accuracy", "macro_f1", "balanced_accuracy", "own_test_accuracy")
 
@@ -100,7 +100,7 @@ def main() -> None:
     if args.summarize:
         print(summarize(args.summarize))
         return
-    overrides = parse_config_args([x for x in rest if x != "--"])
+    overrides = parse_overrides([x for x in rest if x != "--"], "run_seeds.py")
     logging.getLogger("flwr").setLevel(logging.WARNING)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for conf in args.confs:

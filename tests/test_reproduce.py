@@ -28,6 +28,23 @@ def test_the_table_gives_mean_and_sample_spread_over_seeds_per_method_and_scenar
     assert "| dirichlet-0.05 | fedavg | 3 | 94.00 ± 4.00 | 94.00 ± 4.00 | 94.00 ± 4.00 | - | - | 2.00 ± 0.00 |" in table
     assert "| long-tail-0.01 | fedloge | 1 | 50.00 ± 0.00 |" in table and "25.00 ± 0.00" in table
     assert "fedloge / long-tail-0.01: seed 43: ValueError: boom" in table
+    assert "- fedavg: dirichlet-0.5, pathological-2, rotated-half, long-tail-0.01" in table  # cells not run are named
+    assert "- cfl: dirichlet-0.5, dirichlet-0.05, pathological-2, rotated-half, long-tail-0.01" in table
+
+
+def test_the_table_says_which_targets_are_met_and_which_missed():
+    records = [_cell("fedavg", "dirichlet-0.05", s, a) for s, a in ((42, 0.80), (43, 0.90))]
+    records += [_cell("fusedspace", "dirichlet-0.05", s, a) for s, a in ((42, 0.84), (43, 0.88))]  # mean 86 >= 85
+    records += [_cell("fedavg", "pathological-2", 42, 0.60), _cell("fusedspace", "pathological-2", 42, 0.59)]
+    records += [_cell("fedavg", "long-tail-0.01", 42, 0.3, tail_accuracy=0.0, own_test_accuracy=0.5),
+                _cell("fedloge", "long-tail-0.01", 42, 0.3, tail_accuracy=0.0, own_test_accuracy=0.6)]
+    table = reproduce.render_markdown(records)
+    assert "Dirichlet 0.05: 86.00 ± 2.83 vs 85.00 ± 7.07 (n = 2 / 2): met" in table
+    assert "pathological-2: 59.00 ± 0.00 vs 60.00 ± 0.00 (n = 1 / 1): **MISSED**" in table
+    assert "long-tail IF 0.01: 0.00 ± 0.00 vs 0.00 ± 0.00 (n = 1 / 1): **MISSED**" in table  # equal is not above
+    assert "(own-distribution): 60.00 ± 0.00 vs 50.00 ± 0.00 (n = 1 / 1): met" in table
+    only_fedavg = reproduce.render_markdown([_cell("fedavg", "dirichlet-0.05", 42, 0.8)])
+    assert "Targets" not in only_fedavg
 
 
 def test_quick_runs_a_real_cell_and_reports_tail_and_own_distribution_accuracy(tmp_path, capsys):
