@@ -44,7 +44,10 @@ def test_multi_head_vq_quantizes_every_chunk_on_its_own_codebook():
     flat = codes.reshape(-1, 4)
     for h in range(4):
         assert int(flat[:, h].min()) >= 8 * h and int(flat[:, h].max()) < 8 * (h + 1)
-    assert 1.0 <= float(perplexity) <= 32
+    # perplexity = exp(entropy) of this batch's code choices over all heads' 32 codes
+    freq = torch.bincount(codes.flatten(), minlength=32).double() / codes.numel()
+    freq = freq[freq > 0]
+    assert float(perplexity) == pytest.approx(float(torch.exp(-(freq * freq.log()).sum())), rel=1e-5)
     assert torch.equal(vq.assign(features), (nearest + torch.arange(4) * 8).reshape(-1))
 
 

@@ -88,11 +88,18 @@ def test_combination_runs_end_to_end(tmp_path, monkeypatch, quantizer, encoder, 
     # MethodSpec is frozen: replace the registry entry's plots through object.__setattr__
     object.__setattr__(fedvq_method.SPEC, "plots", None)
     monkeypatch.setattr(plots, "standard_plots", lambda *a, **k: [])
+    last_counts: dict[int, np.ndarray] = {}  # each node's code counts in its latest train reply
+
+    def record(node, reply):
+        if reply.metadata.message_type == "train" and not reply.has_error():
+            last_counts[node] = reply.content["fedvq-usage"]["counts"].numpy().astype(np.float64)
+        return reply
+
     try:
         config = full_run_config(**TINY, **{"fedvq.quantizer": quantizer, "fedvq.encoder": encoder,
                                             "codebook.aggregation": aggregation, "log-dir": str(tmp_path),
                                             "experiment-name": "c"})
-        run_local(server_app, client_app, 2, config)
+        run_local(server_app, client_app, 2, config, tamper=record)
     finally:
         object.__setattr__(fedvq_method.SPEC, "plots", fedvq_method.fedvq_plots)
     out = tmp_path / "c"
@@ -107,7 +114,11 @@ def test_combination_runs_end_to_end(tmp_path, monkeypatch, quantizer, encoder, 
     # and the perplexity of the pooled counts is never above the number of codes in use
     assert (report["final_codes_used"], report["final_perplexity"]) == (last["codes_used"], last["perplexity"])
     assert max(c["used"] for c in last["clients"].values()) <= last["codes_used"]
-    assert 1.0 <= last["perplexity"] <= last["codes_used"] + 1e-9
+    # ... and both are the pooled counts of the clients' last train replies
+    pooled = np.sum(list(last_counts.values()), axis=0)
+    freq = pooled[pooled > 0] / pooled.sum()
+    assert last["codes_used"] == int((pooled > 0).sum())
+    assert last["perplexity"] == pytest.approx(float(np.exp(-(freq * np.log(freq)).sum())))
     expected = {"private": ["private", "private"], "shared": ["shared", "shared"], "warmup": ["shared", "private"]}
     assert [r["strategy"]["encoder"] for r in rounds] == expected[encoder]
     assert np.isfinite(rounds[-1]["strategy"]["inertia"])

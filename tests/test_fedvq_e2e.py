@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fedvq_app.client_app import app as client_app
 from fedvq_app.config import load_settings
@@ -92,8 +93,11 @@ def test_cold_kmeans_without_alignment_runs_and_checkpoints_can_be_off(tmp_path)
 def test_default_ema_lloyd_run_and_a_lloyd_reply_with_bad_statistics_is_rejected(tmp_path):
     """ema quantizer, shared encoder (the default), lloyd, with node 2's round-2 sums poisoned by NaN."""
     seen = {"train": 0}
+    accepted: dict[int, np.ndarray] = {}  # code counts of the last unpoisoned train reply per node
 
     def tamper(node, reply):
+        if reply.metadata.message_type == "train" and not reply.has_error():
+            accepted[node] = reply.content["fedvq-usage"]["counts"].numpy().astype(np.float64)
         if node == 2 and reply.metadata.message_type == "train" and not reply.has_error():
             seen["train"] += 1
             if seen["train"] == 2:
@@ -101,6 +105,7 @@ def test_default_ema_lloyd_run_and_a_lloyd_reply_with_bad_statistics_is_rejected
                 sums = usage["sums"].numpy().copy()
                 sums[0, 0] = np.nan
                 usage["sums"] = type(usage["sums"])(sums)
+                del accepted[node]  # rejected: its counts are not pooled
         return reply
 
     small = {k: v for k, v in SMALL.items() if not k.startswith("fedvq.")}
@@ -118,7 +123,11 @@ def test_default_ema_lloyd_run_and_a_lloyd_reply_with_bad_statistics_is_rejected
     assert (report["final_codes_used"], report["final_perplexity"]) == (last["codes_used"], last["perplexity"])
     # the default 8 heads of 16 codes: 128 codes federation-wide
     assert report["heads"] == 8 and last["codebook_size"] == 8 * 16
-    assert 1.0 <= last["perplexity"] <= last["codes_used"] <= 8 * 16
+    # federation-wide usage = the pooled counts of the replies the guard accepted in the last round
+    pooled = np.sum(list(accepted.values()), axis=0)
+    freq = pooled[pooled > 0] / pooled.sum()
+    assert len(accepted) == 2 and last["codes_used"] == int((pooled > 0).sum())
+    assert last["perplexity"] == pytest.approx(float(np.exp(-(freq * np.log(freq)).sum())))
     assert "codes used / K" in (tmp_path / "ema" / "fedvq_tables.md").read_text()
 
 
