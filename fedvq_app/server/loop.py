@@ -34,6 +34,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedvq_app.errors import RunFailed, is_node_unavailable
+from fedvq_app.grid_proxy import GridProxy
 from fedvq_app.server.failures import check_client_sizes, nothing_accepted, stop_if_hopeless
 from fedvq_app.tracking.communication import metered
 from fedvq_app.tracking.experiment import ExperimentTracker, RoundOutcome
@@ -57,7 +58,7 @@ class NodesUnavailable(RuntimeError):
     """Fewer connected nodes than the strategy's minimum, for longer than the wait allowed."""
 
 
-class PatientGrid(Grid):
+class PatientGrid(GridProxy):
     """The run's grid, except that ``get_node_ids`` waits a bounded time for ``required`` nodes.
 
     Strategies sample through it (Flower's ``sample_nodes`` loops on
@@ -66,7 +67,7 @@ class PatientGrid(Grid):
     """
 
     def __init__(self, grid: Grid, required: int, wait_s: float, poll_s: float = 1.0) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.required = required
         self.deadline = time.time() + wait_s
         self.poll_s = poll_s
@@ -74,7 +75,7 @@ class PatientGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         announced = False
         while True:
-            nodes = list(self.grid.get_node_ids())
+            nodes = list(super().get_node_ids())
             if len(nodes) >= self.required:
                 return nodes
             if time.time() >= self.deadline:
@@ -83,29 +84,6 @@ class PatientGrid(Grid):
                 log(INFO, "[fedvq] waiting for nodes: %d connected, %d needed", len(nodes), self.required)
                 announced = True
             time.sleep(self.poll_s)
-
-    # everything else goes to the real grid
-    def set_run(self, run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self):
-        return self.grid.run
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self.grid.send_and_receive(messages, timeout=timeout)
-
-    def __getattr__(self, name: str):
-        return getattr(self.grid, name)
 
 
 def required_nodes(strategy: Strategy, phase: str) -> int:

@@ -18,6 +18,8 @@ from typing import Any
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from fedvq_app.grid_proxy import GridProxy
+
 SENT, RECEIVED = "sent", "received"
 
 
@@ -104,46 +106,29 @@ class TrafficMeter:
         return window
 
 
-class MeteredGrid(Grid):
+class MeteredGrid(GridProxy):
     """The run's grid with every message that passes through it counted by ``meter``."""
 
     def __init__(self, grid: Grid, meter: TrafficMeter) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.meter = meter
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)
         self.meter.count(messages, SENT)
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        replies = list(super().send_and_receive(messages, timeout=timeout))
         self.meter.count(replies, RECEIVED)
         return replies
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
         self.meter.count(messages, SENT)
-        return self.grid.push_messages(messages)
+        return super().push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        replies = list(self.grid.pull_messages(message_ids))
+        replies = list(super().pull_messages(message_ids))
         self.meter.count(replies, RECEIVED)
         return replies
-
-    # everything else goes to the real grid
-    def set_run(self, run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self):
-        return self.grid.run
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def __getattr__(self, name: str):
-        return getattr(self.grid, name)
 
 
 def metered(grid: Grid, meter: TrafficMeter) -> Grid:
