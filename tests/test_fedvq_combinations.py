@@ -79,16 +79,13 @@ def test_the_matrix_is_complete_and_the_subset_covers_every_pair():
         assert {(c[i], c[j]) for c in COVERING} == {(c[i], c[j]) for c in COMBINATIONS}
 
 
-@pytest.mark.parametrize(
-    ("quantizer", "encoder", "aggregation"),
-    [c if c in COVERING else pytest.param(*c, marks=pytest.mark.skipif(not FULL, reason="FEDVQ_FULL_MATRIX=1"))
-     for c in COMBINATIONS],
-)
-def test_combination_runs_end_to_end(tmp_path, monkeypatch, quantizer, encoder, aggregation):
+def _run_tiny(tmp_path, monkeypatch, quantizer, encoder, aggregation, extra=None):
+    """A 2-client, 2-round job without plots: its summary, its rounds and each node's code counts
+    in its latest train reply."""
     # MethodSpec is frozen: replace the registry entry's plots through object.__setattr__
     object.__setattr__(fedvq_method.SPEC, "plots", None)
     monkeypatch.setattr(plots, "standard_plots", lambda *a, **k: [])
-    last_counts: dict[int, np.ndarray] = {}  # each node's code counts in its latest train reply
+    last_counts: dict[int, np.ndarray] = {}
 
     def record(node, reply):
         if reply.metadata.message_type == "train" and not reply.has_error():
@@ -96,15 +93,25 @@ def test_combination_runs_end_to_end(tmp_path, monkeypatch, quantizer, encoder, 
         return reply
 
     try:
-        config = full_run_config(**TINY, **{"fedvq.quantizer": quantizer, "fedvq.encoder": encoder,
-                                            "codebook.aggregation": aggregation, "log-dir": str(tmp_path),
-                                            "experiment-name": "c"})
+        config = full_run_config(**{**TINY, "fedvq.quantizer": quantizer, "fedvq.encoder": encoder,
+                                    "codebook.aggregation": aggregation, "log-dir": str(tmp_path),
+                                    "experiment-name": "c", **(extra or {})})
         run_local(server_app, client_app, 2, config, tamper=record)
     finally:
         object.__setattr__(fedvq_method.SPEC, "plots", fedvq_method.fedvq_plots)
     out = tmp_path / "c"
     summary = json.loads((out / "summary.json").read_text())
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    return summary, rounds, last_counts
+
+
+@pytest.mark.parametrize(
+    ("quantizer", "encoder", "aggregation"),
+    [c if c in COVERING else pytest.param(*c, marks=pytest.mark.skipif(not FULL, reason="FEDVQ_FULL_MATRIX=1"))
+     for c in COMBINATIONS],
+)
+def test_combination_runs_end_to_end(tmp_path, monkeypatch, quantizer, encoder, aggregation):
+    summary, rounds, last_counts = _run_tiny(tmp_path, monkeypatch, quantizer, encoder, aggregation)
     assert [r["rejected"] for r in rounds] == [[], []]  # the guard's schema follows the schedule
     assert 0.0 <= summary["final"]["accuracy"] <= 1.0
     report = summary["fedvq"]
@@ -136,18 +143,7 @@ CAPACITY = [
 
 @pytest.mark.parametrize(("quantizer", "encoder", "aggregation", "extra"), CAPACITY)
 def test_capacity_options_run_end_to_end(tmp_path, monkeypatch, quantizer, encoder, aggregation, extra):
-    object.__setattr__(fedvq_method.SPEC, "plots", None)
-    monkeypatch.setattr(plots, "standard_plots", lambda *a, **k: [])
-    try:
-        config = full_run_config(**{**TINY, "fedvq.quantizer": quantizer, "fedvq.encoder": encoder,
-                                    "codebook.aggregation": aggregation, "log-dir": str(tmp_path),
-                                    "experiment-name": "c", **extra})
-        run_local(server_app, client_app, 2, config)
-    finally:
-        object.__setattr__(fedvq_method.SPEC, "plots", fedvq_method.fedvq_plots)
-    out = tmp_path / "c"
-    summary = json.loads((out / "summary.json").read_text())
-    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    summary, rounds, _ = _run_tiny(tmp_path, monkeypatch, quantizer, encoder, aggregation, extra)
     assert [r["rejected"] for r in rounds] == [[], []]
     assert 0.0 <= summary["final"]["accuracy"] <= 1.0
     heads = extra.get("fedvq.heads", 1)
