@@ -65,6 +65,12 @@ def setup_of(args: argparse.Namespace) -> dict:
             "gradient_batches": args.gradient_batches, "quick": args.quick}
 
 
+def scenario_legend(scenarios: list[str]) -> str:
+    """One line naming each scenario's partition and shift settings (the tables' legend)."""
+    return "Scenarios: " + "; ".join(f"`{s}` = " + ", ".join(f"{k}={v}" for k, v in SCENARIOS[s].items())
+                                     for s in scenarios) + "."
+
+
 def run_cell(method: str, scenario: str, setup: dict, work: Path) -> dict:
     """One federated job; its final figures (or the error that stopped it)."""
     name = f"{method}_{scenario}"
@@ -135,8 +141,7 @@ def render_markdown(records: list[dict]) -> str:
         f"test set); Gamma over {setup['gradient_batches']} batch(es) per client at the final global parameters. "
         f"Measured {dates[0]} .. {dates[-1]}{' (quick smoke-test size)' if setup['quick'] else ''}.",
         "",
-        "Scenarios: " + "; ".join(f"`{s}` = " + ", ".join(f"{k}={v}" for k, v in SCENARIOS[s].items())
-                                  for s in scenarios) + ".",
+        scenario_legend(scenarios),
         "",
         "Accuracy % (macro-F1 % / balanced accuracy %):",
         "",

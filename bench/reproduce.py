@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, emit, rounds_of  # noqa: E402
-from bench.methods import SCENARIOS, classification_methods, parse_list  # noqa: E402
+from bench.methods import SCENARIOS, classification_methods, parse_list, scenario_legend  # noqa: E402
 
 NAME = "reproduce"
 SEEDS = (42, 43, 44)
@@ -211,8 +211,7 @@ def render_markdown(records: list[dict]) -> str:
         f"rows drawn to the client's own label mix; Gamma over {setup['gradient_batches']} batch(es) per client. "
         f"Measured {dates[0]} .. {dates[-1]}{' (quick smoke-test size)' if setup['quick'] else ''}.",
         "",
-        "Scenarios: " + "; ".join(f"`{s}` = " + ", ".join(f"{k}={v}" for k, v in SCENARIOS[s].items())
-                                  for s in scenarios) + ".",
+        scenario_legend(scenarios),
         "",
         "| scenario | method | n | " + " | ".join(title for _, title, _ in FIGURES) + " | s per job |",
         "|---|---|---|" + "---|" * (len(FIGURES) + 1),
