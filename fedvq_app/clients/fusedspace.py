@@ -35,6 +35,7 @@ from fedvq_app.data.client_data import train_loader
 from fedvq_app.models.fusedspace import PRIVATE_PREFIX, FusedSpaceNet
 from fedvq_app.records import to_numpy, to_record
 from fedvq_app.strategies.fusedspace import STATS_RECORD
+from fedvq_app.training import optim
 from fedvq_app.training.loop import TrainHook, TrainResult, make_optimizer, train_epochs
 
 WARMUP_STREAM = 3  # seeds the warm-up shuffles apart from the local epochs'
@@ -144,11 +145,11 @@ class FusedSpaceClient(NeuralClient):
         named = autoencoder_parameters(model)
         params = [p for _, p in named]
         if opts.ae_optimizer == "sgd":
-            optimizer = torch.optim.SGD(
+            optimizer = optim.SGD(
                 params, lr=opts.ae_lr, momentum=opts.ae_momentum, weight_decay=opts.ae_weight_decay
             )
         else:
-            optimizer = torch.optim.Adam(params, lr=opts.ae_lr, weight_decay=opts.ae_weight_decay)
+            optimizer = optim.Adam(params, lr=opts.ae_lr, weight_decay=opts.ae_weight_decay)
         if opts.ae_keep_state and OPTIMIZER_STATE_KEY in self.context.state:
             saved = to_numpy(self.context.state[OPTIMIZER_STATE_KEY])
             load_optimizer_state(optimizer, [n for n, _ in named], saved)

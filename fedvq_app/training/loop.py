@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from fedvq_app.config import TrainSettings
 from fedvq_app.data.client_data import normalize_batch
+from fedvq_app.training import optim
 
 ABSENT_CLASS = -1.0  # class-accuracy entry of a class missing from the split (no NaN on the wire)
 
@@ -61,12 +62,12 @@ def plain_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainSettings, lr: float | None = None):
-    """SGD (with momentum) or Adam as configured."""
+    """SGD (with momentum) or Adam as configured (torch's, without the dynamo import: training/optim.py)."""
     lr = cfg.lr if lr is None else lr
     params = [p for p in params if p.requires_grad]
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+    return optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def train_epochs(
