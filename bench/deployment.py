@@ -19,6 +19,10 @@ A 0-epoch FedAvg round is Flower's floor (SuperNode polling, SuperExec polling, 
 start, ``import flwr``, transport) plus the ClientApp's own part (imports, data, model,
 evaluation). The ClientApp's fixed per-message overhead is therefore
 ``(FedAvg round at 0 epochs - floor round) / 2``; the raw ``round / 2`` is reported too.
+Wall seconds on a shared 2-core machine swell with whatever else runs (3 ClientApp processes
+start at once on 2 cores), so each job also counts the **CPU seconds** of its ClientApp
+processes (``ClientAppCpu``: /proc, the SuperNodes' process groups only): CPU per message
+of the FedAvg job minus that of the floor is the same overhead in CPU, steady under load.
 
 The first round (SuperNode start-up, cold caches) is reported apart; the steady
 figures are means over the later rounds.
@@ -36,6 +40,8 @@ import json
 import os
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +73,79 @@ def figures_of(folder: Path) -> dict:
 
 
 FLOOR_APP = ROOT / "bench" / "floor_app"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class ClientAppCpu:
+    """CPU seconds (user + system) of the ClientApp processes of a topology's SuperNodes, while it runs.
+
+    A thread lists /proc every ``interval_s``; a process counts when its command is
+    ``flwr-clientapp`` and its process group is one of the SuperNodes' (each SuperNode leads
+    its own group, and its ClientApp processes inherit it), so nobody else's processes on the
+    shared machine are counted, and only processes started after the counter (not the last
+    messages of an earlier job, which may still be exiting). On leaving, it waits for the
+    counted processes to end (at most ``drain_s``). Each process's last sample is kept: at most
+    ``interval_s`` of a process's final CPU is missed, alike for every checkout. Unlike wall
+    seconds, CPU seconds do not grow with the other jobs on the machine.
+    """
+
+    def __init__(self, supernode_pids, interval_s: float = 0.05, drain_s: float = 20.0) -> None:
+        self.groups = {int(p) for p in supernode_pids}
+        self.interval_s, self.drain_s = interval_s, drain_s
+        self.cpu_s: dict[int, float] = {}
+        self._live: set[int] = set()
+        self._others: set[int] = set()
+        with open("/proc/uptime") as uptime:
+            self._since_ticks = float(uptime.read().split()[0]) * CLOCK_TICKS
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _sample(self) -> None:
+        live = set()
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit() or int(entry.name) in self._others:
+                continue
+            pid = int(entry.name)
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as stat:
+                    head, _, rest = stat.read().rpartition(b")")
+            except OSError:
+                continue
+            fields = rest.split()  # fields[0] is the state: field 3 of proc(5)
+            if (head.partition(b"(")[2] != b"flwr-clientapp" or int(fields[2]) not in self.groups
+                    or int(fields[19]) < self._since_ticks):
+                self._others.add(pid)
+                continue
+            if fields[0] != b"Z":  # a zombie's counters are gone; its last sample stands
+                self.cpu_s[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+                live.add(pid)
+        self._live = live
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> ClientAppCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        deadline = time.monotonic() + self.drain_s
+        while self._live and time.monotonic() < deadline:  # the last messages' processes, to their end
+            time.sleep(self.interval_s)
+            self._sample()
+
+    def figures(self, messages: int) -> dict:
+        """CPU seconds per message sent, and each ClientApp process's CPU seconds."""
+        return {"cpu_per_message_s": sum(self.cpu_s.values()) / messages, "clientapp_processes": len(self.cpu_s),
+                "clientapp_cpu_s": sorted(round(v, 2) for v in self.cpu_s.values())}
+
+
+def _supernode_pids(topology) -> list[int]:
+    return [pid for name, pid in topology.state.pids.items() if name.startswith("supernode-")]
 
 
 def _with_overhead(results: dict) -> dict:
@@ -77,6 +156,8 @@ def _with_overhead(results: dict) -> dict:
         if floor.get("completed"):
             # what the ClientApp adds to Flower's own per-message cost
             results["per_message_overhead_s"] = (zero["steady_round_s"] - floor["steady_round_s"]) / 2
+            if "cpu_per_message_s" in zero and "cpu_per_message_s" in floor:
+                results["cpu_overhead_per_message_s"] = zero["cpu_per_message_s"] - floor["cpu_per_message_s"]
     return results
 
 
@@ -97,13 +178,15 @@ def measure_floor(topology, rounds: int, floats: int, work: Path, name: str) -> 
     result = work / f"{name}.json"
     command = ["run", str(FLOOR_APP), topology.connection, "--stream", "--run-config",
                f"num-server-rounds={rounds} payload-floats={floats} result-file='{result}'"]
-    done = topology.flwr(*command, timeout=1800)
+    with ClientAppCpu(_supernode_pids(topology)) as cpu:
+        done = topology.flwr(*command, timeout=1800)
     if not result.is_file():
         return {"completed": False, "tail": (done.stdout + done.stderr)[-1500:]}
     per_round = json.loads(result.read_text())["per_round_s"]
     steady = per_round[1:] or per_round
     return {"completed": True, "per_round_s": per_round, "first_round_s": per_round[0],
-            "steady_round_s": sum(steady) / len(steady), "payload_floats": floats}
+            "steady_round_s": sum(steady) / len(steady), "payload_floats": floats,
+            **cpu.figures(rounds * topology.num_supernodes * 2)}
 
 
 def measure_checkout(checkout: Path, rounds: int, epochs: list[int], work: Path) -> dict:
@@ -121,13 +204,15 @@ def measure_checkout(checkout: Path, rounds: int, epochs: list[int], work: Path)
                 config = {"method": "fedavg", "num-server-rounds": rounds, "train.local-epochs": local_epochs,
                           "partition.kind": "iid", "round-timeout": 600.0, "log-dir": str(work / "logs"),
                           "experiment-name": name}
-                code = topology.run(config, timeout=1800, log_name=name)
+                with ClientAppCpu(_supernode_pids(topology)) as cpu:
+                    code = topology.run(config, timeout=1800, log_name=name)
                 folder = work / "logs" / name
                 if code != 0 or not (folder / "summary.json").is_file():
                     tail = (topology.logs / f"{name}.log").read_text()[-1500:]
                     results[f"epochs_{local_epochs}"] = {"completed": False, "tail": tail}
                     continue
-                results[f"epochs_{local_epochs}"] = figures_of(folder)
+                results[f"epochs_{local_epochs}"] = {
+                    **figures_of(folder), **cpu.figures(rounds * topology.num_supernodes * 2)}
             if results.get("epochs_0", {}).get("completed"):
                 results["floor"] = measure_floor(topology, rounds, fedavg_payload_floats(), work,
                                                  f"floor_{checkout.name}")
@@ -170,6 +255,9 @@ def main() -> None:
         figures["overhead_after_over_before"] = mean(after, "per_message_overhead_s") / mean(
             before, "per_message_overhead_s")
         figures["raw_per_message_after_over_before"] = mean(after, "per_message_s") / mean(before, "per_message_s")
+        if all("cpu_overhead_per_message_s" in m for m in measured):
+            figures["cpu_overhead_after_over_before"] = mean(after, "cpu_overhead_per_message_s") / mean(
+                before, "cpu_overhead_per_message_s")
         figures["target"] = "ClientApp per-message overhead (above Flower's floor) after <= 0.5 x before"
     emit("deployment", figures, quick=args.quick)
 

@@ -52,18 +52,22 @@ def machine_line(record: dict) -> str:
 def codebook_section(records: list[dict]) -> list[str]:
     r = records[0]
     lines = [machine_line(r), "", "| case | aggregator | seconds | CPU seconds | inertia | speed-up vs seed | "
-             "CPU speed-up | inertia ratio |", "|---|---|---|---|---|---|---|---|"]
+             "CPU speed-up | inertia ratio | usage-inertia ratio |", "|---|---|---|---|---|---|---|---|---|"]
     nan = float("nan")
     for case in r["cases"]:
         for agg in case["aggregators"]:
             lines.append(f"| {case['case']} | {agg['name']} | {agg['seconds']:.4f} | "
                          f"{agg.get('cpu_seconds', nan):.4f} | {agg['inertia']:.4g} | {agg.get('speedup', nan):.1f}x | "
-                         f"{agg.get('cpu_speedup', nan):.1f}x | {agg.get('inertia_ratio', nan):.3f} |")
+                         f"{agg.get('cpu_speedup', nan):.1f}x | {agg.get('inertia_ratio', nan):.3f} | "
+                         f"{agg.get('usage_inertia_ratio', nan):.3f} |")
     target = r.get("target", {})
     lines += ["", f"Target: default aggregator `{target.get('aggregator')}` >= {target.get('speedup_at_least', 100)}x "
               f"faster than the seed's `KMeans(n_init=10)` at <= {target.get('inertia_ratio_at_most', 1.0)}x its "
               f"inertia in every case where it applies, and <= {target.get('seconds_at_most_at_512_dims', '-')} s at "
-              f"512 dims: {verdict(r.get('target_met', False))}."]
+              f"512 dims: {verdict(r.get('target_met', False))}. Inertia: every submitted code counts once "
+              "(the issue's scale); usage inertia: each code weighted by how many feature vectors chose it (the "
+              "error of the vectors the codebook quantizes, which the `lloyd` step minimises; absent in older "
+              "records)."]
     return lines
 
 
@@ -181,19 +185,30 @@ def deployment_section(records: list[dict]) -> list[str]:
              "session (in the order listed). Flower floor = the same two messages per node per round with the "
              "FedAvg model's array payload from `bench/floor_app`, a no-op app whose ClientApp imports only Flower, "
              "on the same SuperLink and SuperNodes. Per message (raw) = steady round time at local-epochs 0 / 2 "
-             "(train + evaluate per node); ClientApp overhead = (that round - floor round) / 2.",
+             "(train + evaluate per node); ClientApp overhead = (that round - floor round) / 2. CPU: the CPU "
+             "seconds of the SuperNodes' ClientApp processes per message (all rounds), FedAvg job and floor; "
+             "their difference is the ClientApp overhead in CPU seconds, which the machine's other jobs do not "
+             "inflate.",
              "", "| checkout | round s, 0 epochs | round s, 1 epoch | floor round s | per message (raw) s | "
-             "ClientApp overhead per message s |", "|---|---|---|---|---|---|"]
+             "ClientApp overhead per message s | CPU s per message: FedAvg / floor | ClientApp overhead, CPU s |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in r["checkouts"]:
         zero, one, floor = c.get("epochs_0", {}), c.get("epochs_1", {}), c.get("floor", {})
         fmt = lambda d, key: f"{d[key]:.1f}" if d.get("completed") else "-"  # noqa: E731
         num = lambda key, c=c: f"{c[key]:.2f}" if key in c else "-"  # noqa: E731
+        cpu = (f"{zero['cpu_per_message_s']:.2f} / {floor['cpu_per_message_s']:.2f}"
+               if "cpu_per_message_s" in zero and "cpu_per_message_s" in floor else "-")
         lines.append(f"| {c['checkout']} | {fmt(zero, 'steady_round_s')} | {fmt(one, 'steady_round_s')} | "
-                     f"{fmt(floor, 'steady_round_s')} | {num('per_message_s')} | {num('per_message_overhead_s')} |")
+                     f"{fmt(floor, 'steady_round_s')} | {num('per_message_s')} | {num('per_message_overhead_s')} | "
+                     f"{cpu} | {num('cpu_overhead_per_message_s')} |")
     if "overhead_after_over_before" in r:
         ratio = r["overhead_after_over_before"]
         lines += ["", f"ClientApp per-message overhead after / before = {ratio:.2f} (target <= 0.5: "
                   f"{verdict(ratio <= 0.5)})."]
+        if "cpu_overhead_after_over_before" in r:
+            cpu_ratio = r["cpu_overhead_after_over_before"]
+            lines += [f"The same overhead in CPU seconds after / before = {cpu_ratio:.2f} (target <= 0.5: "
+                      f"{verdict(cpu_ratio <= 0.5)})."]
         if "raw_per_message_after_over_before" in r:
             lines += [f"Raw per-message time (Flower's floor included) after / before = "
                       f"{r['raw_per_message_after_over_before']:.2f}."]

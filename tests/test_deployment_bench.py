@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,7 @@ sys.path.insert(0, str(ROOT / "bench" / "floor_app"))
 
 from floor_app.client_app import evaluate, train  # noqa: E402
 
-from bench.deployment import _with_overhead  # noqa: E402
+from bench.deployment import ClientAppCpu, _with_overhead  # noqa: E402
 from bench.report import deployment_section  # noqa: E402
 
 
@@ -51,3 +54,35 @@ def test_the_report_states_the_ratio_against_the_target():
     text = "\n".join(deployment_section([record]))
     assert "| before | 50.0 | - | 26.0 | 25.00 | 12.00 |" in text
     assert "after / before = 0.40 (target <= 0.5: met)" in text
+
+
+def test_the_cpu_overhead_is_the_clientapp_cpu_above_the_floor_and_its_ratio_is_reported():
+    machine = {"cores": 2, "cpu": "c", "memory_gib": 1, "python": "3", "torch": "t", "flwr": "f"}
+    runs = [_with_overhead({"checkout": name, "epochs_0": {"completed": True, "steady_round_s": 40.0,
+                                                           "cpu_per_message_s": cpu},
+                            "floor": {"completed": True, "steady_round_s": 20.0, "cpu_per_message_s": 4.0}})
+            for name, cpu in (("before", 14.0), ("after", 7.0))]
+    assert [r["cpu_overhead_per_message_s"] for r in runs] == [10.0, 3.0]
+    record = {"date": "d", "machine": machine, "supernodes": 3, "rounds": 4, "checkouts": runs,
+              "overhead_after_over_before": 0.6, "cpu_overhead_after_over_before": 0.3}
+    text = "\n".join(deployment_section([record]))
+    assert "| after | 40.0 | - | 20.0 | 20.00 | 10.00 | 7.00 / 4.00 | 3.00 |" in text
+    assert "target <= 0.5: **MISSED**" in text and "CPU seconds after / before = 0.30 (target <= 0.5: met)" in text
+
+
+def test_the_cpu_counter_counts_clientapp_processes_of_the_supernodes_groups_only(tmp_path):
+    """A stand-in SuperNode (its own process group) starts a ``flwr-clientapp`` that burns CPU; one
+    started outside that group (another job's) is not counted."""
+    script = tmp_path / "flwr-clientapp"
+    script.write_text(f"#!{sys.executable}\nimport time\nend = time.process_time() + 0.4\n"
+                      "while time.process_time() < end: pass\ntime.sleep(0.3)\n")
+    script.chmod(0o755)
+    supernode = subprocess.Popen(["sh", "-c", f"sleep 0.3; {script}; sleep 0.2"], start_new_session=True)
+    with ClientAppCpu([supernode.pid], interval_s=0.02) as cpu:
+        other = subprocess.Popen([str(script)], start_new_session=True)  # a group of its own
+        supernode.wait(timeout=30)
+        other.wait(timeout=30)
+        time.sleep(0.05)
+    figures = cpu.figures(messages=1)
+    assert figures["clientapp_processes"] == 1 and other.pid not in cpu.cpu_s
+    assert 0.3 <= figures["cpu_per_message_s"] <= 0.6 and os.sysconf("SC_CLK_TCK") > 0
