@@ -21,8 +21,9 @@ evaluation). The ClientApp's fixed per-message overhead is therefore
 ``(FedAvg round at 0 epochs - floor round) / 2``; the raw ``round / 2`` is reported too.
 Wall seconds on a shared 2-core machine swell with whatever else runs (3 ClientApp processes
 start at once on 2 cores), so each job also counts the **CPU seconds** of its ClientApp
-processes (``ClientAppCpu``: /proc, the SuperNodes' process groups only): CPU per message
-of the FedAvg job minus that of the floor is the same overhead in CPU, steady under load.
+processes (``ClientAppCpu``: /proc, the SuperNodes' process groups only): steady CPU per
+message (first round left out, as for the wall figures) of the FedAvg job minus that of the
+floor is the same overhead in CPU seconds, which the machine's load does not inflate.
 
 The first round (SuperNode start-up, cold caches) is reported apart; the steady
 figures are means over the later rounds.
@@ -89,12 +90,11 @@ class ClientAppCpu:
     seconds, CPU seconds do not grow with the other jobs on the machine.
     """
 
-    def __init__(self, supernode_pids, interval_s: float = 0.05, drain_s: float = 20.0) -> None:
+    def __init__(self, supernode_pids, interval_s: float = 0.1, drain_s: float = 20.0) -> None:
         self.groups = {int(p) for p in supernode_pids}
         self.interval_s, self.drain_s = interval_s, drain_s
-        self.cpu_s: dict[int, float] = {}
-        self._live: set[int] = set()
-        self._others: set[int] = set()
+        self.cpu_s: dict[tuple[int, int], float] = {}  # (pid, start in clock ticks since boot): CPU s
+        self._live: set[tuple[int, int]] = set()
         with open("/proc/uptime") as uptime:
             self._since_ticks = float(uptime.read().split()[0]) * CLOCK_TICKS
         self._stop = threading.Event()
@@ -103,22 +103,21 @@ class ClientAppCpu:
     def _sample(self) -> None:
         live = set()
         for entry in os.scandir("/proc"):
-            if not entry.name.isdigit() or int(entry.name) in self._others:
+            if not entry.name.isdigit():
                 continue
-            pid = int(entry.name)
             try:
-                with open(f"/proc/{pid}/stat", "rb") as stat:
+                with open(f"/proc/{entry.name}/stat", "rb") as stat:
                     head, _, rest = stat.read().rpartition(b")")
             except OSError:
                 continue
             fields = rest.split()  # fields[0] is the state: field 3 of proc(5)
-            if (head.partition(b"(")[2] != b"flwr-clientapp" or int(fields[2]) not in self.groups
-                    or int(fields[19]) < self._since_ticks):
-                self._others.add(pid)
+            # PIDs are reused (pid_max may be 32768): a process is its PID and its start time
+            process = (int(entry.name), int(fields[19]))
+            if (int(fields[2]) not in self.groups or process[1] < self._since_ticks or fields[0] == b"Z"
+                    or head.partition(b"(")[2] != b"flwr-clientapp"):  # e.g. forked, not yet exec'd
                 continue
-            if fields[0] != b"Z":  # a zombie's counters are gone; its last sample stands
-                self.cpu_s[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-                live.add(pid)
+            self.cpu_s[process] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            live.add(process)
         self._live = live
 
     def _watch(self) -> None:
@@ -138,10 +137,15 @@ class ClientAppCpu:
             time.sleep(self.interval_s)
             self._sample()
 
-    def figures(self, messages: int) -> dict:
-        """CPU seconds per message sent, and each ClientApp process's CPU seconds."""
-        return {"cpu_per_message_s": sum(self.cpu_s.values()) / messages, "clientapp_processes": len(self.cpu_s),
-                "clientapp_cpu_s": sorted(round(v, 2) for v in self.cpu_s.values())}
+    def figures(self, messages: int, first_round_messages: int) -> dict:
+        """CPU seconds per message sent: over all rounds, and steady (the first round's processes,
+        the first ``first_round_messages`` to start, left out, as the wall figures leave the first
+        round out); each ClientApp process's CPU seconds in order of start."""
+        ordered = [self.cpu_s[process] for process in sorted(self.cpu_s, key=lambda p: (p[1], p[0]))]
+        later = ordered[first_round_messages:]
+        steady = sum(later) / (messages - first_round_messages) if messages > first_round_messages else None
+        return {"cpu_per_message_s": sum(ordered) / messages, "steady_cpu_per_message_s": steady,
+                "clientapp_processes": len(ordered), "clientapp_cpu_s": [round(v, 2) for v in ordered]}
 
 
 def _supernode_pids(topology) -> list[int]:
@@ -156,8 +160,9 @@ def _with_overhead(results: dict) -> dict:
         if floor.get("completed"):
             # what the ClientApp adds to Flower's own per-message cost
             results["per_message_overhead_s"] = (zero["steady_round_s"] - floor["steady_round_s"]) / 2
-            if "cpu_per_message_s" in zero and "cpu_per_message_s" in floor:
-                results["cpu_overhead_per_message_s"] = zero["cpu_per_message_s"] - floor["cpu_per_message_s"]
+            if zero.get("steady_cpu_per_message_s") is not None and floor.get("steady_cpu_per_message_s") is not None:
+                results["cpu_overhead_per_message_s"] = (zero["steady_cpu_per_message_s"]
+                                                         - floor["steady_cpu_per_message_s"])
     return results
 
 
@@ -186,7 +191,7 @@ def measure_floor(topology, rounds: int, floats: int, work: Path, name: str) -> 
     steady = per_round[1:] or per_round
     return {"completed": True, "per_round_s": per_round, "first_round_s": per_round[0],
             "steady_round_s": sum(steady) / len(steady), "payload_floats": floats,
-            **cpu.figures(rounds * topology.num_supernodes * 2)}
+            **cpu.figures(rounds * topology.num_supernodes * 2, first_round_messages=topology.num_supernodes * 2)}
 
 
 def measure_checkout(checkout: Path, rounds: int, epochs: list[int], work: Path) -> dict:
@@ -212,7 +217,8 @@ def measure_checkout(checkout: Path, rounds: int, epochs: list[int], work: Path)
                     results[f"epochs_{local_epochs}"] = {"completed": False, "tail": tail}
                     continue
                 results[f"epochs_{local_epochs}"] = {
-                    **figures_of(folder), **cpu.figures(rounds * topology.num_supernodes * 2)}
+                    **figures_of(folder), **cpu.figures(rounds * topology.num_supernodes * 2,
+                                                        first_round_messages=topology.num_supernodes * 2)}
             if results.get("epochs_0", {}).get("completed"):
                 results["floor"] = measure_floor(topology, rounds, fedavg_payload_floats(), work,
                                                  f"floor_{checkout.name}")

@@ -186,7 +186,7 @@ def deployment_section(records: list[dict]) -> list[str]:
              "FedAvg model's array payload from `bench/floor_app`, a no-op app whose ClientApp imports only Flower, "
              "on the same SuperLink and SuperNodes. Per message (raw) = steady round time at local-epochs 0 / 2 "
              "(train + evaluate per node); ClientApp overhead = (that round - floor round) / 2. CPU: the CPU "
-             "seconds of the SuperNodes' ClientApp processes per message (all rounds), FedAvg job and floor; "
+             "seconds of the SuperNodes' ClientApp processes per message (steady rounds), FedAvg job and floor; "
              "their difference is the ClientApp overhead in CPU seconds, which the machine's other jobs do not "
              "inflate.",
              "", "| checkout | round s, 0 epochs | round s, 1 epoch | floor round s | per message (raw) s | "
@@ -196,8 +196,8 @@ def deployment_section(records: list[dict]) -> list[str]:
         zero, one, floor = c.get("epochs_0", {}), c.get("epochs_1", {}), c.get("floor", {})
         fmt = lambda d, key: f"{d[key]:.1f}" if d.get("completed") else "-"  # noqa: E731
         num = lambda key, c=c: f"{c[key]:.2f}" if key in c else "-"  # noqa: E731
-        cpu = (f"{zero['cpu_per_message_s']:.2f} / {floor['cpu_per_message_s']:.2f}"
-               if "cpu_per_message_s" in zero and "cpu_per_message_s" in floor else "-")
+        cpu = (f"{zero['steady_cpu_per_message_s']:.2f} / {floor['steady_cpu_per_message_s']:.2f}"
+               if zero.get("steady_cpu_per_message_s") and floor.get("steady_cpu_per_message_s") else "-")
         lines.append(f"| {c['checkout']} | {fmt(zero, 'steady_round_s')} | {fmt(one, 'steady_round_s')} | "
                      f"{fmt(floor, 'steady_round_s')} | {num('per_message_s')} | {num('per_message_overhead_s')} | "
                      f"{cpu} | {num('cpu_overhead_per_message_s')} |")
