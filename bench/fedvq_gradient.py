@@ -12,6 +12,7 @@ rotation trick scales their gradient by that ratio). Appends to
 ``bench/results/fedvq_gradient.jsonl``.
 
     python bench/fedvq_gradient.py [--steps 100] [--seeds 0,1]
+    python bench/fedvq_gradient.py --table    # the markdown table of docs/fedvq.md
 """
 
 from __future__ import annotations
@@ -99,13 +100,39 @@ def run(variant: str, steps: int, seed: int) -> dict:
             "final_window_accuracy": windows[-1]["accuracy"], "max_loss": max(c[0] for c in steps_log)}
 
 
+def table() -> str:
+    """Markdown: per variant and seed (newest record), accuracy of the last window, largest loss and encoder
+    gradient, share of chunks with ||q||/||z|| > 100 (mean over the windows)."""
+    import json  # noqa: PLC0415
+
+    from bench.common import RESULTS  # noqa: PLC0415
+
+    newest = {}
+    for line in (RESULTS / f"{NAME}.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        newest[(r["variant"], r["seed"])] = r
+    lines = ["| variant | seed | batch accuracy, steps 75-99 | largest loss | largest encoder gradient norm | "
+             "chunks with `\\|\\|q\\|\\|/\\|\\|z\\|\\|` > 100 |", "|---|---|---|---|---|---|"]
+    for (variant, seed), r in sorted(newest.items(), key=lambda kv: (list(VARIANTS).index(kv[0][0]), kv[0][1])):
+        shares = [w["share_ratio_over_100"] for w in r["windows"] if w["share_ratio_over_100"] is not None]
+        share = f"{statistics.mean(shares):.1e}" if shares else "-"
+        grad = max(w["max_encoder_grad"] for w in r["windows"])
+        lines.append(f"| {variant} | {seed} | {r['final_window_accuracy']:.3f} | {r['max_loss']:.1f} | {grad:.1f} | "
+                     f"{share} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="10 steps, one seed, not recorded")
+    parser.add_argument("--table", action="store_true", help="only print the markdown table of the records")
     args = parser.parse_args()
+    if args.table:
+        print(table())
+        return
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",") if s]
     for seed in seeds:
         for variant in [v for v in args.variants.split(",") if v]:
