@@ -273,6 +273,15 @@ def fedvq_flwr_run_section(records: list[dict]) -> list[str]:
         body = table.read_text().split("\n", 1)[1]
         lines += ["", "In process (`python bench/fedvq_configs.py`):", "",
                   body.replace("\n## ", "\n### ").strip()]
+    if (RESULTS / "fedvq_gradient.jsonl").is_file():
+        from bench.fedvq_gradient import table as gradient_table  # noqa: PLC0415
+
+        lines += ["", "### The gradient through the ema quantizer under the README's SGD, central "
+                  "(`python bench/fedvq_gradient.py`)", "",
+                  "All training images, SGD 0.05 momentum 0.9, batch 32, 100 steps; `rotation` = "
+                  "vector-quantize-pytorch's rotation trick (its default), `ste` = straight-through "
+                  "(`fedvq.rotation-trick = false`, the default).",
+                  "", gradient_table()]
     return lines
 
 
