@@ -54,12 +54,14 @@ SCENARIOS = {
 #: every named configuration (not "defaults*") states its changes against these settings, the fedvq
 #: defaults before issue 13's second pass, so the rows measured then keep their meaning
 PINNED = {"fedvq.heads": 1, "fedvq.best-val": True, "fedvq.recalibrate-bn": False, "codebook.max-revived": -1,
-          "fedvq.grad-clip": 0.0}
+          "fedvq.grad-clip": 0.0, "fedvq.rotation-trick": True}
 
 EMA_SHARED_LLOYD = {"fedvq.quantizer": "ema", "fedvq.encoder": "shared", "codebook.aggregation": "lloyd"}
 
 #: name -> overrides; "fedavg" is the baseline, "defaults" the pyproject's fedvq defaults (the base conf's
-#: fedvq keys dropped), "defaults-<x>" those with one change
+#: fedvq keys dropped), "defaults-<x>" those with one change. The defaults' gradient through the ema quantizer
+#: became straight-through on 2026-12-01 (fedvq.rotation-trick = false); the "defaults*" records measured
+#: before carry the rotation trick in their name ("defaults-rotation*", relabelled with a note)
 CONFIGS = {
     "fedavg": {"method": "fedavg"},
     "gumbel-private-usage-kmeans": {"fedvq.quantizer": "gumbel", "fedvq.encoder": "private",
@@ -135,6 +137,13 @@ CONFIGS = {
     "defaults-flatten": {"fedvq.head": "flatten"},
     "defaults-norecal": {"fedvq.recalibrate-bn": False},
     "defaults-warmup5": {"fedvq.encoder": "warmup", "fedvq.shared-encoder-rounds": 5},
+    # issue 13, third pass: the gradient through the ema quantizer (the library's rotation trick or straight-through)
+    "defaults-rotation": {"fedvq.rotation-trick": True},
+    "defaults-ste": {"fedvq.rotation-trick": False},
+    # the second pass's defaults-<x> rows, measured when the rotation trick was the default (relabelled records)
+    "defaults-rotation-private": {"fedvq.rotation-trick": True, "fedvq.encoder": "private"},
+    "defaults-rotation-flatten": {"fedvq.rotation-trick": True, "fedvq.head": "flatten"},
+    "defaults-rotation-norecal": {"fedvq.rotation-trick": True, "fedvq.recalibrate-bn": False},
 }
 FEDVQ_SECTIONS = ("fedvq.", "codebook.")
 
@@ -172,6 +181,7 @@ def cell(scenario: str, config: str, seed: int, log_dir: Path) -> dict:
         "clients": clients,
         "final_accuracy": final.get("accuracy"),
         "final_own_test_accuracy": final.get("own_test_accuracy"),
+        "final_val_accuracy": final.get("val_accuracy"),
         "min_client_accuracy": final.get("min_client_accuracy"),
         "codes_used": report.get("final_codes_used"),
         "codebook_size": report.get("codebook_shape", [None])[0],
@@ -199,6 +209,7 @@ def write_table() -> Path:
     lines = ["# FedVQ configurations vs FedAvg (`python bench/fedvq_configs.py`)", "",
              "Mean ± standard deviation over seeds of the final-round mean over clients. `global` = global test "
              "set, `own` = each client's own-distribution test rows (label mix; own rotation domain). "
+             "`val` = each client's local validation split (what configurations are chosen on). "
              "`codes/K` and `perplexity`: federation-wide, last round.", ""]
     for scenario in SCENARIOS:
         cells = {k: v for k, v in newest.items() if k[0] == scenario}
@@ -208,8 +219,8 @@ def write_table() -> Path:
         lines += [f"## {scenario}: {any_cell['clients']} clients, {any_cell['rounds']} rounds x "
                   f"{any_cell['local_epochs']} local epochs (base `{SCENARIOS[scenario][0] or 'pyproject defaults'}`)",
                   "",
-                  "| configuration | seeds | global acc | own acc | codes used / K | perplexity |",
-                  "|---|---|---|---|---|---|"]
+                  "| configuration | seeds | global acc | own acc | val acc | codes used / K | perplexity |",
+                  "|---|---|---|---|---|---|---|"]
         for config in CONFIGS:
             rows = [v for k, v in sorted(cells.items()) if k[1] == config]
             if not rows:
@@ -219,7 +230,8 @@ def write_table() -> Path:
             perp = _mean_sd([r["perplexity"] for r in rows]) if used else "-"
             lines.append(f"| `{config}` | {','.join(str(r['seed']) for r in rows)} | "
                          f"{_mean_sd([r['final_accuracy'] for r in rows])} | "
-                         f"{_mean_sd([r['final_own_test_accuracy'] for r in rows])} | {codes} | {perp} |")
+                         f"{_mean_sd([r['final_own_test_accuracy'] for r in rows])} | "
+                         f"{_mean_sd([r.get('final_val_accuracy') for r in rows])} | {codes} | {perp} |")
         dates = sorted(r["date"] for r in cells.values())
         lines += ["", f"Measured {dates[0]} to {dates[-1]} (2 shared CPU cores, other jobs running).", ""]
     out = RESULTS / f"{NAME}.md"

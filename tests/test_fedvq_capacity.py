@@ -255,3 +255,41 @@ def test_codebook_pca_of_one_dimensional_codes():
     report = codebook_pca(np.arange(6.0)[:, None], {0: np.ones((3, 1)), 1: np.zeros((2, 1))})
     assert len(report["global"]) == 6 and all(len(c) == 2 and c[1] == 0.0 for c in report["global"])
     assert report["explained_variance_ratio"] == [1.0, 0.0] and len(report["clients"]["1"]) == 2
+
+
+# ---------------------------------------------------------------------------- gradient through the quantizer
+def _tiny_chunk_gradient(rotation_trick: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """d(w . quantized)/dz for two positions: an ordinary feature vector and a near-zero one."""
+    from fedvq_app.models.vq import EMAVQ
+
+    vq = EMAVQ(4, 8, decay=0.9, dead_code_threshold=0.0, rotation_trick=rotation_trick)
+    with torch.no_grad():  # a global codebook of 4 codes of norm ~1.65, none near the origin
+        vq.quantizer._codebook.embed.copy_(torch.eye(4, 8)[None] + 8 ** -0.5)
+    vq.adopt_global()
+    vq.train()
+    torch.manual_seed(0)
+    z = torch.stack([torch.rand(8) + 0.5, torch.full((8,), 1e-4)], 1)[None, :, :, None].requires_grad_()  # (1, 8, 2, 1)
+    w = torch.randn(1, 8, 2, 1)
+    quantized = vq(z)[0]
+    (quantized * w).sum().backward()
+    return z.grad, w
+
+
+def test_ema_quantizer_passes_the_gradient_straight_through_by_default():
+    from fedvq_app.methods.fedvq import FedVQOptions
+
+    grad, w = _tiny_chunk_gradient(rotation_trick=False)
+    torch.testing.assert_close(grad, w)  # d quantized / d z = identity, whatever the chunk's norm
+    # the default is the straight-through estimator, and the option reaches the library's layer
+    assert FedVQOptions().rotation_trick is False and _ema(heads=2).vq.quantizer.rotation_trick is False
+    on = load_settings(full_run_config(method="fedvq", **{"fedvq.rotation-trick": True})).method_options
+    off = load_settings(full_run_config(method="fedvq", **{"fedvq.rotation-trick": False})).method_options
+    assert (on.rotation_trick, off.rotation_trick) == (True, False)
+
+
+def test_the_rotation_trick_amplifies_the_gradient_of_a_near_zero_chunk():
+    grad, w = _tiny_chunk_gradient(rotation_trick=True)
+    ordinary, tiny = grad[0, :, 0, 0], grad[0, :, 1, 0]
+    # an ordinary vector keeps a gradient of the same order; the near-zero one gets ||q|| / ||z|| (~6e3) times more
+    assert float(ordinary.norm()) < 3 * float(w[0, :, 0, 0].norm())
+    assert float(tiny.norm()) > 1e3 * float(w[0, :, 1, 0].norm())

@@ -79,6 +79,13 @@ class FedVQOptions:
         "vector is split into this many chunks of D/heads, each quantized on its own; needs "
         "codebook.aggregation lloyd or mean",
     )
+    rotation_trick: bool = option(
+        "fedvq.rotation-trick",
+        False,
+        help="ema: pass the gradient through the quantizer with the rotation trick (vector-quantize-pytorch's "
+        "default: rotated and rescaled by ||q||/||z||, unbounded for near-zero chunks; diverged under SGD) "
+        "instead of the straight-through estimator (false)",
+    )
     head: str = option(
         "fedvq.head",
         "pool",
@@ -223,7 +230,7 @@ def build_model(settings: Settings, info: DatasetInfo):
     return build_vq_classifier(
         settings.model, info.channels, info.num_classes, opts.num_embeddings, opts.embedding_dim, opts.temperature,
         opts.proj_init_gain, opts.quantizer, opts.eval_sampling, opts.ema_decay, opts.dead_code_threshold,
-        opts.heads, opts.head, info.size, opts.decoder_norm,
+        opts.heads, opts.head, info.size, opts.decoder_norm, opts.rotation_trick,
     )
 
 

@@ -135,10 +135,18 @@ class EMAVQ(nn.Module):
       use may be used by others; dead codes federation-wide are revived on the server.
     * :meth:`statistics` -- per-code count, sum and sum of squared norms of the feature
       vectors assigned to each code (the sufficient statistics of a Lloyd step).
+
+    The gradient reaches the encoder by the straight-through estimator (``rotation_trick``
+    False, VQ-VAE's): d loss / d z = d loss / d q. The library's default, the rotation trick
+    (Fifty et al. 2024), rotates that gradient and rescales it by ``||q|| / ||z||`` per chunk,
+    which has no bound when a chunk of the encoder's post-ReLU output is near zero: on digits
+    under plain SGD (lr 0.05, momentum 0.9) ratios reached 5e4-1e5, the encoder's gradient norm
+    110-210 (straight-through: 7) and local training diverged (docs/fedvq.md, third pass).
     """
 
     def __init__(
-        self, num_embeddings: int, embedding_dim: int, decay: float, dead_code_threshold: float, heads: int = 1
+        self, num_embeddings: int, embedding_dim: int, decay: float, dead_code_threshold: float, heads: int = 1,
+        rotation_trick: bool = False,
     ) -> None:
         from vector_quantize_pytorch import VectorQuantize  # noqa: PLC0415
 
@@ -164,6 +172,8 @@ class EMAVQ(nn.Module):
             accept_image_fmap=True,
             channel_last=False,
             commitment_weight=1.0,
+            # the library's default is the rotation trick (dim > 1); off: the plain straight-through estimator
+            rotation_trick=rotation_trick,
         )
 
     @property
@@ -301,17 +311,20 @@ def build_vq_classifier(
     head: str = "pool",
     size: int = 16,
     decoder_norm: str = "batch",
+    rotation_trick: bool = False,
 ) -> VQClassifier:
     """The VQ classifier on the configured trunk with the chosen quantizer and head.
 
     ``heads`` (ema only): the library's multi-head VQ, every feature vector split into
     ``heads`` chunks, each quantized with its own K-code codebook. ``size``: the input
-    side, needed by the ``flatten`` head to size its dense layer.
+    side, needed by the ``flatten`` head to size its dense layer. ``rotation_trick`` (ema only):
+    the library's rotation-trick gradient instead of the straight-through estimator.
     """
     trunk, channels = build_trunk(model, in_channels)
     encoder = trunk if channels == embedding_dim else nn.Sequential(trunk, nn.Conv2d(channels, embedding_dim, 1))
     if quantizer == "ema":
-        vq: GumbelVQ | EMAVQ = EMAVQ(num_embeddings, embedding_dim, ema_decay, dead_code_threshold, heads)
+        vq: GumbelVQ | EMAVQ = EMAVQ(num_embeddings, embedding_dim, ema_decay, dead_code_threshold, heads,
+                                         rotation_trick)
     else:
         if heads != 1:
             raise ValueError(f"heads={heads}: multi-head VQ needs the ema quantizer")
