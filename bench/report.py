@@ -32,7 +32,8 @@ def latest(name: str) -> list[dict]:
         return []
     day = records[-1]["date"][:10]
     newest_run = [r for r in records if r["date"][:10] == day]
-    if name in ("methods", "reproduce"):  # one record per cell; a --quick smoke test does not replace the full table
+    # one record per cell; a --quick smoke test does not replace the full table
+    if name in ("methods", "reproduce", "reproduce_targets"):
         full = [r for r in records if not r["setup"]["quick"]]
         return [(full or records)[-1]]
     return newest_run if name in ("scale", "scale_kmeans") else [records[-1]]
@@ -234,6 +235,13 @@ def reproduce_section(records: list[dict]) -> list[str]:
     return [machine_line(r), "", table.strip(), "", chart]
 
 
+def reproduce_targets_section(records: list[dict]) -> list[str]:
+    """reproduce_targets.md: the done-when cells at the issue's 30 rounds (bench/reproduce.py --targets)."""
+    r = records[0]
+    table = (RESULTS / "reproduce_targets.md").read_text() if (RESULTS / "reproduce_targets.md").is_file() else ""
+    return [machine_line(r), "", table.strip()]
+
+
 def fedvq_flwr_run_section(records: list[dict]) -> list[str]:
     """The README's flwr run per method (newest record of each), then fedvq_configs.md's in-process tables."""
     path = RESULTS / "fedvq_flwr_run.jsonl"
@@ -290,6 +298,8 @@ SECTIONS: dict[str, tuple[str, str, Callable[[list[dict]], list[str]]]] = {
                        "dirichlet|domains|readme", fedvq_flwr_run_section),
     "reproduce": ("Reproduction grid: every method x the seeds' scenarios x 3 seeds", "python bench/reproduce.py",
                   reproduce_section),
+    "reproduce_targets": ("Reproduction grid: the issue-14 targets at 30 rounds", "python bench/reproduce.py --targets "
+                          "--jobs 1", reproduce_targets_section),
 }
 
 

@@ -3,7 +3,9 @@
 
 For choosing a method's defaults by *validation* at the grid's budget: the line carries the final
 mean validation accuracy (each client's own validation split) next to the global-test accuracy,
-the own-distribution accuracy and, for FusedSpaceFed, the final reconstruction loss. One JSON line
+the own-distribution accuracy, the accuracy on the classes each client has / never trained on, for
+FusedSpaceFed the final reconstruction loss and for FedLoGe every inference mode's own-validation and
+own-test accuracy (``bench/reproduce.py``'s helpers). One JSON line
 per run, appended to ``--out``.
 
     python scripts/probe_cell.py fusedspace dirichlet-0.05 --seed 42 -- fusedspace.task-aware=false
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.methods import SCENARIOS  # noqa: E402
+from bench.reproduce import mode_figures, seen_unseen_accuracy  # noqa: E402
 from fedvq_app.simulation import parse_overrides  # noqa: E402
 
 
@@ -57,10 +60,14 @@ def main() -> None:
     summary = json.loads((work / name / "summary.json").read_text())
     final = summary.get("final") or {}
     stats = summary.get("fusedspace") if isinstance(summary.get("fusedspace"), dict) else {}
+    seen, unseen = seen_unseen_accuracy(work / name)
+    modes = mode_figures(work / name)
     row = {"tag": args.tag, "method": args.method, "scenario": args.scenario, "seed": args.seed,
            "rounds": args.rounds, "overrides": overrides, "val_accuracy": final.get("val_accuracy"),
            "accuracy": final.get("accuracy"), "own_test_accuracy": final.get("own_test_accuracy"),
-           "reconstruction_loss": stats.get("reconstruction-loss"), "seconds": round(time.time() - started, 1),
+           "reconstruction_loss": stats.get("reconstruction-loss"), "seen_class_accuracy": seen,
+           "unseen_class_accuracy": unseen, **({"modes": modes} if modes else {}),
+           "seconds": round(time.time() - started, 1),
            "folder": str(work / name)}
     print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -113,6 +113,12 @@ def test_gla_fr_realigns_norms_and_masks_unseen_classes():
     assert torch.equal(realigned.personal_global_weight, heads.realigned_global_weight)
     difference = realigned.personal_logits(feats) - heads.personal_logits(feats)
     assert torch.allclose(difference[:, 0], realigned.global_logits(feats)[:, 0] - heads.raw_global_logits(feats)[:, 0])
+    # the diagnostic head-only modes: each part of the personal model alone, absent classes masked
+    local_only, global_only = heads.local_only_logits(feats), heads.global_only_logits(feats)
+    assert torch.allclose(local_only[:, seen], F.linear(feats, model.local_head.weight, model.local_head.bias)
+                          .detach()[:, seen], atol=1e-5)
+    assert torch.allclose(global_only[:, seen], heads.global_logits(feats)[:, seen], atol=1e-6)
+    assert (local_only[:, [1, 4]] == MASKED_LOGIT).all() and (global_only[:, [1, 4]] == MASKED_LOGIT).all()
     raw = gla_fr(model, counts, tau=1.7, realign=False)
     assert torch.equal(raw.realigned_global_weight, raw.global_weight)
     assert torch.equal(raw.local_weight, model.local_head.weight.detach())
@@ -174,6 +180,14 @@ def test_evaluate_scores_every_mode_on_the_clients_own_long_tailed_test_data():
         assert sum(metrics[f"{mode}-class-correct"]) / sum(metrics[f"{mode}-class-total"]) == pytest.approx(
             metrics[f"{mode}-accuracy"]
         )
+    # every mode also on the client's own validation split (what a default is chosen on, never the test set)
+    val_y = client.data.val_y.numpy()
+    assert len(val_y) and set(np.unique(val_y)) <= set(np.flatnonzero(train_counts))  # drawn from its own data
+    for mode in MODES:
+        assert 0.0 <= metrics[f"val-{mode}-accuracy"] <= 1.0, mode
+    assert metrics["val-global-accuracy"] == pytest.approx(metrics["val-accuracy"])
+    assert metrics["val-personal-accuracy"] == pytest.approx(metrics["val-personal-raw-local-accuracy"])
+    assert {"local-only", "global-only"} <= set(MODES)
     # personal mode never predicts a class the client has not seen, so it cannot be right about one
     absent = train_counts == 0
     assert absent.any() and np.asarray(metrics["personal-class-correct"])[absent].sum() == 0

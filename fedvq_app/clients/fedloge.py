@@ -70,11 +70,14 @@ class FedLoGeClient(NeuralClient):
             "personal": heads.personal_logits(feats),
             "raw-global": heads.raw_global_logits(feats),
             **{f"personal-{f}": heads.formula_logits(feats, f) for f in PERSONAL_FORMULAS},
+            "local-only": heads.local_only_logits(feats),
+            "global-only": heads.global_only_logits(feats),
         }
 
     def evaluate(self, msg: Message) -> Message:
         """val-*/test-*: global mode (val split, global test set); per mode on own data and balanced:
-        ``<mode>-accuracy`` and per-class ``<mode>-class-correct`` / ``<mode>-class-total``."""
+        ``<mode>-accuracy`` and per-class ``<mode>-class-correct`` / ``<mode>-class-total``; per mode on the
+        client's own validation split (drawn from its training data): ``val-<mode>-accuracy``."""
         model = self.load_model(msg)
         realign = bool(msg.content["config"].get("realign", True))
         heads = gla_fr(
@@ -90,9 +93,13 @@ class FedLoGeClient(NeuralClient):
         test_feats, test_y = self._features(model, self.data.test_x, self.data.test_y)
         with torch.no_grad():
             val = classification_metrics(heads.global_logits(val_feats), val_y, n_cls)
+            val_logits = self.mode_logits(model, heads, val_feats)
             logits = self.mode_logits(model, heads, test_feats)
         test = classification_metrics(logits["global"], test_y, n_cls)
         metrics = {**self.base_metrics(), **val.as_metrics("val"), **test.as_metrics("test")}
+        if len(val_y):  # what a mode or a formula is chosen on: the client's own distribution, never the test set
+            for mode in MODES:
+                metrics[f"val-{mode}-accuracy"] = float((val_logits[mode].argmax(1) == val_y).float().mean())
         rows = torch.from_numpy(self.own_test_rows)
         scored = [(mode, logits[mode][rows], test_y[rows]) for mode in MODES]
         scored += [(mode + BALANCED_SUFFIX, logits[mode], test_y) for mode in BALANCED_MODES]
