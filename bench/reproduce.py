@@ -129,6 +129,12 @@ def seen_unseen_accuracy(folder: Path) -> tuple[float | None, float | None]:
     return _mean_of(seen), _mean_of(unseen)
 
 
+def pooled_val_accuracy(folder: Path) -> float | None:
+    """Mean over clients of the final accuracy on every client's validation split (``metrics.pooled-validation``)."""
+    final = _final_clients(folder)
+    return None if final is None else _mean_of([m.get("pooled-val-accuracy") for m in final[0].values()])
+
+
 def mode_figures(folder: Path) -> dict[str, dict[str, float | None]]:
     """Per inference mode (FedLoGe): the mean over clients of ``val-<mode>-accuracy`` (own validation split)
     and ``<mode>-accuracy`` (own long-tailed test rows) in the final evaluated round; {} for other methods."""
@@ -158,7 +164,7 @@ def run_cell(method: str, scenario: str, seed: int, setup: dict, work: str) -> d
         **{"num-server-rounds": setup["rounds"], "eval-every": setup["rounds"],
            "train.local-epochs": setup["local_epochs"], "dataset.name": "digits", "dataset.size": setup["size"],
            "metrics.gradient-dissimilarity": True, "metrics.gradient-batches": setup["gradient_batches"],
-           "log-dir": work, "experiment-name": name, **SCENARIOS[scenario]},
+           "metrics.pooled-validation": True, "log-dir": work, "experiment-name": name, **SCENARIOS[scenario]},
     )
     started = time.time()
     row = {"method": method, "scenario": scenario, "seed": seed}
@@ -180,6 +186,7 @@ def run_cell(method: str, scenario: str, seed: int, setup: dict, work: str) -> d
     return {**row, "accuracy": final.get("accuracy"), "macro_f1": final.get("macro_f1"),
             "balanced_accuracy": final.get("balanced_accuracy"), "own_test_accuracy": final.get("own_test_accuracy"),
             "tail_accuracy": tail, "gamma": gamma, "val_accuracy": final.get("val_accuracy"),
+            "pooled_val_accuracy": pooled_val_accuracy(folder),
             "seen_class_accuracy": seen, "unseen_class_accuracy": unseen,
             "reconstruction_loss": stats.get("reconstruction-loss"), **({"modes": modes} if modes else {}),
             "seconds": time.time() - started}
@@ -311,6 +318,7 @@ TARGET_FIGURES = (
     ("seen_class_accuracy", "acc. on the client's classes %", True),
     ("unseen_class_accuracy", "acc. on classes the client never saw %", True),
     ("val_accuracy", "validation acc. %", True),
+    ("pooled_val_accuracy", "pooled validation acc. %", True),
     ("reconstruction_loss", "AE recon. MSE", False),
 )
 
@@ -362,7 +370,8 @@ def render_targets_markdown(records: list[dict]) -> str:
         f"at its defaults, FedAvg in the same session at the same budget; mean ± sample standard deviation over "
         f"the seeds (n), final round. Columns as in the grid; 'acc. on the client's classes' / 'never saw': each "
         f"client's model on the global-test classes it has / has no training images of (mean over clients); "
-        f"validation: each client's own validation split. Measured {dates[0]} .. {dates[-1]}"
+        f"validation: each client's own validation split; pooled validation: every client's validation split "
+        f"together (held-out training rows of every class). Measured {dates[0]} .. {dates[-1]}"
         f"{' (quick smoke-test size)' if setup['quick'] else ''}.",
         "",
         scenario_legend(scenarios),

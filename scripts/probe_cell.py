@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.methods import SCENARIOS  # noqa: E402
-from bench.reproduce import mode_figures, seen_unseen_accuracy  # noqa: E402
+from bench.reproduce import mode_figures, pooled_val_accuracy, seen_unseen_accuracy  # noqa: E402
 from fedvq_app.simulation import parse_overrides  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def main() -> None:
     config = full_run_config(method=args.method, seed=args.seed, **{
         "num-server-rounds": args.rounds, "eval-every": args.rounds, "train.local-epochs": 2,
         "dataset.name": "digits", "dataset.size": 8, "metrics.gradient-dissimilarity": True,
-        "metrics.gradient-batches": 4, "log-dir": str(work), "experiment-name": name,
+        "metrics.gradient-batches": 4, "metrics.pooled-validation": True, "log-dir": str(work), "experiment-name": name,
         **SCENARIOS[args.scenario], **overrides})
     started = time.time()
     run_local(server_app, client_app, args.clients, config)
@@ -64,6 +64,7 @@ def main() -> None:
     modes = mode_figures(work / name)
     row = {"tag": args.tag, "method": args.method, "scenario": args.scenario, "seed": args.seed,
            "rounds": args.rounds, "overrides": overrides, "val_accuracy": final.get("val_accuracy"),
+           "pooled_val_accuracy": pooled_val_accuracy(work / name),
            "accuracy": final.get("accuracy"), "own_test_accuracy": final.get("own_test_accuracy"),
            "reconstruction_loss": stats.get("reconstruction-loss"), "seen_class_accuracy": seen,
            "unseen_class_accuracy": unseen, **({"modes": modes} if modes else {}),

@@ -56,7 +56,7 @@ def test_quick_runs_a_real_cell_and_reports_tail_and_own_distribution_accuracy(t
     assert "error" not in cell, cell.get("error")
     assert cell["setup"]["quick"] and cell["seed"] == 42 and cell["setup"]["rounds"] == 2
     for key in ("accuracy", "macro_f1", "balanced_accuracy", "own_test_accuracy", "tail_accuracy", "val_accuracy",
-                "seen_class_accuracy", "unseen_class_accuracy"):
+                "pooled_val_accuracy", "seen_class_accuracy", "unseen_class_accuracy"):
         assert 0.0 <= cell[key] <= 1.0, key
     assert cell["accuracy"] > 0.1  # above chance after two rounds
     assert (tmp_path / "reproduce.md").is_file() and (tmp_path / "reproduce.png").is_file()
@@ -74,6 +74,30 @@ def test_targets_quick_runs_the_target_pair_and_records_fedloges_modes(tmp_path,
     assert modes["personal"]["own_test"] == pytest.approx(lines[0]["own_test_accuracy"])
     assert "| personal |" in (tmp_path / "reproduce_targets.md").read_text()
     assert not (tmp_path / "reproduce.md").exists()
+
+
+def test_pooled_validation_is_every_clients_validation_split_and_clients_score_on_it():
+    from flwr.app import Context, RecordDict
+
+    from fedvq_app.clients.base import NeuralClient
+    from fedvq_app.config import load_settings
+    from fedvq_app.data.client_data import load_client_data, pooled_validation
+    from fedvq_app.local_grid import full_run_config
+
+    settings = load_settings(full_run_config(method="fedavg", **{**SCENARIOS["pathological-2"], "dataset.size": 8,
+                                                                 "metrics.pooled-validation": True}))
+    parts = [load_client_data(settings, pid, 3) for pid in range(3)]
+    x, y = pooled_validation(settings, 3)
+    assert len(y) == len(x) == sum(len(p.val_y) for p in parts)
+    assert len(np.unique(y)) > max(len(np.unique(p.val_y)) for p in parts)  # classes no single client holds
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 3}, state=RecordDict(),
+                      run_config=settings.raw)
+    client = NeuralClient(settings, context)
+    splits = client.evaluate_splits(client.build_model())
+    assert set(splits) >= {"val", "pooled-val", "test"}
+    assert 0.0 <= splits["pooled-val"].as_metrics("pooled-val")["pooled-val-accuracy"] <= 1.0
+    off = load_settings(full_run_config(method="fedavg", **{**SCENARIOS["pathological-2"], "dataset.size": 8}))
+    assert "pooled-val" not in NeuralClient(off, context).evaluate_splits(client.build_model())
 
 
 def test_the_grid_covers_the_seeds_scenarios():
