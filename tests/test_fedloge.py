@@ -113,6 +113,10 @@ def test_gla_fr_realigns_norms_and_masks_unseen_classes():
     assert torch.equal(realigned.personal_global_weight, heads.realigned_global_weight)
     difference = realigned.personal_logits(feats) - heads.personal_logits(feats)
     assert torch.allclose(difference[:, 0], realigned.global_logits(feats)[:, 0] - heads.raw_global_logits(feats)[:, 0])
+    # the reference's per-round formula: raw local head + raw global head
+    both = F.linear(feats, model.local_head.weight, model.local_head.bias) + model.global_head(feats)
+    assert torch.allclose(heads.formula_logits(feats, "raw-heads")[:, seen], both.detach()[:, seen], atol=1e-5)
+    assert (heads.formula_logits(feats, "raw-heads")[:, [1, 4]] == MASKED_LOGIT).all()
     # the diagnostic head-only modes: each part of the personal model alone, absent classes masked
     local_only, global_only = heads.local_only_logits(feats), heads.global_only_logits(feats)
     assert torch.allclose(local_only[:, seen], F.linear(feats, model.local_head.weight, model.local_head.bias)

@@ -56,8 +56,9 @@ class FedLoGeOptions:
         "fedloge.personal-formula",
         "raw-local",
         choices=PERSONAL_FORMULAS,
-        help="personal mode: raw-local (the reference code: raw local head + global rows at the local row norms) "
-        "or realigned-local (realigned local head + fedloge.personal-global-head)",
+        help="personal mode: raw-local (the reference's realignment: raw local head + global rows at the local row "
+        "norms), realigned-local (realigned local head + fedloge.personal-global-head) or raw-heads (the reference's "
+        "per-round localtest: raw local head + raw global head)",
     )
     personal_global_head: str = option(
         "fedloge.personal-global-head",

@@ -26,9 +26,10 @@ from fedvq_app.models import build_backbone
 
 SHARED_PREFIXES = ("backbone.", "global_head.")
 MASKED_LOGIT = -1e9  # logit of a class the client never saw (personal mode)
-#: personal-mode formulas: "raw-local" (the reference code: the raw local head + the global head's
-#: rows scaled to the local head's row norms) or "realigned-local" (the realigned local head + a global head)
-PERSONAL_FORMULAS = ("raw-local", "realigned-local")
+#: personal-mode formulas: "raw-local" (the reference's realignment.py: the raw local head + the global head's
+#: rows scaled to the local head's row norms), "realigned-local" (the realigned local head + a global head) or
+#: "raw-heads" (the reference's per-round localtest in fedloge.py: raw local head + raw global head, no GLA-FR)
+PERSONAL_FORMULAS = ("raw-local", "realigned-local", "raw-heads")
 #: diagnostic modes of the personal model's two parts, absent classes masked like the personal mode:
 #: local-only = the raw local head (its bias), global-only = the realigned global head (global bias)
 HEAD_ONLY_MODES = ("local-only", "global-only")
@@ -89,7 +90,8 @@ class GlaFrHeads:
     * ``raw-local`` (the reference code): raw local head + the global head's rows
       scaled to the local head's row norms (global bias);
     * ``realigned-local``: that realigned head with the local bias + a global head
-      (raw, or realigned to ``tau``).
+      (raw, or realigned to ``tau``);
+    * ``raw-heads`` (the reference's per-round ``localtest``): raw local head + raw global head.
 
     Without realignment the raw local head + the raw global head stand in for both.
     """
@@ -119,6 +121,10 @@ class GlaFrHeads:
         elif formula == "realigned-local":
             logits = F.linear(features, self.local_weight, self.local_bias) + F.linear(
                 features, self.personal_global_weight, self.global_bias
+            )
+        elif formula == "raw-heads":
+            logits = F.linear(features, self.raw_local_weight, self.local_bias) + F.linear(
+                features, self.global_weight, self.global_bias
             )
         else:
             raise ValueError(f"personal formula must be one of {PERSONAL_FORMULAS}, got {formula!r}")
