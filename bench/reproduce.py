@@ -135,6 +135,15 @@ def pooled_val_accuracy(folder: Path) -> float | None:
     return None if final is None else _mean_of([m.get("pooled-val-accuracy") for m in final[0].values()])
 
 
+def reconstruction_seen_unseen(folder: Path) -> tuple[float | None, float | None]:
+    """FusedSpaceFed: mean over clients of the final reconstruction MSE on the global-test images of the classes the
+    client trained on / never saw (``test-reconstruction-seen`` / ``-unseen``); (None, None) for other methods."""
+    final = _final_clients(folder)
+    if final is None:
+        return None, None
+    return tuple(_mean_of([m.get(f"test-reconstruction-{k}") for m in final[0].values()]) for k in ("seen", "unseen"))
+
+
 def mode_figures(folder: Path) -> dict[str, dict[str, float | None]]:
     """Per inference mode (FedLoGe): the mean over clients of ``val-<mode>-accuracy`` (own validation split)
     and ``<mode>-accuracy`` (own long-tailed test rows) in the final evaluated round; {} for other methods."""
@@ -183,12 +192,14 @@ def run_cell(method: str, scenario: str, seed: int, setup: dict, work: str) -> d
     seen, unseen = seen_unseen_accuracy(folder)
     stats = summary.get("fusedspace") if isinstance(summary.get("fusedspace"), dict) else {}
     modes = mode_figures(folder)
+    rec_seen, rec_unseen = reconstruction_seen_unseen(folder)
     return {**row, "accuracy": final.get("accuracy"), "macro_f1": final.get("macro_f1"),
             "balanced_accuracy": final.get("balanced_accuracy"), "own_test_accuracy": final.get("own_test_accuracy"),
             "tail_accuracy": tail, "gamma": gamma, "val_accuracy": final.get("val_accuracy"),
             "pooled_val_accuracy": pooled_val_accuracy(folder),
             "seen_class_accuracy": seen, "unseen_class_accuracy": unseen,
-            "reconstruction_loss": stats.get("reconstruction-loss"), **({"modes": modes} if modes else {}),
+            "reconstruction_loss": stats.get("reconstruction-loss"), "reconstruction_seen": rec_seen,
+            "reconstruction_unseen": rec_unseen, **({"modes": modes} if modes else {}),
             "seconds": time.time() - started}
 
 
@@ -319,7 +330,9 @@ TARGET_FIGURES = (
     ("unseen_class_accuracy", "acc. on classes the client never saw %", True),
     ("val_accuracy", "validation acc. %", True),
     ("pooled_val_accuracy", "pooled validation acc. %", True),
-    ("reconstruction_loss", "AE recon. MSE", False),
+    ("reconstruction_loss", "AE recon. MSE (training)", False),
+    ("reconstruction_seen", "recon. MSE, test images of the client's classes", False),
+    ("reconstruction_unseen", "recon. MSE, test images of classes it never saw", False),
 )
 
 

@@ -26,7 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.methods import SCENARIOS  # noqa: E402
-from bench.reproduce import mode_figures, pooled_val_accuracy, seen_unseen_accuracy  # noqa: E402
+from bench.reproduce import (  # noqa: E402
+    mode_figures,
+    pooled_val_accuracy,
+    reconstruction_seen_unseen,
+    seen_unseen_accuracy,
+)
 from fedvq_app.simulation import parse_overrides  # noqa: E402
 
 
@@ -62,12 +67,14 @@ def main() -> None:
     stats = summary.get("fusedspace") if isinstance(summary.get("fusedspace"), dict) else {}
     seen, unseen = seen_unseen_accuracy(work / name)
     modes = mode_figures(work / name)
+    rec_seen, rec_unseen = reconstruction_seen_unseen(work / name)
     row = {"tag": args.tag, "method": args.method, "scenario": args.scenario, "seed": args.seed,
            "rounds": args.rounds, "overrides": overrides, "val_accuracy": final.get("val_accuracy"),
            "pooled_val_accuracy": pooled_val_accuracy(work / name),
            "accuracy": final.get("accuracy"), "own_test_accuracy": final.get("own_test_accuracy"),
            "reconstruction_loss": stats.get("reconstruction-loss"), "seen_class_accuracy": seen,
-           "unseen_class_accuracy": unseen, **({"modes": modes} if modes else {}),
+           "unseen_class_accuracy": unseen, "reconstruction_seen": rec_seen, "reconstruction_unseen": rec_unseen,
+           **({"modes": modes} if modes else {}),
            "seconds": round(time.time() - started, 1),
            "folder": str(work / name)}
     print(json.dumps(row), flush=True)
