@@ -231,11 +231,11 @@ def mean_spread(values: list[float | None]) -> tuple[float, float, int] | None:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, len(values)
 
 
-def _cell_text(stat, percent: bool) -> str:
+def _cell_text(stat, percent: bool, digits: int = 2) -> str:
     if stat is None:
         return "-"
     mean, spread, _ = stat
-    return f"{100 * mean:.2f} ± {100 * spread:.2f}" if percent else f"{mean:.2f} ± {spread:.2f}"
+    return f"{100 * mean:.2f} ± {100 * spread:.2f}" if percent else f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
 
 def aggregate(cells: dict, figures=FIGURES) -> dict[tuple[str, str], dict]:
@@ -377,9 +377,10 @@ def render_targets_markdown(records: list[dict]) -> str:
     stats = aggregate(cells, TARGET_FIGURES)
     dates = sorted(c["date"] for c in cells.values())
     scenarios = [s for s in SCENARIOS if any(s == sc for _, sc in stats)]
+    budget = " (the budget of the issue's own table)" if setup["rounds"] == TARGETS_ROUNDS else ""
     lines = [
-        f"The issue's targets at {setup['rounds']} rounds x {setup['local_epochs']} local epoch(s) (the budget of "
-        f"the issue's own table), digits {setup['size']}x{setup['size']}, {setup['clients']} clients, every method "
+        f"The issue's targets at {setup['rounds']} rounds x {setup['local_epochs']} local epoch(s){budget}, digits "
+        f"{setup['size']}x{setup['size']}, {setup['clients']} clients, every method "
         f"at its defaults, FedAvg in the same session at the same budget; mean ± sample standard deviation over "
         f"the seeds (n), final round. Columns as in the grid; 'acc. on the client's classes' / 'never saw': each "
         f"client's model on the global-test classes it has / has no training images of (mean over clients); "
@@ -407,7 +408,7 @@ def render_targets_markdown(records: list[dict]) -> str:
                 for seed in sorted(seed for mm, ss, seed in cells if (mm, ss) == (m, s))
                 if "error" not in cells[(m, s, seed)])
             lines.append(f"| {s} | {m} | {len(entry['seeds'])} | "
-                         + " | ".join(_cell_text(entry[f], pct) for f, _, pct in TARGET_FIGURES)
+                         + " | ".join(_cell_text(entry[f], pct, 4) for f, _, pct in TARGET_FIGURES)
                          + f" | {figure.replace('_', ' ')}: {per_seed} | {entry['seconds']:.0f} |")
     lines += modes_lines(cells)
     verdicts = target_lines(stats)

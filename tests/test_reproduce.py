@@ -137,7 +137,7 @@ def test_the_targets_table_gives_every_figure_the_target_per_seed_and_the_verdic
     assert "30 rounds x 2 local epoch(s)" in table
     assert "| pathological-2 | fusedspace | 2 | 81.00 ± 1.41 |" in table and "accuracy: 80.00 / 82.00" in table
     assert "| pathological-2 | fedavg | 2 | 92.00 ± 2.83 |" in table and "90.00 ± 0.00 | 50.00 ± 0.00 |" in table
-    assert "| 0.01 ± 0.00 |" in table  # the reconstruction MSE, not scaled to %
+    assert "| 0.0100 ± 0.0000 |" in table  # the reconstruction MSE, not scaled to %
     assert "pathological-2: 81.00 ± 1.41 vs 92.00 ± 2.83 (n = 2 / 2): **MISSED**" in table
     assert "long-tail IF 0.01: 10.00 ± 0.00 vs 0.00 ± 0.00 (n = 1 / 1): met" in table
     assert "(own-distribution): 80.00 ± 0.00 vs 85.00 ± 0.00 (n = 1 / 1): **MISSED**" in table
