@@ -385,3 +385,45 @@ def test_a_resumed_fedloge_run_continues_the_shared_model_exactly(runs, tmp_path
 
 def _server_context(config):
     return Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(config))
+
+
+def test_local_refit_retrains_only_the_local_head_for_the_evaluation_and_saves_nothing(monkeypatch):
+    settings = _settings(**{"train.local-epochs": 1})
+    refit = _settings(**{"train.local-epochs": 1, "fedloge.local-refit-epochs": 3})
+    model = _model(settings)
+    out = {}
+    for name, s in (("plain", settings), ("refit", refit)):
+        context = _context(s, pid=5)
+        client_app(_instruction(model, "train"), context)
+        stored = to_numpy(context.state["private"])["local_head.weight"].copy()
+        out[name] = client_app(_instruction(model, "evaluate", realign=True), context).content["metrics"]
+        assert np.array_equal(to_numpy(context.state["private"])["local_head.weight"], stored)  # nothing saved
+    plain, refitted = out["plain"], out["refit"]
+    for mode in ("generic", "global", "raw-global", "global-only"):  # backbone, SSE-C and global head untouched
+        assert plain[f"{mode}-class-correct"] == refitted[f"{mode}-class-correct"], mode
+        assert plain[f"val-{mode}-accuracy"] == refitted[f"val-{mode}-accuracy"], mode
+    assert plain["test-accuracy"] == refitted["test-accuracy"]
+    # the refit trains the local head (its training loss falls) and nothing else
+    context = _context(refit, pid=5)
+    client_app(_instruction(model, "train"), context)
+    client = FedLoGeClient(refit, context)
+    msg = _instruction(model, "evaluate")
+    trained = client.load_model(msg)
+    backbone = [p.detach().clone() for p in trained.backbone.parameters()]
+    feats, labels = client._features(trained, client.data.train_x, client.data.train_y)
+    before = float(F.cross_entropy(trained.local_head(feats), labels))
+    client.refit_local_head(trained, msg)
+    assert float(F.cross_entropy(trained.local_head(feats), labels)) < before
+    assert all(torch.equal(a, b) for a, b in zip(backbone, trained.backbone.parameters(), strict=True))
+
+    # and the personal modes score the head the refit leaves: force it to one class, see only that class right
+    def one_class(self, net, message):
+        with torch.no_grad():
+            net.local_head.weight.zero_()
+            net.local_head.bias.fill_(-1e3)
+            net.local_head.bias[3] = 1e3
+
+    monkeypatch.setattr(FedLoGeClient, "refit_local_head", one_class)
+    metrics = client_app(_instruction(model, "evaluate", realign=True), context).content["metrics"]
+    correct = np.asarray(metrics["local-only-class-correct"])
+    assert correct[3] > 0 and correct.sum() == correct[3]

@@ -66,6 +66,15 @@ class FedLoGeOptions:
         choices=PERSONAL_GLOBAL_HEADS,
         help="realigned-local formula: the global head added to the realigned local head, raw or realigned",
     )
+    local_refit_epochs: int = option(
+        "fedloge.local-refit-epochs",
+        0,
+        minimum=0,
+        help="at evaluation, epochs of training the local head (alone, train.optimizer at train.lr) on the received "
+        "backbone's features of the client's train split before the personal modes are scored; used for that "
+        "evaluation only (0 = the reference: the local head as trained against the client's own pre-aggregation "
+        "backbone)",
+    )
     head_share: float = option(
         "fedloge.head-share",
         0.75,
