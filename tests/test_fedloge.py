@@ -179,7 +179,7 @@ def test_evaluate_scores_every_mode_on_the_clients_own_long_tailed_test_data():
     for mode in BALANCED_MODES:
         assert metrics[f"{mode}-balanced-class-total"] == test_counts.tolist(), mode
     assert metrics["test-accuracy"] == pytest.approx(metrics["global-balanced-accuracy"])
-    assert metrics["personal-class-correct"] == metrics["personal-raw-local-class-correct"]  # the default formula
+    assert metrics["personal-class-correct"] == metrics["personal-raw-heads-class-correct"]  # the default formula
     for mode in REPORTED_MODES:
         assert sum(metrics[f"{mode}-class-correct"]) / sum(metrics[f"{mode}-class-total"]) == pytest.approx(
             metrics[f"{mode}-accuracy"]
@@ -190,7 +190,7 @@ def test_evaluate_scores_every_mode_on_the_clients_own_long_tailed_test_data():
     for mode in MODES:
         assert 0.0 <= metrics[f"val-{mode}-accuracy"] <= 1.0, mode
     assert metrics["val-global-accuracy"] == pytest.approx(metrics["val-accuracy"])
-    assert metrics["val-personal-accuracy"] == pytest.approx(metrics["val-personal-raw-local-accuracy"])
+    assert metrics["val-personal-accuracy"] == pytest.approx(metrics["val-personal-raw-heads-accuracy"])
     assert {"local-only", "global-only"} <= set(MODES)
     # personal mode never predicts a class the client has not seen, so it cannot be right about one
     absent = train_counts == 0
@@ -291,6 +291,8 @@ def test_conf_files_describe_the_same_digits_lt_experiment(name):
     if name.endswith("_reference.toml"):  # the reference code's local-training hyper-parameters
         train = settings.train
         assert (train.lr, train.momentum, train.batch_size, train.local_epochs) == (0.03, 0.5, 8, 5)
+        opts = settings.method_options
+        assert (opts.sse_c, opts.personal_formula, opts.local_refit_epochs) == ("reference", "raw-local", 0)
 
 
 # ------------------------------------------------------------------ whole runs
@@ -388,7 +390,7 @@ def _server_context(config):
 
 
 def test_local_refit_retrains_only_the_local_head_for_the_evaluation_and_saves_nothing(monkeypatch):
-    settings = _settings(**{"train.local-epochs": 1})
+    settings = _settings(**{"train.local-epochs": 1, "fedloge.local-refit-epochs": 0})
     refit = _settings(**{"train.local-epochs": 1, "fedloge.local-refit-epochs": 3})
     model = _model(settings)
     out = {}

@@ -69,7 +69,7 @@ def test_targets_quick_runs_the_target_pair_and_records_fedloges_modes(tmp_path,
     assert [(c["method"], c["scenario"]) for c in lines] == [("fedloge", "long-tail-0.01")]
     modes = lines[0]["modes"]
     assert {"personal", "personal-raw-local", "personal-realigned-local", "local-only", "global-only"} <= set(modes)
-    assert modes["personal"] == modes["personal-raw-local"]  # the default formula
+    assert modes["personal"] == modes["personal-raw-heads"]  # the default formula
     assert all(0.0 <= f[k] <= 1.0 for f in modes.values() for k in ("val", "own_test"))
     assert modes["personal"]["own_test"] == pytest.approx(lines[0]["own_test_accuracy"])
     assert "| personal |" in (tmp_path / "reproduce_targets.md").read_text()

@@ -54,7 +54,7 @@ class FedLoGeOptions:
     )
     personal_formula: str = option(
         "fedloge.personal-formula",
-        "raw-local",
+        "raw-heads",
         choices=PERSONAL_FORMULAS,
         help="personal mode: raw-local (the reference's realignment: raw local head + global rows at the local row "
         "norms), realigned-local (realigned local head + fedloge.personal-global-head) or raw-heads (the reference's "
@@ -68,12 +68,12 @@ class FedLoGeOptions:
     )
     local_refit_epochs: int = option(
         "fedloge.local-refit-epochs",
-        0,
+        20,
         minimum=0,
         help="at evaluation, epochs of training the local head (alone, train.optimizer at train.lr) on the received "
         "backbone's features of the client's train split before the personal modes are scored; used for that "
         "evaluation only (0 = the reference: the local head as trained against the client's own pre-aggregation "
-        "backbone)",
+        "backbone; 20 chosen on the clients' own validation splits, docs/fedloge.md)",
     )
     head_share: float = option(
         "fedloge.head-share",
