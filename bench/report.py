@@ -232,9 +232,9 @@ def reproduce_section(records: list[dict]) -> list[str]:
     r = records[0]
     table = (RESULTS / "reproduce.md").read_text() if (RESULTS / "reproduce.md").is_file() else ""
     chart = "![accuracy, mean and spread over seeds](bench/results/reproduce.png)"
-    note = ("The grid's fedloge cells were measured with its earlier defaults (`personal-formula = \"raw-local\"`, no "
-            "local-head refit); the done-when targets at the issue's 30 rounds with the current defaults are in the "
-            "next section.")
+    note = ("The grid's fedloge and fusedspace cells were measured with their earlier defaults (fedloge: "
+            "`personal-formula = \"raw-local\"`, no local-head refit; fusedspace: `lambda-rec = 1`); the done-when "
+            "targets at the issue's 30 rounds are in the next section.")
     return [machine_line(r), "", table.strip(), "", chart, "", note]
 
 
@@ -242,7 +242,11 @@ def reproduce_targets_section(records: list[dict]) -> list[str]:
     """reproduce_targets.md: the done-when cells at the issue's 30 rounds (bench/reproduce.py --targets)."""
     r = records[0]
     table = (RESULTS / "reproduce_targets.md").read_text() if (RESULTS / "reproduce_targets.md").is_file() else ""
-    return [machine_line(r), "", table.strip()]
+    note = ("fusedspace's rows were measured at `fusedspace.lambda-rec = 1`, the default before it was chosen (5) on "
+            "the pooled validation splits of these cells' probe runs; the 3-seed figures at 5 (the same cell "
+            "configuration, `scripts/probe_cell.py`, `bench/results/fusedspace_lrec5_probes.jsonl`) are in "
+            "docs/fusedspace.md until this table is re-run.")
+    return [machine_line(r), "", table.strip(), "", note]
 
 
 def fedvq_flwr_run_section(records: list[dict]) -> list[str]:

@@ -194,7 +194,7 @@ def test_task_aware_sends_the_classification_gradient_into_the_autoencoder_and_f
             torch.testing.assert_close(g, grads[False][name])  # the classifier's gradient is the same
 
     # task-aware false, lambda 1: the autoencoder's gradient is exactly that of the reconstruction loss alone
-    config = _config(**{"fusedspace.task-aware": False})
+    config = _config(**{"fusedspace.task-aware": False, "fusedspace.lambda-rec": 1.0})
     client = _client(load_settings(config), config)
     model = client.build_model()
     both = _grads(model, client, x, y)
