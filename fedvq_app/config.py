@@ -356,6 +356,14 @@ class MetricsSettings:
         minimum=1,
         help="batches (of train.batch-size, a fixed random subset of the local train split) behind that gradient",
     )
+    pooled_validation: bool = option(
+        "metrics.pooled-validation",
+        False,
+        help="benchmarks in simulation: each client also scores its model on the union of every client's validation "
+        "split (pooled-val-*), held-out training rows of every class, to choose settings where a client's own "
+        "validation split lacks the classes it never trained on; it reads the other partitions' validation rows, "
+        "which a deployed client does not hold",
+    )
 
 
 PRIVACY_MODES = ("none", "client-fixed", "client-adaptive", "sample-dpsgd")

@@ -3,7 +3,9 @@
 
 For choosing a method's defaults by *validation* at the grid's budget: the line carries the final
 mean validation accuracy (each client's own validation split) next to the global-test accuracy,
-the own-distribution accuracy and, for FusedSpaceFed, the final reconstruction loss. One JSON line
+the own-distribution accuracy, the accuracy on the classes each client has / never trained on, for
+FusedSpaceFed the final reconstruction loss and for FedLoGe every inference mode's own-validation and
+own-test accuracy (``bench/reproduce.py``'s helpers). One JSON line
 per run, appended to ``--out``.
 
     python scripts/probe_cell.py fusedspace dirichlet-0.05 --seed 42 -- fusedspace.task-aware=false
@@ -24,6 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.methods import SCENARIOS  # noqa: E402
+from bench.reproduce import (  # noqa: E402
+    mode_figures,
+    pooled_val_accuracy,
+    reconstruction_seen_unseen,
+    seen_unseen_accuracy,
+)
 from fedvq_app.simulation import parse_overrides  # noqa: E402
 
 
@@ -50,17 +58,24 @@ def main() -> None:
     config = full_run_config(method=args.method, seed=args.seed, **{
         "num-server-rounds": args.rounds, "eval-every": args.rounds, "train.local-epochs": 2,
         "dataset.name": "digits", "dataset.size": 8, "metrics.gradient-dissimilarity": True,
-        "metrics.gradient-batches": 4, "log-dir": str(work), "experiment-name": name,
+        "metrics.gradient-batches": 4, "metrics.pooled-validation": True, "log-dir": str(work), "experiment-name": name,
         **SCENARIOS[args.scenario], **overrides})
     started = time.time()
     run_local(server_app, client_app, args.clients, config)
     summary = json.loads((work / name / "summary.json").read_text())
     final = summary.get("final") or {}
     stats = summary.get("fusedspace") if isinstance(summary.get("fusedspace"), dict) else {}
+    seen, unseen = seen_unseen_accuracy(work / name)
+    modes = mode_figures(work / name)
+    rec_seen, rec_unseen = reconstruction_seen_unseen(work / name)
     row = {"tag": args.tag, "method": args.method, "scenario": args.scenario, "seed": args.seed,
            "rounds": args.rounds, "overrides": overrides, "val_accuracy": final.get("val_accuracy"),
+           "pooled_val_accuracy": pooled_val_accuracy(work / name),
            "accuracy": final.get("accuracy"), "own_test_accuracy": final.get("own_test_accuracy"),
-           "reconstruction_loss": stats.get("reconstruction-loss"), "seconds": round(time.time() - started, 1),
+           "reconstruction_loss": stats.get("reconstruction-loss"), "seen_class_accuracy": seen,
+           "unseen_class_accuracy": unseen, "reconstruction_seen": rec_seen, "reconstruction_unseen": rec_unseen,
+           **({"modes": modes} if modes else {}),
+           "seconds": round(time.time() - started, 1),
            "folder": str(work / name)}
     print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

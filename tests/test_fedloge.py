@@ -113,6 +113,16 @@ def test_gla_fr_realigns_norms_and_masks_unseen_classes():
     assert torch.equal(realigned.personal_global_weight, heads.realigned_global_weight)
     difference = realigned.personal_logits(feats) - heads.personal_logits(feats)
     assert torch.allclose(difference[:, 0], realigned.global_logits(feats)[:, 0] - heads.raw_global_logits(feats)[:, 0])
+    # the reference's per-round formula: raw local head + raw global head
+    both = F.linear(feats, model.local_head.weight, model.local_head.bias) + model.global_head(feats)
+    assert torch.allclose(heads.formula_logits(feats, "raw-heads")[:, seen], both.detach()[:, seen], atol=1e-5)
+    assert (heads.formula_logits(feats, "raw-heads")[:, [1, 4]] == MASKED_LOGIT).all()
+    # the diagnostic head-only modes: each part of the personal model alone, absent classes masked
+    local_only, global_only = heads.local_only_logits(feats), heads.global_only_logits(feats)
+    assert torch.allclose(local_only[:, seen], F.linear(feats, model.local_head.weight, model.local_head.bias)
+                          .detach()[:, seen], atol=1e-5)
+    assert torch.allclose(global_only[:, seen], heads.global_logits(feats)[:, seen], atol=1e-6)
+    assert (local_only[:, [1, 4]] == MASKED_LOGIT).all() and (global_only[:, [1, 4]] == MASKED_LOGIT).all()
     raw = gla_fr(model, counts, tau=1.7, realign=False)
     assert torch.equal(raw.realigned_global_weight, raw.global_weight)
     assert torch.equal(raw.local_weight, model.local_head.weight.detach())
@@ -169,11 +179,19 @@ def test_evaluate_scores_every_mode_on_the_clients_own_long_tailed_test_data():
     for mode in BALANCED_MODES:
         assert metrics[f"{mode}-balanced-class-total"] == test_counts.tolist(), mode
     assert metrics["test-accuracy"] == pytest.approx(metrics["global-balanced-accuracy"])
-    assert metrics["personal-class-correct"] == metrics["personal-raw-local-class-correct"]  # the default formula
+    assert metrics["personal-class-correct"] == metrics["personal-raw-heads-class-correct"]  # the default formula
     for mode in REPORTED_MODES:
         assert sum(metrics[f"{mode}-class-correct"]) / sum(metrics[f"{mode}-class-total"]) == pytest.approx(
             metrics[f"{mode}-accuracy"]
         )
+    # every mode also on the client's own validation split (what a default is chosen on, never the test set)
+    val_y = client.data.val_y.numpy()
+    assert len(val_y) and set(np.unique(val_y)) <= set(np.flatnonzero(train_counts))  # drawn from its own data
+    for mode in MODES:
+        assert 0.0 <= metrics[f"val-{mode}-accuracy"] <= 1.0, mode
+    assert metrics["val-global-accuracy"] == pytest.approx(metrics["val-accuracy"])
+    assert metrics["val-personal-accuracy"] == pytest.approx(metrics["val-personal-raw-heads-accuracy"])
+    assert {"local-only", "global-only"} <= set(MODES)
     # personal mode never predicts a class the client has not seen, so it cannot be right about one
     absent = train_counts == 0
     assert absent.any() and np.asarray(metrics["personal-class-correct"])[absent].sum() == 0
@@ -273,6 +291,8 @@ def test_conf_files_describe_the_same_digits_lt_experiment(name):
     if name.endswith("_reference.toml"):  # the reference code's local-training hyper-parameters
         train = settings.train
         assert (train.lr, train.momentum, train.batch_size, train.local_epochs) == (0.03, 0.5, 8, 5)
+        opts = settings.method_options
+        assert (opts.sse_c, opts.personal_formula, opts.local_refit_epochs) == ("reference", "raw-local", 0)
 
 
 # ------------------------------------------------------------------ whole runs
@@ -367,3 +387,45 @@ def test_a_resumed_fedloge_run_continues_the_shared_model_exactly(runs, tmp_path
 
 def _server_context(config):
     return Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(config))
+
+
+def test_local_refit_retrains_only_the_local_head_for_the_evaluation_and_saves_nothing(monkeypatch):
+    settings = _settings(**{"train.local-epochs": 1, "fedloge.local-refit-epochs": 0})
+    refit = _settings(**{"train.local-epochs": 1, "fedloge.local-refit-epochs": 3})
+    model = _model(settings)
+    out = {}
+    for name, s in (("plain", settings), ("refit", refit)):
+        context = _context(s, pid=5)
+        client_app(_instruction(model, "train"), context)
+        stored = to_numpy(context.state["private"])["local_head.weight"].copy()
+        out[name] = client_app(_instruction(model, "evaluate", realign=True), context).content["metrics"]
+        assert np.array_equal(to_numpy(context.state["private"])["local_head.weight"], stored)  # nothing saved
+    plain, refitted = out["plain"], out["refit"]
+    for mode in ("generic", "global", "raw-global", "global-only"):  # backbone, SSE-C and global head untouched
+        assert plain[f"{mode}-class-correct"] == refitted[f"{mode}-class-correct"], mode
+        assert plain[f"val-{mode}-accuracy"] == refitted[f"val-{mode}-accuracy"], mode
+    assert plain["test-accuracy"] == refitted["test-accuracy"]
+    # the refit trains the local head (its training loss falls) and nothing else
+    context = _context(refit, pid=5)
+    client_app(_instruction(model, "train"), context)
+    client = FedLoGeClient(refit, context)
+    msg = _instruction(model, "evaluate")
+    trained = client.load_model(msg)
+    backbone = [p.detach().clone() for p in trained.backbone.parameters()]
+    feats, labels = client._features(trained, client.data.train_x, client.data.train_y)
+    before = float(F.cross_entropy(trained.local_head(feats), labels))
+    client.refit_local_head(trained, msg)
+    assert float(F.cross_entropy(trained.local_head(feats), labels)) < before
+    assert all(torch.equal(a, b) for a, b in zip(backbone, trained.backbone.parameters(), strict=True))
+
+    # and the personal modes score the head the refit leaves: force it to one class, see only that class right
+    def one_class(self, net, message):
+        with torch.no_grad():
+            net.local_head.weight.zero_()
+            net.local_head.bias.fill_(-1e3)
+            net.local_head.bias[3] = 1e3
+
+    monkeypatch.setattr(FedLoGeClient, "refit_local_head", one_class)
+    metrics = client_app(_instruction(model, "evaluate", realign=True), context).content["metrics"]
+    correct = np.asarray(metrics["local-only-class-correct"])
+    assert correct[3] > 0 and correct.sum() == correct[3]

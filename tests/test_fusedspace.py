@@ -194,7 +194,7 @@ def test_task_aware_sends_the_classification_gradient_into_the_autoencoder_and_f
             torch.testing.assert_close(g, grads[False][name])  # the classifier's gradient is the same
 
     # task-aware false, lambda 1: the autoencoder's gradient is exactly that of the reconstruction loss alone
-    config = _config(**{"fusedspace.task-aware": False})
+    config = _config(**{"fusedspace.task-aware": False, "fusedspace.lambda-rec": 1.0})
     client = _client(load_settings(config), config)
     model = client.build_model()
     both = _grads(model, client, x, y)
@@ -362,3 +362,23 @@ def test_reference_variant_conf_files_are_the_reference_recipe():
         assert (opts.autoencoder, opts.task_aware, opts.ae_optimizer, opts.ae_lr) == ("unet", False, "sgd", 0.01)
         variants[path.stem.rsplit("_", 1)[1]] = (opts.warmup_epochs, opts.l2sp)
     assert variants == {"base": (0, 0.0), "encwarm": (2, 0.0), "l2sp": (0, 0.001)}
+
+
+def test_evaluate_reports_the_reconstruction_error_on_the_clients_classes_and_on_those_it_never_saw():
+    from fedvq_app.data.client_data import normalize_batch  # noqa: PLC0415
+
+    config = _config(**{"partition.kind": "pathological", "partition.classes-per-client": 2})
+    client = _client(load_settings(config), config)
+    msg = _train_message(client)
+    reply = client.evaluate(Message(content=msg.content, dst_node_id=1, message_type="evaluate"))
+    metrics = reply.content["metrics"]
+    model = client.load_model(msg).eval()
+    x = normalize_batch(client.data.test_x)
+    with torch.no_grad():
+        per_image = (model.reconstruct(x) - x).pow(2).flatten(1).mean(1)
+    seen = torch.as_tensor(client.data.label_counts())[client.data.test_y] > 0
+    assert 0 < int(seen.sum()) < len(seen)  # two classes seen, eight never
+    assert metrics["test-reconstruction-seen"] == pytest.approx(float(per_image[seen].mean()), rel=1e-5)
+    assert metrics["test-reconstruction-unseen"] == pytest.approx(float(per_image[~seen].mean()), rel=1e-5)
+    assert metrics["test-reconstruction-seen"] != pytest.approx(metrics["test-reconstruction-unseen"])
+    assert "test-accuracy" in metrics  # the common scores stay

@@ -24,6 +24,7 @@ from fedvq_app.data.client_data import (
     eval_loader,
     load_client_data,
     normalize_batch,
+    pooled_validation,
     train_loader,
 )
 from fedvq_app.data.datasets import DatasetInfo
@@ -198,11 +199,15 @@ class NeuralClient:
 
     def evaluate_splits(self, model: nn.Module) -> dict[str, EvalResult]:
         """Scores by split: local validation (``val``), global test set (``test``) and the
-        client's own-distribution test rows (``own-test``; absent when the client has none)."""
+        client's own-distribution test rows (``own-test``; absent when the client has none);
+        with ``metrics.pooled-validation`` also every client's validation split (``pooled-val``)."""
         n_cls = self.data.num_classes
         val = evaluate(model, eval_loader(self.data.val_x, self.data.val_y), self.device, n_cls, self.forward)
         logits, labels = predict(model, eval_loader(self.data.test_x, self.data.test_y), self.device, self.forward)
         splits = {"val": val, "test": classification_metrics(logits, labels, n_cls)}
+        if self.settings.metrics.pooled_validation:
+            x, y = pooled_validation(self.settings, self.num_partitions)
+            splits["pooled-val"] = evaluate(model, eval_loader(x, y), self.device, n_cls, self.forward)
         rows = torch.from_numpy(self.own_test_rows)
         if len(rows) and len(labels):
             splits["own-test"] = classification_metrics(logits[rows], labels[rows], n_cls)

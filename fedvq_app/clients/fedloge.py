@@ -9,13 +9,16 @@ is private: it is saved in ``context.state`` and never put in a reply.
 
 Evaluation (the server sends ``realign``): every mode -- generic = SSE-C, global =
 the realigned global head, personal = ``fedloge.personal-formula`` (classes the
-client never trained on masked; both formulas are also reported as
-``personal-<formula>``) -- is scored on the client's own long-tailed
+client never trained on masked; every formula is also reported as
+``personal-<formula>``, the two heads alone as ``local-only`` / ``global-only``) -- is scored
+on the client's own validation split (``val-<mode>-accuracy``) and on its own long-tailed
 test data: its personal test set, drawn from the global test set to follow the
 client's training label mix (:attr:`NeuralClient.own_test_rows`). The client-independent
 modes (generic, global, raw-global) are also scored on the whole, class-balanced
 global test set (``<mode>-balanced``). Every mode reports per-class correct/total
-counts; the server turns them into overall/head/medium/tail accuracies.
+counts; the server turns them into overall/head/medium/tail accuracies. With
+``fedloge.local-refit-epochs`` the local head is first refit (alone, for that evaluation only)
+on the received backbone's features of the train split.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch.nn.functional as F
 from flwr.app import Message, MetricRecord, RecordDict
 
 from fedvq_app.aggregation.etf import class_hits
-from fedvq_app.clients.base import NeuralClient
+from fedvq_app.clients.base import NeuralClient, seed_everything
 from fedvq_app.data.client_data import eval_loader
 from fedvq_app.models.fedloge import (
     BALANCED_MODES,
@@ -36,7 +39,9 @@ from fedvq_app.models.fedloge import (
     GlaFrHeads,
     gla_fr,
 )
-from fedvq_app.training.loop import classification_metrics, predict
+from fedvq_app.training.loop import classification_metrics, make_optimizer, predict
+
+REFIT_STREAM = 5  # seeds the local-head refit's shuffles apart from the training epochs
 
 
 class FedLoGeClient(NeuralClient):
@@ -59,6 +64,28 @@ class FedLoGeClient(NeuralClient):
         return loss, generic
 
     # ------------------------------------------------------------------ evaluation
+    def refit_local_head(self, model: FedLoGeNet, msg: Message) -> None:
+        """``fedloge.local-refit-epochs`` of the local head alone on the received backbone's (detached) features
+        of the train split; the backbone, SSE-C and global head do not move, nothing is saved."""
+        epochs = self.options.local_refit_epochs
+        if epochs == 0 or self.data.num_train == 0:
+            return
+        feats, labels = self._features(model, self.data.train_x, self.data.train_y)
+        lr = float(msg.content["config"].get("lr", self.settings.train.lr))
+        head = model.local_head.cpu()
+        optimizer = make_optimizer(head.parameters(), self.settings.train, lr)
+        generator = seed_everything(self.settings.seed, int(msg.content["config"].get("server-round", 0)),
+                                    self.partition_id, REFIT_STREAM)
+        batch = self.settings.train.batch_size
+        for _ in range(epochs):
+            order = torch.randperm(len(labels), generator=generator)
+            for start in range(0, len(order), batch):
+                rows = order[start:start + batch]
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(head(feats[rows]), labels[rows]).backward()
+                optimizer.step()
+        model.local_head.to(self.device).eval()
+
     def _features(self, model: FedLoGeNet, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return predict(model, eval_loader(x, y), self.device, lambda m, batch: m.features(batch))
 
@@ -70,12 +97,16 @@ class FedLoGeClient(NeuralClient):
             "personal": heads.personal_logits(feats),
             "raw-global": heads.raw_global_logits(feats),
             **{f"personal-{f}": heads.formula_logits(feats, f) for f in PERSONAL_FORMULAS},
+            "local-only": heads.local_only_logits(feats),
+            "global-only": heads.global_only_logits(feats),
         }
 
     def evaluate(self, msg: Message) -> Message:
         """val-*/test-*: global mode (val split, global test set); per mode on own data and balanced:
-        ``<mode>-accuracy`` and per-class ``<mode>-class-correct`` / ``<mode>-class-total``."""
+        ``<mode>-accuracy`` and per-class ``<mode>-class-correct`` / ``<mode>-class-total``; per mode on the
+        client's own validation split (drawn from its training data): ``val-<mode>-accuracy``."""
         model = self.load_model(msg)
+        self.refit_local_head(model, msg)
         realign = bool(msg.content["config"].get("realign", True))
         heads = gla_fr(
             model,
@@ -90,9 +121,13 @@ class FedLoGeClient(NeuralClient):
         test_feats, test_y = self._features(model, self.data.test_x, self.data.test_y)
         with torch.no_grad():
             val = classification_metrics(heads.global_logits(val_feats), val_y, n_cls)
+            val_logits = self.mode_logits(model, heads, val_feats)
             logits = self.mode_logits(model, heads, test_feats)
         test = classification_metrics(logits["global"], test_y, n_cls)
         metrics = {**self.base_metrics(), **val.as_metrics("val"), **test.as_metrics("test")}
+        if len(val_y):  # what a mode or a formula is chosen on: the client's own distribution, never the test set
+            for mode in MODES:
+                metrics[f"val-{mode}-accuracy"] = float((val_logits[mode].argmax(1) == val_y).float().mean())
         rows = torch.from_numpy(self.own_test_rows)
         scored = [(mode, logits[mode][rows], test_y[rows]) for mode in MODES]
         scored += [(mode + BALANCED_SUFFIX, logits[mode], test_y) for mode in BALANCED_MODES]

@@ -31,7 +31,7 @@ from flwr.app import Message, MetricRecord
 from torch import nn
 
 from fedvq_app.clients.base import NeuralClient, seed_everything
-from fedvq_app.data.client_data import train_loader
+from fedvq_app.data.client_data import eval_loader, normalize_batch, train_loader
 from fedvq_app.models.fusedspace import PRIVATE_PREFIX, FusedSpaceNet
 from fedvq_app.records import to_numpy, to_record
 from fedvq_app.strategies.fusedspace import STATS_RECORD
@@ -206,6 +206,27 @@ class FusedSpaceClient(NeuralClient):
             "reconstruction-loss": self.reconstruction_sum / max(self.reconstruction_batches, 1),
         }
         return {STATS_RECORD: MetricRecord(stats)}
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, msg: Message) -> Message:
+        """The common scores, plus the autoencoder's reconstruction MSE on the global test images of the
+        classes this client trained on (``test-reconstruction-seen``) and of those it never saw
+        (``test-reconstruction-unseen``): how far ``D(E_i(x))`` strays where the private encoder has no data."""
+        reply = super().evaluate(msg)
+        model = self.load_model(msg)
+        model.eval()
+        errors = []
+        with torch.no_grad():
+            for x, _ in eval_loader(self.data.test_x, self.data.test_y):
+                x = normalize_batch(x.to(self.device))
+                errors.append((model.reconstruct(x) - x).pow(2).flatten(1).mean(1).cpu())
+        per_image = torch.cat(errors) if errors else torch.empty(0)
+        seen = torch.as_tensor(self.data.label_counts())[self.data.test_y] > 0
+        metrics = reply.content["metrics"]
+        for name, rows in (("seen", seen), ("unseen", ~seen)):
+            if rows.any():
+                metrics[f"test-reconstruction-{name}"] = float(per_image[rows].mean())
+        return reply
 
     def gradient_parameters(self, model: FusedSpaceNet) -> dict[str, nn.Parameter]:
         """Gamma over the classifier (comparable with the baselines) or every shared parameter."""

@@ -172,6 +172,12 @@ def load_client_data(settings: Settings, partition_id: int, num_partitions: int)
     )
 
 
+def pooled_validation(settings: Settings, num_partitions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every partition's validation split, concatenated (``metrics.pooled-validation``; benchmarks in simulation)."""
+    parts = [load_client_data(settings, pid, num_partitions) for pid in range(num_partitions)]
+    return torch.cat([p.val_x for p in parts]), torch.cat([p.val_y for p in parts])
+
+
 class AugmentedTensors(Dataset):
     """Tensor pairs passed through a torchvision transform on access."""
 

@@ -54,16 +54,26 @@ class FedLoGeOptions:
     )
     personal_formula: str = option(
         "fedloge.personal-formula",
-        "raw-local",
+        "raw-heads",
         choices=PERSONAL_FORMULAS,
-        help="personal mode: raw-local (the reference code: raw local head + global rows at the local row norms) "
-        "or realigned-local (realigned local head + fedloge.personal-global-head)",
+        help="personal mode: raw-local (the reference's realignment: raw local head + global rows at the local row "
+        "norms), realigned-local (realigned local head + fedloge.personal-global-head) or raw-heads (the reference's "
+        "per-round localtest: raw local head + raw global head)",
     )
     personal_global_head: str = option(
         "fedloge.personal-global-head",
         "raw",
         choices=PERSONAL_GLOBAL_HEADS,
         help="realigned-local formula: the global head added to the realigned local head, raw or realigned",
+    )
+    local_refit_epochs: int = option(
+        "fedloge.local-refit-epochs",
+        20,
+        minimum=0,
+        help="at evaluation, epochs of training the local head (alone, train.optimizer at train.lr) on the received "
+        "backbone's features of the client's train split before the personal modes are scored; used for that "
+        "evaluation only (0 = the reference: the local head as trained against the client's own pre-aggregation "
+        "backbone; 20 chosen on the clients' own validation splits, docs/fedloge.md)",
     )
     head_share: float = option(
         "fedloge.head-share",

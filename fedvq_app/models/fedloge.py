@@ -26,13 +26,18 @@ from fedvq_app.models import build_backbone
 
 SHARED_PREFIXES = ("backbone.", "global_head.")
 MASKED_LOGIT = -1e9  # logit of a class the client never saw (personal mode)
-#: personal-mode formulas: "raw-local" (the reference code: the raw local head + the global head's
-#: rows scaled to the local head's row norms) or "realigned-local" (the realigned local head + a global head)
-PERSONAL_FORMULAS = ("raw-local", "realigned-local")
-#: inference modes every evaluation reports on each client's own long-tailed test data;
-#: raw-global = the global head without GLA-FR (ablation); personal = the configured formula,
-#: personal-<formula> = each formula (so one run compares them)
-MODES = ("generic", "global", "personal", "raw-global", *(f"personal-{f}" for f in PERSONAL_FORMULAS))
+#: personal-mode formulas: "raw-local" (the reference's realignment.py: the raw local head + the global head's
+#: rows scaled to the local head's row norms), "realigned-local" (the realigned local head + a global head) or
+#: "raw-heads" (the reference's per-round localtest in fedloge.py: raw local head + raw global head, no GLA-FR)
+PERSONAL_FORMULAS = ("raw-local", "realigned-local", "raw-heads")
+#: diagnostic modes of the personal model's two parts, absent classes masked like the personal mode:
+#: local-only = the raw local head (its bias), global-only = the realigned global head (global bias)
+HEAD_ONLY_MODES = ("local-only", "global-only")
+#: inference modes every evaluation reports on each client's own long-tailed test data (and, as
+#: ``val-<mode>-accuracy``, on its own validation split); raw-global = the global head without GLA-FR
+#: (ablation); personal = the configured formula, personal-<formula> = each formula (so one run compares them)
+MODES = ("generic", "global", "personal", "raw-global", *(f"personal-{f}" for f in PERSONAL_FORMULAS),
+         *HEAD_ONLY_MODES)
 #: the client-independent modes, also scored on the global class-balanced test set
 BALANCED_MODES = ("generic", "global", "raw-global")
 BALANCED_SUFFIX = "-balanced"
@@ -85,7 +90,8 @@ class GlaFrHeads:
     * ``raw-local`` (the reference code): raw local head + the global head's rows
       scaled to the local head's row norms (global bias);
     * ``realigned-local``: that realigned head with the local bias + a global head
-      (raw, or realigned to ``tau``).
+      (raw, or realigned to ``tau``);
+    * ``raw-heads`` (the reference's per-round ``localtest``): raw local head + raw global head.
 
     Without realignment the raw local head + the raw global head stand in for both.
     """
@@ -116,12 +122,24 @@ class GlaFrHeads:
             logits = F.linear(features, self.local_weight, self.local_bias) + F.linear(
                 features, self.personal_global_weight, self.global_bias
             )
+        elif formula == "raw-heads":
+            logits = F.linear(features, self.raw_local_weight, self.local_bias) + F.linear(
+                features, self.global_weight, self.global_bias
+            )
         else:
             raise ValueError(f"personal formula must be one of {PERSONAL_FORMULAS}, got {formula!r}")
         return logits.masked_fill(self.absent, MASKED_LOGIT)
 
     def personal_logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.formula_logits(features, self.formula)
+
+    def local_only_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The raw local head alone (diagnostic), absent classes masked."""
+        return F.linear(features, self.raw_local_weight, self.local_bias).masked_fill(self.absent, MASKED_LOGIT)
+
+    def global_only_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The realigned global head alone (diagnostic), absent classes masked."""
+        return self.global_logits(features).masked_fill(self.absent, MASKED_LOGIT)
 
 
 @torch.no_grad()
