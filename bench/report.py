@@ -257,10 +257,9 @@ def reproduce_targets_section(records: list[dict]) -> list[str]:
     """reproduce_targets.md: the done-when cells at the issue's 30 rounds (bench/reproduce.py --targets)."""
     r = records[0]
     table = (RESULTS / "reproduce_targets.md").read_text() if (RESULTS / "reproduce_targets.md").is_file() else ""
-    note = ("fusedspace's rows were measured at `fusedspace.lambda-rec = 1`, the default before it was chosen (5) on "
-            "the pooled validation splits of these cells' probe runs; the 3-seed figures at 5 (the same cell "
-            "configuration, `scripts/probe_cell.py`, `bench/results/fusedspace_lrec5_probes.jsonl`) are in "
-            "docs/fusedspace.md until this table is re-run.")
+    note = ("fusedspace's rows are at today's default `fusedspace.lambda-rec = 5` (re-run with `--methods fusedspace` "
+            "after 5 was chosen on the pooled validation splits); its cells at the earlier default 1 stay in "
+            "`bench/results/reproduce_targets.jsonl`, and docs/fusedspace.md compares the two.")
     return [machine_line(r), "", table.strip(), "", note]
 
 
