@@ -91,23 +91,21 @@ def run_case(
     rows = [{"name": "seed: KMeans(n_init=10)", "seconds": seed_s, "cpu_seconds": seed_cpu, "inertia": seed_inertia,
              "speedup": 1.0, "cpu_speedup": 1.0, "inertia_ratio": 1.0, "usage_inertia": seed_usage,
              "usage_inertia_ratio": 1.0}]
+
+    def measure(name: str, aggregate) -> None:
+        result, seconds, cpu = timed_median(aggregate, repeats)
+        inertia, used = quantization_error(stacked, result.codebook), usage_inertia(stacked, weights, result.codebook)
+        progress(f"  {name}: {seconds:.4f} s, inertia {inertia:.1f}, usage inertia {used:.1f}")
+        rows.append({"name": name, "seconds": seconds, "cpu_seconds": cpu, "inertia": inertia,
+                     "speedup": seed_s / seconds, "cpu_speedup": seed_cpu / cpu,
+                     "inertia_ratio": inertia / seed_inertia, "usage_inertia": used,
+                     "usage_inertia_ratio": used / seed_usage})
+
     for name in AGGREGATORS:
-        result, seconds, cpu = timed_median(lambda name=name: aggregate_codebook(
-            name, books, sizes, usage, global_book, np.random.default_rng(seed), align=align), repeats)
-        inertia, used = quantization_error(stacked, result.codebook), usage_inertia(stacked, weights, result.codebook)
-        progress(f"  {name} ({align}): {seconds:.4f} s, inertia {inertia:.1f}, usage inertia {used:.1f}")
-        rows.append({"name": f"{name} ({align})", "seconds": seconds, "cpu_seconds": cpu, "inertia": inertia,
-                     "speedup": seed_s / seconds, "cpu_speedup": seed_cpu / cpu,
-                     "inertia_ratio": inertia / seed_inertia, "usage_inertia": used,
-                     "usage_inertia_ratio": used / seed_usage})
+        measure(f"{name} ({align})", lambda name=name: aggregate_codebook(
+            name, books, sizes, usage, global_book, np.random.default_rng(seed), align=align))
     if not permute:  # usage statistics only exist for codes the clients assign by the global index
-        result, seconds, cpu = timed_median(lambda: lloyd_from_statistics(books, usage, global_book, seed), repeats)
-        inertia, used = quantization_error(stacked, result.codebook), usage_inertia(stacked, weights, result.codebook)
-        progress(f"  {LLOYD} (statistics): {seconds:.4f} s, inertia {inertia:.1f}, usage inertia {used:.1f}")
-        rows.append({"name": f"{LLOYD} (statistics)", "seconds": seconds, "cpu_seconds": cpu, "inertia": inertia,
-                     "speedup": seed_s / seconds, "cpu_speedup": seed_cpu / cpu,
-                     "inertia_ratio": inertia / seed_inertia, "usage_inertia": used,
-                     "usage_inertia_ratio": used / seed_usage})
+        measure(f"{LLOYD} (statistics)", lambda: lloyd_from_statistics(books, usage, global_book, seed))
     label = f"{clients} clients x {k} codes x {dim} dims, noise {noise}{', permuted rows' if permute else ''}"
     return {"case": label, "aggregators": rows}
 
