@@ -55,8 +55,9 @@ print(json.dumps({"flwr_wall_s": w1 - w0, "flwr_cpu_s": c1 - c0, "app_wall_s": w
 
 def once(checkout: Path, cache: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(checkout), "FEDVQ_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", CHILD], cwd=checkout, env=env, capture_output=True, text=True,
-                          timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD], cwd=checkout, env=env, capture_output=True, text=True, timeout=900
+    )
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -76,14 +77,19 @@ def main() -> None:
             for c in checkouts:
                 samples[str(c)].append(once(c, Path(tmp) / c.name))
     result = {c: {k: statistics.median(s[k] for s in runs) for k in runs[0]} for c, runs in samples.items()}
-    figures = {"checkouts": result, "repeats": args.repeats, "samples": samples,
-               "note": "fresh interpreter per sample, checkouts alternating; CPU seconds are robust to the shared "
-                       "machine's load, wall seconds are not"}
+    figures = {
+        "checkouts": result,
+        "repeats": args.repeats,
+        "samples": samples,
+        "note": "fresh interpreter per sample, checkouts alternating; CPU seconds are robust to the shared "
+        "machine's load, wall seconds are not",
+    }
     if len(checkouts) == 2:
         before, after = (result[str(c)] for c in checkouts)
         figures["app_cpu_after_over_before"] = after["app_cpu_s"] / before["app_cpu_s"]
-        figures["process_cpu_after_over_before"] = ((after["app_cpu_s"] + after["flwr_cpu_s"])
-                                                    / (before["app_cpu_s"] + before["flwr_cpu_s"]))
+        figures["process_cpu_after_over_before"] = (after["app_cpu_s"] + after["flwr_cpu_s"]) / (
+            before["app_cpu_s"] + before["flwr_cpu_s"]
+        )
     emit("client_process", figures)
 
 

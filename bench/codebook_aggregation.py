@@ -76,9 +76,7 @@ def timed_median(fn, repeats: int, once_above_s: float = 10.0):
     return runs[-1][0], float(np.median([r[1] for r in runs])), float(np.median([r[2] for r in runs]))
 
 
-def run_case(
-    k: int, dim: int, clients: int, noise: float, permute: bool, align: str, seed: int, repeats: int
-) -> dict:
+def run_case(k: int, dim: int, clients: int, noise: float, permute: bool, align: str, seed: int, repeats: int) -> dict:
     rng = np.random.default_rng(seed)
     global_book = rng.standard_normal((k, dim))
     books, sizes, usage = client_codebooks(global_book, clients, noise, permute, rng)
@@ -88,22 +86,45 @@ def run_case(
     weights = np.concatenate([np.asarray(u, dtype=np.float64) for u in usage])
     seed_usage = usage_inertia(stacked, weights, seed_model.cluster_centers_)
     progress(f"{k}x{dim} noise {noise} permute {permute}: seed KMeans {seed_s:.2f} s, inertia {seed_inertia:.1f}")
-    rows = [{"name": "seed: KMeans(n_init=10)", "seconds": seed_s, "cpu_seconds": seed_cpu, "inertia": seed_inertia,
-             "speedup": 1.0, "cpu_speedup": 1.0, "inertia_ratio": 1.0, "usage_inertia": seed_usage,
-             "usage_inertia_ratio": 1.0}]
+    rows = [
+        {
+            "name": "seed: KMeans(n_init=10)",
+            "seconds": seed_s,
+            "cpu_seconds": seed_cpu,
+            "inertia": seed_inertia,
+            "speedup": 1.0,
+            "cpu_speedup": 1.0,
+            "inertia_ratio": 1.0,
+            "usage_inertia": seed_usage,
+            "usage_inertia_ratio": 1.0,
+        }
+    ]
 
     def measure(name: str, aggregate) -> None:
         result, seconds, cpu = timed_median(aggregate, repeats)
         inertia, used = quantization_error(stacked, result.codebook), usage_inertia(stacked, weights, result.codebook)
         progress(f"  {name}: {seconds:.4f} s, inertia {inertia:.1f}, usage inertia {used:.1f}")
-        rows.append({"name": name, "seconds": seconds, "cpu_seconds": cpu, "inertia": inertia,
-                     "speedup": seed_s / seconds, "cpu_speedup": seed_cpu / cpu,
-                     "inertia_ratio": inertia / seed_inertia, "usage_inertia": used,
-                     "usage_inertia_ratio": used / seed_usage})
+        rows.append(
+            {
+                "name": name,
+                "seconds": seconds,
+                "cpu_seconds": cpu,
+                "inertia": inertia,
+                "speedup": seed_s / seconds,
+                "cpu_speedup": seed_cpu / cpu,
+                "inertia_ratio": inertia / seed_inertia,
+                "usage_inertia": used,
+                "usage_inertia_ratio": used / seed_usage,
+            }
+        )
 
     for name in AGGREGATORS:
-        measure(f"{name} ({align})", lambda name=name: aggregate_codebook(
-            name, books, sizes, usage, global_book, np.random.default_rng(seed), align=align))
+        measure(
+            f"{name} ({align})",
+            lambda name=name: aggregate_codebook(
+                name, books, sizes, usage, global_book, np.random.default_rng(seed), align=align
+            ),
+        )
     if not permute:  # usage statistics only exist for codes the clients assign by the global index
         measure(f"{LLOYD} (statistics)", lambda: lloyd_from_statistics(books, usage, global_book, seed))
     label = f"{clients} clients x {k} codes x {dim} dims, noise {noise}{', permuted rows' if permute else ''}"
@@ -116,9 +137,9 @@ def usage_inertia(points: np.ndarray, weights: np.ndarray, codebook: np.ndarray)
     norms = (codebook * codebook).sum(1)
     total = 0.0
     for start in range(0, len(points), 1024):
-        chunk = np.asarray(points[start:start + 1024], dtype=np.float64)
+        chunk = np.asarray(points[start : start + 1024], dtype=np.float64)
         sq = np.maximum((chunk * chunk).sum(1)[:, None] + norms[None, :] - 2.0 * chunk @ codebook.T, 0.0)
-        total += float(weights[start:start + 1024] @ sq.min(1))
+        total += float(weights[start : start + 1024] @ sq.min(1))
     return total
 
 
@@ -140,27 +161,39 @@ def main() -> None:
     args = parser.parse_args()
     defaults = get_method("fedvq").options_type()
     # the default aggregator; lloyd aggregates usage statistics, not the clients' codebooks
-    default_name = (f"{LLOYD} (statistics)" if defaults.aggregation == LLOYD
-                    else f"{defaults.aggregation} ({defaults.align})")
+    default_name = (
+        f"{LLOYD} (statistics)" if defaults.aggregation == LLOYD else f"{defaults.aggregation} ({defaults.align})"
+    )
     k, clients, dims = (64, 3, [16]) if args.quick else (512, 10, [512, 64])
     cases = [(dim, noise, permute) for dim in dims for noise, permute in ((0.1, False), (0.5, False), (0.1, True))]
-    results = [run_case(k, dim, clients, noise, permute, defaults.align, args.seed, args.repeats)
-               for dim, noise, permute in cases]
+    results = [
+        run_case(k, dim, clients, noise, permute, defaults.align, args.seed, args.repeats)
+        for dim, noise, permute in cases
+    ]
     measured = [(c, next((a for a in c["aggregators"] if a["name"] == default_name), None)) for c in results]
     default_rows = [r for _, r in measured if r is not None]
     full_size = [r for c, r in measured if r is not None and "512 dims" in c["case"]]
     met = all(r["speedup"] >= 400 and r["inertia_ratio"] <= 1.0 for r in default_rows) and all(
-        r["seconds"] <= 0.1 for r in full_size)
-    emit("codebook_aggregation", {
-        "cases": results,
-        "target": {"aggregator": default_name, "speedup_at_least": 400, "inertia_ratio_at_most": 1.0,
-                   "seconds_at_most_at_512_dims": 0.1},
-        "default_speedups": [r["speedup"] for r in default_rows],
-        "default_inertia_ratios": [r["inertia_ratio"] for r in default_rows],
-        "default_usage_inertia_ratios": [r["usage_inertia_ratio"] for r in default_rows],
-        "repeats": args.repeats,
-        "target_met": met,
-    }, quick=args.quick)
+        r["seconds"] <= 0.1 for r in full_size
+    )
+    emit(
+        "codebook_aggregation",
+        {
+            "cases": results,
+            "target": {
+                "aggregator": default_name,
+                "speedup_at_least": 400,
+                "inertia_ratio_at_most": 1.0,
+                "seconds_at_most_at_512_dims": 0.1,
+            },
+            "default_speedups": [r["speedup"] for r in default_rows],
+            "default_inertia_ratios": [r["inertia_ratio"] for r in default_rows],
+            "default_usage_inertia_ratios": [r["usage_inertia_ratio"] for r in default_rows],
+            "repeats": args.repeats,
+            "target_met": met,
+        },
+        quick=args.quick,
+    )
 
 
 if __name__ == "__main__":

@@ -45,21 +45,42 @@ class Scenario:
 
 
 SCENARIOS = (
-    Scenario("generated 2-D", 4, 3, "generated", GeneratorOptions(num_clients=3, num_clusters=4, num_features=2,
-                                                                  non_iid_factor=0.5)),
-    Scenario("generated 10-D", 4, 3, "generated", GeneratorOptions(num_clients=3, num_clusters=4, num_features=10,
-                                                                   non_iid_factor=0.5)),
+    Scenario(
+        "generated 2-D",
+        4,
+        3,
+        "generated",
+        GeneratorOptions(num_clients=3, num_clusters=4, num_features=2, non_iid_factor=0.5),
+    ),
+    Scenario(
+        "generated 10-D",
+        4,
+        3,
+        "generated",
+        GeneratorOptions(num_clients=3, num_clusters=4, num_features=10, non_iid_factor=0.5),
+    ),
     Scenario("wine (IID)", 3, 3, "wine"),
 )
 EXTRA_SCENARIOS = (
     Scenario("wine (label skew 0.5)", 3, 3, "wine", overrides={"kmeans.split": "label-skew"}),
     Scenario("iris (IID)", 3, 3, "iris"),
     Scenario("breast-cancer (IID)", 2, 3, "breast-cancer"),
-    Scenario("generated 2-D, overlap 0.5, density 0.5", 4, 3, "generated",
-             GeneratorOptions(num_clients=3, num_clusters=4, num_features=2, non_iid_factor=0.5,
-                              overlap_factor=0.5, density_variation=0.5)),
-    Scenario("generated 10-D, non-IID 1.0, 5 clients", 4, 5, "generated",
-             GeneratorOptions(num_clients=5, num_clusters=4, num_features=10, non_iid_factor=1.0)),
+    Scenario(
+        "generated 2-D, overlap 0.5, density 0.5",
+        4,
+        3,
+        "generated",
+        GeneratorOptions(
+            num_clients=3, num_clusters=4, num_features=2, non_iid_factor=0.5, overlap_factor=0.5, density_variation=0.5
+        ),
+    ),
+    Scenario(
+        "generated 10-D, non-IID 1.0, 5 clients",
+        4,
+        5,
+        "generated",
+        GeneratorOptions(num_clients=5, num_clusters=4, num_features=10, non_iid_factor=1.0),
+    ),
 )
 
 

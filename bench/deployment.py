@@ -53,8 +53,9 @@ from bench.common import emit  # noqa: E402
 
 def _topology_class(checkout: Path):
     """``LocalTopology`` of a checkout (its own script, so that its own code runs)."""
-    spec = importlib.util.spec_from_file_location(f"local_topology_{abs(hash(str(checkout)))}",
-                                                  checkout / "scripts" / "local_topology.py")
+    spec = importlib.util.spec_from_file_location(
+        f"local_topology_{abs(hash(str(checkout)))}", checkout / "scripts" / "local_topology.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
@@ -69,8 +70,12 @@ def figures_of(folder: Path) -> dict:
     """Per-round figures of one finished job's experiment folder."""
     per_round = [r["wall_time_s"] for r in _rounds(folder)]
     steady = per_round[1:] or per_round
-    return {"completed": True, "per_round_s": per_round, "first_round_s": per_round[0],
-            "steady_round_s": sum(steady) / len(steady)}
+    return {
+        "completed": True,
+        "per_round_s": per_round,
+        "first_round_s": per_round[0],
+        "steady_round_s": sum(steady) / len(steady),
+    }
 
 
 FLOOR_APP = ROOT / "bench" / "floor_app"
@@ -113,8 +118,12 @@ class ClientAppCpu:
             fields = rest.split()  # fields[0] is the state: field 3 of proc(5)
             # PIDs are reused (pid_max may be 32768): a process is its PID and its start time
             process = (int(entry.name), int(fields[19]))
-            if (int(fields[2]) not in self.groups or process[1] < self._since_ticks or fields[0] == b"Z"
-                    or head.partition(b"(")[2] != b"flwr-clientapp"):  # e.g. forked, not yet exec'd
+            if (
+                int(fields[2]) not in self.groups
+                or process[1] < self._since_ticks
+                or fields[0] == b"Z"
+                or head.partition(b"(")[2] != b"flwr-clientapp"
+            ):  # e.g. forked, not yet exec'd
                 continue
             self.cpu_s[process] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
             live.add(process)
@@ -144,8 +153,12 @@ class ClientAppCpu:
         ordered = [self.cpu_s[process] for process in sorted(self.cpu_s, key=lambda p: (p[1], p[0]))]
         later = ordered[first_round_messages:]
         steady = sum(later) / (messages - first_round_messages) if messages > first_round_messages else None
-        return {"cpu_per_message_s": sum(ordered) / messages, "steady_cpu_per_message_s": steady,
-                "clientapp_processes": len(ordered), "clientapp_cpu_s": [round(v, 2) for v in ordered]}
+        return {
+            "cpu_per_message_s": sum(ordered) / messages,
+            "steady_cpu_per_message_s": steady,
+            "clientapp_processes": len(ordered),
+            "clientapp_cpu_s": [round(v, 2) for v in ordered],
+        }
 
 
 def _supernode_pids(topology) -> list[int]:
@@ -161,8 +174,9 @@ def _with_overhead(results: dict) -> dict:
             # what the ClientApp adds to Flower's own per-message cost
             results["per_message_overhead_s"] = (zero["steady_round_s"] - floor["steady_round_s"]) / 2
             if zero.get("steady_cpu_per_message_s") is not None and floor.get("steady_cpu_per_message_s") is not None:
-                results["cpu_overhead_per_message_s"] = (zero["steady_cpu_per_message_s"]
-                                                         - floor["steady_cpu_per_message_s"])
+                results["cpu_overhead_per_message_s"] = (
+                    zero["steady_cpu_per_message_s"] - floor["steady_cpu_per_message_s"]
+                )
     return results
 
 
@@ -181,17 +195,28 @@ def fedavg_payload_floats() -> int:
 def measure_floor(topology, rounds: int, floats: int, work: Path, name: str) -> dict:
     """The no-op app's rounds on this topology, with the FedAvg job's array payload."""
     result = work / f"{name}.json"
-    command = ["run", str(FLOOR_APP), topology.connection, "--stream", "--run-config",
-               f"num-server-rounds={rounds} payload-floats={floats} result-file='{result}'"]
+    command = [
+        "run",
+        str(FLOOR_APP),
+        topology.connection,
+        "--stream",
+        "--run-config",
+        f"num-server-rounds={rounds} payload-floats={floats} result-file='{result}'",
+    ]
     with ClientAppCpu(_supernode_pids(topology)) as cpu:
         done = topology.flwr(*command, timeout=1800)
     if not result.is_file():
         return {"completed": False, "tail": (done.stdout + done.stderr)[-1500:]}
     per_round = json.loads(result.read_text())["per_round_s"]
     steady = per_round[1:] or per_round
-    return {"completed": True, "per_round_s": per_round, "first_round_s": per_round[0],
-            "steady_round_s": sum(steady) / len(steady), "payload_floats": floats,
-            **cpu.figures(rounds * topology.num_supernodes * 2, first_round_messages=topology.num_supernodes * 2)}
+    return {
+        "completed": True,
+        "per_round_s": per_round,
+        "first_round_s": per_round[0],
+        "steady_round_s": sum(steady) / len(steady),
+        "payload_floats": floats,
+        **cpu.figures(rounds * topology.num_supernodes * 2, first_round_messages=topology.num_supernodes * 2),
+    }
 
 
 def measure_checkout(checkout: Path, rounds: int, epochs: list[int], work: Path) -> dict:
@@ -206,9 +231,15 @@ def measure_checkout(checkout: Path, rounds: int, epochs: list[int], work: Path)
         with topology:
             for local_epochs in epochs:
                 name = f"deploy_{checkout.name}_e{local_epochs}"
-                config = {"method": "fedavg", "num-server-rounds": rounds, "train.local-epochs": local_epochs,
-                          "partition.kind": "iid", "round-timeout": 600.0, "log-dir": str(work / "logs"),
-                          "experiment-name": name}
+                config = {
+                    "method": "fedavg",
+                    "num-server-rounds": rounds,
+                    "train.local-epochs": local_epochs,
+                    "partition.kind": "iid",
+                    "round-timeout": 600.0,
+                    "log-dir": str(work / "logs"),
+                    "experiment-name": name,
+                }
                 with ClientAppCpu(_supernode_pids(topology)) as cpu:
                     code = topology.run(config, timeout=1800, log_name=name)
                 folder = work / "logs" / name
@@ -217,11 +248,15 @@ def measure_checkout(checkout: Path, rounds: int, epochs: list[int], work: Path)
                     results[f"epochs_{local_epochs}"] = {"completed": False, "tail": tail}
                     continue
                 results[f"epochs_{local_epochs}"] = {
-                    **figures_of(folder), **cpu.figures(rounds * topology.num_supernodes * 2,
-                                                        first_round_messages=topology.num_supernodes * 2)}
+                    **figures_of(folder),
+                    **cpu.figures(
+                        rounds * topology.num_supernodes * 2, first_round_messages=topology.num_supernodes * 2
+                    ),
+                }
             if results.get("epochs_0", {}).get("completed"):
-                results["floor"] = measure_floor(topology, rounds, fedavg_payload_floats(), work,
-                                                 f"floor_{checkout.name}")
+                results["floor"] = measure_floor(
+                    topology, rounds, fedavg_payload_floats(), work, f"floor_{checkout.name}"
+                )
     finally:
         for key, value in saved.items():
             if value is None:
@@ -233,23 +268,41 @@ def measure_checkout(checkout: Path, rounds: int, epochs: list[int], work: Path)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkout", type=Path, action="append",
-                        help="project checkout to measure (repeat: before, after); default: this one")
+    parser.add_argument(
+        "--checkout",
+        type=Path,
+        action="append",
+        help="project checkout to measure (repeat: before, after); default: this one",
+    )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--epochs", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--measured", nargs=2, action="append", metavar=("CHECKOUT", "FOLDER"), default=[],
-                        help="a checkout already measured in this session by this script: the experiment folder "
-                        "of its local-epochs=0 job (listed before the --checkout ones)")
+    parser.add_argument(
+        "--measured",
+        nargs=2,
+        action="append",
+        metavar=("CHECKOUT", "FOLDER"),
+        default=[],
+        help="a checkout already measured in this session by this script: the experiment folder "
+        "of its local-epochs=0 job (listed before the --checkout ones)",
+    )
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     checkouts = args.checkout or [ROOT]
     rounds, epochs = (2, [0]) if args.quick else (args.rounds, args.epochs)
-    measured = [_with_overhead({"checkout": str(Path(c).resolve()), "epochs_0": figures_of(Path(f)),
-                                "measured_earlier": True}) for c, f in args.measured]
+    measured = [
+        _with_overhead({"checkout": str(Path(c).resolve()), "epochs_0": figures_of(Path(f)), "measured_earlier": True})
+        for c, f in args.measured
+    ]
     with tempfile.TemporaryDirectory(prefix="fedvq_deploy_") as tmp:
         measured += [measure_checkout(c, rounds, epochs, Path(tmp) / str(i)) for i, c in enumerate(checkouts)]
-    figures = {"supernodes": 3, "method": "fedavg", "dataset": "digits", "rounds": rounds, "checkouts": measured,
-               "note": "one session, side by side; machine shared with other jobs: compare ratios only"}
+    figures = {
+        "supernodes": 3,
+        "method": "fedavg",
+        "dataset": "digits",
+        "rounds": rounds,
+        "checkouts": measured,
+        "note": "one session, side by side; machine shared with other jobs: compare ratios only",
+    }
     by_checkout: dict[str, list[dict]] = {}
     for m in measured:
         by_checkout.setdefault(m["checkout"], []).append(m)
@@ -259,11 +312,13 @@ def main() -> None:
         (_, before), (_, after) = by_checkout.items()
         mean = lambda runs, key: sum(r[key] for r in runs) / len(runs)  # noqa: E731
         figures["overhead_after_over_before"] = mean(after, "per_message_overhead_s") / mean(
-            before, "per_message_overhead_s")
+            before, "per_message_overhead_s"
+        )
         figures["raw_per_message_after_over_before"] = mean(after, "per_message_s") / mean(before, "per_message_s")
         if all("cpu_overhead_per_message_s" in m for m in measured):
             figures["cpu_overhead_after_over_before"] = mean(after, "cpu_overhead_per_message_s") / mean(
-                before, "cpu_overhead_per_message_s")
+                before, "cpu_overhead_per_message_s"
+            )
         figures["target"] = "ClientApp per-message overhead (above Flower's floor) after <= 0.5 x before"
     emit("deployment", figures, quick=args.quick)
 

@@ -37,9 +37,16 @@ def grid(quick: bool) -> list[Scenario]:
     """The scenarios of the issue: generated grid + three real tables."""
     features, clients, skews = ([2], [3], [0.5]) if quick else ([2, 10, 50], [3, 10, 20], [0.0, 0.5, 0.9])
     scenarios = [
-        Scenario(f"generated {f}-D, {c} clients, non-IID {s}", 4, c, "generated",
-                 GeneratorOptions(num_clients=c, num_clusters=4, num_features=f, non_iid_factor=s))
-        for f in features for c in clients for s in skews
+        Scenario(
+            f"generated {f}-D, {c} clients, non-IID {s}",
+            4,
+            c,
+            "generated",
+            GeneratorOptions(num_clients=c, num_clusters=4, num_features=f, non_iid_factor=s),
+        )
+        for f in features
+        for c in clients
+        for s in skews
     ]
     tables = [("wine", 3)] if quick else [("iris", 3), ("wine", 3), ("breast-cancer", 2)]
     return scenarios + [Scenario(f"{name} (IID, 3 clients)", k, 3, name) for name, k in tables]
@@ -50,9 +57,15 @@ def federated(scenario: Scenario, data_path: str, seed: int, work: Path) -> tupl
     config = full_run_config(
         method="kmeans",
         seed=seed,
-        **{"log-dir": str(work), "experiment-name": name, "kmeans.k": scenario.k,
-           "kmeans.data-source": scenario.source, "kmeans.data-path": data_path,
-           "kmeans.silhouette-sample": 100_000, **scenario.overrides},
+        **{
+            "log-dir": str(work),
+            "experiment-name": name,
+            "kmeans.k": scenario.k,
+            "kmeans.data-source": scenario.source,
+            "kmeans.data-path": data_path,
+            "kmeans.silhouette-sample": 100_000,
+            **scenario.overrides,
+        },
     )
     grid_ = run_local(server_app, client_app, scenario.clients, config)
     return json.loads((work / name / "summary.json").read_text()), grid_.reply_bytes
@@ -67,10 +80,13 @@ def measure(scenario: Scenario, seed: int, work: Path) -> dict:
     central = centralized(*pooled(scenario, data_path, seed), scenario.k, seed)
     return {
         "scenario": scenario.name,
-        "ari_fed": fed["ari"], "ari_central": central["ari"],
+        "ari_fed": fed["ari"],
+        "ari_central": central["ari"],
         "ari_ratio": fed["ari"] / central["ari"] if central["ari"] > 0 else None,
-        "inertia_fed": fed["inertia"], "inertia_central": central["inertia"],
-        "rounds_fed": fed["rounds"], "iterations_central": central["rounds"],
+        "inertia_fed": fed["inertia"],
+        "inertia_central": central["inertia"],
+        "rounds_fed": fed["rounds"],
+        "iterations_central": central["rounds"],
         "rounds_ratio": fed["rounds"] / max(central["rounds"], 1),
         "converged": fed["converged"],
         "bytes_per_client": float(np.mean(list(sent.values()))),
@@ -89,13 +105,17 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ratios = [r["ari_ratio"] for r in rows if r["ari_ratio"] is not None]
-    emit("fed_kmeans", {
-        "seed": args.seed,
-        "scenarios": rows,
-        "min_ari_ratio": min(ratios),
-        "max_rounds_ratio": max(r["rounds_ratio"] for r in rows),
-        "targets": {"ari_ratio_at_least": 0.99, "rounds_ratio_at_most": 1.5},
-    }, quick=args.quick)
+    emit(
+        "fed_kmeans",
+        {
+            "seed": args.seed,
+            "scenarios": rows,
+            "min_ari_ratio": min(ratios),
+            "max_rounds_ratio": max(r["rounds_ratio"] for r in rows),
+            "targets": {"ari_ratio_at_least": 0.99, "rounds_ratio_at_most": 1.5},
+        },
+        quick=args.quick,
+    )
 
 
 if __name__ == "__main__":

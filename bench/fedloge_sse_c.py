@@ -39,7 +39,7 @@ def main(epochs: int = 6) -> None:
         for epoch in range(epochs):
             order = torch.randperm(300)
             for i in range(0, 300, 32):
-                rows = order[i:i + 32]
+                rows = order[i : i + 32]
                 loss = F.cross_entropy(F.linear(backbone(x[rows]), weight, bias), y[rows])
                 opt.zero_grad()
                 loss.backward()
@@ -47,8 +47,11 @@ def main(epochs: int = 6) -> None:
             with torch.no_grad():
                 feats = backbone(x[300:800])
                 accuracy = (F.linear(feats, weight, bias).argmax(1) == y[300:800]).float().mean().item()
-            print(f"{kind} epoch {epoch}: loss {loss.item():.3f}, held-out accuracy {accuracy:.3f}, "
-                  f"feature norm {feats.norm(dim=1).mean().item():.2f}", flush=True)
+            print(
+                f"{kind} epoch {epoch}: loss {loss.item():.3f}, held-out accuracy {accuracy:.3f}, "
+                f"feature norm {feats.norm(dim=1).mean().item():.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

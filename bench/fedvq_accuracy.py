@@ -46,8 +46,15 @@ ORDER = ("usage-kmeans", "kmeans", "mean", "wasserstein", "weighted-kmeans")
 def cell(config: dict, clients: int, log_dir: Path, aggregation: str, align: str) -> dict:
     """One federated job; its figures from summary.json."""
     name = f"{aggregation}_{align}_seed{full_run_config(**config)['seed']}"
-    run_config = full_run_config(**{**config, "codebook.aggregation": aggregation, "codebook.align": align,
-                                    "log-dir": str(log_dir), "experiment-name": name})
+    run_config = full_run_config(
+        **{
+            **config,
+            "codebook.aggregation": aggregation,
+            "codebook.align": align,
+            "log-dir": str(log_dir),
+            "experiment-name": name,
+        }
+    )
     started = time.time()
     run_local(server_app, client_app, clients, run_config)
     seconds = time.time() - started
@@ -71,8 +78,18 @@ def cell(config: dict, clients: int, log_dir: Path, aggregation: str, align: str
 
 
 def setup_of(config: dict, clients: int) -> dict:
-    keys = ("num-server-rounds", "train.local-epochs", "seed", "dataset.name", "partition.kind", "partition.alpha",
-            "codebook.num-embeddings", "codebook.embedding-dim", "model.name", "eval-every")
+    keys = (
+        "num-server-rounds",
+        "train.local-epochs",
+        "seed",
+        "dataset.name",
+        "partition.kind",
+        "partition.alpha",
+        "codebook.num-embeddings",
+        "codebook.embedding-dim",
+        "model.name",
+        "eval-every",
+    )
     full = full_run_config(**config)
     return {"clients": clients, **{k: full[k] for k in keys}}
 
@@ -85,8 +102,11 @@ def _section(setup: dict, newest: dict[tuple[str, str], dict]) -> list[str]:
         f"local epochs, seed {setup['seed']}, codebook {setup['codebook.num-embeddings']} x "
         f"{setup['codebook.embedding-dim']}",
         "",
-        "| aggregator | " + " | ".join(f"acc align={a}" for a in aligns) + " | "
-        + " | ".join(f"agg s/round align={a}" for a in aligns) + " |",
+        "| aggregator | "
+        + " | ".join(f"acc align={a}" for a in aligns)
+        + " | "
+        + " | ".join(f"agg s/round align={a}" for a in aligns)
+        + " |",
         "|---|" + "---|" * (2 * len(aligns)),
     ]
     for aggregation in ORDER:
@@ -142,8 +162,15 @@ def main() -> None:
         config["seed"] = args.seed
     clients = args.clients
     if args.quick:
-        config.update({"num-server-rounds": 1, "train.local-epochs": 1, "dataset.size": 12,
-                       "codebook.num-embeddings": 16, "codebook.embedding-dim": 8})
+        config.update(
+            {
+                "num-server-rounds": 1,
+                "train.local-epochs": 1,
+                "dataset.size": 12,
+                "codebook.num-embeddings": 16,
+                "codebook.embedding-dim": 8,
+            }
+        )
         clients = 3
     aggregators = [a for a in args.aggregators.split(",") if a]
     aligns = [a for a in args.aligns.split(",") if a]

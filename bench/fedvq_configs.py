@@ -44,8 +44,11 @@ SCENARIOS = {
     # digits 16x16, Dirichlet 0.5, 10 clients, Adam 0.003, 10 rounds x 2 local epochs
     "dirichlet": ("conf/fedvq_digits.toml", 10, {"eval-every": 5}),
     # UEFL's 3 rotation domains (0 / -50 / 120 degrees), 9 clients, labels IID, digits 16x16
-    "domains": ("conf/fedvq_digits_3domains.toml", 9, {"train.optimizer": "adam", "train.lr": 0.003,
-                                                      "num-server-rounds": 10, "eval-every": 5}),
+    "domains": (
+        "conf/fedvq_digits_3domains.toml",
+        9,
+        {"train.optimizer": "adam", "train.lr": 0.003, "num-server-rounds": 10, "eval-every": 5},
+    ),
     # the README's flwr run in process: pyproject defaults (digits 28x28, Dirichlet 0.5, SGD 0.05 momentum 0.9,
     # 15 rounds x 2 local epochs), 10 clients; bench/fedvq_flwr_run.py runs the real command
     "readme": (None, 10, {"eval-every": 5}),
@@ -53,8 +56,14 @@ SCENARIOS = {
 
 #: every named configuration (not "defaults*") states its changes against these settings, the fedvq
 #: defaults before issue 13's second pass, so the rows measured then keep their meaning
-PINNED = {"fedvq.heads": 1, "fedvq.best-val": True, "fedvq.recalibrate-bn": False, "codebook.max-revived": -1,
-          "fedvq.grad-clip": 0.0, "fedvq.rotation-trick": True}
+PINNED = {
+    "fedvq.heads": 1,
+    "fedvq.best-val": True,
+    "fedvq.recalibrate-bn": False,
+    "codebook.max-revived": -1,
+    "fedvq.grad-clip": 0.0,
+    "fedvq.rotation-trick": True,
+}
 
 EMA_SHARED_LLOYD = {"fedvq.quantizer": "ema", "fedvq.encoder": "shared", "codebook.aggregation": "lloyd"}
 
@@ -64,18 +73,36 @@ EMA_SHARED_LLOYD = {"fedvq.quantizer": "ema", "fedvq.encoder": "shared", "codebo
 #: before carry the rotation trick in their name ("defaults-rotation*", relabelled with a note)
 CONFIGS = {
     "fedavg": {"method": "fedavg"},
-    "gumbel-private-usage-kmeans": {"fedvq.quantizer": "gumbel", "fedvq.encoder": "private",
-                                           "codebook.aggregation": "usage-kmeans"},
-    "st-shared-mean": {"fedvq.quantizer": "straight-through", "fedvq.encoder": "shared",
-                       "codebook.aggregation": "mean"},
+    "gumbel-private-usage-kmeans": {
+        "fedvq.quantizer": "gumbel",
+        "fedvq.encoder": "private",
+        "codebook.aggregation": "usage-kmeans",
+    },
+    "st-shared-mean": {
+        "fedvq.quantizer": "straight-through",
+        "fedvq.encoder": "shared",
+        "codebook.aggregation": "mean",
+    },
     "ema-private-lloyd": {"fedvq.quantizer": "ema", "fedvq.encoder": "private", "codebook.aggregation": "lloyd"},
     "ema-shared-lloyd": {"fedvq.quantizer": "ema", "fedvq.encoder": "shared", "codebook.aggregation": "lloyd"},
-    "ema-warmup5-lloyd": {"fedvq.quantizer": "ema", "fedvq.encoder": "warmup", "fedvq.shared-encoder-rounds": 5,
-                          "codebook.aggregation": "lloyd"},
-    "ema-warmup8-lloyd": {"fedvq.quantizer": "ema", "fedvq.encoder": "warmup", "fedvq.shared-encoder-rounds": 8,
-                          "codebook.aggregation": "lloyd"},
-    "st-warmup5-mean": {"fedvq.quantizer": "straight-through", "fedvq.encoder": "warmup",
-                        "fedvq.shared-encoder-rounds": 5, "codebook.aggregation": "mean"},
+    "ema-warmup5-lloyd": {
+        "fedvq.quantizer": "ema",
+        "fedvq.encoder": "warmup",
+        "fedvq.shared-encoder-rounds": 5,
+        "codebook.aggregation": "lloyd",
+    },
+    "ema-warmup8-lloyd": {
+        "fedvq.quantizer": "ema",
+        "fedvq.encoder": "warmup",
+        "fedvq.shared-encoder-rounds": 8,
+        "codebook.aggregation": "lloyd",
+    },
+    "st-warmup5-mean": {
+        "fedvq.quantizer": "straight-through",
+        "fedvq.encoder": "warmup",
+        "fedvq.shared-encoder-rounds": 5,
+        "codebook.aggregation": "mean",
+    },
     # issue 13, second pass: revival limited, multi-head VQ, the flatten head
     "ema-shared-lloyd-norevive": {**EMA_SHARED_LLOYD, "codebook.max-revived": 0},
     "ema-shared-lloyd-revive3": {**EMA_SHARED_LLOYD, "codebook.revive-after": 3, "codebook.max-revived": 4},
@@ -84,54 +111,142 @@ CONFIGS = {
     "ema4-shared-lloyd-norevive": {**EMA_SHARED_LLOYD, "fedvq.heads": 4, "codebook.max-revived": 0},
     "ema8-shared-lloyd-norevive": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0},
     "ema8-shared-mean": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.aggregation": "mean"},
-    "st-shared-mean-flatten": {"fedvq.quantizer": "straight-through", "fedvq.encoder": "shared",
-                               "codebook.aggregation": "mean", "fedvq.head": "flatten"},
+    "st-shared-mean-flatten": {
+        "fedvq.quantizer": "straight-through",
+        "fedvq.encoder": "shared",
+        "codebook.aggregation": "mean",
+        "fedvq.head": "flatten",
+    },
     "ema-shared-lloyd-norevive-flatten": {**EMA_SHARED_LLOYD, "codebook.max-revived": 0, "fedvq.head": "flatten"},
-    "ema8-shared-lloyd-norevive-flatten": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0,
-                                           "fedvq.head": "flatten"},
+    "ema8-shared-lloyd-norevive-flatten": {
+        **EMA_SHARED_LLOYD,
+        "fedvq.heads": 8,
+        "codebook.max-revived": 0,
+        "fedvq.head": "flatten",
+    },
     "ema-shared-lloyd-norevive-gn": {**EMA_SHARED_LLOYD, "codebook.max-revived": 0, "fedvq.decoder-norm": "group"},
-    "ema8-shared-lloyd-norevive-gn": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0,
-                                      "fedvq.decoder-norm": "group"},
+    "ema8-shared-lloyd-norevive-gn": {
+        **EMA_SHARED_LLOYD,
+        "fedvq.heads": 8,
+        "codebook.max-revived": 0,
+        "fedvq.decoder-norm": "group",
+    },
     "ema8-shared-lloyd-gn": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "fedvq.decoder-norm": "group"},
-    "ema8-shared-mean-gn": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.aggregation": "mean",
-                            "fedvq.decoder-norm": "group"},
-    "st-shared-mean-gn": {"fedvq.quantizer": "straight-through", "fedvq.encoder": "shared",
-                          "codebook.aggregation": "mean", "fedvq.decoder-norm": "group"},
-    "ema8-private-lloyd-norevive-gn": {**EMA_SHARED_LLOYD, "fedvq.encoder": "private", "fedvq.heads": 8,
-                                       "codebook.max-revived": 0, "fedvq.decoder-norm": "group"},
-    "ema8-warmup5-lloyd-norevive-gn": {**EMA_SHARED_LLOYD, "fedvq.encoder": "warmup", "fedvq.shared-encoder-rounds": 5,
-                                       "fedvq.heads": 8, "codebook.max-revived": 0, "fedvq.decoder-norm": "group"},
-    "ema8-shared-lloyd-norevive-bn": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0,
-                                      "fedvq.recalibrate-bn": True},
+    "ema8-shared-mean-gn": {
+        **EMA_SHARED_LLOYD,
+        "fedvq.heads": 8,
+        "codebook.aggregation": "mean",
+        "fedvq.decoder-norm": "group",
+    },
+    "st-shared-mean-gn": {
+        "fedvq.quantizer": "straight-through",
+        "fedvq.encoder": "shared",
+        "codebook.aggregation": "mean",
+        "fedvq.decoder-norm": "group",
+    },
+    "ema8-private-lloyd-norevive-gn": {
+        **EMA_SHARED_LLOYD,
+        "fedvq.encoder": "private",
+        "fedvq.heads": 8,
+        "codebook.max-revived": 0,
+        "fedvq.decoder-norm": "group",
+    },
+    "ema8-warmup5-lloyd-norevive-gn": {
+        **EMA_SHARED_LLOYD,
+        "fedvq.encoder": "warmup",
+        "fedvq.shared-encoder-rounds": 5,
+        "fedvq.heads": 8,
+        "codebook.max-revived": 0,
+        "fedvq.decoder-norm": "group",
+    },
+    "ema8-shared-lloyd-norevive-bn": {
+        **EMA_SHARED_LLOYD,
+        "fedvq.heads": 8,
+        "codebook.max-revived": 0,
+        "fedvq.recalibrate-bn": True,
+    },
     "ema-shared-lloyd-norevive-bn": {**EMA_SHARED_LLOYD, "codebook.max-revived": 0, "fedvq.recalibrate-bn": True},
     "ema8-shared-lloyd-bn": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "fedvq.recalibrate-bn": True},
-    "st-shared-mean-bn": {"fedvq.quantizer": "straight-through", "fedvq.encoder": "shared",
-                          "codebook.aggregation": "mean", "fedvq.recalibrate-bn": True},
-    "ema8-private-lloyd-norevive-bn": {**EMA_SHARED_LLOYD, "fedvq.encoder": "private", "fedvq.heads": 8,
-                                       "codebook.max-revived": 0, "fedvq.recalibrate-bn": True},
-    "ema8-warmup5-lloyd-norevive-bn": {**EMA_SHARED_LLOYD, "fedvq.encoder": "warmup", "fedvq.shared-encoder-rounds": 5,
-                                       "fedvq.heads": 8, "codebook.max-revived": 0, "fedvq.recalibrate-bn": True},
-    "ema8-private-lloyd-bn": {**EMA_SHARED_LLOYD, "fedvq.encoder": "private", "fedvq.heads": 8,
-                              "fedvq.recalibrate-bn": True},
-    "ema8-warmup5-lloyd-bn": {**EMA_SHARED_LLOYD, "fedvq.encoder": "warmup", "fedvq.shared-encoder-rounds": 5,
-                              "fedvq.heads": 8, "fedvq.recalibrate-bn": True},
-    "ema8-shared-lloyd-norevive-bn-last": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0,
-                                           "fedvq.recalibrate-bn": True, "fedvq.best-val": False},
-    "ema8-shared-lloyd-bn-last": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "fedvq.recalibrate-bn": True,
-                                  "fedvq.best-val": False},
-    "ema8-private-lloyd-norevive-bn-last": {**EMA_SHARED_LLOYD, "fedvq.encoder": "private", "fedvq.heads": 8,
-                                            "codebook.max-revived": 0, "fedvq.recalibrate-bn": True,
-                                            "fedvq.best-val": False},
-    "ema8-warmup5-lloyd-norevive-bn-last": {**EMA_SHARED_LLOYD, "fedvq.encoder": "warmup",
-                                            "fedvq.shared-encoder-rounds": 5, "fedvq.heads": 8,
-                                            "codebook.max-revived": 0, "fedvq.recalibrate-bn": True,
-                                            "fedvq.best-val": False},
-    "ema8-shared-lloyd-norevive-bn-last-flatten": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0,
-                                                   "fedvq.recalibrate-bn": True, "fedvq.best-val": False,
-                                                   "fedvq.head": "flatten"},
-    "ema8-shared-lloyd-norevive-bn-last-clip": {**EMA_SHARED_LLOYD, "fedvq.heads": 8, "codebook.max-revived": 0,
-                                                "fedvq.recalibrate-bn": True, "fedvq.best-val": False,
-                                                "fedvq.grad-clip": 1.0},
+    "st-shared-mean-bn": {
+        "fedvq.quantizer": "straight-through",
+        "fedvq.encoder": "shared",
+        "codebook.aggregation": "mean",
+        "fedvq.recalibrate-bn": True,
+    },
+    "ema8-private-lloyd-norevive-bn": {
+        **EMA_SHARED_LLOYD,
+        "fedvq.encoder": "private",
+        "fedvq.heads": 8,
+        "codebook.max-revived": 0,
+        "fedvq.recalibrate-bn": True,
+    },
+    "ema8-warmup5-lloyd-norevive-bn": {
+        **EMA_SHARED_LLOYD,
+        "fedvq.encoder": "warmup",
+        "fedvq.shared-encoder-rounds": 5,
+        "fedvq.heads": 8,
+        "codebook.max-revived": 0,
+        "fedvq.recalibrate-bn": True,
+    },
+    "ema8-private-lloyd-bn": {
+        **EMA_SHARED_LLOYD,
+        "fedvq.encoder": "private",
+        "fedvq.heads": 8,
+        "fedvq.recalibrate-bn": True,
+    },
+    "ema8-warmup5-lloyd-bn": {
+        **EMA_SHARED_LLOYD,
+        "fedvq.encoder": "warmup",
+        "fedvq.shared-encoder-rounds": 5,
+        "fedvq.heads": 8,
+        "fedvq.recalibrate-bn": True,
+    },
+    "ema8-shared-lloyd-norevive-bn-last": {
+        **EMA_SHARED_LLOYD,
+        "fedvq.heads": 8,
+        "codebook.max-revived": 0,
+        "fedvq.recalibrate-bn": True,
+        "fedvq.best-val": False,
+    },
+    "ema8-shared-lloyd-bn-last": {
+        **EMA_SHARED_LLOYD,
+        "fedvq.heads": 8,
+        "fedvq.recalibrate-bn": True,
+        "fedvq.best-val": False,
+    },
+    "ema8-private-lloyd-norevive-bn-last": {
+        **EMA_SHARED_LLOYD,
+        "fedvq.encoder": "private",
+        "fedvq.heads": 8,
+        "codebook.max-revived": 0,
+        "fedvq.recalibrate-bn": True,
+        "fedvq.best-val": False,
+    },
+    "ema8-warmup5-lloyd-norevive-bn-last": {
+        **EMA_SHARED_LLOYD,
+        "fedvq.encoder": "warmup",
+        "fedvq.shared-encoder-rounds": 5,
+        "fedvq.heads": 8,
+        "codebook.max-revived": 0,
+        "fedvq.recalibrate-bn": True,
+        "fedvq.best-val": False,
+    },
+    "ema8-shared-lloyd-norevive-bn-last-flatten": {
+        **EMA_SHARED_LLOYD,
+        "fedvq.heads": 8,
+        "codebook.max-revived": 0,
+        "fedvq.recalibrate-bn": True,
+        "fedvq.best-val": False,
+        "fedvq.head": "flatten",
+    },
+    "ema8-shared-lloyd-norevive-bn-last-clip": {
+        **EMA_SHARED_LLOYD,
+        "fedvq.heads": 8,
+        "codebook.max-revived": 0,
+        "fedvq.recalibrate-bn": True,
+        "fedvq.best-val": False,
+        "fedvq.grad-clip": 1.0,
+    },
     "defaults": {},
     "defaults-private": {"fedvq.encoder": "private"},
     "defaults-flatten": {"fedvq.head": "flatten"},
@@ -158,8 +273,11 @@ def run_config_of(scenario: str, config: str, seed: int, log_dir: Path) -> tuple
     if overrides["method"] != "fedvq":
         overrides = {k: v for k, v in overrides.items() if not k.startswith(FEDVQ_SECTIONS)}
     name = f"{scenario}_{config}_seed{seed}"
-    overrides.update({"log-dir": str(log_dir), "experiment-name": name, "fedvq.save-checkpoints": False}
-                     if overrides["method"] == "fedvq" else {"log-dir": str(log_dir), "experiment-name": name})
+    overrides.update(
+        {"log-dir": str(log_dir), "experiment-name": name, "fedvq.save-checkpoints": False}
+        if overrides["method"] == "fedvq"
+        else {"log-dir": str(log_dir), "experiment-name": name}
+    )
     return full_run_config(**overrides), clients, name
 
 
@@ -206,21 +324,27 @@ def write_table() -> Path:
     for line in path.read_text().splitlines() if path.is_file() else []:
         r = json.loads(line)
         newest[(r["scenario"], r["config"], r["seed"])] = r
-    lines = ["# FedVQ configurations vs FedAvg (`python bench/fedvq_configs.py`)", "",
-             "Mean ± standard deviation over seeds of the final-round mean over clients. `global` = global test "
-             "set, `own` = each client's own-distribution test rows (label mix; own rotation domain). "
-             "`val` = each client's local validation split (what configurations are chosen on). "
-             "`codes/K` and `perplexity`: federation-wide, last round.", ""]
+    lines = [
+        "# FedVQ configurations vs FedAvg (`python bench/fedvq_configs.py`)",
+        "",
+        "Mean ± standard deviation over seeds of the final-round mean over clients. `global` = global test "
+        "set, `own` = each client's own-distribution test rows (label mix; own rotation domain). "
+        "`val` = each client's local validation split (what configurations are chosen on). "
+        "`codes/K` and `perplexity`: federation-wide, last round.",
+        "",
+    ]
     for scenario in SCENARIOS:
         cells = {k: v for k, v in newest.items() if k[0] == scenario}
         if not cells:
             continue
         any_cell = next(iter(cells.values()))
-        lines += [f"## {scenario}: {any_cell['clients']} clients, {any_cell['rounds']} rounds x "
-                  f"{any_cell['local_epochs']} local epochs (base `{SCENARIOS[scenario][0] or 'pyproject defaults'}`)",
-                  "",
-                  "| configuration | seeds | global acc | own acc | val acc | codes used / K | perplexity |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {scenario}: {any_cell['clients']} clients, {any_cell['rounds']} rounds x "
+            f"{any_cell['local_epochs']} local epochs (base `{SCENARIOS[scenario][0] or 'pyproject defaults'}`)",
+            "",
+            "| configuration | seeds | global acc | own acc | val acc | codes used / K | perplexity |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for config in CONFIGS:
             rows = [v for k, v in sorted(cells.items()) if k[1] == config]
             if not rows:
@@ -228,10 +352,12 @@ def write_table() -> Path:
             used = [r["codes_used"] for r in rows if r["codes_used"] is not None]
             codes = f"{statistics.mean(used):.1f} / {rows[0]['codebook_size']}" if used else "-"
             perp = _mean_sd([r["perplexity"] for r in rows]) if used else "-"
-            lines.append(f"| `{config}` | {','.join(str(r['seed']) for r in rows)} | "
-                         f"{_mean_sd([r['final_accuracy'] for r in rows])} | "
-                         f"{_mean_sd([r['final_own_test_accuracy'] for r in rows])} | "
-                         f"{_mean_sd([r.get('final_val_accuracy') for r in rows])} | {codes} | {perp} |")
+            lines.append(
+                f"| `{config}` | {','.join(str(r['seed']) for r in rows)} | "
+                f"{_mean_sd([r['final_accuracy'] for r in rows])} | "
+                f"{_mean_sd([r['final_own_test_accuracy'] for r in rows])} | "
+                f"{_mean_sd([r.get('final_val_accuracy') for r in rows])} | {codes} | {perp} |"
+            )
         dates = sorted(r["date"] for r in cells.values())
         lines += ["", f"Measured {dates[0]} to {dates[-1]} (2 shared CPU cores, other jobs running).", ""]
     out = RESULTS / f"{NAME}.md"

@@ -34,8 +34,13 @@ def main() -> None:
     parser.add_argument("--methods", default="fedvq,fedavg")
     parser.add_argument("--log-dir", default=str(ROOT / "logs" / "bench_fedvq_flwr_run"))
     parser.add_argument("--timeout", type=float, default=3600)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="fedvq only: a run-config override (recorded); the defaults otherwise")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fedvq only: a run-config override (recorded); the defaults otherwise",
+    )
     args = parser.parse_args()
     log_dir = Path(args.log_dir).resolve()
     for method in [m for m in args.methods.split(",") if m]:
@@ -57,16 +62,26 @@ def main() -> None:
             raise SystemExit(f"{method}: no summary.json (flwr run rc={run.returncode})")
         summary = json.loads(summary_path.read_text())
         report = summary.get("fedvq", {})
-        emit("fedvq_flwr_run", {
-            "method": method, "seed": args.seed, "federation": FEDERATION, "overrides": overrides,
-            "rounds": summary.get("rounds_completed", summary.get("num_rounds")),
-            "final_accuracy": summary["final"].get("accuracy"),
-            "final_own_test_accuracy": summary["final"].get("own_test_accuracy"),
-            "codes_used": report.get("final_codes_used"), "codebook_size": report.get("codebook_shape", [None])[0],
-            "perplexity": report.get("final_perplexity"), "quantizer": report.get("quantizer"),
-            "encoder": report.get("encoder"), "aggregation": report.get("aggregation"),
-            "wall_s": run.wall_s, "experiment_dir": str(log_dir / name),
-        })
+        emit(
+            "fedvq_flwr_run",
+            {
+                "method": method,
+                "seed": args.seed,
+                "federation": FEDERATION,
+                "overrides": overrides,
+                "rounds": summary.get("rounds_completed", summary.get("num_rounds")),
+                "final_accuracy": summary["final"].get("accuracy"),
+                "final_own_test_accuracy": summary["final"].get("own_test_accuracy"),
+                "codes_used": report.get("final_codes_used"),
+                "codebook_size": report.get("codebook_shape", [None])[0],
+                "perplexity": report.get("final_perplexity"),
+                "quantizer": report.get("quantizer"),
+                "encoder": report.get("encoder"),
+                "aggregation": report.get("aggregation"),
+                "wall_s": run.wall_s,
+                "experiment_dir": str(log_dir / name),
+            },
+        )
 
 
 if __name__ == "__main__":

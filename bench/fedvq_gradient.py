@@ -52,11 +52,19 @@ def run(variant: str, steps: int, seed: int) -> dict:
     overrides = VARIANTS[variant]
     settings = load_settings(full_run_config(method="fedvq", seed=seed, **(overrides or {})))
     data = load_client_data(settings, 0, 1)  # one partition: every training image
-    info = DatasetInfo(name=settings.dataset.name, num_classes=data.num_classes, channels=data.train_x.shape[1],
-                       size=data.train_x.shape[-1], class_names=())
+    info = DatasetInfo(
+        name=settings.dataset.name,
+        num_classes=data.num_classes,
+        channels=data.train_x.shape[1],
+        size=data.train_x.shape[-1],
+        class_names=(),
+    )
     torch.manual_seed(seed)
-    model = (build_classifier(settings.model, info.channels, info.size, info.num_classes) if overrides is None
-             else build_model(settings, info))
+    model = (
+        build_classifier(settings.model, info.channels, info.size, info.num_classes)
+        if overrides is None
+        else build_model(settings, info)
+    )
     optimizer = make_optimizer(model.parameters(), settings.train)
     batches = torch.Generator().manual_seed(seed)
     opts = settings.method_options
@@ -72,8 +80,11 @@ def run(variant: str, steps: int, seed: int) -> dict:
         else:
             out = model(x)
             logits = out.logits
-            loss = (F.cross_entropy(logits, y) + opts.vq_weight * out.commitment
-                     + opts.recon_weight * F.mse_loss(out.decoded, out.features.detach()))
+            loss = (
+                F.cross_entropy(logits, y)
+                + opts.vq_weight * out.commitment
+                + opts.recon_weight * F.mse_loss(out.decoded, out.features.detach())
+            )
             with torch.no_grad():
                 chunks = out.features.permute(0, 2, 3, 1).reshape(-1, model.vq.heads, model.vq.code_dim)
                 codes = model.vq.codebook[out.codes.reshape(-1, model.vq.heads)]
@@ -88,16 +99,30 @@ def run(variant: str, steps: int, seed: int) -> dict:
         steps_log.append((float(loss), float((logits.argmax(1) == y).double().mean()), float(grad), large))
     windows = []
     for start in range(0, steps, WINDOW):
-        chunk = steps_log[start:start + WINDOW]
+        chunk = steps_log[start : start + WINDOW]
         ratios = [c[3] for c in chunk if c[3] is not None]
-        windows.append({"from_step": start, "loss": statistics.mean(c[0] for c in chunk),
-                        "accuracy": statistics.mean(c[1] for c in chunk),
-                        "max_encoder_grad": max(c[2] for c in chunk),
-                        "share_ratio_over_100": statistics.mean(ratios) if ratios else None})
-    return {"variant": variant, "seed": seed, "steps": steps, "optimizer": settings.train.optimizer,
-            "lr": settings.train.lr, "momentum": settings.train.momentum, "size": info.size,
-            "train_images": int(data.train_x.shape[0]), "windows": windows,
-            "final_window_accuracy": windows[-1]["accuracy"], "max_loss": max(c[0] for c in steps_log)}
+        windows.append(
+            {
+                "from_step": start,
+                "loss": statistics.mean(c[0] for c in chunk),
+                "accuracy": statistics.mean(c[1] for c in chunk),
+                "max_encoder_grad": max(c[2] for c in chunk),
+                "share_ratio_over_100": statistics.mean(ratios) if ratios else None,
+            }
+        )
+    return {
+        "variant": variant,
+        "seed": seed,
+        "steps": steps,
+        "optimizer": settings.train.optimizer,
+        "lr": settings.train.lr,
+        "momentum": settings.train.momentum,
+        "size": info.size,
+        "train_images": int(data.train_x.shape[0]),
+        "windows": windows,
+        "final_window_accuracy": windows[-1]["accuracy"],
+        "max_loss": max(c[0] for c in steps_log),
+    }
 
 
 def table() -> str:
@@ -111,14 +136,18 @@ def table() -> str:
     for line in (RESULTS / f"{NAME}.jsonl").read_text().splitlines():
         r = json.loads(line)
         newest[(r["variant"], r["seed"])] = r
-    lines = ["| variant | seed | batch accuracy, steps 75-99 | largest loss | largest encoder gradient norm | "
-             "chunks with `\\|\\|q\\|\\|/\\|\\|z\\|\\|` > 100 |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | seed | batch accuracy, steps 75-99 | largest loss | largest encoder gradient norm | "
+        "chunks with `\\|\\|q\\|\\|/\\|\\|z\\|\\|` > 100 |",
+        "|---|---|---|---|---|---|",
+    ]
     for (variant, seed), r in sorted(newest.items(), key=lambda kv: (list(VARIANTS).index(kv[0][0]), kv[0][1])):
         shares = [w["share_ratio_over_100"] for w in r["windows"] if w["share_ratio_over_100"] is not None]
         share = f"{statistics.mean(shares):.1e}" if shares else "-"
         grad = max(w["max_encoder_grad"] for w in r["windows"])
-        lines.append(f"| {variant} | {seed} | {r['final_window_accuracy']:.3f} | {r['max_loss']:.1f} | {grad:.1f} | "
-                     f"{share} |")
+        lines.append(
+            f"| {variant} | {seed} | {r['final_window_accuracy']:.3f} | {r['max_loss']:.1f} | {grad:.1f} | {share} |"
+        )
     return "\n".join(lines)
 
 

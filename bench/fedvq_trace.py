@@ -32,8 +32,16 @@ RATIO_LIMIT = 100.0
 
 
 def _fresh() -> dict:
-    return {"ratio_max": 0.0, "ratio_over_100": 0.0, "loss_max": 0.0, "ce_max": 0.0, "recon_max": 0.0, "steps": 0,
-            "encoder_grad_max": 0.0, "grad_max": 0.0}
+    return {
+        "ratio_max": 0.0,
+        "ratio_over_100": 0.0,
+        "loss_max": 0.0,
+        "ce_max": 0.0,
+        "recon_max": 0.0,
+        "steps": 0,
+        "encoder_grad_max": 0.0,
+        "grad_max": 0.0,
+    }
 
 
 class GradientObserver(TrainHook):
@@ -88,9 +96,18 @@ def observe(trace_path: Path) -> None:
         result = local_train(self, model, msg, hook_list)
         trace = self._trace
         trace["ratio_over_100"] /= max(trace["steps"], 1)
-        out.write(json.dumps({"experiment": self.settings.experiment_name,
-                              "round": int(msg.content["config"]["server-round"]), "partition": self.partition_id,
-                              "mean_loss": result.loss, **trace}) + "\n")
+        out.write(
+            json.dumps(
+                {
+                    "experiment": self.settings.experiment_name,
+                    "round": int(msg.content["config"]["server-round"]),
+                    "partition": self.partition_id,
+                    "mean_loss": result.loss,
+                    **trace,
+                }
+            )
+            + "\n"
+        )
         out.flush()
         return result
 
@@ -103,7 +120,7 @@ def main() -> None:
     if "--trace" in args:
         at = args.index("--trace")
         trace = Path(args[at + 1])
-        del args[at:at + 2]
+        del args[at : at + 2]
     observe(trace)
     sys.argv = [str(ROOT / "bench" / "fedvq_configs.py"), *args]
     runpy.run_path(sys.argv[0], run_name="__main__")

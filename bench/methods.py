@@ -46,8 +46,12 @@ SCENARIOS: dict[str, dict] = {
     "dirichlet-0.05": {"partition.kind": "dirichlet", "partition.alpha": 0.05},
     "pathological-2": {"partition.kind": "pathological", "partition.classes-per-client": 2},
     # seed 001's covariate shift: Dirichlet 1.0 labels, the last half of the clients rotated 180 degrees
-    "rotated-half": {"partition.kind": "dirichlet", "partition.alpha": 1.0,
-                     "shift.rotate-fraction": 0.5, "shift.rotate-degrees": 180},
+    "rotated-half": {
+        "partition.kind": "dirichlet",
+        "partition.alpha": 1.0,
+        "shift.rotate-fraction": 0.5,
+        "shift.rotate-degrees": 180,
+    },
     "long-tail-0.01": {"partition.kind": "long-tail", "partition.imbalance-factor": 0.01, "partition.alpha": 0.5},
 }
 QUICK_SCENARIOS = ("dirichlet-0.05",)
@@ -60,15 +64,25 @@ def classification_methods() -> list[str]:
 
 def setup_of(args: argparse.Namespace) -> dict:
     """What must match for two cells to share a table."""
-    return {"dataset": "digits", "size": args.size, "clients": args.clients, "rounds": args.rounds,
-            "local_epochs": args.local_epochs, "seed": args.seed,
-            "gradient_batches": args.gradient_batches, "quick": args.quick}
+    return {
+        "dataset": "digits",
+        "size": args.size,
+        "clients": args.clients,
+        "rounds": args.rounds,
+        "local_epochs": args.local_epochs,
+        "seed": args.seed,
+        "gradient_batches": args.gradient_batches,
+        "quick": args.quick,
+    }
 
 
 def scenario_legend(scenarios: list[str]) -> str:
     """One line naming each scenario's partition and shift settings (the tables' legend)."""
-    return "Scenarios: " + "; ".join(f"`{s}` = " + ", ".join(f"{k}={v}" for k, v in SCENARIOS[s].items())
-                                     for s in scenarios) + "."
+    return (
+        "Scenarios: "
+        + "; ".join(f"`{s}` = " + ", ".join(f"{k}={v}" for k, v in SCENARIOS[s].items()) for s in scenarios)
+        + "."
+    )
 
 
 def run_cell(method: str, scenario: str, setup: dict, work: Path) -> dict:
@@ -77,11 +91,18 @@ def run_cell(method: str, scenario: str, setup: dict, work: Path) -> dict:
     config = full_run_config(
         method=method,
         seed=setup["seed"],
-        **{"num-server-rounds": setup["rounds"], "eval-every": setup["rounds"],
-           "train.local-epochs": setup["local_epochs"], "dataset.name": "digits",
-           "dataset.size": setup["size"],
-           "metrics.gradient-dissimilarity": True, "metrics.gradient-batches": setup["gradient_batches"],
-           "log-dir": str(work), "experiment-name": name, **SCENARIOS[scenario]},
+        **{
+            "num-server-rounds": setup["rounds"],
+            "eval-every": setup["rounds"],
+            "train.local-epochs": setup["local_epochs"],
+            "dataset.name": "digits",
+            "dataset.size": setup["size"],
+            "metrics.gradient-dissimilarity": True,
+            "metrics.gradient-batches": setup["gradient_batches"],
+            "log-dir": str(work),
+            "experiment-name": name,
+            **SCENARIOS[scenario],
+        },
     )
     started = time.time()
     row = {"method": method, "scenario": scenario}
@@ -96,10 +117,15 @@ def run_cell(method: str, scenario: str, setup: dict, work: Path) -> dict:
         evaluated = [r["evaluate"]["aggregated"] for r in rounds_of(work / name) if r.get("evaluate")]
         gamma = next((e["gradient-dissimilarity"] for e in reversed(evaluated) if "gradient-dissimilarity" in e), None)
     communication = summary.get("communication") or {}
-    return {**row, "accuracy": final.get("accuracy"), "macro_f1": final.get("macro_f1"),
-            "balanced_accuracy": final.get("balanced_accuracy"), "gamma": gamma,
-            "bytes_per_round": communication.get("mean_bytes_per_round"),
-            "seconds": time.time() - started}
+    return {
+        **row,
+        "accuracy": final.get("accuracy"),
+        "macro_f1": final.get("macro_f1"),
+        "balanced_accuracy": final.get("balanced_accuracy"),
+        "gamma": gamma,
+        "bytes_per_round": communication.get("mean_bytes_per_round"),
+        "seconds": time.time() - started,
+    }
 
 
 # ----------------------------------------------------------------------------
@@ -159,8 +185,13 @@ def render_markdown(records: list[dict]) -> str:
             else:
                 row.append(f"**{_pct(c['accuracy'])}** ({_pct(c['macro_f1'])} / {_pct(c['balanced_accuracy'])})")
         lines.append(f"| {m} | " + " | ".join(row) + " |")
-    lines += ["", "Gamma (final) and seconds per job:", "",
-              "| method | " + " | ".join(scenarios) + " |", "|---|" + "---|" * len(scenarios)]
+    lines += [
+        "",
+        "Gamma (final) and seconds per job:",
+        "",
+        "| method | " + " | ".join(scenarios) + " |",
+        "|---|" + "---|" * len(scenarios),
+    ]
     for m in methods:
         row = []
         for s in scenarios:
@@ -172,9 +203,14 @@ def render_markdown(records: list[dict]) -> str:
                 row.append(f"{gamma} / {c['seconds']:.0f} s")
         lines.append(f"| {m} | " + " | ".join(row) + " |")
     if any(c.get("bytes_per_round") for c in cells.values()):
-        lines += ["", "Bytes per round (sent to + received from all clients, mean over rounds; Flower's count_bytes "
-                  "of the records):", "", "| method | " + " | ".join(scenarios) + " |",
-                  "|---|" + "---|" * len(scenarios)]
+        lines += [
+            "",
+            "Bytes per round (sent to + received from all clients, mean over rounds; Flower's count_bytes "
+            "of the records):",
+            "",
+            "| method | " + " | ".join(scenarios) + " |",
+            "|---|" + "---|" * len(scenarios),
+        ]
         for m in methods:
             values = [(cells.get((m, s)) or {}).get("bytes_per_round") for s in scenarios]
             lines.append(f"| {m} | " + " | ".join("-" if v is None else f"{v / 1e6:.2f} MB" for v in values) + " |")
@@ -202,14 +238,17 @@ def render_chart(records: list[dict], path: Path) -> None:
     x = np.arange(len(scenarios))
     for i, m in enumerate(methods):
         values = [(cells.get((m, s)) or {}).get("accuracy") for s in scenarios]
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, [100 * v if v is not None else 0 for v in values],
-               width, label=m)
+        ax.bar(
+            x + (i - (len(methods) - 1) / 2) * width, [100 * v if v is not None else 0 for v in values], width, label=m
+        )
     ax.set_xticks(x, scenarios)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"digits {setup['size']}x{setup['size']}, {setup['clients']} clients, "
-                 f"{setup['rounds']} rounds x {setup['local_epochs']} epoch(s), "
-                 f"seed {setup['seed']}")
+    ax.set_title(
+        f"digits {setup['size']}x{setup['size']}, {setup['clients']} clients, "
+        f"{setup['rounds']} rounds x {setup['local_epochs']} epoch(s), "
+        f"seed {setup['seed']}"
+    )
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -241,8 +280,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--size", type=int, default=8,
-                        help="image side (digits are natively 8x8; 28 = the CNN default)")
+    parser.add_argument(
+        "--size", type=int, default=8, help="image side (digits are natively 8x8; 28 = the CNN default)"
+    )
     parser.add_argument("--gradient-batches", type=int, default=4)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()

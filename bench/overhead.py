@@ -106,18 +106,28 @@ def main() -> None:
         for label, (federation_extra, extra_config) in settings_grid.items():
             results[label] = flower({**base, **extra_config}, clients, federation_extra, Path(tmp))
     best = min(results, key=lambda k: steady(results[k]["per_round_s"]))
-    emit("overhead", {
-        "clients": clients,
-        "rounds": rounds,
-        "local_epochs": args.epochs,
-        "plain_per_round_s": steady(plain),
-        "plain_rounds_s": plain,
-        "flower": {k: {**v, "steady_per_round_s": steady(v["per_round_s"]),
-                       "ratio_to_plain": steady(v["per_round_s"]) / steady(plain)} for k, v in results.items()},
-        "best_setting": best,
-        "best_ratio": steady(results[best]["per_round_s"]) / steady(plain),
-        "target_ratio": 1.2,
-    }, quick=args.quick)
+    emit(
+        "overhead",
+        {
+            "clients": clients,
+            "rounds": rounds,
+            "local_epochs": args.epochs,
+            "plain_per_round_s": steady(plain),
+            "plain_rounds_s": plain,
+            "flower": {
+                k: {
+                    **v,
+                    "steady_per_round_s": steady(v["per_round_s"]),
+                    "ratio_to_plain": steady(v["per_round_s"]) / steady(plain),
+                }
+                for k, v in results.items()
+            },
+            "best_setting": best,
+            "best_ratio": steady(results[best]["per_round_s"]) / steady(plain),
+            "target_ratio": 1.2,
+        },
+        quick=args.quick,
+    )
 
 
 if __name__ == "__main__":

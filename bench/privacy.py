@@ -44,14 +44,20 @@ BASE = {
 CELLS: list[tuple[str, dict]] = [
     ("none", {"privacy.mode": "none"}),
     *[
-        (f"client-fixed z={z}", {"privacy.mode": "client-fixed", "privacy.noise-multiplier": z,
-                                 "privacy.clipping-norm": 0.5})
+        (
+            f"client-fixed z={z}",
+            {"privacy.mode": "client-fixed", "privacy.noise-multiplier": z, "privacy.clipping-norm": 0.5},
+        )
         for z in (0.1, 0.3, 1.0)
     ],
-    ("client-adaptive z=0.3", {"privacy.mode": "client-adaptive", "privacy.noise-multiplier": 0.3,
-                               "privacy.clipping-norm": 0.5}),
-    *[(f"sample-dpsgd z={z}", {"privacy.mode": "sample-dpsgd", "privacy.noise-multiplier": z})
-      for z in (0.5, 1.0, 2.0)],
+    (
+        "client-adaptive z=0.3",
+        {"privacy.mode": "client-adaptive", "privacy.noise-multiplier": 0.3, "privacy.clipping-norm": 0.5},
+    ),
+    *[
+        (f"sample-dpsgd z={z}", {"privacy.mode": "sample-dpsgd", "privacy.noise-multiplier": z})
+        for z in (0.5, 1.0, 2.0)
+    ],
 ]
 
 
@@ -95,19 +101,21 @@ def aggregate(runs: list[dict]) -> list[dict]:
             continue
         acc, acc_std = _mean_std([r["accuracy"] or 0.0 for r in cell])
         eps = [r["epsilon"] for r in cell if r["epsilon"] is not None]
-        rows.append({
-            "label": label,
-            "mode": cell[0]["mode"],
-            "noise_multiplier": cell[0]["noise_multiplier"],
-            "clipping_norm": cell[0]["clipping_norm"],
-            "seeds": [r["seed"] for r in cell],
-            "accuracy_mean": acc,
-            "accuracy_std": acc_std,
-            "per_seed_accuracy": [r["accuracy"] for r in cell],
-            "epsilon_mean": _mean_std(eps)[0] if eps else None,
-            "epsilon_range": [min(eps), max(eps)] if eps else None,
-            "seconds_mean": _mean_std([r["seconds"] for r in cell])[0],
-        })
+        rows.append(
+            {
+                "label": label,
+                "mode": cell[0]["mode"],
+                "noise_multiplier": cell[0]["noise_multiplier"],
+                "clipping_norm": cell[0]["clipping_norm"],
+                "seeds": [r["seed"] for r in cell],
+                "accuracy_mean": acc,
+                "accuracy_std": acc_std,
+                "per_seed_accuracy": [r["accuracy"] for r in cell],
+                "epsilon_mean": _mean_std(eps)[0] if eps else None,
+                "epsilon_range": [min(eps), max(eps)] if eps else None,
+                "seconds_mean": _mean_std([r["seconds"] for r in cell])[0],
+            }
+        )
     return rows
 
 
@@ -122,8 +130,11 @@ def plot(rows: list[dict], path: Path) -> None:
     if base:
         ax.axhline(base["accuracy_mean"], color="gray", ls="--", label=f"no DP ({base['accuracy_mean']:.3f})")
     for mode, marker in (("client-fixed", "o"), ("client-adaptive", "s"), ("sample-dpsgd", "^")):
-        pts = sorted((r["epsilon_mean"], r["accuracy_mean"], r["accuracy_std"]) for r in rows
-                     if r["mode"] == mode and r["epsilon_mean"])
+        pts = sorted(
+            (r["epsilon_mean"], r["accuracy_mean"], r["accuracy_std"])
+            for r in rows
+            if r["mode"] == mode and r["epsilon_mean"]
+        )
         if pts:
             xs, ys, es = zip(*pts, strict=True)
             ax.errorbar(xs, ys, yerr=es, marker=marker, capsize=3, label=mode)
@@ -156,8 +167,10 @@ def table(rows: list[dict], rounds: int) -> str:
         clip = "-" if r["mode"] == "none" else f"{r['clipping_norm']:g}"
         if r["mode"] == "client-adaptive":
             clip += " (start)"
-        lines.append(f"| {r['label']} | {z} | {clip} | {eps} | {r['accuracy_mean']:.3f} +- {r['accuracy_std']:.3f} | "
-                     f"{len(r['seeds'])} | {r['seconds_mean']:.0f} |")
+        lines.append(
+            f"| {r['label']} | {z} | {clip} | {eps} | {r['accuracy_mean']:.3f} +- {r['accuracy_std']:.3f} | "
+            f"{len(r['seeds'])} | {r['seconds_mean']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -166,8 +179,13 @@ def section(records: list[dict]) -> list[str]:
     r = records[0]
     from bench.report import machine_line  # noqa: PLC0415
 
-    return [machine_line(r), "", table(r["rows"], r["setup"]["rounds"]), "",
-            "![accuracy vs epsilon](bench/results/privacy.png)"]
+    return [
+        machine_line(r),
+        "",
+        table(r["rows"], r["setup"]["rounds"]),
+        "",
+        "![accuracy vs epsilon](bench/results/privacy.png)",
+    ]
 
 
 def main() -> None:
@@ -194,8 +212,15 @@ def main() -> None:
     if not args.quick:
         RESULTS.mkdir(exist_ok=True)
         plot(rows, RESULTS / "privacy.png")
-    emit(NAME, {"setup": {"clients": CLIENTS, "rounds": rounds, "seeds": seeds, **BASE, "quick": args.quick},
-                "runs": runs, "rows": rows}, quick=args.quick)
+    emit(
+        NAME,
+        {
+            "setup": {"clients": CLIENTS, "rounds": rounds, "seeds": seeds, **BASE, "quick": args.quick},
+            "runs": runs,
+            "rows": rows,
+        },
+        quick=args.quick,
+    )
 
 
 if __name__ == "__main__":

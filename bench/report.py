@@ -46,85 +46,133 @@ def verdict(ok: bool) -> str:
 def machine_line(record: dict) -> str:
     m = record["machine"]
     gpu = m.get("cuda") or "no GPU"
-    return (f"Measured {record['date']} on {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, {gpu}; "
-            f"Python {m['python']}, torch {m['torch']}, flwr {m['flwr']}.")
+    return (
+        f"Measured {record['date']} on {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, {gpu}; "
+        f"Python {m['python']}, torch {m['torch']}, flwr {m['flwr']}."
+    )
 
 
 def codebook_section(records: list[dict]) -> list[str]:
     r = records[0]
-    lines = [machine_line(r), "", "| case | aggregator | seconds | CPU seconds | inertia | speed-up vs seed | "
-             "CPU speed-up | inertia ratio | usage-inertia ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        machine_line(r),
+        "",
+        "| case | aggregator | seconds | CPU seconds | inertia | speed-up vs seed | "
+        "CPU speed-up | inertia ratio | usage-inertia ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     nan = float("nan")
     for case in r["cases"]:
         for agg in case["aggregators"]:
-            lines.append(f"| {case['case']} | {agg['name']} | {agg['seconds']:.4f} | "
-                         f"{agg.get('cpu_seconds', nan):.4f} | {agg['inertia']:.4g} | {agg.get('speedup', nan):.1f}x | "
-                         f"{agg.get('cpu_speedup', nan):.1f}x | {agg.get('inertia_ratio', nan):.3f} | "
-                         f"{agg.get('usage_inertia_ratio', nan):.3f} |")
+            lines.append(
+                f"| {case['case']} | {agg['name']} | {agg['seconds']:.4f} | "
+                f"{agg.get('cpu_seconds', nan):.4f} | {agg['inertia']:.4g} | {agg.get('speedup', nan):.1f}x | "
+                f"{agg.get('cpu_speedup', nan):.1f}x | {agg.get('inertia_ratio', nan):.3f} | "
+                f"{agg.get('usage_inertia_ratio', nan):.3f} |"
+            )
     target = r.get("target", {})
-    lines += ["", f"Target: default aggregator `{target.get('aggregator')}` >= {target.get('speedup_at_least', 100)}x "
-              f"faster than the seed's `KMeans(n_init=10)` at <= {target.get('inertia_ratio_at_most', 1.0)}x its "
-              f"inertia in every case where it applies, and <= {target.get('seconds_at_most_at_512_dims', '-')} s at "
-              f"512 dims: {verdict(r.get('target_met', False))}. Inertia: every submitted code counts once "
-              "(the issue's scale); usage inertia: each code weighted by how many feature vectors chose it (the "
-              "error of the vectors the codebook quantizes, which the `lloyd` step minimises; absent in older "
-              "records)."]
+    lines += [
+        "",
+        f"Target: default aggregator `{target.get('aggregator')}` >= {target.get('speedup_at_least', 100)}x "
+        f"faster than the seed's `KMeans(n_init=10)` at <= {target.get('inertia_ratio_at_most', 1.0)}x its "
+        f"inertia in every case where it applies, and <= {target.get('seconds_at_most_at_512_dims', '-')} s at "
+        f"512 dims: {verdict(r.get('target_met', False))}. Inertia: every submitted code counts once "
+        "(the issue's scale); usage inertia: each code weighted by how many feature vectors chose it (the "
+        "error of the vectors the codebook quantizes, which the `lloyd` step minimises; absent in older "
+        "records).",
+    ]
     return lines
 
 
 def fed_kmeans_section(records: list[dict]) -> list[str]:
     r = records[0]
-    lines = [machine_line(r), "", "| scenario | ARI fed. / central. | ratio | inertia fed. / central. | "
-             "rounds fed. / Lloyd iterations | bytes sent per client |", "|---|---|---|---|---|---|"]
+    lines = [
+        machine_line(r),
+        "",
+        "| scenario | ARI fed. / central. | ratio | inertia fed. / central. | "
+        "rounds fed. / Lloyd iterations | bytes sent per client |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in r["scenarios"]:
         ratio = s["ari_ratio"]
-        lines.append(f"| {s['scenario']} | {s['ari_fed']:.4f} / {s['ari_central']:.4f} | "
-                     f"{ratio:.3f} | {s['inertia_fed']:.1f} / {s['inertia_central']:.1f} | "
-                     f"{s['rounds_fed']}{'' if s['converged'] else ' (not converged)'} / {s['iterations_central']} | "
-                     f"{s['bytes_per_client']:,.0f} |")
+        lines.append(
+            f"| {s['scenario']} | {s['ari_fed']:.4f} / {s['ari_central']:.4f} | "
+            f"{ratio:.3f} | {s['inertia_fed']:.1f} / {s['inertia_central']:.1f} | "
+            f"{s['rounds_fed']}{'' if s['converged'] else ' (not converged)'} / {s['iterations_central']} | "
+            f"{s['bytes_per_client']:,.0f} |"
+        )
     met_ari = sum(1 for s in r["scenarios"] if s["ari_ratio"] is not None and s["ari_ratio"] >= 0.99)
     met_rounds = sum(1 for s in r["scenarios"] if s["rounds_ratio"] <= 1.5)
     n = len(r["scenarios"])
-    lines += ["", f"Target ARI >= 0.99 x centralized: {met_ari}/{n} scenarios, lowest ratio {r['min_ari_ratio']:.3f} "
-              f"({verdict(met_ari == n)}). Target rounds <= 1.5 x Lloyd iterations: {met_rounds}/{n} scenarios, "
-              f"highest ratio {r['max_rounds_ratio']:.1f} ({verdict(met_rounds == n)})."]
+    lines += [
+        "",
+        f"Target ARI >= 0.99 x centralized: {met_ari}/{n} scenarios, lowest ratio {r['min_ari_ratio']:.3f} "
+        f"({verdict(met_ari == n)}). Target rounds <= 1.5 x Lloyd iterations: {met_rounds}/{n} scenarios, "
+        f"highest ratio {r['max_rounds_ratio']:.1f} ({verdict(met_rounds == n)}).",
+    ]
     return lines
 
 
 def overhead_section(records: list[dict]) -> list[str]:
     r = records[0]
-    lines = [machine_line(r), "", f"FedAvg, digits, {r['clients']} clients, {r['rounds']} rounds, "
-             f"{r['local_epochs']} local epoch(s). Plain in-process PyTorch loop: "
-             f"{r['plain_per_round_s']:.2f} s per round (after round 1).", "",
-             "| Flower setting | s per round | ratio to plain | start-up s | total s |", "|---|---|---|---|---|"]
+    lines = [
+        machine_line(r),
+        "",
+        f"FedAvg, digits, {r['clients']} clients, {r['rounds']} rounds, "
+        f"{r['local_epochs']} local epoch(s). Plain in-process PyTorch loop: "
+        f"{r['plain_per_round_s']:.2f} s per round (after round 1).",
+        "",
+        "| Flower setting | s per round | ratio to plain | start-up s | total s |",
+        "|---|---|---|---|---|",
+    ]
     for label, f in r["flower"].items():
-        lines.append(f"| {label} | {f['steady_per_round_s']:.2f} | {f['ratio_to_plain']:.2f} | "
-                     f"{f['startup_s']:.1f} | {f['total_s']:.1f} |")
-    lines += ["", f"Best setting: {r['best_setting']} (ratio {r['best_ratio']:.2f}). Target per-round ratio <= 1.2: "
-              f"{verdict(r['best_ratio'] <= 1.2)}."]
+        lines.append(
+            f"| {label} | {f['steady_per_round_s']:.2f} | {f['ratio_to_plain']:.2f} | "
+            f"{f['startup_s']:.1f} | {f['total_s']:.1f} |"
+        )
+    lines += [
+        "",
+        f"Best setting: {r['best_setting']} (ratio {r['best_ratio']:.2f}). Target per-round ratio <= 1.2: "
+        f"{verdict(r['best_ratio'] <= 1.2)}.",
+    ]
     return lines
 
 
 def scale_section(records: list[dict]) -> list[str]:
-    lines = [machine_line(records[0]), "", "| clients | completed | s per round | peak memory GiB | MiB per client |",
-             "|---|---|---|---|---|"]
+    lines = [
+        machine_line(records[0]),
+        "",
+        "| clients | completed | s per round | peak memory GiB | MiB per client |",
+        "|---|---|---|---|---|",
+    ]
     for r in records:
         spr = f"{r['steady_per_round_s']:.1f}" if r["steady_per_round_s"] else "-"
-        lines.append(f"| {r['clients']} | {r['completed']} | {spr} | {r['peak_memory_gib']:.2f} | "
-                     f"{r['memory_per_client_mib']:.0f} |")
+        lines.append(
+            f"| {r['clients']} | {r['completed']} | {spr} | {r['peak_memory_gib']:.2f} | "
+            f"{r['memory_per_client_mib']:.0f} |"
+        )
     hundred = [r for r in records if r["clients"] >= 100]
-    lines += ["", f"Target: 100 clients complete without running out of memory: "
-              f"{verdict(bool(hundred) and all(r['completed'] for r in hundred))}."]
+    lines += [
+        "",
+        f"Target: 100 clients complete without running out of memory: "
+        f"{verdict(bool(hundred) and all(r['completed'] for r in hundred))}.",
+    ]
     return lines
 
 
 def scale_kmeans_section(records: list[dict]) -> list[str]:
     """Issue 17: in-process federated k-means, default environment vs OMP_NUM_THREADS=1 side by side."""
-    lines = [machine_line(records[0]), "", "Generated 2-D data, 100 rows per client, k = 3, n-init 10, the real "
-             "ServerApp/ClientApp on the in-process grid, each job in a fresh interpreter. Kinds run interleaved "
-             "in one session (the machine is shared: only the ratios mean something); medians.", "",
-             "| clients | kind | job s (median) | CPU s (median) | s per Lloyd round | rounds | peak PSS MiB | "
-             "torch / flwr-datasets imported |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        machine_line(records[0]),
+        "",
+        "Generated 2-D data, 100 rows per client, k = 3, n-init 10, the real "
+        "ServerApp/ClientApp on the in-process grid, each job in a fresh interpreter. Kinds run interleaved "
+        "in one session (the machine is shared: only the ratios mean something); medians.",
+        "",
+        "| clients | kind | job s (median) | CPU s (median) | s per Lloyd round | rounds | peak PSS MiB | "
+        "torch / flwr-datasets imported |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in records:
         for kind, runs in r["runs"].items():
             ok = [x for x in runs if x.get("completed")]
@@ -132,39 +180,59 @@ def scale_kmeans_section(records: list[dict]) -> list[str]:
                 lines.append(f"| {r['clients']} | {kind} | failed | - | - | - | - | - |")
                 continue
             cpu = (r.get("median_cpu_s") or {}).get(kind)
-            lines.append(f"| {r['clients']} | {kind} | {r['median_job_s'][kind]:.1f} | "
-                         f"{'-' if cpu is None else f'{cpu:.1f}'} | "
-                         f"{np.median([x['s_per_round'] for x in ok]):.2f} | {ok[0]['rounds']} | "
-                         f"{max(x['peak_pss_mib'] for x in ok):.0f} | {ok[0]['heavy_modules'] or 'no'} |")
+            lines.append(
+                f"| {r['clients']} | {kind} | {r['median_job_s'][kind]:.1f} | "
+                f"{'-' if cpu is None else f'{cpu:.1f}'} | "
+                f"{np.median([x['s_per_round'] for x in ok]):.2f} | {ok[0]['rounds']} | "
+                f"{max(x['peak_pss_mib'] for x in ok):.0f} | {ok[0]['heavy_modules'] or 'no'} |"
+            )
     compared = [r for r in records if r.get("ratio_default_vs_omp1") is not None]
     for r in compared:
         cpu = r.get("cpu_ratio_default_vs_omp1")
-        lines += ["", f"{r['clients']} clients: default / OMP_NUM_THREADS=1 = {r['ratio_default_vs_omp1']:.2f} wall"
-                  + (f", {cpu:.2f} CPU seconds" if cpu else "")
-                  + " "
-                  f"(target <= 1.2: {verdict(r['ratio_default_vs_omp1'] <= 1.2)})"
-                  + (f"; with no cap (train.num-threads=0) / OMP=1 = {r['ratio_uncapped_vs_omp1']:.2f}"
-                     if r.get("ratio_uncapped_vs_omp1") else "")
-                  + f"; same result in every run: {r['same_result']}."]
+        lines += [
+            "",
+            f"{r['clients']} clients: default / OMP_NUM_THREADS=1 = {r['ratio_default_vs_omp1']:.2f} wall"
+            + (f", {cpu:.2f} CPU seconds" if cpu else "")
+            + " "
+            f"(target <= 1.2: {verdict(r['ratio_default_vs_omp1'] <= 1.2)})"
+            + (
+                f"; with no cap (train.num-threads=0) / OMP=1 = {r['ratio_uncapped_vs_omp1']:.2f}"
+                if r.get("ratio_uncapped_vs_omp1")
+                else ""
+            )
+            + f"; same result in every run: {r['same_result']}.",
+        ]
     largest = max(records, key=lambda r: r["clients"])
     peak = max(r["peak_pss_mib"] for r in records)
     settings = f" (kmeans.max-rounds {largest.get('max_rounds', 100)}, n-init {largest.get('n_init', 10)})"
-    lines += ["", f"{largest['clients']} clients{settings} complete: {verdict(largest['completed'])}. "
-              f"Peak memory of a k-means job {peak:.0f} MiB (target <= 350 MiB: {verdict(peak <= 350)})."]
+    lines += [
+        "",
+        f"{largest['clients']} clients{settings} complete: {verdict(largest['completed'])}. "
+        f"Peak memory of a k-means job {peak:.0f} MiB (target <= 350 MiB: {verdict(peak <= 350)}).",
+    ]
     return lines
 
 
 def scale_cnn_section(records: list[dict]) -> list[str]:
     r = records[0]
     spr = f"{r['steady_per_round_s']:.1f}" if r["steady_per_round_s"] else "-"
-    lines = [machine_line(r), "", f"FedAvg, small CNN, digits (IID), `flwr run` simulation, {r['federation']}, "
-             f"fraction-train = fraction-evaluate = {r['fraction_train']}, {r['rounds']} rounds.", "",
-             "| clients | completed | s per round (after round 1) | round 1 s | partitioning s | peak memory GiB | "
-             "MiB per client |", "|---|---|---|---|---|---|---|",
-             f"| {r['clients']} | {r['completed']} | {spr} | {r['per_round_s'][0] if r['per_round_s'] else '-'} | "
-             f"{r['partitioning_s']:.2f} | {r['peak_memory_gib']:.2f} | {r['memory_per_client_mib']:.2f} |"]
-    lines += ["", f"Target: 1,000 virtual clients complete {r['rounds']} rounds in 24 GB: "
-              f"{verdict(r['completed'] and r['clients'] >= 1000 and r['peak_memory_gib'] < 24)}."]
+    lines = [
+        machine_line(r),
+        "",
+        f"FedAvg, small CNN, digits (IID), `flwr run` simulation, {r['federation']}, "
+        f"fraction-train = fraction-evaluate = {r['fraction_train']}, {r['rounds']} rounds.",
+        "",
+        "| clients | completed | s per round (after round 1) | round 1 s | partitioning s | peak memory GiB | "
+        "MiB per client |",
+        "|---|---|---|---|---|---|---|",
+        f"| {r['clients']} | {r['completed']} | {spr} | {r['per_round_s'][0] if r['per_round_s'] else '-'} | "
+        f"{r['partitioning_s']:.2f} | {r['peak_memory_gib']:.2f} | {r['memory_per_client_mib']:.2f} |",
+    ]
+    lines += [
+        "",
+        f"Target: 1,000 virtual clients complete {r['rounds']} rounds in 24 GB: "
+        f"{verdict(r['completed'] and r['clients'] >= 1000 and r['peak_memory_gib'] < 24)}.",
+    ]
     return lines
 
 
@@ -173,7 +241,7 @@ def scale_partitioning_section(records: list[dict]) -> list[str]:
     lines = [machine_line(r), "", "| partitioner | clients | samples | seconds | outcome |", "|---|---|---|---|---|"]
     for c in r["cases"]:
         settings = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in c.items() if k.startswith("partition."))
-        outcome = (f"sizes {c['min_size']}..{c['max_size']}" if c["ok"] else f"error: {c['error'][:160]}")
+        outcome = f"sizes {c['min_size']}..{c['max_size']}" if c["ok"] else f"error: {c['error'][:160]}"
         lines.append(f"| {c['kind']} {settings} | {c['clients']} | {c['samples']} | {c['seconds']:.2f} | {outcome} |")
     lines += ["", f"Target: {r['target']}: {verdict(all(c['seconds'] < 600 for c in r['cases']))}."]
     return lines
@@ -181,53 +249,80 @@ def scale_partitioning_section(records: list[dict]) -> list[str]:
 
 def deployment_section(records: list[dict]) -> list[str]:
     r = records[0]
-    lines = [machine_line(r), "", f"FedAvg on digits, {r['supernodes']} SuperNodes + SuperLink on 127.0.0.1 "
-             f"(scripts/local_topology.py), {r['rounds']} rounds; checkouts measured one after the other in one "
-             "session (in the order listed). Flower floor = the same two messages per node per round with the "
-             "FedAvg model's array payload from `bench/floor_app`, a no-op app whose ClientApp imports only Flower, "
-             "on the same SuperLink and SuperNodes. Per message (raw) = steady round time at local-epochs 0 / 2 "
-             "(train + evaluate per node); ClientApp overhead = (that round - floor round) / 2. CPU: the CPU "
-             "seconds of the SuperNodes' ClientApp processes per message (steady rounds), FedAvg job and floor; "
-             "their difference is the ClientApp overhead in CPU seconds, which the machine's other jobs do not "
-             "inflate.",
-             "", "| checkout | round s, 0 epochs | round s, 1 epoch | floor round s | per message (raw) s | "
-             "ClientApp overhead per message s | CPU s per message: FedAvg / floor | ClientApp overhead, CPU s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        machine_line(r),
+        "",
+        f"FedAvg on digits, {r['supernodes']} SuperNodes + SuperLink on 127.0.0.1 "
+        f"(scripts/local_topology.py), {r['rounds']} rounds; checkouts measured one after the other in one "
+        "session (in the order listed). Flower floor = the same two messages per node per round with the "
+        "FedAvg model's array payload from `bench/floor_app`, a no-op app whose ClientApp imports only Flower, "
+        "on the same SuperLink and SuperNodes. Per message (raw) = steady round time at local-epochs 0 / 2 "
+        "(train + evaluate per node); ClientApp overhead = (that round - floor round) / 2. CPU: the CPU "
+        "seconds of the SuperNodes' ClientApp processes per message (steady rounds), FedAvg job and floor; "
+        "their difference is the ClientApp overhead in CPU seconds, which the machine's other jobs do not "
+        "inflate.",
+        "",
+        "| checkout | round s, 0 epochs | round s, 1 epoch | floor round s | per message (raw) s | "
+        "ClientApp overhead per message s | CPU s per message: FedAvg / floor | ClientApp overhead, CPU s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for c in r["checkouts"]:
         zero, one, floor = c.get("epochs_0", {}), c.get("epochs_1", {}), c.get("floor", {})
         fmt = lambda d, key: f"{d[key]:.1f}" if d.get("completed") else "-"  # noqa: E731
         num = lambda key, c=c: f"{c[key]:.2f}" if key in c else "-"  # noqa: E731
-        cpu = (f"{zero['steady_cpu_per_message_s']:.2f} / {floor['steady_cpu_per_message_s']:.2f}"
-               if zero.get("steady_cpu_per_message_s") and floor.get("steady_cpu_per_message_s") else "-")
-        lines.append(f"| {c['checkout']} | {fmt(zero, 'steady_round_s')} | {fmt(one, 'steady_round_s')} | "
-                     f"{fmt(floor, 'steady_round_s')} | {num('per_message_s')} | {num('per_message_overhead_s')} | "
-                     f"{cpu} | {num('cpu_overhead_per_message_s')} |")
+        cpu = (
+            f"{zero['steady_cpu_per_message_s']:.2f} / {floor['steady_cpu_per_message_s']:.2f}"
+            if zero.get("steady_cpu_per_message_s") and floor.get("steady_cpu_per_message_s")
+            else "-"
+        )
+        lines.append(
+            f"| {c['checkout']} | {fmt(zero, 'steady_round_s')} | {fmt(one, 'steady_round_s')} | "
+            f"{fmt(floor, 'steady_round_s')} | {num('per_message_s')} | {num('per_message_overhead_s')} | "
+            f"{cpu} | {num('cpu_overhead_per_message_s')} |"
+        )
     if "overhead_after_over_before" in r:
         ratio = r["overhead_after_over_before"]
-        lines += ["", f"ClientApp per-message overhead after / before = {ratio:.2f} (target <= 0.5: "
-                  f"{verdict(ratio <= 0.5)})."]
+        lines += [
+            "",
+            f"ClientApp per-message overhead after / before = {ratio:.2f} (target <= 0.5: {verdict(ratio <= 0.5)}).",
+        ]
         if "cpu_overhead_after_over_before" in r:
             cpu_ratio = r["cpu_overhead_after_over_before"]
-            lines += [f"The same overhead in CPU seconds after / before = {cpu_ratio:.2f} (target <= 0.5: "
-                      f"{verdict(cpu_ratio <= 0.5)})."]
+            lines += [
+                f"The same overhead in CPU seconds after / before = {cpu_ratio:.2f} (target <= 0.5: "
+                f"{verdict(cpu_ratio <= 0.5)})."
+            ]
         if "raw_per_message_after_over_before" in r:
-            lines += [f"Raw per-message time (Flower's floor included) after / before = "
-                      f"{r['raw_per_message_after_over_before']:.2f}."]
+            lines += [
+                f"Raw per-message time (Flower's floor included) after / before = "
+                f"{r['raw_per_message_after_over_before']:.2f}."
+            ]
     return lines
 
 
 def client_process_section(records: list[dict]) -> list[str]:
     r = records[0]
-    lines = [machine_line(r), "", "One fresh interpreter per sample (a SuperNode's ClientApp process per message), "
-             f"checkouts alternating, median of {r['repeats']}: Flower's import, then the app's part of a FedAvg "
-             "train message (import the ClientApp, resolve the method, settings, the client with its data).", "",
-             "| checkout | import flwr: wall s / CPU s | app: wall s / CPU s | modules loaded |", "|---|---|---|---|"]
+    lines = [
+        machine_line(r),
+        "",
+        "One fresh interpreter per sample (a SuperNode's ClientApp process per message), "
+        f"checkouts alternating, median of {r['repeats']}: Flower's import, then the app's part of a FedAvg "
+        "train message (import the ClientApp, resolve the method, settings, the client with its data).",
+        "",
+        "| checkout | import flwr: wall s / CPU s | app: wall s / CPU s | modules loaded |",
+        "|---|---|---|---|",
+    ]
     for checkout, f in r["checkouts"].items():
-        lines.append(f"| {checkout} | {f['flwr_wall_s']:.2f} / {f['flwr_cpu_s']:.2f} | "
-                     f"{f['app_wall_s']:.2f} / {f['app_cpu_s']:.2f} | {f['modules']:.0f} |")
+        lines.append(
+            f"| {checkout} | {f['flwr_wall_s']:.2f} / {f['flwr_cpu_s']:.2f} | "
+            f"{f['app_wall_s']:.2f} / {f['app_cpu_s']:.2f} | {f['modules']:.0f} |"
+        )
     if "app_cpu_after_over_before" in r:
-        lines += ["", f"App's CPU seconds per process after / before = {r['app_cpu_after_over_before']:.2f}; "
-                  f"whole process (with Flower's import) = {r['process_cpu_after_over_before']:.2f}."]
+        lines += [
+            "",
+            f"App's CPU seconds per process after / before = {r['app_cpu_after_over_before']:.2f}; "
+            f"whole process (with Flower's import) = {r['process_cpu_after_over_before']:.2f}.",
+        ]
     return lines
 
 
@@ -242,14 +337,18 @@ def privacy_section(records: list[dict]) -> list[str]:
     from bench.privacy import section  # noqa: PLC0415
 
     return section(records)
+
+
 def reproduce_section(records: list[dict]) -> list[str]:
     """reproduce.md holds the 3-seed table (built by bench/reproduce.py from its cells); the machine of its newest."""
     r = records[0]
     table = (RESULTS / "reproduce.md").read_text() if (RESULTS / "reproduce.md").is_file() else ""
     chart = "![accuracy, mean and spread over seeds](bench/results/reproduce.png)"
-    note = ("The grid's fedloge and fusedspace cells were measured with their earlier defaults (fedloge: "
-            "`personal-formula = \"raw-local\"`, no local-head refit; fusedspace: `lambda-rec = 1`); the done-when "
-            "targets at the issue's 30 rounds are in the next section.")
+    note = (
+        "The grid's fedloge and fusedspace cells were measured with their earlier defaults (fedloge: "
+        '`personal-formula = "raw-local"`, no local-head refit; fusedspace: `lambda-rec = 1`); the done-when '
+        "targets at the issue's 30 rounds are in the next section."
+    )
     return [machine_line(r), "", table.strip(), "", chart, "", note]
 
 
@@ -257,9 +356,11 @@ def reproduce_targets_section(records: list[dict]) -> list[str]:
     """reproduce_targets.md: the done-when cells at the issue's 30 rounds (bench/reproduce.py --targets)."""
     r = records[0]
     table = (RESULTS / "reproduce_targets.md").read_text() if (RESULTS / "reproduce_targets.md").is_file() else ""
-    note = ("fusedspace's rows are at today's default `fusedspace.lambda-rec = 5` (re-run with `--methods fusedspace` "
-            "after 5 was chosen on the pooled validation splits); its cells at the earlier default 1 stay in "
-            "`bench/results/reproduce_targets.jsonl`, and docs/fusedspace.md compares the two.")
+    note = (
+        "fusedspace's rows are at today's default `fusedspace.lambda-rec = 5` (re-run with `--methods fusedspace` "
+        "after 5 was chosen on the pooled validation splits); its cells at the earlier default 1 stay in "
+        "`bench/results/reproduce_targets.jsonl`, and docs/fusedspace.md compares the two."
+    )
     return [machine_line(r), "", table.strip(), "", note]
 
 
@@ -274,43 +375,58 @@ def fedvq_flwr_run_section(records: list[dict]) -> list[str]:
             overrides = record.get("overrides") or {}
             label = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "defaults"
             newest[(record["method"], record["seed"], label)] = record
-    lines = [machine_line(records[-1]), "",
-             "The README's `flwr run` (digits 28x28, Dirichlet 0.5, SGD 0.05, 15 rounds x 2 local epochs, 10 "
-             "SuperNodes), every setting at the pyproject defaults unless listed; newest record per method, seed "
-             "and settings.", "",
-             "| method | settings | seed | quantizer / encoder / aggregation | final global acc | own acc | "
-             "codes used / K | measured |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        machine_line(records[-1]),
+        "",
+        "The README's `flwr run` (digits 28x28, Dirichlet 0.5, SGD 0.05, 15 rounds x 2 local epochs, 10 "
+        "SuperNodes), every setting at the pyproject defaults unless listed; newest record per method, seed "
+        "and settings.",
+        "",
+        "| method | settings | seed | quantizer / encoder / aggregation | final global acc | own acc | "
+        "codes used / K | measured |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for (method, seed, label), r in sorted(newest.items(), key=lambda kv: (kv[0][2] != "defaults", kv[0])):
         recipe = " / ".join(str(r.get(k) or "-") for k in ("quantizer", "encoder", "aggregation"))
         codes = f"{r['codes_used']} / {r['codebook_size']}" if r.get("codes_used") is not None else "-"
-        lines.append(f"| {method} | {label} | {seed} | {recipe} | {r['final_accuracy']:.3f} | "
-                     f"{r['final_own_test_accuracy']:.3f} | {codes} | {r['date']} |")
+        lines.append(
+            f"| {method} | {label} | {seed} | {recipe} | {r['final_accuracy']:.3f} | "
+            f"{r['final_own_test_accuracy']:.3f} | {codes} | {r['date']} |"
+        )
     at_defaults = {(m, seed): r for (m, seed, label), r in newest.items() if label == "defaults"}
     seeds = sorted(seed for (m, seed) in at_defaults if m == "fedvq" and ("fedavg", seed) in at_defaults)
     gaps = [at_defaults[("fedvq", s)]["final_accuracy"] - at_defaults[("fedavg", s)]["final_accuracy"] for s in seeds]
     if gaps:
-        lines += [""] + [f"Seed {s}: FedVQ - FedAvg = {g:+.3f} (target >= -0.03: {verdict(g >= -0.03)})."
-                         for s, g in zip(seeds, gaps, strict=True)]
+        lines += [""] + [
+            f"Seed {s}: FedVQ - FedAvg = {g:+.3f} (target >= -0.03: {verdict(g >= -0.03)})."
+            for s, g in zip(seeds, gaps, strict=True)
+        ]
     if len(gaps) > 1:
         accuracy = {m: [at_defaults[(m, s)]["final_accuracy"] for s in seeds] for m in ("fedvq", "fedavg")}
-        lines += ["", f"Over seeds {', '.join(map(str, seeds))}: FedVQ {np.mean(accuracy['fedvq']):.3f} ± "
-                  f"{np.std(accuracy['fedvq'], ddof=1):.3f}, FedAvg {np.mean(accuracy['fedavg']):.3f} ± "
-                  f"{np.std(accuracy['fedavg'], ddof=1):.3f}, gap {np.mean(gaps):+.3f} ± {np.std(gaps, ddof=1):.3f}."]
+        lines += [
+            "",
+            f"Over seeds {', '.join(map(str, seeds))}: FedVQ {np.mean(accuracy['fedvq']):.3f} ± "
+            f"{np.std(accuracy['fedvq'], ddof=1):.3f}, FedAvg {np.mean(accuracy['fedavg']):.3f} ± "
+            f"{np.std(accuracy['fedavg'], ddof=1):.3f}, gap {np.mean(gaps):+.3f} ± {np.std(gaps, ddof=1):.3f}.",
+        ]
     table = RESULTS / "fedvq_configs.md"
     if table.is_file():  # written by bench/fedvq_configs.py; its headings one level down here
         body = table.read_text().split("\n", 1)[1]
-        lines += ["", "In process (`python bench/fedvq_configs.py`):", "",
-                  body.replace("\n## ", "\n### ").strip()]
+        lines += ["", "In process (`python bench/fedvq_configs.py`):", "", body.replace("\n## ", "\n### ").strip()]
     if (RESULTS / "fedvq_gradient.jsonl").is_file():
         from bench.fedvq_gradient import table as gradient_table  # noqa: PLC0415
 
-        lines += ["", "### The gradient through the ema quantizer under the README's SGD, central "
-                  "(`python bench/fedvq_gradient.py`)", "",
-                  "All training images, SGD 0.05 momentum 0.9, batch 32, 100 steps; `rotation` = "
-                  "vector-quantize-pytorch's rotation trick (its default), `ste` = straight-through "
-                  "(`fedvq.rotation-trick = false`, the default).",
-                  "", gradient_table()]
+        lines += [
+            "",
+            "### The gradient through the ema quantizer under the README's SGD, central "
+            "(`python bench/fedvq_gradient.py`)",
+            "",
+            "All training images, SGD 0.05 momentum 0.9, batch 32, 100 steps; `rotation` = "
+            "vector-quantize-pytorch's rotation trick (its default), `ste` = straight-through "
+            "(`fedvq.rotation-trick = false`, the default).",
+            "",
+            gradient_table(),
+        ]
     return lines
 
 
@@ -318,39 +434,69 @@ SECTIONS: dict[str, tuple[str, str, Callable[[list[dict]], list[str]]]] = {
     "codebook_aggregation": ("Codebook aggregation", "python bench/codebook_aggregation.py", codebook_section),
     "fed_kmeans": ("Federated vs centralized k-means", "python bench/fed_kmeans.py", fed_kmeans_section),
     "overhead": ("Flower overhead per round", "python bench/overhead.py", overhead_section),
-    "scale": ("Scale: virtual clients on one machine (before issue 17)", "python bench/scale.py (old form)",
-              scale_section),
-    "scale_kmeans": ("Scale: federated k-means, 1,000 and 10,000 clients in-process",
-                     "python bench/scale.py kmeans --sizes 1000 --repeats 1; "
-                     "python bench/scale.py kmeans --sizes 10000 "
-                     "--max-rounds 1 --n-init 1", scale_kmeans_section),
-    "scale_cnn": ("Scale: 1,000 virtual CNN clients under flwr run", "python bench/scale.py cnn --clients 1000",
-                  scale_cnn_section),
-    "scale_partitioning": ("Scale: partitioning 1,000 clients", "python bench/scale.py partitioning",
-                           scale_partitioning_section),
-    "deployment": ("Deployment: fixed per-message ClientApp cost, before and after",
-                   "python bench/deployment.py --checkout <base> --checkout . --checkout . --checkout <base> "
-                   "--rounds 3 --epochs 0", deployment_section),
-    "client_process": ("Deployment: one ClientApp process, before and after",
-                       "python bench/client_process.py --checkout <base checkout> --checkout .",
-                       client_process_section),
+    "scale": (
+        "Scale: virtual clients on one machine (before issue 17)",
+        "python bench/scale.py (old form)",
+        scale_section,
+    ),
+    "scale_kmeans": (
+        "Scale: federated k-means, 1,000 and 10,000 clients in-process",
+        "python bench/scale.py kmeans --sizes 1000 --repeats 1; "
+        "python bench/scale.py kmeans --sizes 10000 "
+        "--max-rounds 1 --n-init 1",
+        scale_kmeans_section,
+    ),
+    "scale_cnn": (
+        "Scale: 1,000 virtual CNN clients under flwr run",
+        "python bench/scale.py cnn --clients 1000",
+        scale_cnn_section,
+    ),
+    "scale_partitioning": (
+        "Scale: partitioning 1,000 clients",
+        "python bench/scale.py partitioning",
+        scale_partitioning_section,
+    ),
+    "deployment": (
+        "Deployment: fixed per-message ClientApp cost, before and after",
+        "python bench/deployment.py --checkout <base> --checkout . --checkout . --checkout <base> "
+        "--rounds 3 --epochs 0",
+        deployment_section,
+    ),
+    "client_process": (
+        "Deployment: one ClientApp process, before and after",
+        "python bench/client_process.py --checkout <base checkout> --checkout .",
+        client_process_section,
+    ),
     "methods": ("Methods on digits", "python bench/methods.py", methods_section),
     "privacy": ("Differential privacy: accuracy vs epsilon", "python bench/privacy.py", privacy_section),
-    "fedvq_flwr_run": ("FedVQ vs FedAvg (issue 13)",
-                       "python bench/fedvq_flwr_run.py --seed 42|43|44; python bench/fedvq_configs.py --scenario "
-                       "dirichlet|domains|readme", fedvq_flwr_run_section),
-    "reproduce": ("Reproduction grid: every method x the seeds' scenarios x 3 seeds", "python bench/reproduce.py",
-                  reproduce_section),
-    "reproduce_targets": ("Reproduction grid: the issue-14 targets at 30 rounds", "python bench/reproduce.py --targets "
-                          "--jobs 1", reproduce_targets_section),
+    "fedvq_flwr_run": (
+        "FedVQ vs FedAvg (issue 13)",
+        "python bench/fedvq_flwr_run.py --seed 42|43|44; python bench/fedvq_configs.py --scenario "
+        "dirichlet|domains|readme",
+        fedvq_flwr_run_section,
+    ),
+    "reproduce": (
+        "Reproduction grid: every method x the seeds' scenarios x 3 seeds",
+        "python bench/reproduce.py",
+        reproduce_section,
+    ),
+    "reproduce_targets": (
+        "Reproduction grid: the issue-14 targets at 30 rounds",
+        "python bench/reproduce.py --targets --jobs 1",
+        reproduce_targets_section,
+    ),
 }
 
 
 def render() -> str:
-    out = ["# Benchmarks", "",
-           "Figures below are rendered by `python bench/report.py` from the newest record of each script in "
-           "`bench/results/*.jsonl`; nothing here is typed by hand. Every script prints one JSON line and appends "
-           "it to its results file; `--quick` runs a smoke-test size. Benchmarks are not part of the test suite.", ""]
+    out = [
+        "# Benchmarks",
+        "",
+        "Figures below are rendered by `python bench/report.py` from the newest record of each script in "
+        "`bench/results/*.jsonl`; nothing here is typed by hand. Every script prints one JSON line and appends "
+        "it to its results file; `--quick` runs a smoke-test size. Benchmarks are not part of the test suite.",
+        "",
+    ]
     for name, (title, command, section) in SECTIONS.items():
         out += [f"## {title}", "", f"Run: `{command}`", ""]
         records = latest(name)

@@ -65,8 +65,15 @@ FIGURES = (
 
 def setup_of(args: argparse.Namespace) -> dict:
     """What must match for two cells to share a table."""
-    return {"dataset": "digits", "size": args.size, "clients": args.clients, "rounds": args.rounds,
-            "local_epochs": args.local_epochs, "gradient_batches": args.gradient_batches, "quick": args.quick}
+    return {
+        "dataset": "digits",
+        "size": args.size,
+        "clients": args.clients,
+        "rounds": args.rounds,
+        "local_epochs": args.local_epochs,
+        "gradient_batches": args.gradient_batches,
+        "quick": args.quick,
+    }
 
 
 def _final_clients(folder: Path) -> tuple[dict, list[np.ndarray]] | None:
@@ -151,12 +158,20 @@ def mode_figures(folder: Path) -> dict[str, dict[str, float | None]]:
     if final is None:
         return {}
     clients, _ = final
-    keys = {k[len("val-"):-len("-accuracy")] for m in clients.values() for k in m
-            if k.startswith("val-") and k.endswith("-accuracy")}
+    keys = {
+        k[len("val-") : -len("-accuracy")]
+        for m in clients.values()
+        for k in m
+        if k.startswith("val-") and k.endswith("-accuracy")
+    }
     keys = {k for k in keys if any(f"{k}-accuracy" in m for m in clients.values())}  # a mode: scored on both
-    return {mode: {"val": _mean_of([m.get(f"val-{mode}-accuracy") for m in clients.values()]),
-                   "own_test": _mean_of([m.get(f"{mode}-accuracy") for m in clients.values()])}
-            for mode in sorted(keys)}
+    return {
+        mode: {
+            "val": _mean_of([m.get(f"val-{mode}-accuracy") for m in clients.values()]),
+            "own_test": _mean_of([m.get(f"{mode}-accuracy") for m in clients.values()]),
+        }
+        for mode in sorted(keys)
+    }
 
 
 def run_cell(method: str, scenario: str, seed: int, setup: dict, work: str) -> dict:
@@ -170,10 +185,19 @@ def run_cell(method: str, scenario: str, seed: int, setup: dict, work: str) -> d
     config = full_run_config(
         method=method,
         seed=seed,
-        **{"num-server-rounds": setup["rounds"], "eval-every": setup["rounds"],
-           "train.local-epochs": setup["local_epochs"], "dataset.name": "digits", "dataset.size": setup["size"],
-           "metrics.gradient-dissimilarity": True, "metrics.gradient-batches": setup["gradient_batches"],
-           "metrics.pooled-validation": True, "log-dir": work, "experiment-name": name, **SCENARIOS[scenario]},
+        **{
+            "num-server-rounds": setup["rounds"],
+            "eval-every": setup["rounds"],
+            "train.local-epochs": setup["local_epochs"],
+            "dataset.name": "digits",
+            "dataset.size": setup["size"],
+            "metrics.gradient-dissimilarity": True,
+            "metrics.gradient-batches": setup["gradient_batches"],
+            "metrics.pooled-validation": True,
+            "log-dir": work,
+            "experiment-name": name,
+            **SCENARIOS[scenario],
+        },
     )
     started = time.time()
     row = {"method": method, "scenario": scenario, "seed": seed}
@@ -193,14 +217,24 @@ def run_cell(method: str, scenario: str, seed: int, setup: dict, work: str) -> d
     stats = summary.get("fusedspace") if isinstance(summary.get("fusedspace"), dict) else {}
     modes = mode_figures(folder)
     rec_seen, rec_unseen = reconstruction_seen_unseen(folder)
-    return {**row, "accuracy": final.get("accuracy"), "macro_f1": final.get("macro_f1"),
-            "balanced_accuracy": final.get("balanced_accuracy"), "own_test_accuracy": final.get("own_test_accuracy"),
-            "tail_accuracy": tail, "gamma": gamma, "val_accuracy": final.get("val_accuracy"),
-            "pooled_val_accuracy": pooled_val_accuracy(folder),
-            "seen_class_accuracy": seen, "unseen_class_accuracy": unseen,
-            "reconstruction_loss": stats.get("reconstruction-loss"), "reconstruction_seen": rec_seen,
-            "reconstruction_unseen": rec_unseen, **({"modes": modes} if modes else {}),
-            "seconds": time.time() - started}
+    return {
+        **row,
+        "accuracy": final.get("accuracy"),
+        "macro_f1": final.get("macro_f1"),
+        "balanced_accuracy": final.get("balanced_accuracy"),
+        "own_test_accuracy": final.get("own_test_accuracy"),
+        "tail_accuracy": tail,
+        "gamma": gamma,
+        "val_accuracy": final.get("val_accuracy"),
+        "pooled_val_accuracy": pooled_val_accuracy(folder),
+        "seen_class_accuracy": seen,
+        "unseen_class_accuracy": unseen,
+        "reconstruction_loss": stats.get("reconstruction-loss"),
+        "reconstruction_seen": rec_seen,
+        "reconstruction_unseen": rec_unseen,
+        **({"modes": modes} if modes else {}),
+        "seconds": time.time() - started,
+    }
 
 
 # ----------------------------------------------------------------------------
@@ -257,10 +291,20 @@ def aggregate(cells: dict, figures=FIGURES) -> dict[tuple[str, str], dict]:
 TARGETS = (
     ("fusedspace", "dirichlet-0.05", "accuracy", ">=", "fusedspace accuracy >= FedAvg's on Dirichlet 0.05"),
     ("fusedspace", "pathological-2", "accuracy", ">=", "fusedspace accuracy >= FedAvg's on pathological-2"),
-    ("fedloge", LONG_TAIL + "-0.01", "tail_accuracy", ">",
-     "fedloge global-mode tail accuracy on the balanced test set > FedAvg's on long-tail IF 0.01"),
-    ("fedloge", LONG_TAIL + "-0.01", "own_test_accuracy", ">=",
-     "fedloge personalised accuracy on each client's own long-tailed test >= FedAvg's (own-distribution)"),
+    (
+        "fedloge",
+        LONG_TAIL + "-0.01",
+        "tail_accuracy",
+        ">",
+        "fedloge global-mode tail accuracy on the balanced test set > FedAvg's on long-tail IF 0.01",
+    ),
+    (
+        "fedloge",
+        LONG_TAIL + "-0.01",
+        "own_test_accuracy",
+        ">=",
+        "fedloge personalised accuracy on each client's own long-tailed test >= FedAvg's (own-distribution)",
+    ),
 )
 
 
@@ -272,8 +316,10 @@ def target_lines(stats: dict[tuple[str, str], dict]) -> list[str]:
         if ours is None or base is None:
             continue
         met = ours[0] >= base[0] if relation == ">=" else ours[0] > base[0]
-        lines.append(f"- {text}: {100 * ours[0]:.2f} ± {100 * ours[1]:.2f} vs {100 * base[0]:.2f} ± "
-                     f"{100 * base[1]:.2f} (n = {ours[2]} / {base[2]}): {'met' if met else '**MISSED**'}")
+        lines.append(
+            f"- {text}: {100 * ours[0]:.2f} ± {100 * ours[1]:.2f} vs {100 * base[0]:.2f} ± "
+            f"{100 * base[1]:.2f} (n = {ours[2]} / {base[2]}): {'met' if met else '**MISSED**'}"
+        )
     return lines
 
 
@@ -304,15 +350,24 @@ def render_markdown(records: list[dict]) -> str:
             if entry is None:
                 continue
             figures = [_cell_text(entry[fig], pct) for fig, _, pct in FIGURES]
-            lines.append(f"| {s} | {m} | {len(entry['seeds'])} | " + " | ".join(figures)
-                         + f" | {entry['seconds']:.0f} |")
+            lines.append(
+                f"| {s} | {m} | {len(entry['seeds'])} | " + " | ".join(figures) + f" | {entry['seconds']:.0f} |"
+            )
     verdicts = target_lines(stats)
     if verdicts:
-        lines += ["", f"Targets (issue 14) at this grid's budget ({setup['rounds']} rounds; mean over the seeds "
-                  "measured, compared with FedAvg's mean in the same grid; the 30-round figures and the causes are "
-                  "in docs/fusedspace.md and docs/fedloge.md):", "", *verdicts]
-    missing = [f"- {m}: " + ", ".join(s for s in SCENARIOS if (m, s) not in stats)
-               for m in classification_methods() if any((m, s) not in stats for s in SCENARIOS)]
+        lines += [
+            "",
+            f"Targets (issue 14) at this grid's budget ({setup['rounds']} rounds; mean over the seeds "
+            "measured, compared with FedAvg's mean in the same grid; the 30-round figures and the causes are "
+            "in docs/fusedspace.md and docs/fedloge.md):",
+            "",
+            *verdicts,
+        ]
+    missing = [
+        f"- {m}: " + ", ".join(s for s in SCENARIOS if (m, s) not in stats)
+        for m in classification_methods()
+        if any((m, s) not in stats for s in SCENARIOS)
+    ]
     if missing:
         lines += ["", "Not measured in this setup (no cell of the full grid yet):", "", *missing]
     failures = [f"- {m} / {s}: {f}" for (m, s), e in stats.items() for f in e["failed"]]
@@ -355,10 +410,15 @@ def modes_lines(cells: dict) -> list[str]:
     lines = []
     for (method, scenario), group in groups.items():
         seeds = sorted(c["seed"] for c in group)
-        lines += ["", f"{method} on {scenario}, every inference mode (seeds {', '.join(map(str, seeds))}): each "
-                  "client's own validation split (what a default is chosen on) and its own long-tailed test rows; "
-                  "mean over clients, then mean ± sd over seeds; per seed in brackets.", "",
-                  "| mode | own validation % | own test % |", "|---|---|---|"]
+        lines += [
+            "",
+            f"{method} on {scenario}, every inference mode (seeds {', '.join(map(str, seeds))}): each "
+            "client's own validation split (what a default is chosen on) and its own long-tailed test rows; "
+            "mean over clients, then mean ± sd over seeds; per seed in brackets.",
+            "",
+            "| mode | own validation % | own test % |",
+            "|---|---|---|",
+        ]
         for mode in sorted({m for c in group for m in c["modes"]}):
             cols = []
             for key in ("val", "own_test"):
@@ -406,15 +466,23 @@ def render_targets_markdown(records: list[dict]) -> str:
             per_seed = " / ".join(
                 "-" if cells[(m, s, seed)].get(figure) is None else f"{100 * cells[(m, s, seed)][figure]:.2f}"
                 for seed in sorted(seed for mm, ss, seed in cells if (mm, ss) == (m, s))
-                if "error" not in cells[(m, s, seed)])
-            lines.append(f"| {s} | {m} | {len(entry['seeds'])} | "
-                         + " | ".join(_cell_text(entry[f], pct, 4) for f, _, pct in TARGET_FIGURES)
-                         + f" | {figure.replace('_', ' ')}: {per_seed} | {entry['seconds']:.0f} |")
+                if "error" not in cells[(m, s, seed)]
+            )
+            lines.append(
+                f"| {s} | {m} | {len(entry['seeds'])} | "
+                + " | ".join(_cell_text(entry[f], pct, 4) for f, _, pct in TARGET_FIGURES)
+                + f" | {figure.replace('_', ' ')}: {per_seed} | {entry['seconds']:.0f} |"
+            )
     lines += modes_lines(cells)
     verdicts = target_lines(stats)
     if verdicts:
-        lines += ["", f"Targets (issue 14) at {setup['rounds']} rounds (mean over the seeds, compared with FedAvg's "
-                  "mean in the same run):", "", *verdicts]
+        lines += [
+            "",
+            f"Targets (issue 14) at {setup['rounds']} rounds (mean over the seeds, compared with FedAvg's "
+            "mean in the same run):",
+            "",
+            *verdicts,
+        ]
     failures = [f"- {m} / {s}: {f}" for (m, s), e in stats.items() for f in e["failed"]]
     if failures:
         lines += ["", "Failures:", "", *failures]
@@ -439,13 +507,21 @@ def render_chart(records: list[dict], path: Path) -> None:
     x = np.arange(len(scenarios))
     for i, m in enumerate(methods):
         values = [(stats.get((m, s)) or {}).get("accuracy") for s in scenarios]
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, [100 * v[0] if v else 0 for v in values], width,
-               yerr=[100 * v[1] if v else 0 for v in values], capsize=2, label=m)
+        ax.bar(
+            x + (i - (len(methods) - 1) / 2) * width,
+            [100 * v[0] if v else 0 for v in values],
+            width,
+            yerr=[100 * v[1] if v else 0 for v in values],
+            capsize=2,
+            label=m,
+        )
     ax.set_xticks(x, scenarios)
     ax.set_ylabel("test accuracy (%), mean ± sd over seeds")
     ax.set_ylim(0, 100)
-    ax.set_title(f"digits {setup['size']}x{setup['size']}, {setup['clients']} clients, "
-                 f"{setup['rounds']} rounds x {setup['local_epochs']} epoch(s)")
+    ax.set_title(
+        f"digits {setup['size']}x{setup['size']}, {setup['clients']} clients, "
+        f"{setup['rounds']} rounds x {setup['local_epochs']} epoch(s)"
+    )
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -468,23 +544,32 @@ def write_reports(records: list[dict], folder: Path, targets: bool = False) -> P
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 2 rounds x 1 epoch, 3 clients, seed 42, two scenarios, not recorded")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 2 rounds x 1 epoch, 3 clients, seed 42, two scenarios, not recorded",
+    )
     parser.add_argument("--methods", default="", help="comma-separated subset (default: every classification method)")
     parser.add_argument("--scenarios", default="", help=f"comma-separated subset of {', '.join(SCENARIOS)}")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
-    parser.add_argument("--targets", action="store_true",
-                        help=f"only the issue's done-when cells (each target's method and FedAvg on its scenario), "
-                             f"{TARGETS_ROUNDS} rounds unless --rounds; recorded in {TARGETS_NAME}.jsonl, "
-                             f"table {TARGETS_NAME}.md (the grid's table stays as it is)")
+    parser.add_argument(
+        "--targets",
+        action="store_true",
+        help=f"only the issue's done-when cells (each target's method and FedAvg on its scenario), "
+        f"{TARGETS_ROUNDS} rounds unless --rounds; recorded in {TARGETS_NAME}.jsonl, "
+        f"table {TARGETS_NAME}.md (the grid's table stays as it is)",
+    )
     parser.add_argument("--rounds", type=int, help=f"default 10 ({TARGETS_ROUNDS} with --targets)")
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--size", type=int, default=8, help="image side (digits are natively 8x8)")
     parser.add_argument("--gradient-batches", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one job each at a time)")
-    parser.add_argument("--out", type=Path, help="folder of the table and chart (default bench/results; "
-                        "--quick: a scratch folder, printed)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder of the table and chart (default bench/results; --quick: a scratch folder, printed)",
+    )
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = TARGETS_ROUNDS if args.targets else 10
@@ -498,10 +583,14 @@ def main(argv: list[str] | None = None) -> None:
     setup = setup_of(args)
     work = tempfile.mkdtemp(prefix="bench_reproduce_")
     if args.targets:  # the target pairs, narrowed by --methods / --scenarios when given
-        pairs = [(m, s) for m, s in target_pairs()
-                 if (not args.methods or m in methods) and (not args.scenarios or s in scenarios)]
-        cells = [(m, s, seed) for s in dict.fromkeys(s for _, s in pairs) for seed in seeds
-                 for m, ss in pairs if ss == s]
+        pairs = [
+            (m, s)
+            for m, s in target_pairs()
+            if (not args.methods or m in methods) and (not args.scenarios or s in scenarios)
+        ]
+        cells = [
+            (m, s, seed) for s in dict.fromkeys(s for _, s in pairs) for seed in seeds for m, ss in pairs if ss == s
+        ]
     else:
         cells = [(m, s, seed) for s in scenarios for seed in seeds for m in methods]
     name = TARGETS_NAME if args.targets else NAME

@@ -83,15 +83,24 @@ def kmeans_once(clients: int, work: Path, omp_one: bool, threads: int, max_round
         env.update(dict.fromkeys(THREAD_VARIABLES, "1"))
     started = time.time()
     with MemorySampler(interval_s=0.25, env_marker=f"FEDVQ_BENCH_JOB={marker}") as memory:
-        done = subprocess.run([sys.executable, "-c", KMEANS_JOB, str(clients), str(work), str(threads),
-                               str(max_rounds), str(n_init)],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=7200)
+        done = subprocess.run(
+            [sys.executable, "-c", KMEANS_JOB, str(clients), str(work), str(threads), str(max_rounds), str(n_init)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=7200,
+        )
     if done.returncode != 0:
         return {"completed": False, "tail": done.stderr[-1500:]}
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"completed": True, "process_s": time.time() - started, **result,
-            "s_per_round": result["job_s"] / max(result["rounds"], 1),
-            "peak_pss_mib": memory.peak / 2**20}
+    return {
+        "completed": True,
+        "process_s": time.time() - started,
+        **result,
+        "s_per_round": result["job_s"] / max(result["rounds"], 1),
+        "peak_pss_mib": memory.peak / 2**20,
+    }
 
 
 def bench_kmeans(args) -> None:
@@ -107,13 +116,19 @@ def bench_kmeans(args) -> None:
             runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
             for _ in range(args.repeats if compare else 1):
                 for kind in kinds:
-                    runs[kind].append(kmeans_once(clients, Path(tmp), omp_one=kind == "omp1",
-                                                  threads=0 if kind == "uncapped" else args.threads,
-                                                  max_rounds=args.max_rounds, n_init=args.n_init))
+                    runs[kind].append(
+                        kmeans_once(
+                            clients,
+                            Path(tmp),
+                            omp_one=kind == "omp1",
+                            threads=0 if kind == "uncapped" else args.threads,
+                            max_rounds=args.max_rounds,
+                            n_init=args.n_init,
+                        )
+                    )
             ok = all(r["completed"] for rs in runs.values() for r in rs)
             median = {kind: float(np.median([r["job_s"] for r in rs])) if ok else None for kind, rs in runs.items()}
-            median_cpu = {kind: float(np.median([r["cpu_s"] for r in rs])) if ok else None
-                          for kind, rs in runs.items()}
+            median_cpu = {kind: float(np.median([r["cpu_s"] for r in rs])) if ok else None for kind, rs in runs.items()}
             inertias = {r.get("inertia") for rs in runs.values() for r in rs}
             figures = {
                 "clients": clients,
@@ -152,8 +167,14 @@ def partitioning_seconds(kind: str, clients: int, **partition) -> dict:
         outcome = {"ok": True, "min_size": int(min(map(len, parts))), "max_size": int(max(map(len, parts)))}
     except ConfigError as err:
         outcome = {"ok": False, "error": str(err)}
-    return {"kind": kind, "clients": clients, "samples": int(len(labels)), **partition,
-            "seconds": time.time() - started, **outcome}
+    return {
+        "kind": kind,
+        "clients": clients,
+        "samples": int(len(labels)),
+        **partition,
+        "seconds": time.time() - started,
+        **outcome,
+    }
 
 
 def bench_partitioning(args) -> None:
@@ -164,9 +185,11 @@ def bench_partitioning(args) -> None:
         partitioning_seconds("dirichlet", clients, **{"partition.alpha": 0.5, "partition.min-partition-size": 1}),
         partitioning_seconds("dirichlet", clients, **{"partition.alpha": 100.0, "partition.min-partition-size": 1}),
     ]
-    emit("scale_partitioning", {"cases": cases,
-                                "target": "no case loops: each ends in bounded time with a partition or an error"},
-         quick=args.quick)
+    emit(
+        "scale_partitioning",
+        {"cases": cases, "target": "no case loops: each ends in bounded time with a partition or an error"},
+        quick=args.quick,
+    )
 
 
 START_SUPERLINK = """
@@ -189,10 +212,25 @@ def flwr_run_patient(config: dict, home: Path, federation: str, timeout: float, 
     env = {**os.environ, **private_superlink_env(home)}
     started = time.time()
     try:
-        subprocess.run([sys.executable, "-c", START_SUPERLINK, str(start_timeout)], env=env, cwd=ROOT,
-                       capture_output=True, text=True, timeout=start_timeout + 60, check=True)
-        cmd = ["flwr", "run", ".", "--stream", "--federation-config", federation,
-               "--run-config", run_config_arg(config)]
+        subprocess.run(
+            [sys.executable, "-c", START_SUPERLINK, str(start_timeout)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=start_timeout + 60,
+            check=True,
+        )
+        cmd = [
+            "flwr",
+            "run",
+            ".",
+            "--stream",
+            "--federation-config",
+            federation,
+            "--run-config",
+            run_config_arg(config),
+        ]
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         return FlwrRun(done.returncode, time.time() - started, done.stdout + done.stderr)
     finally:
@@ -224,25 +262,29 @@ def bench_cnn(args) -> None:
         done = (folder / "summary.json").is_file()
         per_round = [r["wall_time_s"] for r in rounds_of(folder)] if done else []
         summary = json.loads((folder / "summary.json").read_text()) if done else {}
-    emit("scale_cnn", {
-        "clients": clients,
-        "rounds": rounds,
-        "fraction_train": args.fraction,
-        "fraction_evaluate": args.fraction,
-        "federation": federation,
-        "completed": done,
-        "returncode": run.returncode,
-        "status": run.status,  # flwr run exits 0 for any run that started; the run's own status says more
-        "total_s": run.wall_s,
-        "per_round_s": per_round,
-        "steady_per_round_s": sum(per_round[1:]) / (len(per_round) - 1) if len(per_round) > 1 else None,
-        "partitioning_s": partition["seconds"],
-        "peak_memory_gib": memory.peak_above_baseline_gib,
-        "memory_per_client_mib": memory.peak_above_baseline_gib * 1024 / clients,
-        "final_accuracy": summary.get("final", {}).get("accuracy"),
-        "tail": "" if done else run.output[-1500:],
-        "target": "1,000 virtual clients complete 3 rounds in 24 GB",
-    }, quick=args.quick)
+    emit(
+        "scale_cnn",
+        {
+            "clients": clients,
+            "rounds": rounds,
+            "fraction_train": args.fraction,
+            "fraction_evaluate": args.fraction,
+            "federation": federation,
+            "completed": done,
+            "returncode": run.returncode,
+            "status": run.status,  # flwr run exits 0 for any run that started; the run's own status says more
+            "total_s": run.wall_s,
+            "per_round_s": per_round,
+            "steady_per_round_s": sum(per_round[1:]) / (len(per_round) - 1) if len(per_round) > 1 else None,
+            "partitioning_s": partition["seconds"],
+            "peak_memory_gib": memory.peak_above_baseline_gib,
+            "memory_per_client_mib": memory.peak_above_baseline_gib * 1024 / clients,
+            "final_accuracy": summary.get("final", {}).get("accuracy"),
+            "tail": "" if done else run.output[-1500:],
+            "target": "1,000 virtual clients complete 3 rounds in 24 GB",
+        },
+        quick=args.quick,
+    )
 
 
 def main() -> None:
@@ -255,8 +297,9 @@ def main() -> None:
     km.add_argument("--max-rounds", type=int, default=100, help="kmeans.max-rounds")
     km.add_argument("--n-init", type=int, default=10, help="kmeans.n-init")
     km.add_argument("--repeats", type=int, default=2, help="interleaved repeats of each compared kind")
-    km.add_argument("--compare-up-to", type=int, default=1000,
-                    help="larger federations run once, in the default environment only")
+    km.add_argument(
+        "--compare-up-to", type=int, default=1000, help="larger federations run once, in the default environment only"
+    )
     km.add_argument("--quick", action="store_true")
     cnn = sub.add_parser("cnn", help="FedAvg CNN, many virtual clients under flwr run")
     cnn.add_argument("--clients", type=int, default=1000)

@@ -152,9 +152,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[GeneratorOptions, Path]:
     defaults = GeneratorOptions()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-clients", type=int, default=defaults.num_clients, help="federated clients")
-    parser.add_argument(
-        "--samples-per-client", type=int, default=defaults.samples_per_client, help="rows per client"
-    )
+    parser.add_argument("--samples-per-client", type=int, default=defaults.samples_per_client, help="rows per client")
     parser.add_argument("--num-features", type=int, default=defaults.num_features, help="features per row")
     parser.add_argument("--num-clusters", type=int, default=defaults.num_clusters, help="true clusters")
     parser.add_argument("--cluster-std", type=float, default=defaults.cluster_std, help="std of each cluster")

@@ -617,16 +617,21 @@ def _check_privacy(settings: Settings, spec) -> None:
         raise ConfigError(
             f"config key 'privacy.mode' has invalid value {privacy.mode!r} for method {settings.method!r}: {refusal}"
         )
+
+
 def _node_int(node_config: Mapping[str, ConfigValue], key: str, minimum: int, maximum: int | None = None) -> int:
     value = node_config.get(key)
     bounds = f">= {minimum}" + (f" and < num-partitions={maximum}" if maximum is not None else "")
     if value is None:
         raise ConfigError(
             f"node-config key '{key}' is missing: start the SuperNode with --node-config "
-            f"\"partition-id=<i> num-partitions=<N>\" (an int {bounds})"
+            f'"partition-id=<i> num-partitions=<N>" (an int {bounds})'
         )
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
-        maximum is not None and value >= maximum
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value >= maximum)
     ):
         raise ConfigError(f"node-config key '{key}' has invalid value {value!r}: expected an int {bounds}")
     return value
@@ -643,9 +648,7 @@ def check_node_config(node_config: Mapping[str, ConfigValue]) -> None:
         if not isinstance(data_dir, str) or not data_dir:
             raise ConfigError(f"node-config key 'data-dir' has invalid value {data_dir!r}: expected a folder path")
         if not Path(data_dir).expanduser().is_dir():
-            raise ConfigError(
-                f"node-config key 'data-dir' has invalid value {data_dir!r}: no such folder on this node"
-            )
+            raise ConfigError(f"node-config key 'data-dir' has invalid value {data_dir!r}: no such folder on this node")
 
 
 def all_option_keys() -> dict[str, ConfigValue]:

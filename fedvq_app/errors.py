@@ -66,7 +66,7 @@ def config_error_reply(msg: Message, err: ConfigError) -> Message:
 
 def config_error_of(reason: str) -> str | None:
     """The configuration error a client's error reason carries, or None for any other error."""
-    return reason[len(CONFIG_ERROR_PREFIX):] if reason.startswith(CONFIG_ERROR_PREFIX) else None
+    return reason[len(CONFIG_ERROR_PREFIX) :] if reason.startswith(CONFIG_ERROR_PREFIX) else None
 
 
 def is_node_unavailable(reply: Message) -> bool:

@@ -170,7 +170,11 @@ def run_status(env: dict, run_id: int, timeout: float = 60) -> str | None:
     while time.time() < deadline:
         done = subprocess.run(
             ["flwr", "ls", "--run-id", str(run_id), "--format", "json"],
-            cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=60,
+            cwd=PROJECT_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         try:
             runs = json.loads(done.stdout).get("runs", [])

@@ -60,8 +60,17 @@ def table(folders: list[Path]) -> str:
     def fmt(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    cols = ("method", "rounds", "test_last", f"test_last{LAST}", "val_last", f"val_last{LAST}", "split_rounds",
-            "purity", "clusters")
+    cols = (
+        "method",
+        "rounds",
+        "test_last",
+        f"test_last{LAST}",
+        "val_last",
+        f"val_last{LAST}",
+        "split_rounds",
+        "purity",
+        "clusters",
+    )
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(figures(f)[c]) for c in cols) + " |" for f in folders]
     return "\n".join(lines)

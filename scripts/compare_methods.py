@@ -52,16 +52,24 @@ def main() -> None:
     for method in methods:
         config = full_run_config(
             method=method,
-            **{"num-server-rounds": args.rounds, "train.local-epochs": args.local_epochs,
-               "dataset.name": "digits", "dataset.size": args.size,
-               "log-dir": str(folder), "experiment-name": method, **overrides},
+            **{
+                "num-server-rounds": args.rounds,
+                "train.local-epochs": args.local_epochs,
+                "dataset.name": "digits",
+                "dataset.size": args.size,
+                "log-dir": str(folder),
+                "experiment-name": method,
+                **overrides,
+            },
         )
         started = time.time()
         run_local(server_app, client_app, args.clients, config)
         print(f"{method}: {time.time() - started:.0f} s", flush=True)
     scenario = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "pyproject defaults"
-    title = (f"digits {args.size}x{args.size}, {args.clients} clients, {args.rounds} rounds x "
-             f"{args.local_epochs} local epoch(s) ({scenario})")
+    title = (
+        f"digits {args.size}x{args.size}, {args.clients} clients, {args.rounds} rounds x "
+        f"{args.local_epochs} local epoch(s) ({scenario})"
+    )
     files = compare([folder / m for m in methods], args.out / stamp, title)
     print(f"report: {files['html']}")
 

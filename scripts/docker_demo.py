@@ -71,11 +71,23 @@ STANDIN_BASE = "fedvq-standin/flwr-base"
 STANDIN_ROOTFS = "fedvq-standin/debian"
 ENTRYPOINTS = {"superlink": "flower-superlink", "supernode": "flower-supernode", "superexec": "flower-superexec"}
 #: FedAvg, 2 rounds, small: what the insecure and the secure job run
-FEDAVG = {"method": "fedavg", "num-server-rounds": 2, "train.local-epochs": 1, "eval-every": 2,
-          "partition.kind": "iid", "round-timeout": 420.0}
+FEDAVG = {
+    "method": "fedavg",
+    "num-server-rounds": 2,
+    "train.local-epochs": 1,
+    "eval-every": 2,
+    "partition.kind": "iid",
+    "round-timeout": 420.0,
+}
 #: k-means, 2 Lloyd rounds on each site's own generated file (as tests/test_deployment.py)
-KMEANS = {"method": "kmeans", "kmeans.data-source": "generated", "kmeans.max-rounds": 2, "kmeans.n-init": 1,
-          "kmeans.client-logs": False, "kmeans.silhouette-sample": 0}
+KMEANS = {
+    "method": "kmeans",
+    "kmeans.data-source": "generated",
+    "kmeans.max-rounds": 2,
+    "kmeans.n-init": 1,
+    "kmeans.client-logs": False,
+    "kmeans.silhouette-sample": 0,
+}
 SITE_ROWS = [60, 80, 100]  # different per site: the summary's row count proves each read its own folder
 
 
@@ -93,8 +105,15 @@ class DemoError(RuntimeError):
     """A step failed: the message says which and why."""
 
 
-def sh(*args: str, check: bool = True, capture: bool = False, timeout: float | None = None,
-       env: dict | None = None, cwd: Path | None = None, log_file: Path | None = None) -> subprocess.CompletedProcess:
+def sh(
+    *args: str,
+    check: bool = True,
+    capture: bool = False,
+    timeout: float | None = None,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    log_file: Path | None = None,
+) -> subprocess.CompletedProcess:
     """Run a command; with ``log_file`` its output goes there (appended) instead of the terminal."""
     kwargs: dict = {"cwd": cwd or ROOT, "env": env, "timeout": timeout, "text": True}
     if capture:
@@ -146,8 +165,12 @@ class Engine:
                 raise DemoError("no Docker daemon answers and dockerd cannot be started here (needs dockerd and root)")
             log("no Docker daemon answers: starting dockerd --bridge=none --iptables=false")
             handle = (self.work / "dockerd.log").open("w")
-            self.process = subprocess.Popen([dockerd, "--bridge=none", "--iptables=false"], stdout=handle,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                [dockerd, "--bridge=none", "--iptables=false"],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             deadline = time.time() + 60
             while not self.answers():
                 if self.process.poll() is not None or time.time() > deadline:
@@ -245,13 +268,20 @@ class Images:
                 raise DemoError("building the stand-in images needs debootstrap (apt-get install debootstrap)")
             rootfs = self.work / "rootfs"
             log("debootstrap --variant=minbase bookworm (python3, python3-venv, ca-certificates)")
-            sh("debootstrap", "--variant=minbase", "--include=python3,python3-venv,python3-pip,ca-certificates",
-               "bookworm", str(rootfs), log_file=self.build_log)
+            sh(
+                "debootstrap",
+                "--variant=minbase",
+                "--include=python3,python3-venv,python3-pip,ca-certificates",
+                "bookworm",
+                str(rootfs),
+                log_file=self.build_log,
+            )
             shutil.rmtree(rootfs / "var" / "cache" / "apt" / "archives", ignore_errors=True)
             (rootfs / "var" / "cache" / "apt" / "archives" / "partial").mkdir(parents=True)
             tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-            imported = subprocess.run(["docker", "import", "-", rootfs_tag], stdin=tar.stdout, capture_output=True,
-                                      text=True)
+            imported = subprocess.run(
+                ["docker", "import", "-", rootfs_tag], stdin=tar.stdout, capture_output=True, text=True
+            )
             tar.stdout.close()
             if tar.wait() != 0 or imported.returncode != 0:
                 raise DemoError(f"docker import of the rootfs failed: {imported.stderr[-2000:]}")
@@ -267,10 +297,13 @@ class Images:
         bundle = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
         if bundle.is_file():  # the host's CA bundle: pip in the builds reaches the index the host reaches
             shutil.copy(bundle, context / "host-ca-bundle.crt")
-            ca_copy = ("COPY host-ca-bundle.crt /etc/ssl/certs/host-ca-bundle.crt\n"
-                       "ENV PIP_CERT=/etc/ssl/certs/host-ca-bundle.crt")
-        (context / "Dockerfile").write_text(STANDIN_DOCKERFILE.format(
-            rootfs=rootfs_tag, ca_copy=ca_copy, version=self.version, uid=APP_UID))
+            ca_copy = (
+                "COPY host-ca-bundle.crt /etc/ssl/certs/host-ca-bundle.crt\n"
+                "ENV PIP_CERT=/etc/ssl/certs/host-ca-bundle.crt"
+            )
+        (context / "Dockerfile").write_text(
+            STANDIN_DOCKERFILE.format(rootfs=rootfs_tag, ca_copy=ca_copy, version=self.version, uid=APP_UID)
+        )
         base_tag = f"{STANDIN_BASE}:{self.version}"
         sh("docker", "build", "--network", "host", "-t", base_tag, str(context), log_file=self.build_log)
         self.built.append(base_tag)
@@ -279,7 +312,8 @@ class Images:
             kind_context.mkdir(exist_ok=True)
             (kind_context / "Dockerfile").write_text(
                 f"# Local stand-in for {tag} (scripts/docker_demo.py; only where no registry answers)\n"
-                f"FROM {base_tag}\nENTRYPOINT [\"{ENTRYPOINTS[kind]}\"]\n")
+                f'FROM {base_tag}\nENTRYPOINT ["{ENTRYPOINTS[kind]}"]\n'
+            )
             sh("docker", "build", "-t", tag, str(kind_context), log_file=self.build_log)
             self.built.append(tag)
         self.timings["standin_images_s"] = round(time.time() - started, 1)
@@ -288,8 +322,20 @@ class Images:
         tag = f"fedvq-superexec:{self.version}"
         log(f"building {tag} from docker/Dockerfile (torch and its CUDA libraries: several GB to download)")
         started = time.time()
-        sh("docker", "build", "--network", "host", "-f", "docker/Dockerfile",
-           "--build-arg", f"FLWR_VERSION={self.version}", "-t", tag, ".", log_file=self.build_log)
+        sh(
+            "docker",
+            "build",
+            "--network",
+            "host",
+            "-f",
+            "docker/Dockerfile",
+            "--build-arg",
+            f"FLWR_VERSION={self.version}",
+            "-t",
+            tag,
+            ".",
+            log_file=self.build_log,
+        )
         self.timings["project_image_s"] = round(time.time() - started, 1)
         self.sizes[tag] = image_size(tag)
         return tag
@@ -315,8 +361,23 @@ def write_sites(project_image: str) -> None:
     (DOCKER / "logs").mkdir(exist_ok=True)
     # the executors write experiments as `app` (uid 49999): hand docker/logs to it, through a root
     # container so that this works without sudo for any member of the docker group
-    sh("docker", "run", "--rm", "--network", "none", "--user", "root", "--entrypoint", "chown",
-       "-v", f"{DOCKER / 'logs'}:/logs", project_image, f"{APP_UID}:{APP_UID}", "/logs", capture=True)
+    sh(
+        "docker",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--user",
+        "root",
+        "--entrypoint",
+        "chown",
+        "-v",
+        f"{DOCKER / 'logs'}:/logs",
+        project_image,
+        f"{APP_UID}:{APP_UID}",
+        "/logs",
+        capture=True,
+    )
 
 
 # ---------------------------------------------------------------------------- compose
@@ -348,8 +409,10 @@ def host_network_override(files: list[str]) -> tuple[dict, int]:
             command[command.index("--host") + 1] = "127.0.0.1"
         service = {"network_mode": "host", "command": command}
         if "healthcheck" in spec:  # the healthchecks probe the listener's port: the new one
-            test = [str(ports[name]) if item == spec["command"][spec["command"].index("--port") + 1] else item
-                    for item in spec["healthcheck"]["test"]]
+            test = [
+                str(ports[name]) if item == spec["command"][spec["command"].index("--port") + 1] else item
+                for item in spec["healthcheck"]["test"]
+            ]
             service["healthcheck"] = {**spec["healthcheck"], "test": test}
         override["services"][name] = service
     return override, ports["superlink"]
@@ -379,20 +442,28 @@ class Topology:
 
     def up(self, services: list[str] | None = None) -> int:
         override, port = host_network_override(self.files)
-        OVERRIDE.write_text("# written by scripts/docker_demo.py (removed again): host network, 127.0.0.1 ports\n"
-                            + yaml.safe_dump(override, sort_keys=False))
+        OVERRIDE.write_text(
+            "# written by scripts/docker_demo.py (removed again): host network, 127.0.0.1 ports\n"
+            + yaml.safe_dump(override, sort_keys=False)
+        )
         # On the host network a service publishes nothing (it listens on the host's 127.0.0.1 itself), and
         # docker-compose 1.29 refuses `ports` there; an override cannot delete a list entry (Compose v2's
         # `!reset` can), so the merged configuration is rendered and its `ports` dropped.
-        rendered = subprocess.run([*self.compose(*(DOCKER / f for f in self.files), OVERRIDE), "config"], cwd=DOCKER,
-                                  capture_output=True, text=True)
+        rendered = subprocess.run(
+            [*self.compose(*(DOCKER / f for f in self.files), OVERRIDE), "config"],
+            cwd=DOCKER,
+            capture_output=True,
+            text=True,
+        )
         if rendered.returncode != 0:
             raise DemoError(f"compose config failed: {rendered.stderr[-2000:]}")
         config = yaml.safe_load(rendered.stdout)
         for spec in config["services"].values():
             spec.pop("ports", None)
-        RESOLVED.write_text("# rendered by scripts/docker_demo.py from the compose files + compose.hostnet.yml "
-                            "(removed again)\n" + yaml.safe_dump(config, sort_keys=False))
+        RESOLVED.write_text(
+            "# rendered by scripts/docker_demo.py from the compose files + compose.hostnet.yml "
+            "(removed again)\n" + yaml.safe_dump(config, sort_keys=False)
+        )
         self.up_done = True
         sh(*self.base, "up", "-d", "--no-build", *(services or []), log_file=self.log_file)
         self.renice()
@@ -418,8 +489,9 @@ class Topology:
         while time.time() < deadline:
             container = sh(*self.base, "ps", "-q", service, check=False, capture=True).stdout.strip()
             if container:
-                health = sh("docker", "inspect", "--format", "{{.State.Health.Status}}", container, check=False,
-                            capture=True).stdout.strip()
+                health = sh(
+                    "docker", "inspect", "--format", "{{.State.Health.Status}}", container, check=False, capture=True
+                ).stdout.strip()
                 if health == "healthy":
                     return
             time.sleep(2)
@@ -439,7 +511,8 @@ class Topology:
         if not self.up_done:
             return
         (self.work / f"containers-{self.name}.log").write_text(
-            sh(*self.base, "logs", "--no-color", check=False, capture=True).stdout)
+            sh(*self.base, "logs", "--no-color", check=False, capture=True).stdout
+        )
         sh(*self.base, "down", "--remove-orphans", "--timeout", "20", check=False, log_file=self.log_file)
         self.up_done = False
 
@@ -477,10 +550,20 @@ class Demo:
         """Until the SuperLink lists every SuperNode as online (the secure case after registration)."""
         deadline = time.time() + timeout
         while time.time() < deadline:
-            out = sh("flwr", "supernode", "list", connection, "--format", "json", check=False, capture=True,
-                     env=self.env, timeout=120)
+            out = sh(
+                "flwr",
+                "supernode",
+                "list",
+                connection,
+                "--format",
+                "json",
+                check=False,
+                capture=True,
+                env=self.env,
+                timeout=120,
+            )
             try:
-                nodes = json.loads(out.stdout[out.stdout.index("{"):])["nodes"]
+                nodes = json.loads(out.stdout[out.stdout.index("{") :])["nodes"]
             except (ValueError, KeyError):
                 nodes = []
             if sum(str(n.get("status", "")).lower() == "online" for n in nodes) >= NUM_SITES:
@@ -490,37 +573,71 @@ class Demo:
 
     def submit(self, connection: str, name: str, config: dict) -> dict:
         """``flwr run . <connection> --stream``, then the run's status and its experiment folder."""
-        overrides = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else _toml(v)}" for k, v in
-                             {**config, "experiment-name": name}.items())
+        overrides = " ".join(
+            f"{k}={json.dumps(v) if isinstance(v, str) else _toml(v)}"
+            for k, v in {**config, "experiment-name": name}.items()
+        )
         folder = DOCKER / "logs" / name
         if folder.exists():
             shutil.rmtree(folder, ignore_errors=True)
         if folder.exists():  # written by the container user: remove through a container
-            sh("docker", "run", "--rm", "--network", "none", "--user", "root", "--entrypoint", "rm",
-               "-v", f"{DOCKER / 'logs'}:/logs", f"fedvq-superexec:{self.version}", "-rf", f"/logs/{name}")
+            sh(
+                "docker",
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--user",
+                "root",
+                "--entrypoint",
+                "rm",
+                "-v",
+                f"{DOCKER / 'logs'}:/logs",
+                f"fedvq-superexec:{self.version}",
+                "-rf",
+                f"/logs/{name}",
+            )
         run_log = self.work / f"run-{name}.log"
-        log(f"flwr run . {connection} --stream --run-config \"{overrides}\"")
+        log(f'flwr run . {connection} --stream --run-config "{overrides}"')
         started = time.time()
-        sh("flwr", "run", ".", connection, "--stream", "--run-config", overrides, env=self.env,
-           timeout=self.args.job_timeout, log_file=run_log)
+        sh(
+            "flwr",
+            "run",
+            ".",
+            connection,
+            "--stream",
+            "--run-config",
+            overrides,
+            env=self.env,
+            timeout=self.args.job_timeout,
+            log_file=run_log,
+        )
         seconds = round(time.time() - started, 1)
         status = sh("flwr", "ls", connection, "--format", "json", check=False, capture=True, env=self.env).stdout
         try:
-            runs = json.loads(status[status.index("{"):])["runs"]
+            runs = json.loads(status[status.index("{") :])["runs"]
             run_status = runs[-1]["status"] if runs else "unknown"
         except (ValueError, KeyError):
             run_status = "unknown"
         summary_file = folder / "summary.json"
         if not summary_file.is_file() or not str(run_status).startswith("finished:completed"):
-            raise DemoError(f"job {name}: run status {run_status!r}, summary.json "
-                            f"{'present' if summary_file.is_file() else 'missing'}\n{run_log.read_text()[-4000:]}"
-                            f"\n{self.topology.logs()[-4000:]}")
+            raise DemoError(
+                f"job {name}: run status {run_status!r}, summary.json "
+                f"{'present' if summary_file.is_file() else 'missing'}\n{run_log.read_text()[-4000:]}"
+                f"\n{self.topology.logs()[-4000:]}"
+            )
         summary = json.loads(summary_file.read_text())
         rounds = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines() if line.strip()]
         files = sorted(p.name for p in folder.iterdir())
         log(f"{name}: {run_status} in {seconds} s; {folder.relative_to(ROOT)}: {', '.join(files)}")
-        return {"status": run_status, "seconds": seconds, "folder": str(folder.relative_to(ROOT)),
-                "files": files, "rounds": [r.get("round") for r in rounds], "summary": summary}
+        return {
+            "status": run_status,
+            "seconds": seconds,
+            "folder": str(folder.relative_to(ROOT)),
+            "files": files,
+            "rounds": [r.get("round") for r in rounds],
+            "summary": summary,
+        }
 
     def job_insecure(self, name: str, config: dict) -> dict:
         self.topology = Topology(self.engine, ["compose.yml"], self.work, name, self.args.renice)
@@ -539,11 +656,27 @@ class Demo:
         shutil.rmtree(certs, ignore_errors=True)
         sh("bash", "scripts/gen_certs.sh", str(certs), str(NUM_SITES), capture=True)
         # the containers run as `app`: the key files (mode 600) must belong to it
-        sh("docker", "run", "--rm", "--network", "none", "--user", "root", "--entrypoint", "chown",
-           "-v", f"{certs}:/certs", f"fedvq-superexec:{self.version}", "-R", f"{APP_UID}:{APP_UID}", "/certs",
-           capture=True)
-        self.topology = Topology(self.engine, ["compose.yml", "compose.secure.yml"], self.work, "secure",
-                                 self.args.renice)
+        sh(
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--user",
+            "root",
+            "--entrypoint",
+            "chown",
+            "-v",
+            f"{certs}:/certs",
+            f"fedvq-superexec:{self.version}",
+            "-R",
+            f"{APP_UID}:{APP_UID}",
+            "/certs",
+            capture=True,
+        )
+        self.topology = Topology(
+            self.engine, ["compose.yml", "compose.secure.yml"], self.work, "secure", self.args.renice
+        )
         started = time.time()
         port = self.topology.up(["superlink"])
         connection = "fedvq-docker-secure"
@@ -552,8 +685,17 @@ class Demo:
         deadline = time.time() + 120
         for i in range(1, NUM_SITES + 1):  # only registered keys may connect
             while True:
-                done = sh("flwr", "supernode", "register", str(certs / f"supernode-{i}.pub"), connection,
-                          check=False, capture=True, env=self.env, timeout=120)
+                done = sh(
+                    "flwr",
+                    "supernode",
+                    "register",
+                    str(certs / f"supernode-{i}.pub"),
+                    connection,
+                    check=False,
+                    capture=True,
+                    env=self.env,
+                    timeout=120,
+                )
                 if done.returncode == 0:
                     break
                 if time.time() > deadline:
@@ -629,12 +771,20 @@ class Demo:
             OVERRIDE.unlink(missing_ok=True)
             RESOLVED.unlink(missing_ok=True)
             if self.engine.answers():
-                left = sh("docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}",
-                          check=False, capture=True).stdout.split()
+                left = sh(
+                    "docker",
+                    "ps",
+                    "-q",
+                    "--filter",
+                    f"label=com.docker.compose.project={PROJECT}",
+                    check=False,
+                    capture=True,
+                ).stdout.split()
                 if left:
                     sh("docker", "rm", "-f", *left, check=False, capture=True)
                 self.results["containers_left"] = len(
-                    sh("docker", "ps", "-q", check=False, capture=True).stdout.split())
+                    sh("docker", "ps", "-q", check=False, capture=True).stdout.split()
+                )
                 if self.args.remove_images:
                     self.images.remove()
             self.engine.stop()
@@ -645,12 +795,16 @@ class Demo:
             shutil.rmtree(self.work, ignore_errors=True)
 
     def report(self, ok: bool) -> None:
-        report = {"ok": ok, "flower": self.version, "timings_s": self.timings,
-                  "image_sizes_mb": {k: round(v / 1e6) for k, v in self.sizes.items()},
-                  "jobs": {k: v for k, v in self.results.items() if isinstance(v, dict)},
-                  "errors": {k: v for k, v in self.results.items() if k.endswith("_error")},
-                  "containers_left": self.results.get("containers_left"),
-                  "dockerd_started_here": self.engine.process is not None}
+        report = {
+            "ok": ok,
+            "flower": self.version,
+            "timings_s": self.timings,
+            "image_sizes_mb": {k: round(v / 1e6) for k, v in self.sizes.items()},
+            "jobs": {k: v for k, v in self.results.items() if isinstance(v, dict)},
+            "errors": {k: v for k, v in self.results.items() if k.endswith("_error")},
+            "containers_left": self.results.get("containers_left"),
+            "dockerd_started_here": self.engine.process is not None,
+        }
         DEMO_OUT.mkdir(exist_ok=True)
         (DEMO_OUT / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         log("images: " + ", ".join(f"{k} {v} MB" for k, v in report["image_sizes_mb"].items()))
@@ -660,8 +814,10 @@ class Demo:
             figures = {k: summary[k] for k in ("rounds", "num_clients", "ari", "inertia") if k in summary}
             if (summary.get("final") or {}).get("accuracy") is not None:
                 figures["final_accuracy"] = round(summary["final"]["accuracy"], 4)
-            log(f"job {job}: {result['status']} in {result['seconds']} s (topology up {result['topology_up_s']} s); "
-                f"{figures}")
+            log(
+                f"job {job}: {result['status']} in {result['seconds']} s (topology up {result['topology_up_s']} s); "
+                f"{figures}"
+            )
         log(f"containers left running: {report['containers_left']}; {'OK' if ok else 'FAILED'}")
 
 
@@ -680,15 +836,26 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", default="insecure,secure,kmeans",
-                        help="comma-separated, from insecure, secure, kmeans (default: all three)")
-    parser.add_argument("--standins", choices=("auto", "always", "never"), default="auto",
-                        help="build local flwr/* stand-ins: where they cannot be pulled (auto), always, never")
+    parser.add_argument(
+        "--jobs",
+        default="insecure,secure,kmeans",
+        help="comma-separated, from insecure, secure, kmeans (default: all three)",
+    )
+    parser.add_argument(
+        "--standins",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="build local flwr/* stand-ins: where they cannot be pulled (auto), always, never",
+    )
     parser.add_argument("--no-build", action="store_true", help="use the existing fedvq-superexec image")
     parser.add_argument("--remove-images", action="store_true", help="remove the images this script built")
-    parser.add_argument("--renice", type=int, default=0,
-                        help="run the containers' processes at this nice value (root; e.g. -10 on an overloaded "
-                             "host where ClientApp processes otherwise miss Flower's 30 s start-up window)")
+    parser.add_argument(
+        "--renice",
+        type=int,
+        default=0,
+        help="run the containers' processes at this nice value (root; e.g. -10 on an overloaded "
+        "host where ClientApp processes otherwise miss Flower's 30 s start-up window)",
+    )
     parser.add_argument("--job-timeout", type=float, default=1800, help="seconds one flwr run may take")
     args = parser.parse_args(argv)
     args.jobs = [job.strip() for job in args.jobs.split(",") if job.strip()]

@@ -138,7 +138,11 @@ class LocalTopology:
     def _spawn(self, name: str, command: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         log = (self.logs / f"{name}.log").open("ab")
         process = subprocess.Popen(
-            command, cwd=ROOT, env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT,
+            command,
+            cwd=ROOT,
+            env={**self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a SuperNode dies with its executor and ClientApps
             preexec_fn=_die_with_parent if self.bind_to_parent else None,
         )
@@ -149,13 +153,24 @@ class LocalTopology:
 
     # ------------------------------------------------------------------ commands
     def superlink_command(self) -> list[str]:
-        command = ["flower-superlink", "--host", "127.0.0.1", "--port", str(self.state.superlink_port),
-                   "--disable-runtime-dependency-installation"]
+        command = [
+            "flower-superlink",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.state.superlink_port),
+            "--disable-runtime-dependency-installation",
+        ]
         if self.secure:
-            return command + ["--ssl-ca-certfile", str(self.certs / "ca.crt"),
-                              "--ssl-certfile", str(self.certs / "server.pem"),
-                              "--ssl-keyfile", str(self.certs / "server.key"),
-                              "--enable-supernode-auth"]
+            return command + [
+                "--ssl-ca-certfile",
+                str(self.certs / "ca.crt"),
+                "--ssl-certfile",
+                str(self.certs / "server.pem"),
+                "--ssl-keyfile",
+                str(self.certs / "server.key"),
+                "--enable-supernode-auth",
+            ]
         return command + ["--insecure"]
 
     def node_config(self, index: int) -> str:
@@ -165,17 +180,34 @@ class LocalTopology:
         return config
 
     def supernode_command(self, index: int) -> list[str]:
-        command = ["flower-supernode", "--superlink", f"127.0.0.1:{self.state.superlink_port}",
-                   "--host", "127.0.0.1", "--port", str(self.state.supernode_ports[index]),
-                   "--node-config", self.node_config(index)]
+        command = [
+            "flower-supernode",
+            "--superlink",
+            f"127.0.0.1:{self.state.superlink_port}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.state.supernode_ports[index]),
+            "--node-config",
+            self.node_config(index),
+        ]
         if self.secure:
-            return command + ["--root-certificates", str(self.certs / "ca.crt"),
-                              "--auth-supernode-private-key", str(self.certs / f"supernode-{index + 1}")]
+            return command + [
+                "--root-certificates",
+                str(self.certs / "ca.crt"),
+                "--auth-supernode-private-key",
+                str(self.certs / f"supernode-{index + 1}"),
+            ]
         return command + ["--insecure"]
 
     def connection_toml(self) -> str:
-        lines = ["[superlink]", f'default = "{self.connection}"', "", f"[superlink.{self.connection}]",
-                 f'address = "127.0.0.1:{self.state.superlink_port}"']
+        lines = [
+            "[superlink]",
+            f'default = "{self.connection}"',
+            "",
+            f"[superlink.{self.connection}]",
+            f'address = "127.0.0.1:{self.state.superlink_port}"',
+        ]
         if self.secure:
             lines.append(f"root-certificates = {json.dumps(str(self.certs / 'ca.crt'))}")
         else:
@@ -184,8 +216,9 @@ class LocalTopology:
 
     def flwr(self, *args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
         """The ``flwr`` CLI against this topology's FLWR_HOME."""
-        return subprocess.run(["flwr", *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
-                              timeout=timeout, **kwargs)
+        return subprocess.run(
+            ["flwr", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout, **kwargs
+        )
 
     # ------------------------------------------------------------------ lifecycle
     def up(self, timeout: float = 180.0) -> LocalTopology:
@@ -197,8 +230,12 @@ class LocalTopology:
             folder.mkdir(parents=True, exist_ok=True)
         taken: set[int] = set()
         self.state = TopologyState(
-            marker=uuid.uuid4().hex, directory=str(self.dir), connection=self.connection, secure=self.secure,
-            superlink_port=free_port(taken), supernode_ports=[free_port(taken) for _ in range(self.num_supernodes)],
+            marker=uuid.uuid4().hex,
+            directory=str(self.dir),
+            connection=self.connection,
+            secure=self.secure,
+            superlink_port=free_port(taken),
+            supernode_ports=[free_port(taken) for _ in range(self.num_supernodes)],
         )
         atexit.register(self.down)
         if self.secure:
@@ -218,14 +255,24 @@ class LocalTopology:
 
     def _make_certificates(self) -> None:
         if not (self.certs / "ca.crt").is_file() or not (self.certs / f"supernode-{self.num_supernodes}").is_file():
-            subprocess.run(["bash", str(GEN_CERTS), str(self.certs), str(self.num_supernodes)], check=True,
-                           capture_output=True, env=self.env)
+            subprocess.run(
+                ["bash", str(GEN_CERTS), str(self.certs), str(self.num_supernodes)],
+                check=True,
+                capture_output=True,
+                env=self.env,
+            )
 
     def _register_supernodes(self) -> None:
         """With --enable-supernode-auth only registered public keys may connect."""
         for index in range(self.num_supernodes):
-            done = self.flwr("supernode", "register", str(self.certs / f"supernode-{index + 1}.pub"),
-                             self.connection, "--name", f"supernode-{index}")
+            done = self.flwr(
+                "supernode",
+                "register",
+                str(self.certs / f"supernode-{index + 1}.pub"),
+                self.connection,
+                "--name",
+                f"supernode-{index}",
+            )
             if done.returncode != 0:
                 raise RuntimeError(f"registering supernode-{index} failed:\n{done.stdout}\n{done.stderr}")
 
@@ -248,7 +295,7 @@ class LocalTopology:
         """The SuperLink's view of the SuperNodes (``flwr supernode list``)."""
         done = self.flwr("supernode", "list", self.connection, "--format", "json", timeout=120)
         try:
-            payload = json.loads(done.stdout[done.stdout.index("{"):])
+            payload = json.loads(done.stdout[done.stdout.index("{") :])
         except ValueError:
             return []
         return [n for n in payload.get("nodes", []) if n.get("status") == "online"]
@@ -373,18 +420,28 @@ def _parse_run_config(items: list[str]) -> dict:
 
 
 def _topology(args) -> LocalTopology:
-    return LocalTopology(args.supernodes, args.secure, args.dir, args.data_dir,
-                         tuple(g for g in args.gpus.split(",") if g), args.connection,
-                         bind_to_parent=args.command != "up")
+    return LocalTopology(
+        args.supernodes,
+        args.secure,
+        args.dir,
+        args.data_dir,
+        tuple(g for g in args.gpus.split(",") if g),
+        args.connection,
+        bind_to_parent=args.command != "up",
+    )
 
 
 def _print_usage(topology: LocalTopology) -> None:
     mode = "secure (TLS + SuperNode authentication)" if topology.secure else "INSECURE (development only)"
-    print(f"{mode} topology up: SuperLink 127.0.0.1:{topology.state.superlink_port}, "
-          f"{topology.num_supernodes} SuperNodes; logs in {topology.logs}")
+    print(
+        f"{mode} topology up: SuperLink 127.0.0.1:{topology.state.superlink_port}, "
+        f"{topology.num_supernodes} SuperNodes; logs in {topology.logs}"
+    )
     print("submit a run with:")
-    print(f"  FLWR_HOME={shlex.quote(str(topology.flwr_home))} flwr run . {topology.connection} --stream "
-          "--run-config 'num-server-rounds=2'")
+    print(
+        f"  FLWR_HOME={shlex.quote(str(topology.flwr_home))} flwr run . {topology.connection} --stream "
+        "--run-config 'num-server-rounds=2'"
+    )
     print(f"stop it with:\n  python scripts/local_topology.py down --dir {shlex.quote(str(topology.dir))}")
 
 

@@ -55,11 +55,24 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="probe_cell_"))
     name = f"{args.method}_{args.scenario}_s{args.seed}"
     # bench/reproduce.py's cell: digits 8x8, 2 local epochs, evaluation (and Gamma, 4 batches) at the end only
-    config = full_run_config(method=args.method, seed=args.seed, **{
-        "num-server-rounds": args.rounds, "eval-every": args.rounds, "train.local-epochs": 2,
-        "dataset.name": "digits", "dataset.size": 8, "metrics.gradient-dissimilarity": True,
-        "metrics.gradient-batches": 4, "metrics.pooled-validation": True, "log-dir": str(work), "experiment-name": name,
-        **SCENARIOS[args.scenario], **overrides})
+    config = full_run_config(
+        method=args.method,
+        seed=args.seed,
+        **{
+            "num-server-rounds": args.rounds,
+            "eval-every": args.rounds,
+            "train.local-epochs": 2,
+            "dataset.name": "digits",
+            "dataset.size": 8,
+            "metrics.gradient-dissimilarity": True,
+            "metrics.gradient-batches": 4,
+            "metrics.pooled-validation": True,
+            "log-dir": str(work),
+            "experiment-name": name,
+            **SCENARIOS[args.scenario],
+            **overrides,
+        },
+    )
     started = time.time()
     run_local(server_app, client_app, args.clients, config)
     summary = json.loads((work / name / "summary.json").read_text())
@@ -68,15 +81,26 @@ def main() -> None:
     seen, unseen = seen_unseen_accuracy(work / name)
     modes = mode_figures(work / name)
     rec_seen, rec_unseen = reconstruction_seen_unseen(work / name)
-    row = {"tag": args.tag, "method": args.method, "scenario": args.scenario, "seed": args.seed,
-           "rounds": args.rounds, "overrides": overrides, "val_accuracy": final.get("val_accuracy"),
-           "pooled_val_accuracy": pooled_val_accuracy(work / name),
-           "accuracy": final.get("accuracy"), "own_test_accuracy": final.get("own_test_accuracy"),
-           "reconstruction_loss": stats.get("reconstruction-loss"), "seen_class_accuracy": seen,
-           "unseen_class_accuracy": unseen, "reconstruction_seen": rec_seen, "reconstruction_unseen": rec_unseen,
-           **({"modes": modes} if modes else {}),
-           "seconds": round(time.time() - started, 1),
-           "folder": str(work / name)}
+    row = {
+        "tag": args.tag,
+        "method": args.method,
+        "scenario": args.scenario,
+        "seed": args.seed,
+        "rounds": args.rounds,
+        "overrides": overrides,
+        "val_accuracy": final.get("val_accuracy"),
+        "pooled_val_accuracy": pooled_val_accuracy(work / name),
+        "accuracy": final.get("accuracy"),
+        "own_test_accuracy": final.get("own_test_accuracy"),
+        "reconstruction_loss": stats.get("reconstruction-loss"),
+        "seen_class_accuracy": seen,
+        "unseen_class_accuracy": unseen,
+        "reconstruction_seen": rec_seen,
+        "reconstruction_unseen": rec_unseen,
+        **({"modes": modes} if modes else {}),
+        "seconds": round(time.time() - started, 1),
+        "folder": str(work / name),
+    }
     print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as fh:

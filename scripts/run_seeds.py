@@ -50,8 +50,13 @@ def run_one(conf: Path, seed: int, tag: str, overrides: dict, clients: int, log_
     folder = log_dir / name
     summary = json.loads((folder / "summary.json").read_text())
     final = summary.get("final") or {}
-    row = {"conf": conf.stem, "tag": tag, "seed": seed, "seconds": round(time.time() - started, 1),
-           **{k: final.get(k) for k in FIGURES}}
+    row = {
+        "conf": conf.stem,
+        "tag": tag,
+        "seed": seed,
+        "seconds": round(time.time() - started, 1),
+        **{k: final.get(k) for k in FIGURES},
+    }
     if config.get("partition.kind") == "long-tail":
         report = group_report(folder)
         row["modes"] = {m: {k: f.get(k) for k in ("overall", "head", "medium", "tail")} for m, f in report.items()}
@@ -65,8 +70,10 @@ def summarize(path: Path) -> str:
         if line.strip():
             row = json.loads(line)
             groups[(row["conf"], row["tag"])].append(row)
-    lines = ["| conf | tag | seeds | accuracy % | macro-F1 % | balanced % | own % | per seed (accuracy %) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| conf | tag | seeds | accuracy % | macro-F1 % | balanced % | own % | per seed (accuracy %) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
 
     def stat(values):
         values = [v for v in values if v is not None]
@@ -81,8 +88,10 @@ def summarize(path: Path) -> str:
         modes = rows[0].get("modes")
         if modes:
             for mode in modes:
-                parts = [f"{k} {stat([r['modes'].get(mode, {}).get(k) for r in rows])}"
-                         for k in ("overall", "head", "medium", "tail")]
+                parts = [
+                    f"{k} {stat([r['modes'].get(mode, {}).get(k) for r in rows])}"
+                    for k in ("overall", "head", "medium", "tail")
+                ]
                 lines.append(f"|  | {mode} |  | " + "; ".join(parts) + " | | | | |")
     return "\n".join(lines)
 

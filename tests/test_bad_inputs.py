@@ -39,10 +39,21 @@ from fedvq_app.server.checkpoint import load_checkpoint, save_checkpoint
 from fedvq_app.server_app import app as server_app
 
 #: digits at their native 8x8, one round: each completing case takes about a second
-BASE = {"num-server-rounds": 1, "train.local-epochs": 1, "partition.kind": "iid", "dataset.size": 8,
-        "round-timeout": 5.0}
-KMEANS = {"method": "kmeans", "kmeans.max-rounds": 2, "kmeans.n-init": 1, "kmeans.client-logs": False,
-          "kmeans.silhouette-sample": 0, "round-timeout": 2.0}
+BASE = {
+    "num-server-rounds": 1,
+    "train.local-epochs": 1,
+    "partition.kind": "iid",
+    "dataset.size": 8,
+    "round-timeout": 5.0,
+}
+KMEANS = {
+    "method": "kmeans",
+    "kmeans.max-rounds": 2,
+    "kmeans.n-init": 1,
+    "kmeans.client-logs": False,
+    "kmeans.silhouette-sample": 0,
+    "round-timeout": 2.0,
+}
 
 
 # ---------------------------------------------------------------------------- data files the cases write
@@ -51,7 +62,7 @@ def _images(n: int, classes: int = 4, size: int = 8, seed: int = 0) -> tuple[np.
     labels = np.arange(n) % classes
     images = rng.integers(0, 60, size=(n, size, size), dtype=np.uint8)
     for c in range(classes):  # a learnable bright square per class
-        images[labels == c, c:c + 3, c:c + 3] = 250
+        images[labels == c, c : c + 3, c : c + 3] = 250
     return images, labels.astype(np.int64)
 
 
@@ -178,133 +189,319 @@ CASES = [
     case("seed-negative", "'seed' has invalid value -1", {"seed": -1}),
     case("epochs-bool", "'train.local-epochs' has invalid value True", {"train.local-epochs": True}),
     case("kmeans-k-zero", "'kmeans.k' has invalid value 0", {**KMEANS, "kmeans.k": 0}),
-    case("kmeans-split-generated", "'kmeans.split' has invalid value 'label-skew'",
-         {**KMEANS, "kmeans.data-source": "generated", "kmeans.split": "label-skew"}),
+    case(
+        "kmeans-split-generated",
+        "'kmeans.split' has invalid value 'label-skew'",
+        {**KMEANS, "kmeans.data-source": "generated", "kmeans.split": "label-skew"},
+    ),
     case("npz-file-empty", "'dataset.npz-file' is empty", {"dataset.name": "npz"}),
     # ---- experiment folders: never modified except by an accepted resume
-    case("log-dir-file", ("'log-dir' has invalid value", "is a file"),
-         setup=lambda tmp, logs: {"log-dir": str(_file(tmp, "file.txt", b"x"))}),
-    case("log-dir-under-file", ("'log-dir' has invalid value", "is a file"),
-         setup=lambda tmp, logs: {"log-dir": str(_file(tmp, "f", b"x") / "sub")}),
-    case("experiment-name-reused", ("'experiment-name' has invalid value 'old'", "exists already"),
-         {"experiment-name": "old"}),
-    case("resume-missing-folder", ("'resume-from' has invalid value", "no such experiment folder"),
-         setup=lambda tmp, logs: {"resume-from": str(logs / "missing"), "experiment-name": ""}),
-    case("resume-no-checkpoint", "no checkpoint.npz",
-         setup=lambda tmp, logs: {"resume-from": str(_mkdir(logs / "old" / "sub")), "experiment-name": ""}),
-    case("resume-truncated-checkpoint", ("'resume-from'", "not a readable checkpoint"),
-         setup=lambda tmp, logs: {"resume-from": str(_truncate(logs / "old" / "checkpoint.npz").parent),
-                                  "experiment-name": ""}),
-    case("resume-changed-config", ("'resume-from'", "partition.alpha: 0.5 -> 5.0"),
-         setup=lambda tmp, logs: {"resume-from": str(logs / "old"), "experiment-name": "", "partition.alpha": 5.0}),
-    case("resume-changed-method", ("'resume-from'", "method: 'fedavg' -> 'fedprox'"),
-         setup=lambda tmp, logs: {"resume-from": str(logs / "old"), "experiment-name": "", "method": "fedprox"}),
-    case("resume-wrong-shape", ("'resume-from'", "does not fit this run's model"),
-         setup=lambda tmp, logs: _bad_checkpoint(logs)),
-    case("kmeans-resume", "'resume-from' is not supported by method 'kmeans'",
-         setup=lambda tmp, logs: {**KMEANS, "resume-from": str(logs / "old"), "experiment-name": ""}),
+    case(
+        "log-dir-file",
+        ("'log-dir' has invalid value", "is a file"),
+        setup=lambda tmp, logs: {"log-dir": str(_file(tmp, "file.txt", b"x"))},
+    ),
+    case(
+        "log-dir-under-file",
+        ("'log-dir' has invalid value", "is a file"),
+        setup=lambda tmp, logs: {"log-dir": str(_file(tmp, "f", b"x") / "sub")},
+    ),
+    case(
+        "experiment-name-reused",
+        ("'experiment-name' has invalid value 'old'", "exists already"),
+        {"experiment-name": "old"},
+    ),
+    case(
+        "resume-missing-folder",
+        ("'resume-from' has invalid value", "no such experiment folder"),
+        setup=lambda tmp, logs: {"resume-from": str(logs / "missing"), "experiment-name": ""},
+    ),
+    case(
+        "resume-no-checkpoint",
+        "no checkpoint.npz",
+        setup=lambda tmp, logs: {"resume-from": str(_mkdir(logs / "old" / "sub")), "experiment-name": ""},
+    ),
+    case(
+        "resume-truncated-checkpoint",
+        ("'resume-from'", "not a readable checkpoint"),
+        setup=lambda tmp, logs: {
+            "resume-from": str(_truncate(logs / "old" / "checkpoint.npz").parent),
+            "experiment-name": "",
+        },
+    ),
+    case(
+        "resume-changed-config",
+        ("'resume-from'", "partition.alpha: 0.5 -> 5.0"),
+        setup=lambda tmp, logs: {"resume-from": str(logs / "old"), "experiment-name": "", "partition.alpha": 5.0},
+    ),
+    case(
+        "resume-changed-method",
+        ("'resume-from'", "method: 'fedavg' -> 'fedprox'"),
+        setup=lambda tmp, logs: {"resume-from": str(logs / "old"), "experiment-name": "", "method": "fedprox"},
+    ),
+    case(
+        "resume-wrong-shape",
+        ("'resume-from'", "does not fit this run's model"),
+        setup=lambda tmp, logs: _bad_checkpoint(logs),
+    ),
+    case(
+        "kmeans-resume",
+        "'resume-from' is not supported by method 'kmeans'",
+        setup=lambda tmp, logs: {**KMEANS, "resume-from": str(logs / "old"), "experiment-name": ""},
+    ),
     # ---- data files (the server reads npz datasets to build the model: refused before round 1)
-    case("npz-missing", ("'dataset.npz-file'", "nope.npz", "does not exist"),
-         setup=lambda tmp, logs: {"dataset.name": "npz", "dataset.npz-file": str(tmp / "nope.npz")}),
-    case("npz-not-zip", ("bad.npz", "is not a readable npz archive"),
-         setup=lambda tmp, logs: {"dataset.name": "npz",
-                                  "dataset.npz-file": str(_file(tmp, "bad.npz", b"plain text, not a zip"))}),
-    case("npz-truncated", ("cut.npz", "is not a readable npz archive"),
-         setup=lambda tmp, logs: {"dataset.name": "npz", "dataset.npz-file": str(_cut_npz(tmp))}),
-    case("npz-no-labels", ("data.npz", "lacks keys ['train_labels']"),
-         setup=lambda tmp, logs: _npz(tmp, train_labels=None)),
-    case("npz-length-mismatch", ("train_labels of", "has 79 labels for 80 images"),
-         setup=lambda tmp, logs: _npz(tmp, train_labels=_images(80)[1][:79])),
-    case("npz-single-image", ("train_images of", "must have shape (N, H, W) or (N, H, W, C)", "(8, 8)"),
-         setup=lambda tmp, logs: _npz(tmp, train_images=_images(1)[0][0], train_labels=np.array([0]))),
-    case("npz-float-01", ("train_images of", "float64 in [0, 0.98", "looks scaled to [0, 1]"),
-         setup=lambda tmp, logs: _npz(tmp, train_images=_images(80)[0] / 255.0)),
-    case("npz-nan-pixels", ("train_images of", "NaN or inf pixel values"),
-         setup=lambda tmp, logs: _npz(tmp, train_images=_with_nan(_images(80)[0]))),
-    case("npz-pixels-over-255", ("train_images of", "values in [0, 300]"),
-         setup=lambda tmp, logs: _npz(tmp, train_images=np.where(_images(80)[0] > 200, 300, 0).astype(np.int32))),
-    case("npz-5-channels", ("train_images of", "5 channels"),
-         setup=lambda tmp, logs: _npz(tmp, train_images=np.zeros((80, 8, 8, 5), np.uint8))),
-    case("npz-stray-label", ("labels go up to 100", "never occur"),
-         setup=lambda tmp, logs: _npz(tmp, train_labels=np.where(np.arange(80) < 3, 100, _images(80)[1]))),
-    case("npz-fractional-labels", ("train_labels of", "non-integer labels [0.5"),
-         setup=lambda tmp, logs: _npz(tmp, train_labels=_images(80)[1] + 0.5)),
-    case("npz-negative-labels", ("train_labels of", "negative labels (min -1)"),
-         setup=lambda tmp, logs: _npz(tmp, train_labels=_images(80)[1] - 1)),
-    case("npz-text-labels", ("train_labels of", "dtype <U"),
-         setup=lambda tmp, logs: _npz(tmp, train_labels=_images(80)[1].astype(str))),
-    case("npz-test-unknown-class", "test labels go up to 7 but the training labels only to 3",
-         setup=lambda tmp, logs: _npz(tmp, test_images=_images(8)[0], test_labels=np.full(8, 7))),
-    case("npz-too-few-for-test-split", ("'dataset.test-fraction'", "cannot hold out a stratified test split"),
-         setup=lambda tmp, logs: _npz(tmp, n=5)),
-    case("weights-missing", ("'model.weights'", "no such file"),
-         {"model.name": "resnet18", "model.weights": "/no/w.pth"}),
-    case("weights-not-state-dict", ("'model.weights'", "holds a list, not a state_dict"),
-         setup=lambda tmp, logs: _resnet_weights(tmp, [1, 2, 3])),
-    case("weights-garbage", ("'model.weights'", "not a readable state_dict file"),
-         setup=lambda tmp, logs: _resnet_weights(tmp, b"\x00garbage")),
-    case("weights-foreign", ("'model.weights'", "none of its 1 entries is a resnet18 parameter"),
-         setup=lambda tmp, logs: _resnet_weights(tmp, {"other.weight": torch.zeros(2)})),
-    case("classes-per-client", ("'partition.classes-per-client' has invalid value 11", "expected an int <= 10"),
-         {"partition.kind": "pathological", "partition.classes-per-client": 11}),
+    case(
+        "npz-missing",
+        ("'dataset.npz-file'", "nope.npz", "does not exist"),
+        setup=lambda tmp, logs: {"dataset.name": "npz", "dataset.npz-file": str(tmp / "nope.npz")},
+    ),
+    case(
+        "npz-not-zip",
+        ("bad.npz", "is not a readable npz archive"),
+        setup=lambda tmp, logs: {
+            "dataset.name": "npz",
+            "dataset.npz-file": str(_file(tmp, "bad.npz", b"plain text, not a zip")),
+        },
+    ),
+    case(
+        "npz-truncated",
+        ("cut.npz", "is not a readable npz archive"),
+        setup=lambda tmp, logs: {"dataset.name": "npz", "dataset.npz-file": str(_cut_npz(tmp))},
+    ),
+    case(
+        "npz-no-labels",
+        ("data.npz", "lacks keys ['train_labels']"),
+        setup=lambda tmp, logs: _npz(tmp, train_labels=None),
+    ),
+    case(
+        "npz-length-mismatch",
+        ("train_labels of", "has 79 labels for 80 images"),
+        setup=lambda tmp, logs: _npz(tmp, train_labels=_images(80)[1][:79]),
+    ),
+    case(
+        "npz-single-image",
+        ("train_images of", "must have shape (N, H, W) or (N, H, W, C)", "(8, 8)"),
+        setup=lambda tmp, logs: _npz(tmp, train_images=_images(1)[0][0], train_labels=np.array([0])),
+    ),
+    case(
+        "npz-float-01",
+        ("train_images of", "float64 in [0, 0.98", "looks scaled to [0, 1]"),
+        setup=lambda tmp, logs: _npz(tmp, train_images=_images(80)[0] / 255.0),
+    ),
+    case(
+        "npz-nan-pixels",
+        ("train_images of", "NaN or inf pixel values"),
+        setup=lambda tmp, logs: _npz(tmp, train_images=_with_nan(_images(80)[0])),
+    ),
+    case(
+        "npz-pixels-over-255",
+        ("train_images of", "values in [0, 300]"),
+        setup=lambda tmp, logs: _npz(tmp, train_images=np.where(_images(80)[0] > 200, 300, 0).astype(np.int32)),
+    ),
+    case(
+        "npz-5-channels",
+        ("train_images of", "5 channels"),
+        setup=lambda tmp, logs: _npz(tmp, train_images=np.zeros((80, 8, 8, 5), np.uint8)),
+    ),
+    case(
+        "npz-stray-label",
+        ("labels go up to 100", "never occur"),
+        setup=lambda tmp, logs: _npz(tmp, train_labels=np.where(np.arange(80) < 3, 100, _images(80)[1])),
+    ),
+    case(
+        "npz-fractional-labels",
+        ("train_labels of", "non-integer labels [0.5"),
+        setup=lambda tmp, logs: _npz(tmp, train_labels=_images(80)[1] + 0.5),
+    ),
+    case(
+        "npz-negative-labels",
+        ("train_labels of", "negative labels (min -1)"),
+        setup=lambda tmp, logs: _npz(tmp, train_labels=_images(80)[1] - 1),
+    ),
+    case(
+        "npz-text-labels",
+        ("train_labels of", "dtype <U"),
+        setup=lambda tmp, logs: _npz(tmp, train_labels=_images(80)[1].astype(str)),
+    ),
+    case(
+        "npz-test-unknown-class",
+        "test labels go up to 7 but the training labels only to 3",
+        setup=lambda tmp, logs: _npz(tmp, test_images=_images(8)[0], test_labels=np.full(8, 7)),
+    ),
+    case(
+        "npz-too-few-for-test-split",
+        ("'dataset.test-fraction'", "cannot hold out a stratified test split"),
+        setup=lambda tmp, logs: _npz(tmp, n=5),
+    ),
+    case(
+        "weights-missing", ("'model.weights'", "no such file"), {"model.name": "resnet18", "model.weights": "/no/w.pth"}
+    ),
+    case(
+        "weights-not-state-dict",
+        ("'model.weights'", "holds a list, not a state_dict"),
+        setup=lambda tmp, logs: _resnet_weights(tmp, [1, 2, 3]),
+    ),
+    case(
+        "weights-garbage",
+        ("'model.weights'", "not a readable state_dict file"),
+        setup=lambda tmp, logs: _resnet_weights(tmp, b"\x00garbage"),
+    ),
+    case(
+        "weights-foreign",
+        ("'model.weights'", "none of its 1 entries is a resnet18 parameter"),
+        setup=lambda tmp, logs: _resnet_weights(tmp, {"other.weight": torch.zeros(2)}),
+    ),
+    case(
+        "classes-per-client",
+        ("'partition.classes-per-client' has invalid value 11", "expected an int <= 10"),
+        {"partition.kind": "pathological", "partition.classes-per-client": 11},
+    ),
     # ---- what only the clients can know: every reply carries the same ConfigError -> the run stops in round 1
-    case("medmnist-file-missing", ("round 1 (train)", "configuration error on every node", "pathmnist.npz",
-                                   "does not exist"),
-         setup=lambda tmp, logs: {"dataset.name": "pathmnist", "dataset.size": 28,
-                                  "dataset.data-dir": str(_mkdir(tmp / "empty"))}),
-    case("device-cuda-on-cpu", ("'device' has invalid value 'cuda'", "no CUDA device is available here"),
-         {"device": "cuda"}, skip="CUDA is present" if CUDA else ""),
-    case("more-partitions-than-samples", ("node-config key 'num-partitions' has invalid value 30",
-                                          "use at most 24 partitions"),
-         setup=lambda tmp, logs: _npz(tmp, n=30), nodes=30),
-    case("dirichlet-impossible", ("configuration error on every node", "min-partition-size=5000"),
-         {"partition.kind": "dirichlet", "partition.min-partition-size": 5000}),
-    case("partition-id-missing-everywhere", ("node-config key 'partition-id' is missing",),
-         node_configs={1: {"partition-id": None}, 2: {"partition-id": None}}),
-    case("kmeans-file-missing", ("configuration errors on every node (2 different)", "client_0.npz not found"),
-         setup=lambda tmp, logs: {**KMEANS, "kmeans.data-source": "generated",
-                                  "kmeans.data-path": str(_mkdir(tmp / "nothing"))}),
-    case("kmeans-nan-rows", ("client_0.npz", "'data' has 1 NaN or inf values"),
-         setup=lambda tmp, logs: _kmeans_files(tmp, **{"client_0.npz": ("data", _with_nan),
-                                                        "client_1.npz": ("data", _with_nan)})),
-    case("kmeans-k-above-rows", ("'kmeans.k' has invalid value 50", "hold only 20 rows"),
-         setup=lambda tmp, logs: {**_kmeans_files(tmp, rows=10), "kmeans.k": 50}),
-    case("kmeans-privacy-too-high", ("'kmeans.privacy-threshold' (500)", "no client could share a local mean"),
-         setup=lambda tmp, logs: {**_kmeans_files(tmp), "kmeans.privacy-threshold": 500}),
-    case("every-node-crashes-alike", ("round 1 (train)", "every node failed with the same error", "out of memory"),
-         tamper=_all_crash),
-    case("every-node-crashes-differently", ("round 1 (train)", "every node failed (2 different errors)",
-                                            "No space left on device"), tamper=_crash_per_node),
-    case("lr-diverges", ("round 1 (train)", "every node failed with the same error", "training loss became nan"),
-         {"train.lr": 1e30}),
-    case("every-node-silent", ("round 1 (train)", "no node replied within round-timeout=5 s (2 sampled)"),
-         tamper=lambda node, msg: None),
-    case("every-reply-rejected", ("round 1 (train)", "every reply was rejected", "contains NaN or inf"),
-         tamper=lambda node, msg: _poison(msg)),
+    case(
+        "medmnist-file-missing",
+        ("round 1 (train)", "configuration error on every node", "pathmnist.npz", "does not exist"),
+        setup=lambda tmp, logs: {
+            "dataset.name": "pathmnist",
+            "dataset.size": 28,
+            "dataset.data-dir": str(_mkdir(tmp / "empty")),
+        },
+    ),
+    case(
+        "device-cuda-on-cpu",
+        ("'device' has invalid value 'cuda'", "no CUDA device is available here"),
+        {"device": "cuda"},
+        skip="CUDA is present" if CUDA else "",
+    ),
+    case(
+        "more-partitions-than-samples",
+        ("node-config key 'num-partitions' has invalid value 30", "use at most 24 partitions"),
+        setup=lambda tmp, logs: _npz(tmp, n=30),
+        nodes=30,
+    ),
+    case(
+        "dirichlet-impossible",
+        ("configuration error on every node", "min-partition-size=5000"),
+        {"partition.kind": "dirichlet", "partition.min-partition-size": 5000},
+    ),
+    case(
+        "partition-id-missing-everywhere",
+        ("node-config key 'partition-id' is missing",),
+        node_configs={1: {"partition-id": None}, 2: {"partition-id": None}},
+    ),
+    case(
+        "kmeans-file-missing",
+        ("configuration errors on every node (2 different)", "client_0.npz not found"),
+        setup=lambda tmp, logs: {
+            **KMEANS,
+            "kmeans.data-source": "generated",
+            "kmeans.data-path": str(_mkdir(tmp / "nothing")),
+        },
+    ),
+    case(
+        "kmeans-nan-rows",
+        ("client_0.npz", "'data' has 1 NaN or inf values"),
+        setup=lambda tmp, logs: _kmeans_files(
+            tmp, **{"client_0.npz": ("data", _with_nan), "client_1.npz": ("data", _with_nan)}
+        ),
+    ),
+    case(
+        "kmeans-k-above-rows",
+        ("'kmeans.k' has invalid value 50", "hold only 20 rows"),
+        setup=lambda tmp, logs: {**_kmeans_files(tmp, rows=10), "kmeans.k": 50},
+    ),
+    case(
+        "kmeans-privacy-too-high",
+        ("'kmeans.privacy-threshold' (500)", "no client could share a local mean"),
+        setup=lambda tmp, logs: {**_kmeans_files(tmp), "kmeans.privacy-threshold": 500},
+    ),
+    case(
+        "every-node-crashes-alike",
+        ("round 1 (train)", "every node failed with the same error", "out of memory"),
+        tamper=_all_crash,
+    ),
+    case(
+        "every-node-crashes-differently",
+        ("round 1 (train)", "every node failed (2 different errors)", "No space left on device"),
+        tamper=_crash_per_node,
+    ),
+    case(
+        "lr-diverges",
+        ("round 1 (train)", "every node failed with the same error", "training loss became nan"),
+        {"train.lr": 1e30},
+    ),
+    case(
+        "every-node-silent",
+        ("round 1 (train)", "no node replied within round-timeout=5 s (2 sampled)"),
+        tamper=lambda node, msg: None,
+    ),
+    case(
+        "every-reply-rejected",
+        ("round 1 (train)", "every reply was rejected", "contains NaN or inf"),
+        tamper=lambda node, msg: _poison(msg),
+    ),
     # ---- too few nodes: bounded waits, never a hang
-    case("min-nodes-neural", ("no round could start", "2 nodes connected, the strategy needs at least 5"),
-         {"min-available-nodes": 5, "round-timeout": 0.5}),
-    case("min-nodes-kmeans", ("k-means cannot start", "min-available-nodes=5"),
-         setup=lambda tmp, logs: {**_kmeans_files(tmp), "min-available-nodes": 5, "round-timeout": 0.5}),
+    case(
+        "min-nodes-neural",
+        ("no round could start", "2 nodes connected, the strategy needs at least 5"),
+        {"min-available-nodes": 5, "round-timeout": 0.5},
+    ),
+    case(
+        "min-nodes-kmeans",
+        ("k-means cannot start", "min-available-nodes=5"),
+        setup=lambda tmp, logs: {**_kmeans_files(tmp), "min-available-nodes": 5, "round-timeout": 0.5},
+    ),
     # ---- one node misconfigured: its replies are rejected with the line, the others go on
-    case("partition-id-negative", "node-config key 'partition-id' has invalid value -1: expected an int >= 0",
-         outcome="rejected", node_configs={2: {"partition-id": -1}}),
-    case("partition-id-too-large", "node-config key 'partition-id' has invalid value 2: expected an int >= 0 "
-         "and < num-partitions=2", outcome="rejected", node_configs={2: {"partition-id": 2}}),
-    case("partition-id-text", "node-config key 'partition-id' has invalid value 'one'",
-         outcome="rejected", node_configs={2: {"partition-id": "one"}}),
-    case("num-partitions-zero", "node-config key 'num-partitions' has invalid value 0",
-         outcome="rejected", node_configs={2: {"num-partitions": 0}}),
-    case("data-dir-missing", "node-config key 'data-dir' has invalid value '/no/such/site'",
-         outcome="rejected", node_configs={2: {"data-dir": "/no/such/site"}}),
+    case(
+        "partition-id-negative",
+        "node-config key 'partition-id' has invalid value -1: expected an int >= 0",
+        outcome="rejected",
+        node_configs={2: {"partition-id": -1}},
+    ),
+    case(
+        "partition-id-too-large",
+        "node-config key 'partition-id' has invalid value 2: expected an int >= 0 and < num-partitions=2",
+        outcome="rejected",
+        node_configs={2: {"partition-id": 2}},
+    ),
+    case(
+        "partition-id-text",
+        "node-config key 'partition-id' has invalid value 'one'",
+        outcome="rejected",
+        node_configs={2: {"partition-id": "one"}},
+    ),
+    case(
+        "num-partitions-zero",
+        "node-config key 'num-partitions' has invalid value 0",
+        outcome="rejected",
+        node_configs={2: {"num-partitions": 0}},
+    ),
+    case(
+        "data-dir-missing",
+        "node-config key 'data-dir' has invalid value '/no/such/site'",
+        outcome="rejected",
+        node_configs={2: {"data-dir": "/no/such/site"}},
+    ),
     # ---- hostile replies
-    case("num-examples-absurd", "metric 'num-examples' is 1e+12, more than the 1437 training samples",
-         outcome="rejected", tamper=_claim(10**12)),
-    case("num-examples-fraction", "metric 'num-examples' is 2.5, expected a whole number",
-         outcome="rejected", tamper=_claim(2.5)),
+    case(
+        "num-examples-absurd",
+        "metric 'num-examples' is 1e+12, more than the 1437 training samples",
+        outcome="rejected",
+        tamper=_claim(10**12),
+    ),
+    case(
+        "num-examples-fraction",
+        "metric 'num-examples' is 2.5, expected a whole number",
+        outcome="rejected",
+        tamper=_claim(2.5),
+    ),
     # ---- legal but suspicious: a named warning
-    case("tiny-clients", ("8 of 8 clients train on fewer than 10 samples",), outcome="warning:tiny-clients",
-         setup=lambda tmp, logs: _npz(tmp, n=60), nodes=8),
+    case(
+        "tiny-clients",
+        ("8 of 8 clients train on fewer than 10 samples",),
+        outcome="warning:tiny-clients",
+        setup=lambda tmp, logs: _npz(tmp, n=60),
+        nodes=8,
+    ),
 ]
 
 
@@ -438,8 +635,9 @@ def test_a_dominant_client_gets_a_named_warning():
         warnings: list = []
 
     def reply(node, n):
-        msg = Message(RecordDict({"metrics": MetricRecord({"num-examples": n})}), dst_node_id=node,
-                      message_type="train")
+        msg = Message(
+            RecordDict({"metrics": MetricRecord({"num-examples": n})}), dst_node_id=node, message_type="train"
+        )
         msg.metadata.__dict__["_src_node_id"] = node
         return msg
 
@@ -472,8 +670,15 @@ class DeadAfterHandshake(LocalGrid):
 def test_a_dead_kmeans_node_is_dropped_once_and_left_out_of_the_summary(tmp_path, caplog):
     opts = GeneratorOptions(num_clients=3, samples_per_client=30, num_features=2, random_state=3)
     write(generate(opts), tmp_path / "gen")
-    config = full_run_config(**{**KMEANS, "kmeans.data-source": "generated", "kmeans.data-path": str(tmp_path / "gen"),
-                                "log-dir": str(tmp_path / "logs"), "experiment-name": "k"})
+    config = full_run_config(
+        **{
+            **KMEANS,
+            "kmeans.data-source": "generated",
+            "kmeans.data-path": str(tmp_path / "gen"),
+            "log-dir": str(tmp_path / "logs"),
+            "experiment-name": "k",
+        }
+    )
     grid = DeadAfterHandshake(client_app, 3, config)
     grid.calls = []
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(config))

@@ -67,8 +67,14 @@ def _assert_one_line_failure(output: str, status: str | None, details: str, *exp
 
 
 def _details(env: dict, run_id: int) -> str:
-    done = subprocess.run(["flwr", "ls", "--run-id", str(run_id), "--format", "json"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["flwr", "ls", "--run-id", str(run_id), "--format", "json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return json.loads(done.stdout)["runs"][0]["status-details"]
 
 
@@ -93,13 +99,27 @@ def test_bad_inputs_through_flwr_run_simulation(tmp_path):
             flwr_run({"num-server-round": 3}, home, superlink_env=env, keep_daemons=True)
         # server-side config error
         bad = run({**BASE, "num-server-rounds": 0})
-        _assert_one_line_failure(bad.output, bad.status, _details(full_env, bad.run_id),
-                                 "'num-server-rounds' has invalid value 0")
+        _assert_one_line_failure(
+            bad.output, bad.status, _details(full_env, bad.run_id), "'num-server-rounds' has invalid value 0"
+        )
         # what only the clients know: every node's ConfigError -> stopped in round 1, no client traceback
-        missing = run({**BASE, "dataset.name": "pathmnist", "dataset.size": 28, "experiment-name": "medmnist",
-                       "dataset.data-dir": str(tmp_path / "empty")})
-        _assert_one_line_failure(missing.output, missing.status, _details(full_env, missing.run_id),
-                                 "configuration error on every node", "pathmnist.npz", "does not exist")
+        missing = run(
+            {
+                **BASE,
+                "dataset.name": "pathmnist",
+                "dataset.size": 28,
+                "experiment-name": "medmnist",
+                "dataset.data-dir": str(tmp_path / "empty"),
+            }
+        )
+        _assert_one_line_failure(
+            missing.output,
+            missing.status,
+            _details(full_env, missing.run_id),
+            "configuration error on every node",
+            "pathmnist.npz",
+            "does not exist",
+        )
         assert json.loads((logs / "medmnist" / "summary.json").read_text())["status"] == "failed"
     finally:
         stop_daemons(home)
@@ -136,17 +156,36 @@ def test_bad_inputs_through_a_real_superlink_and_supernodes(tmp_path):
         ("method", {"method": "fedvg"}, ("'method' has invalid value 'fedvg'",)),
         ("log-dir", {"log-dir": str(tmp_path / "a-file")}, ("'log-dir' has invalid value", "is a file")),
         ("reused-name", {"experiment-name": "old"}, ("'experiment-name' has invalid value 'old'", "exists already")),
-        ("resume", {"resume-from": str(old), "partition.alpha": 5.0},
-         ("'resume-from' has invalid value", "partition.alpha: 0.5 -> 5.0")),
-        ("float-images", {"dataset.name": "npz", "dataset.npz-file": str(npz), "experiment-name": "float"},
-         ("float.npz", "looks scaled to [0, 1]")),
-        ("classes", {"partition.kind": "pathological", "partition.classes-per-client": 11,
-                     "experiment-name": "classes"}, ("'partition.classes-per-client' has invalid value 11",)),
-        ("kmeans-wait", {"method": "kmeans", "min-available-nodes": 5, "round-timeout": 2.0,
-                         "experiment-name": "kwait"}, ("k-means cannot start", "min-available-nodes=5")),
-        ("medmnist", {"dataset.name": "pathmnist", "dataset.size": 28, "dataset.data-dir": str(tmp_path / "none"),
-                      "experiment-name": "medmnist"},
-         ("configuration error on every node", "pathmnist.npz", "does not exist")),
+        (
+            "resume",
+            {"resume-from": str(old), "partition.alpha": 5.0},
+            ("'resume-from' has invalid value", "partition.alpha: 0.5 -> 5.0"),
+        ),
+        (
+            "float-images",
+            {"dataset.name": "npz", "dataset.npz-file": str(npz), "experiment-name": "float"},
+            ("float.npz", "looks scaled to [0, 1]"),
+        ),
+        (
+            "classes",
+            {"partition.kind": "pathological", "partition.classes-per-client": 11, "experiment-name": "classes"},
+            ("'partition.classes-per-client' has invalid value 11",),
+        ),
+        (
+            "kmeans-wait",
+            {"method": "kmeans", "min-available-nodes": 5, "round-timeout": 2.0, "experiment-name": "kwait"},
+            ("k-means cannot start", "min-available-nodes=5"),
+        ),
+        (
+            "medmnist",
+            {
+                "dataset.name": "pathmnist",
+                "dataset.size": 28,
+                "dataset.data-dir": str(tmp_path / "none"),
+                "experiment-name": "medmnist",
+            },
+            ("configuration error on every node", "pathmnist.npz", "does not exist"),
+        ),
     ]
     seen = {}
     with topology:
@@ -158,17 +197,33 @@ def test_bad_inputs_through_a_real_superlink_and_supernodes(tmp_path):
         assert "[fedvq] configuration error on node" in topology.supernode_logs()  # one line per node instead
         # a SuperNode started with partition-id=-1 joins: its replies are rejected with the line, the run goes on
         rogue_port = local_topology.free_port(set(topology.state.supernode_ports) | {topology.state.superlink_port})
-        topology._spawn("rogue", [
-            "flower-supernode", "--superlink", f"127.0.0.1:{topology.state.superlink_port}", "--insecure",
-            "--host", "127.0.0.1", "--port", str(rogue_port), "--node-config", "partition-id=-1 num-partitions=2",
-        ])
+        topology._spawn(
+            "rogue",
+            [
+                "flower-supernode",
+                "--superlink",
+                f"127.0.0.1:{topology.state.superlink_port}",
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(rogue_port),
+                "--node-config",
+                "partition-id=-1 num-partitions=2",
+            ],
+        )
         topology.wait_for_nodes(3, timeout=180)
-        code = topology.run({**BASE, "log-dir": str(logs), "experiment-name": "rogue", "min-train-nodes": 3,
-                             "min-available-nodes": 3}, timeout=600, log_name="rogue-run")
+        code = topology.run(
+            {**BASE, "log-dir": str(logs), "experiment-name": "rogue", "min-train-nodes": 3, "min-available-nodes": 3},
+            timeout=600,
+            log_name="rogue-run",
+        )
         output = (topology.logs / "rogue-run.log").read_text()
         rogue_log = (topology.logs / "rogue.log").read_text()
-    print(f"deployment: {len(cases)} failed runs + 1 run with a misconfigured SuperNode in "
-          f"{time.time() - started:.0f} s (after each: {', '.join(f'{k} {v:.0f} s' for k, v in seen.items())})")
+    print(
+        f"deployment: {len(cases)} failed runs + 1 run with a misconfigured SuperNode in "
+        f"{time.time() - started:.0f} s (after each: {', '.join(f'{k} {v:.0f} s' for k, v in seen.items())})"
+    )
     assert code == 0 and "Traceback" not in output and "Traceback" not in rogue_log, output[-3000:]
     line = "node-config key 'partition-id' has invalid value -1: expected an int >= 0 and < num-partitions=2"
     assert line in output and line in rogue_log

@@ -21,10 +21,28 @@ def test_every_scenario_is_a_valid_run_config():
 
 
 def _cell(method, scenario, date, accuracy=0.5, quick=False, rounds=10, **extra):
-    setup = {"dataset": "digits", "size": 8, "clients": 10, "rounds": rounds, "local_epochs": 2, "seed": 42,
-             "gradient_batches": 4, "quick": quick}
-    return {"date": date, "setup": setup, "method": method, "scenario": scenario, "accuracy": accuracy,
-            "macro_f1": accuracy, "balanced_accuracy": accuracy, "gamma": 3.0, "seconds": 12.0, **extra}
+    setup = {
+        "dataset": "digits",
+        "size": 8,
+        "clients": 10,
+        "rounds": rounds,
+        "local_epochs": 2,
+        "seed": 42,
+        "gradient_batches": 4,
+        "quick": quick,
+    }
+    return {
+        "date": date,
+        "setup": setup,
+        "method": method,
+        "scenario": scenario,
+        "accuracy": accuracy,
+        "macro_f1": accuracy,
+        "balanced_accuracy": accuracy,
+        "gamma": 3.0,
+        "seconds": 12.0,
+        **extra,
+    }
 
 
 def test_the_table_keeps_the_newest_cell_of_the_newest_full_setup():
@@ -48,7 +66,9 @@ def test_the_table_keeps_the_newest_cell_of_the_newest_full_setup():
 def test_bytes_per_round_get_their_own_table_when_measured():
     old = [_cell("fedavg", "dirichlet-0.5", "2026-01-01 10:00:00")]  # recorded before communication was counted
     assert "Bytes per round" not in render_markdown(old)
-    records = [_cell("fedavg", "dirichlet-0.5", "2026-01-01 11:00:00", bytes_per_round=6_404_000.0),
-               _cell("fedvq", "dirichlet-0.5", "2026-01-01 11:05:00", bytes_per_round=10_090_000.0)]
+    records = [
+        _cell("fedavg", "dirichlet-0.5", "2026-01-01 11:00:00", bytes_per_round=6_404_000.0),
+        _cell("fedvq", "dirichlet-0.5", "2026-01-01 11:05:00", bytes_per_round=10_090_000.0),
+    ]
     text = render_markdown(records)
     assert "| fedavg | 6.40 MB |" in text and "| fedvq | 10.09 MB |" in text

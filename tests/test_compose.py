@@ -24,8 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 FLWR_VERSION = importlib.metadata.version("flwr")
 NUM_SUPERNODES = 3
-SECURITY_FLAGS = ("--insecure", "--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile", "--enable-supernode-auth",
-                  "--root-certificates", "--auth-supernode-private-key")
+SECURITY_FLAGS = (
+    "--insecure",
+    "--ssl-ca-certfile",
+    "--ssl-certfile",
+    "--ssl-keyfile",
+    "--enable-supernode-auth",
+    "--root-certificates",
+    "--auth-supernode-private-key",
+)
 
 _spec = importlib.util.spec_from_file_location("local_topology", ROOT / "scripts" / "local_topology.py")
 local_topology = sys.modules.setdefault("local_topology", importlib.util.module_from_spec(_spec))

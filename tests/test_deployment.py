@@ -42,11 +42,22 @@ pytestmark = pytest.mark.skipif(
 )
 
 NODES = 3
-TINY = {"num-server-rounds": 2, "train.local-epochs": 1, "eval-every": 2, "partition.kind": "iid",
-        "round-timeout": 300.0}
+TINY = {
+    "num-server-rounds": 2,
+    "train.local-epochs": 1,
+    "eval-every": 2,
+    "partition.kind": "iid",
+    "round-timeout": 300.0,
+}
 #: two Lloyd rounds, one k-means++ start, on each site's own generated file (2 features: no PCA phase)
-KMEANS = {"method": "kmeans", "kmeans.data-source": "generated", "kmeans.max-rounds": 2, "kmeans.n-init": 1,
-          "kmeans.client-logs": False, "kmeans.silhouette-sample": 0}
+KMEANS = {
+    "method": "kmeans",
+    "kmeans.data-source": "generated",
+    "kmeans.max-rounds": 2,
+    "kmeans.n-init": 1,
+    "kmeans.client-logs": False,
+    "kmeans.silhouette-sample": 0,
+}
 #: rows each site holds: different per site, so the summary shows every site read its own folder
 SITE_ROWS = [60, 80, 100]
 
@@ -94,12 +105,26 @@ def test_secure_topology_with_tls_and_supernode_authentication(tmp_path):
         # a SuperNode whose key was never registered is refused by the SuperLink
         _write_ssh_key(tmp_path / "rogue")
         rogue_port = local_topology.free_port(set(topology.state.supernode_ports) | {topology.state.superlink_port})
-        rogue = topology._spawn("rogue", [
-            "flower-supernode", "--superlink", f"127.0.0.1:{topology.state.superlink_port}",
-            "--root-certificates", str(topology.certs / "ca.crt"),
-            "--auth-supernode-private-key", str(tmp_path / "rogue"), "--host", "127.0.0.1", "--port", str(rogue_port),
-            "--max-retries", "1", "--node-config", "partition-id=0 num-partitions=2",
-        ])
+        rogue = topology._spawn(
+            "rogue",
+            [
+                "flower-supernode",
+                "--superlink",
+                f"127.0.0.1:{topology.state.superlink_port}",
+                "--root-certificates",
+                str(topology.certs / "ca.crt"),
+                "--auth-supernode-private-key",
+                str(tmp_path / "rogue"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(rogue_port),
+                "--max-retries",
+                "1",
+                "--node-config",
+                "partition-id=0 num-partitions=2",
+            ],
+        )
         rogue_code = rogue.wait(timeout=300)
     _assert_all_stopped(topology)
     print(f"secure fedavg: final accuracy {summary['final']['accuracy']:.4f}; unregistered SuperNode exit {rogue_code}")
@@ -114,8 +139,9 @@ def _write_ssh_key(path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP384R1())
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +160,8 @@ def test_insecure_topology_runs_a_neural_job(insecure):
     assert "--insecure" in topology.superlink_command()
     command = topology.supernode_command(1)
     assert command[command.index("--node-config") + 1] == (
-        f'partition-id=1 num-partitions={NODES} data-dir="{topology.data_dir.format(i=1)}"')
+        f'partition-id=1 num-partitions={NODES} data-dir="{topology.data_dir.format(i=1)}"'
+    )
     summary = _job(topology, logs, "fedavg", **TINY)
     print(f"insecure fedavg: final accuracy {summary['final']['accuracy']:.4f}")
     assert summary["method"] == "fedavg" and summary["rounds"] == 2 and summary["num_clients"] == NODES
@@ -193,11 +220,13 @@ def test_a_supernode_killed_mid_round_is_recorded_and_the_run_goes_on(insecure):
 
     summary = json.loads((logs / "kill" / "summary.json").read_text())
     first, second = _rounds(logs / "kill")
-    print(f"kill test: round 1 sampled {len(first['sampled_train'])} nodes, dropped {first['dropped']} "
-          f"(partitions {first['dropped_partitions']}), trained on partitions {sorted(first['train']['clients'])}; "
-          f"round 2 sampled {len(second['sampled_train'])} nodes, dropped {second['dropped']}; "
-          f"final accuracy {summary['final']['accuracy']:.4f} on partitions {summary['final']['partition_ids']}; "
-          f"run finished {finished - killed_at:.0f} s after the kill")
+    print(
+        f"kill test: round 1 sampled {len(first['sampled_train'])} nodes, dropped {first['dropped']} "
+        f"(partitions {first['dropped_partitions']}), trained on partitions {sorted(first['train']['clients'])}; "
+        f"round 2 sampled {len(second['sampled_train'])} nodes, dropped {second['dropped']}; "
+        f"final accuracy {summary['final']['accuracy']:.4f} on partitions {summary['final']['partition_ids']}; "
+        f"run finished {finished - killed_at:.0f} s after the kill"
+    )
     # round 1 completed with the two replies that arrived; the dead node is recorded as dropped
     assert len(first["sampled_train"]) == NODES and len(first["dropped"]) == 1
     assert sorted(first["train"]["clients"]) == ["0", "1"]

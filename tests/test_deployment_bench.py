@@ -36,8 +36,11 @@ def test_the_floor_client_echoes_the_arrays_and_imports_no_application_code():
 
 
 def test_clientapp_overhead_is_the_round_above_the_floor_per_message():
-    run = {"checkout": "a", "epochs_0": {"completed": True, "steady_round_s": 30.0},
-           "floor": {"completed": True, "steady_round_s": 10.0}}
+    run = {
+        "checkout": "a",
+        "epochs_0": {"completed": True, "steady_round_s": 30.0},
+        "floor": {"completed": True, "steady_round_s": 10.0},
+    }
     out = _with_overhead(dict(run))
     assert out["per_message_s"] == 15.0 and out["per_message_overhead_s"] == 10.0
     no_floor = _with_overhead({"checkout": "b", "epochs_0": {"completed": True, "steady_round_s": 30.0}})
@@ -46,10 +49,22 @@ def test_clientapp_overhead_is_the_round_above_the_floor_per_message():
 
 def test_the_report_states_the_ratio_against_the_target():
     machine = {"cores": 2, "cpu": "c", "memory_gib": 1, "python": "3", "torch": "t", "flwr": "f"}
-    before = _with_overhead({"checkout": "before", "epochs_0": {"completed": True, "steady_round_s": 50.0},
-                             "floor": {"completed": True, "steady_round_s": 26.0}})
-    record = {"date": "d", "machine": machine, "supernodes": 3, "rounds": 4, "checkouts": [before],
-              "overhead_after_over_before": 0.4, "raw_per_message_after_over_before": 0.7}
+    before = _with_overhead(
+        {
+            "checkout": "before",
+            "epochs_0": {"completed": True, "steady_round_s": 50.0},
+            "floor": {"completed": True, "steady_round_s": 26.0},
+        }
+    )
+    record = {
+        "date": "d",
+        "machine": machine,
+        "supernodes": 3,
+        "rounds": 4,
+        "checkouts": [before],
+        "overhead_after_over_before": 0.4,
+        "raw_per_message_after_over_before": 0.7,
+    }
     text = "\n".join(deployment_section([record]))
     assert "| before | 50.0 | - | 26.0 | 25.00 | 12.00 |" in text
     assert "after / before = 0.40 (target <= 0.5: met)" in text
@@ -57,13 +72,26 @@ def test_the_report_states_the_ratio_against_the_target():
 
 def test_the_cpu_overhead_is_the_clientapp_cpu_above_the_floor_and_its_ratio_is_reported():
     machine = {"cores": 2, "cpu": "c", "memory_gib": 1, "python": "3", "torch": "t", "flwr": "f"}
-    runs = [_with_overhead({"checkout": name, "epochs_0": {"completed": True, "steady_round_s": 40.0,
-                                                           "steady_cpu_per_message_s": cpu},
-                            "floor": {"completed": True, "steady_round_s": 20.0, "steady_cpu_per_message_s": 4.0}})
-            for name, cpu in (("before", 14.0), ("after", 7.0))]
+    runs = [
+        _with_overhead(
+            {
+                "checkout": name,
+                "epochs_0": {"completed": True, "steady_round_s": 40.0, "steady_cpu_per_message_s": cpu},
+                "floor": {"completed": True, "steady_round_s": 20.0, "steady_cpu_per_message_s": 4.0},
+            }
+        )
+        for name, cpu in (("before", 14.0), ("after", 7.0))
+    ]
     assert [r["cpu_overhead_per_message_s"] for r in runs] == [10.0, 3.0]
-    record = {"date": "d", "machine": machine, "supernodes": 3, "rounds": 4, "checkouts": runs,
-              "overhead_after_over_before": 0.6, "cpu_overhead_after_over_before": 0.3}
+    record = {
+        "date": "d",
+        "machine": machine,
+        "supernodes": 3,
+        "rounds": 4,
+        "checkouts": runs,
+        "overhead_after_over_before": 0.6,
+        "cpu_overhead_after_over_before": 0.3,
+    }
     text = "\n".join(deployment_section([record]))
     assert "| after | 40.0 | - | 20.0 | 20.00 | 10.00 | 7.00 / 4.00 | 3.00 |" in text
     assert "target <= 0.5: **MISSED**" in text and "CPU seconds after / before = 0.30 (target <= 0.5: met)" in text
@@ -73,8 +101,10 @@ def test_the_cpu_counter_counts_clientapp_processes_of_the_supernodes_groups_onl
     """A stand-in SuperNode (its own process group) starts a ``flwr-clientapp`` that burns CPU; one
     started outside that group (another job's) is not counted."""
     script = tmp_path / "flwr-clientapp"
-    script.write_text(f"#!{sys.executable}\nimport time\nend = time.process_time() + 0.4\n"
-                      "while time.process_time() < end: pass\ntime.sleep(0.3)\n")
+    script.write_text(
+        f"#!{sys.executable}\nimport time\nend = time.process_time() + 0.4\n"
+        "while time.process_time() < end: pass\ntime.sleep(0.3)\n"
+    )
     script.chmod(0o755)
     supernode = subprocess.Popen(["sh", "-c", f"sleep 0.3; {script}; {script} & sleep 0.2"], start_new_session=True)
     with ClientAppCpu([supernode.pid], interval_s=0.02) as cpu:

@@ -188,15 +188,19 @@ def test_client_sends_the_mean_local_loss_gradient_at_the_global_parameters(run_
     config = run_config(**{"metrics.gradient-dissimilarity": True, "metrics.gradient-batches": 1000})
     settings = load_settings(config)
     context = Context(
-        run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 3}, state=RecordDict(),
+        run_id=1,
+        node_id=1,
+        node_config={"partition-id": 0, "num-partitions": 3},
+        state=RecordDict(),
         run_config=config,
     )
     client = NeuralClient(settings, context)
     torch.manual_seed(7)
     model = client.spec.build_model(settings, client.info)  # not the seed-42 initial model
     msg = Message(
-        content=RecordDict({"arrays": shared_arrays(model, client.spec.is_shared),
-                            "config": ConfigRecord({"server-round": 3})}),
+        content=RecordDict(
+            {"arrays": shared_arrays(model, client.spec.is_shared), "config": ConfigRecord({"server-round": 3})}
+        ),
         dst_node_id=1,
         message_type="evaluate",
     )

@@ -70,8 +70,11 @@ def test_docker_demo_runs_insecure_secure_and_kmeans_and_tears_down():
     report = json.loads((ROOT / "docker" / "demo" / "report.json").read_text())
     assert code == 0 and report["ok"], report
     assert not (ROOT / "docker" / "compose.hostnet.yml").exists()
-    ps = subprocess.run(["docker", "ps", "-q", "--filter", "label=com.docker.compose.project=fedvq-demo"],
-                        capture_output=True, text=True)
+    ps = subprocess.run(
+        ["docker", "ps", "-q", "--filter", "label=com.docker.compose.project=fedvq-demo"],
+        capture_output=True,
+        text=True,
+    )
     assert ps.stdout.split() == []  # every container of the demo is gone
     for job in ("insecure", "secure"):
         result = report["jobs"][job]

@@ -29,8 +29,15 @@ def test_baseline_learns_and_writes_the_experiment_folder(tmp_path, method):
     assert summary["final"]["accuracy"] > 0.3  # chance is 0.1
     assert len(summary["final"]["per_client_accuracy"]) == 3
     assert summary["best"]["round"] in (1, 2)
-    for name in ("config.json", "rounds.jsonl", "label_distribution.png", "accuracy.png", "loss.png",
-                 "client_accuracy_table.png", "class_accuracy.png"):
+    for name in (
+        "config.json",
+        "rounds.jsonl",
+        "label_distribution.png",
+        "accuracy.png",
+        "loss.png",
+        "client_accuracy_table.png",
+        "class_accuracy.png",
+    ):
         assert (folder / name).is_file(), name
     rounds = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2]

@@ -29,11 +29,14 @@ def _train(cls, steps: int = 6, **kwargs):
     return [p.detach().clone() for p in model.parameters()], optimizer
 
 
-@pytest.mark.parametrize(("ours", "theirs", "kwargs"), [
-    (optim.SGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}),
-    (optim.SGD, torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
-    (optim.Adam, torch.optim.Adam, {"lr": 0.01, "weight_decay": 1e-3}),
-])
+@pytest.mark.parametrize(
+    ("ours", "theirs", "kwargs"),
+    [
+        (optim.SGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}),
+        (optim.SGD, torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
+        (optim.Adam, torch.optim.Adam, {"lr": 0.01, "weight_decay": 1e-3}),
+    ],
+)
 def test_the_eager_optimizers_step_exactly_as_torch_does(ours, theirs, kwargs):
     mine, optimizer = _train(ours, **kwargs)
     reference, reference_optimizer = _train(theirs, **kwargs)
@@ -72,7 +75,13 @@ ours = "torch._dynamo" in sys.modules
 torch.optim.SGD(model.parameters(), lr=0.1)
 print(json.dumps({"ours": ours, "torch": "torch._dynamo" in sys.modules}))
 """
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"ours": False, "torch": True}

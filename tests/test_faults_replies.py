@@ -165,8 +165,11 @@ def _extra_records(strategy, victim: Message) -> dict[str, Corruption]:
     return cases
 
 
-GROUPS = {**{name: (lambda s, v, c=cases: c) for name, cases in CORE.items()},
-          "every array": _every_array_wrong_size, "extras": _extra_records}
+GROUPS = {
+    **{name: (lambda s, v, c=cases: c) for name, cases in CORE.items()},
+    "every array": _every_array_wrong_size,
+    "extras": _extra_records,
+}
 
 
 # ---------------------------------------------------------------------------- comparing server state

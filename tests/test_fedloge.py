@@ -101,12 +101,14 @@ def test_gla_fr_realigns_norms_and_masks_unseen_classes():
     feats = torch.rand(3, 128)
     seen = [0, 2, 3, 5]
     reference = F.linear(feats, model.local_head.weight, model.local_head.bias) + F.linear(
-        feats, expected, model.global_head.bias)
+        feats, expected, model.global_head.bias
+    )
     assert torch.allclose(heads.personal_logits(feats)[:, seen], reference.detach()[:, seen], atol=1e-5)
     # the other formula: realigned local head (local bias) + the raw or the realigned global head
     heads = gla_fr(model, counts, tau=1.7, formula="realigned-local")
     other = F.linear(feats, expected, model.local_head.bias) + F.linear(
-        feats, model.global_head.weight, model.global_head.bias)
+        feats, model.global_head.weight, model.global_head.bias
+    )
     assert torch.allclose(heads.personal_logits(feats)[:, seen], other.detach()[:, seen], atol=1e-5)
     assert torch.equal(heads.personal_global_weight, heads.global_weight)
     realigned = gla_fr(model, counts, tau=1.7, personal_global="realigned", formula="realigned-local")
@@ -119,8 +121,11 @@ def test_gla_fr_realigns_norms_and_masks_unseen_classes():
     assert (heads.formula_logits(feats, "raw-heads")[:, [1, 4]] == MASKED_LOGIT).all()
     # the diagnostic head-only modes: each part of the personal model alone, absent classes masked
     local_only, global_only = heads.local_only_logits(feats), heads.global_only_logits(feats)
-    assert torch.allclose(local_only[:, seen], F.linear(feats, model.local_head.weight, model.local_head.bias)
-                          .detach()[:, seen], atol=1e-5)
+    assert torch.allclose(
+        local_only[:, seen],
+        F.linear(feats, model.local_head.weight, model.local_head.bias).detach()[:, seen],
+        atol=1e-5,
+    )
     assert torch.allclose(global_only[:, seen], heads.global_logits(feats)[:, seen], atol=1e-6)
     assert (local_only[:, [1, 4]] == MASKED_LOGIT).all() and (global_only[:, [1, 4]] == MASKED_LOGIT).all()
     raw = gla_fr(model, counts, tau=1.7, realign=False)
@@ -139,8 +144,9 @@ def _context(settings, pid=0, nodes=10):
 
 
 def _instruction(model, message_type, **config):
-    content = RecordDict({"arrays": shared_arrays(model, is_shared), "config": ConfigRecord({"server-round": 1,
-                                                                                          **config})})
+    content = RecordDict(
+        {"arrays": shared_arrays(model, is_shared), "config": ConfigRecord({"server-round": 1, **config})}
+    )
     return Message(content=content, dst_node_id=1, message_type=message_type)
 
 
@@ -250,8 +256,10 @@ def test_strategy_turns_per_class_counts_into_group_accuracies():
             base |= {f"{mode}-accuracy": 0.5, f"{mode}-class-correct": correct, f"{mode}-class-total": total}
         return base
 
-    replies = [reply(sent[0], None, metrics(0, [4, 1, 0], [4, 2, 0])), reply(sent[1], None, metrics(1, [2, 0, 3],
-                                                                                                    [4, 1, 3]))]
+    replies = [
+        reply(sent[0], None, metrics(0, [4, 1, 0], [4, 2, 0])),
+        reply(sent[1], None, metrics(1, [2, 0, 3], [4, 1, 3])),
+    ]
     aggregated = strategy.aggregate_evaluate(2, replies)
     assert aggregated["personal-head-accuracy"] == pytest.approx((5 / 6 + 2 / 5) / 2)
     assert aggregated["global-medium-accuracy"] == pytest.approx(1.0)  # only client 1 has class 2 samples

@@ -48,7 +48,12 @@ def _rng(seed: int = 0) -> np.random.Generator:
 @pytest.mark.parametrize("warm", [True, False])
 def test_every_aggregator_takes_the_common_signature_and_returns_k_rows(name, warm):
     assert list(inspect.signature(AGGREGATORS[name]).parameters) == [
-        "codebooks", "data_weights", "usage_counts", "previous", "rng", "params"
+        "codebooks",
+        "data_weights",
+        "usage_counts",
+        "previous",
+        "rng",
+        "params",
     ]
     true = _true_centers()
     books = _clients(true)
@@ -321,8 +326,10 @@ def test_lloyd_is_the_exact_pooled_mean_of_the_assigned_vectors():
 
     rng = np.random.default_rng(0)
     book = rng.normal(size=(6, 3)) * 3
-    xs = [book[rng.integers(0, 4, 200)] + rng.normal(size=(200, 3)) * 0.3,  # client 0: codes 0-3
-          book[rng.integers(2, 5, 50)] + rng.normal(size=(50, 3)) * 0.3]  # client 1: codes 2-4
+    xs = [
+        book[rng.integers(0, 4, 200)] + rng.normal(size=(200, 3)) * 0.3,  # client 0: codes 0-3
+        book[rng.integers(2, 5, 50)] + rng.normal(size=(50, 3)) * 0.3,
+    ]  # client 1: codes 2-4
     stats = [_client_stats(x, book)[0] for x in xs]
     result = lloyd_codebook([s[0] for s in stats], [s[1] for s in stats], [s[2] for s in stats], book, rng)
     pooled = np.vstack(xs)

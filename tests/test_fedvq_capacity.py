@@ -20,8 +20,18 @@ from tests.conftest import reply
 # ---------------------------------------------------------------------------- multi-head EMA VQ
 def _ema(heads: int, k: int = 8, d: int = 8, head: str = "pool", size: int = 16):
     torch.manual_seed(0)
-    return build_vq_classifier(ModelSettings(), 1, 10, num_embeddings=k, embedding_dim=d, temperature=1.0,
-                               quantizer="ema", heads=heads, head=head, size=size)
+    return build_vq_classifier(
+        ModelSettings(),
+        1,
+        10,
+        num_embeddings=k,
+        embedding_dim=d,
+        temperature=1.0,
+        quantizer="ema",
+        heads=heads,
+        head=head,
+        size=size,
+    )
 
 
 def test_multi_head_vq_quantizes_every_chunk_on_its_own_codebook():
@@ -106,8 +116,16 @@ K, D = 6, 2
 
 
 def _lloyd_strategy(**kwargs) -> FedVQStrategy:
-    strategy = FedVQStrategy(aggregation="lloyd", align="hungarian", codebook_shape=(K, D), seed=3,
-                             min_available_nodes=1, codebook_key=EMA_CODEBOOK_KEY, quantizer="ema", **kwargs)
+    strategy = FedVQStrategy(
+        aggregation="lloyd",
+        align="hungarian",
+        codebook_shape=(K, D),
+        seed=3,
+        min_available_nodes=1,
+        codebook_key=EMA_CODEBOOK_KEY,
+        quantizer="ema",
+        **kwargs,
+    )
     strategy.ready = True  # a global codebook exists: rounds below are Lloyd steps
     return strategy
 
@@ -124,19 +142,26 @@ def _lloyd_round(strategy, server_round, arrays, counts):
     for msg in sent:
         sums = book * counts[:, None]
         squares = (book**2).sum(1) * counts + 0.5 * counts
-        usage = {"counts": counts.astype(np.int64), "used": (counts > 0).astype(np.uint8), "sums": sums,
-                 "squares": squares}
+        usage = {
+            "counts": counts.astype(np.int64),
+            "used": (counts > 0).astype(np.uint8),
+            "sums": sums,
+            "squares": squares,
+        }
         metrics = {"num-examples": 10, "partition-id": msg.metadata.dst_node_id}
-        replies.append(reply(msg, {"classifier.weight": np.zeros((2, D), np.float32)}, metrics,
-                             **{USAGE_RECORD: to_record(usage)}))
+        replies.append(
+            reply(msg, {"classifier.weight": np.zeros((2, D), np.float32)}, metrics, **{USAGE_RECORD: to_record(usage)})
+        )
     new, _ = strategy.aggregate_train(server_round, replies)
     return to_numpy(new), strategy.round_report()
 
 
 def test_a_code_is_revived_only_after_revive_after_dead_rounds():
     strategy = _lloyd_strategy(revive_after=2)
-    arrays = {EMA_CODEBOOK_KEY: np.arange(K * D, dtype=np.float32).reshape(1, K, D),
-              "classifier.weight": np.zeros((2, D), np.float32)}
+    arrays = {
+        EMA_CODEBOOK_KEY: np.arange(K * D, dtype=np.float32).reshape(1, K, D),
+        "classifier.weight": np.zeros((2, D), np.float32),
+    }
     counts = np.array([4, 4, 4, 4, 4, 0])
     arrays, report = _lloyd_round(strategy, 1, arrays, counts)
     # dead for one round: kept where it was
@@ -212,9 +237,16 @@ def test_recalibration_measures_batch_norm_statistics_of_the_evaluated_model(tmp
     from fedvq_app.data.client_data import normalize_batch
     from tests.test_fedvq_client import _client, _settings
 
-    settings = _settings(full_run_config, tmp_path, **{"fedvq.quantizer": "ema", "fedvq.encoder": "shared",
-                                                        "codebook.aggregation": "lloyd",
-                                                        "fedvq.recalibrate-bn": True})
+    settings = _settings(
+        full_run_config,
+        tmp_path,
+        **{
+            "fedvq.quantizer": "ema",
+            "fedvq.encoder": "shared",
+            "codebook.aggregation": "lloyd",
+            "fedvq.recalibrate-bn": True,
+        },
+    )
     client = _client(settings)
     model = client.build_model()
     model.train()
@@ -264,7 +296,7 @@ def _tiny_chunk_gradient(rotation_trick: bool) -> tuple[torch.Tensor, torch.Tens
 
     vq = EMAVQ(4, 8, decay=0.9, dead_code_threshold=0.0, rotation_trick=rotation_trick)
     with torch.no_grad():  # a global codebook of 4 codes of norm ~1.65, none near the origin
-        vq.quantizer._codebook.embed.copy_(torch.eye(4, 8)[None] + 8 ** -0.5)
+        vq.quantizer._codebook.embed.copy_(torch.eye(4, 8)[None] + 8**-0.5)
     vq.adopt_global()
     vq.train()
     torch.manual_seed(0)

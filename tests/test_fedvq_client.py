@@ -57,8 +57,9 @@ def _train_message(client: FedVQClient, server_round: int, with_encoder: bool = 
     content = RecordDict(
         {
             "arrays": shared_arrays(model, keep),
-            "config": ConfigRecord({"server-round": server_round, "lr": 0.003, "experiment": "exp",
-                                    "codebook-ready": ready}),
+            "config": ConfigRecord(
+                {"server-round": server_round, "lr": 0.003, "experiment": "exp", "codebook-ready": ready}
+            ),
         }
     )
     return Message(content=content, dst_node_id=1, message_type="train")
@@ -170,8 +171,16 @@ def test_best_checkpoint_is_replaced_only_when_better(trained):
 def test_warmup_shares_the_encoder_then_it_never_leaves_the_client(tmp_path):
     from fedvq_app.local_grid import full_run_config
 
-    settings = _settings(full_run_config, tmp_path, **{"fedvq.encoder": "warmup", "fedvq.shared-encoder-rounds": 1,
-                                                       "train.local-epochs": 1, "fedvq.save-checkpoints": False})
+    settings = _settings(
+        full_run_config,
+        tmp_path,
+        **{
+            "fedvq.encoder": "warmup",
+            "fedvq.shared-encoder-rounds": 1,
+            "train.local-epochs": 1,
+            "fedvq.save-checkpoints": False,
+        },
+    )
     client = _client(settings)
     first = client.train(_train_message(client, 1, with_encoder=True))
     assert [k for k in first.content["arrays"] if k.startswith("encoder.")]  # shared round: the encoder goes up
@@ -187,9 +196,17 @@ def test_ema_client_sends_usage_statistics_instead_of_its_codebook(tmp_path):
     from fedvq_app.local_grid import full_run_config
     from fedvq_app.models.vq import EMA_CODEBOOK_KEY
 
-    settings = _settings(full_run_config, tmp_path, **{"fedvq.quantizer": "ema", "codebook.aggregation": "lloyd",
-                                                       "codebook.privacy-threshold": 40, "train.local-epochs": 1,
-                                                       "fedvq.save-checkpoints": False})
+    settings = _settings(
+        full_run_config,
+        tmp_path,
+        **{
+            "fedvq.quantizer": "ema",
+            "codebook.aggregation": "lloyd",
+            "codebook.privacy-threshold": 40,
+            "train.local-epochs": 1,
+            "fedvq.save-checkpoints": False,
+        },
+    )
     client = _client(settings)
     reply = client.train(_train_message(client, 1, ready=0))  # before any global codebook: local k-means init
     arrays = reply.content["arrays"]

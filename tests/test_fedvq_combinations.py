@@ -93,9 +93,17 @@ def _run_tiny(tmp_path, monkeypatch, quantizer, encoder, aggregation, extra=None
         return reply
 
     try:
-        config = full_run_config(**{**TINY, "fedvq.quantizer": quantizer, "fedvq.encoder": encoder,
-                                    "codebook.aggregation": aggregation, "log-dir": str(tmp_path),
-                                    "experiment-name": "c", **(extra or {})})
+        config = full_run_config(
+            **{
+                **TINY,
+                "fedvq.quantizer": quantizer,
+                "fedvq.encoder": encoder,
+                "codebook.aggregation": aggregation,
+                "log-dir": str(tmp_path),
+                "experiment-name": "c",
+                **(extra or {}),
+            }
+        )
         run_local(server_app, client_app, 2, config, tamper=record)
     finally:
         object.__setattr__(fedvq_method.SPEC, "plots", fedvq_method.fedvq_plots)
@@ -107,8 +115,10 @@ def _run_tiny(tmp_path, monkeypatch, quantizer, encoder, aggregation, extra=None
 
 @pytest.mark.parametrize(
     ("quantizer", "encoder", "aggregation"),
-    [c if c in COVERING else pytest.param(*c, marks=pytest.mark.skipif(not FULL, reason="FEDVQ_FULL_MATRIX=1"))
-     for c in COMBINATIONS],
+    [
+        c if c in COVERING else pytest.param(*c, marks=pytest.mark.skipif(not FULL, reason="FEDVQ_FULL_MATRIX=1"))
+        for c in COMBINATIONS
+    ],
 )
 def test_combination_runs_end_to_end(tmp_path, monkeypatch, quantizer, encoder, aggregation):
     summary, rounds, last_counts = _run_tiny(tmp_path, monkeypatch, quantizer, encoder, aggregation)
@@ -133,8 +143,12 @@ def test_combination_runs_end_to_end(tmp_path, monkeypatch, quantizer, encoder, 
 
 #: the capacity options (multi-head EMA VQ, flatten head, revival limits) end to end, each value at least once
 CAPACITY = [
-    ("ema", "shared", "lloyd", {"fedvq.heads": 2, "fedvq.head": "flatten", "codebook.max-revived": 1,
-                                "codebook.revive-after": 2}),
+    (
+        "ema",
+        "shared",
+        "lloyd",
+        {"fedvq.heads": 2, "fedvq.head": "flatten", "codebook.max-revived": 1, "codebook.revive-after": 2},
+    ),
     ("ema", "warmup", "mean", {"fedvq.heads": 2, "fedvq.decoder-norm": "group"}),
     ("straight-through", "private", "mean", {"fedvq.head": "flatten", "fedvq.decoder-norm": "group"}),
     ("gumbel", "shared", "kmeans", {"fedvq.head": "flatten"}),

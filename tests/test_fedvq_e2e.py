@@ -49,8 +49,12 @@ def _poison_node_3_in_round_2():
 def test_usage_kmeans_run_writes_tables_plots_checkpoints_and_survives_a_nan_reply(tmp_path):
     config = full_run_config(
         **SMALL,
-        **{"codebook.aggregation": "usage-kmeans", "num-server-rounds": 2, "log-dir": str(tmp_path),
-           "experiment-name": "vq"},
+        **{
+            "codebook.aggregation": "usage-kmeans",
+            "num-server-rounds": 2,
+            "log-dir": str(tmp_path),
+            "experiment-name": "vq",
+        },
     )
     run_local(server_app, client_app, 3, config, tamper=_poison_node_3_in_round_2())
     out = tmp_path / "vq"
@@ -66,23 +70,37 @@ def test_usage_kmeans_run_writes_tables_plots_checkpoints_and_survives_a_nan_rep
     assert sorted(rounds[1]["strategy"]["clients"]) == ["0", "1"]  # node 3 = partition 2 was left out
     assert all(r["strategy"]["aggregation_s"] >= 0 and r["strategy"]["inertia"] >= 0 for r in rounds)
     assert summary["final"]["accuracy"] is not None
-    for name in ("codebook_usage.png", "codebook_pca.png", "codebook_aggregation.png", "accuracy.png",
-                 "class_accuracy.png", "client_accuracy_table.png"):
+    for name in (
+        "codebook_usage.png",
+        "codebook_pca.png",
+        "codebook_aggregation.png",
+        "accuracy.png",
+        "class_accuracy.png",
+        "client_accuracy_table.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     tables = (out / "fedvq_tables.md").read_text()
     headings = ("Global-test accuracy per client", "Class-wise", "Codebook usage per client", "Aggregation per round")
     for heading in headings:
         assert heading in tables
     assert sorted(p.name for p in (out / "client_checkpoints").iterdir()) == [
-        "client_0_best.pt", "client_1_best.pt", "client_2_best.pt"
+        "client_0_best.pt",
+        "client_1_best.pt",
+        "client_2_best.pt",
     ]
 
 
 def test_cold_kmeans_without_alignment_runs_and_checkpoints_can_be_off(tmp_path):
     config = full_run_config(
         **SMALL,
-        **{"codebook.aggregation": "kmeans", "codebook.align": "none", "num-server-rounds": 1,
-           "fedvq.save-checkpoints": False, "log-dir": str(tmp_path), "experiment-name": "ot"},
+        **{
+            "codebook.aggregation": "kmeans",
+            "codebook.align": "none",
+            "num-server-rounds": 1,
+            "fedvq.save-checkpoints": False,
+            "log-dir": str(tmp_path),
+            "experiment-name": "ot",
+        },
     )
     run_local(server_app, client_app, 2, config)
     report = json.loads((tmp_path / "ot" / "summary.json").read_text())["fedvq"]
@@ -109,9 +127,18 @@ def test_default_ema_lloyd_run_and_a_lloyd_reply_with_bad_statistics_is_rejected
         return reply
 
     small = {k: v for k, v in SMALL.items() if not k.startswith("fedvq.")}
-    config = full_run_config(**small, **{"fedvq.quantizer": "ema", "codebook.aggregation": "lloyd",
-                                         "num-server-rounds": 2, "log-dir": str(tmp_path), "experiment-name": "ema",
-                                         "fedvq.save-checkpoints": False, "codebook.privacy-threshold": 2})
+    config = full_run_config(
+        **small,
+        **{
+            "fedvq.quantizer": "ema",
+            "codebook.aggregation": "lloyd",
+            "num-server-rounds": 2,
+            "log-dir": str(tmp_path),
+            "experiment-name": "ema",
+            "fedvq.save-checkpoints": False,
+            "codebook.privacy-threshold": 2,
+        },
+    )
     run_local(server_app, client_app, 3, config, tamper=tamper)
     summary = json.loads((tmp_path / "ema" / "summary.json").read_text())
     report = summary["fedvq"]

@@ -95,9 +95,10 @@ def test_the_codebook_goes_through_the_aggregator_and_the_rest_is_averaged(aggre
     assert report["inertia"] == pytest.approx(expected.inertia)
     assert report["usage_ratio"] == pytest.approx(1.0)  # every code is used by some client
     assert report["clients"][str(sent[0].metadata.dst_node_id - 1)] == {
-        "share": pytest.approx(0.1), "used": 4, "codebook_size": K, "perplexity": pytest.approx(
-            float(np.exp(-sum(p * np.log(p) for p in np.array([5, 3, 9, 1]) / 18)))
-        )
+        "share": pytest.approx(0.1),
+        "used": 4,
+        "codebook_size": K,
+        "perplexity": pytest.approx(float(np.exp(-sum(p * np.log(p) for p in np.array([5, 3, 9, 1]) / 18)))),
     }
     assert "partition-id" not in metrics
 

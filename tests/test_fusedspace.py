@@ -50,7 +50,12 @@ def test_encoder_is_private_decoder_and_classifier_are_shared(autoencoder):
     if autoencoder == "unet":  # the reference's split: encoder levels + bottleneck private, up-sampling shared
         assert {k.split(".")[1] for k in private} == {"level1", "level2", "bottleneck"}
         assert {k.split(".")[1] for k in shared if k.startswith("decoder.")} == {
-            "up2", "level2", "up1", "level1", "output"}
+            "up2",
+            "level2",
+            "up1",
+            "level1",
+            "output",
+        }
 
 
 def test_unet_skips_carry_the_private_encoder_into_the_shared_decoder_but_no_parameter_travels():
@@ -103,10 +108,16 @@ def test_decoder_only_aggregation_weights_the_shared_parameters_by_examples():
     strategy = DecoderOnlyFedAvg(is_shared=is_shared, min_available_nodes=1)
     sent = _configured(strategy)
     replies = [
-        reply(sent[0], {"decoder.w": np.full((2, 2), 1.0, np.float32), "classifier.b": np.ones(3, np.float32)},
-              _metrics(10, 0)),
-        reply(sent[1], {"decoder.w": np.full((2, 2), 5.0, np.float32), "classifier.b": np.zeros(3, np.float32)},
-              _metrics(30, 1)),
+        reply(
+            sent[0],
+            {"decoder.w": np.full((2, 2), 1.0, np.float32), "classifier.b": np.ones(3, np.float32)},
+            _metrics(10, 0),
+        ),
+        reply(
+            sent[1],
+            {"decoder.w": np.full((2, 2), 5.0, np.float32), "classifier.b": np.zeros(3, np.float32)},
+            _metrics(30, 1),
+        ),
     ]
     arrays, _ = strategy.aggregate_train(1, replies)
     out = to_numpy(arrays)
@@ -147,8 +158,9 @@ def _config(**overrides):
 
 
 def _client(settings, config):
-    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 3},
-                      state=RecordDict(), run_config=config)
+    context = Context(
+        run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 3}, state=RecordDict(), run_config=config
+    )
     return FusedSpaceClient(settings, context)
 
 
@@ -230,8 +242,7 @@ def test_the_reference_sgd_keeps_its_momentum_across_rounds_in_the_context_state
         assert group_p is p
         np.testing.assert_array_equal(restored.state[p]["momentum_buffer"].numpy(), saved[f"{name}/momentum_buffer"])
     twin = client.build_model()
-    continuing = torch.optim.SGD([p for _, p in autoencoder_parameters(twin)], lr=0.01, momentum=0.9,
-                                 weight_decay=5e-4)
+    continuing = torch.optim.SGD([p for _, p in autoencoder_parameters(twin)], lr=0.01, momentum=0.9, weight_decay=5e-4)
     for (_, p), (_, q) in zip(autoencoder_parameters(model), autoencoder_parameters(twin), strict=True):
         continuing.state[q]["momentum_buffer"] = restored.state[p]["momentum_buffer"].clone()
         p.grad = torch.ones_like(p)
@@ -248,8 +259,9 @@ def test_the_reference_sgd_keeps_its_momentum_across_rounds_in_the_context_state
 
 
 def test_adam_option_and_ae_lr_zero_puts_all_on_the_loop_optimizer():
-    config = _config(**{"fusedspace.ae-optimizer": "adam", "fusedspace.ae-lr": 0.002,
-                                                     "fusedspace.ae-weight-decay": 0.0})
+    config = _config(
+        **{"fusedspace.ae-optimizer": "adam", "fusedspace.ae-lr": 0.002, "fusedspace.ae-weight-decay": 0.0}
+    )
     client = _client(load_settings(config), config)
     model = client.build_model()
     (hook,) = client.train_hooks(model, _train_message(client))
@@ -320,9 +332,14 @@ def test_a_run_learns_reports_gamma_and_never_sends_an_encoder(tmp_path):
         seen.append(msg)
         return msg
 
-    overrides = {"num-server-rounds": 2, "train.local-epochs": 1, "dataset.size": 8, "log-dir": str(tmp_path),
-                 "experiment-name": "fs",
-                 "metrics.gradient-dissimilarity": True}
+    overrides = {
+        "num-server-rounds": 2,
+        "train.local-epochs": 1,
+        "dataset.size": 8,
+        "log-dir": str(tmp_path),
+        "experiment-name": "fs",
+        "metrics.gradient-dissimilarity": True,
+    }
     run_local(server_app, client_app, 3, full_run_config(method="fusedspace", **overrides), tamper=inspect)
     assert len(seen) == 12  # 3 nodes x 2 rounds x (train + evaluate)
     for msg in seen:

@@ -23,17 +23,27 @@ def experiment(tmp_path_factory):
     root = tmp_path_factory.mktemp("anim")
     opts = GeneratorOptions(num_clients=2, samples_per_client=30, num_features=10, num_clusters=2, cluster_std=3.0)
     data = write(generate(opts), root / "data")
-    config = full_run_config(method="kmeans", **{
-        "log-dir": str(root / "logs"), "experiment-name": "tiny", "kmeans.k": 2, "kmeans.data-source": "generated",
-        "kmeans.data-path": str(data), "kmeans.max-rounds": 2, "kmeans.n-init": 2})
+    config = full_run_config(
+        method="kmeans",
+        **{
+            "log-dir": str(root / "logs"),
+            "experiment-name": "tiny",
+            "kmeans.k": 2,
+            "kmeans.data-source": "generated",
+            "kmeans.data-path": str(data),
+            "kmeans.max-rounds": 2,
+            "kmeans.n-init": 2,
+        },
+    )
     run_local(server_app, client_app, 2, config)
     return root / "logs" / "tiny"
 
 
 def test_animation_writes_a_gif_with_three_frames_per_round_plus_the_summary(experiment, tmp_path):
     rounds = json.loads((experiment / "summary.json").read_text())["rounds"]
-    output = animate.main(["--experiment-dir", str(experiment), "--output", str(tmp_path / "run.gif"), "--fps", "4",
-                           "--cleanup"])
+    output = animate.main(
+        ["--experiment-dir", str(experiment), "--output", str(tmp_path / "run.gif"), "--fps", "4", "--cleanup"]
+    )
     assert output == tmp_path / "run.gif"
     with Image.open(output) as gif:
         assert gif.format == "GIF" and gif.n_frames == 3 * rounds + 1

@@ -19,10 +19,31 @@ def _cluster_share(data, client: int) -> np.ndarray:
 
 
 def test_cli_writes_client_files_metadata_and_centers(tmp_path, capsys):
-    main(["--num-clients", "3", "--samples-per-client", "40", "--num-features", "10", "--num-clusters", "4",
-          "--non-iid-factor", "0.5", "--random-state", "7", "--output-dir", str(tmp_path)])
+    main(
+        [
+            "--num-clients",
+            "3",
+            "--samples-per-client",
+            "40",
+            "--num-features",
+            "10",
+            "--num-clusters",
+            "4",
+            "--non-iid-factor",
+            "0.5",
+            "--random-state",
+            "7",
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "client_0.npz", "client_1.npz", "client_2.npz", "cluster_centers.npy", "metadata.json"]
+        "client_0.npz",
+        "client_1.npz",
+        "client_2.npz",
+        "cluster_centers.npy",
+        "metadata.json",
+    ]
     meta = json.loads((tmp_path / "metadata.json").read_text())
     assert meta["config"]["random_state"] == 7 and meta["num_clusters"] == 4
     assert [c["num_samples"] for c in meta["clients"]] == [40, 40, 40]
@@ -65,8 +86,16 @@ def test_density_variation_spreads_the_cluster_stds():
     assert equal.stds.tolist() == [1.5] * 5
     varied = generate(GeneratorOptions(num_clusters=50, cluster_std=1.0, density_variation=1.0))
     assert varied.stds.min() >= 0.5 and varied.stds.max() <= 2.0 and varied.stds.std() > 0.2
-    rows, labels = generate(GeneratorOptions(num_clients=1, samples_per_client=4000, num_clusters=2,
-                                             non_iid_factor=0.0, density_variation=1.0, random_state=5)).clients[0]
+    rows, labels = generate(
+        GeneratorOptions(
+            num_clients=1,
+            samples_per_client=4000,
+            num_clusters=2,
+            non_iid_factor=0.0,
+            density_variation=1.0,
+            random_state=5,
+        )
+    ).clients[0]
     spread = [rows[labels == j].std(axis=0).mean() for j in range(2)]
     expected = generate(GeneratorOptions(num_clusters=2, density_variation=1.0, random_state=5)).stds
     np.testing.assert_allclose(spread, expected, rtol=0.1)
@@ -107,8 +136,11 @@ def test_sklearn_tables_split_into_disjoint_shares_covering_every_row(source, ro
 
 def test_label_skew_split_skews_the_class_mix():
     iid = [np.bincount(load_tabular_partition("wine", i, 3).labels, minlength=3) for i in range(3)]
-    skew = [np.bincount(load_tabular_partition("wine", i, 3, split="label-skew", skew_alpha=0.1).labels,
-                        minlength=3) for i in range(3)]
+    skew = [
+        np.bincount(load_tabular_partition("wine", i, 3, split="label-skew", skew_alpha=0.1).labels, minlength=3)
+        for i in range(3)
+    ]
+
     def dominance(counts):
         return np.mean([c.max() / c.sum() for c in counts])
 

@@ -113,10 +113,12 @@ def test_evaluation_sums_statistics_into_inertia_silhouette_and_ari():
     sent = phase.instructions([1, 2], phase.config(), IDENTITY_2D, {"centroids": np.zeros((2, 2))})
     metrics = {"num-examples": 4, "inertia": 1.5, "silhouette-sum": 2.0, "silhouette-count": 4}
     perfect = {"counts": np.array([2, 2]), "contingency": np.array([[2, 0], [0, 2]])}
-    result = phase.aggregate([
-        _reply(sent[0], {**metrics, "partition-id": 0}, perfect),
-        _reply(sent[1], {**metrics, "partition-id": 1}, perfect),
-    ])
+    result = phase.aggregate(
+        [
+            _reply(sent[0], {**metrics, "partition-id": 0}, perfect),
+            _reply(sent[1], {**metrics, "partition-id": 1}, perfect),
+        ]
+    )
     assert result["inertia"] == 3.0 and result["silhouette"] == 0.5 and result["ari"] == pytest.approx(1.0)
     assert result["cluster_sizes"] == [4, 4]
 
@@ -133,10 +135,22 @@ def skewed_client_file(tmp_path):
 
 
 def _client(run_config, data_dir, **node_config) -> KMeansClient:
-    config = run_config(method="kmeans", **{"kmeans.data-source": "generated", "kmeans.data-path": str(data_dir),
-                                            "kmeans.k": 2, "kmeans.client-logs": False})
-    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 1, **node_config},
-                      state=RecordDict(), run_config=config)
+    config = run_config(
+        method="kmeans",
+        **{
+            "kmeans.data-source": "generated",
+            "kmeans.data-path": str(data_dir),
+            "kmeans.k": 2,
+            "kmeans.client-logs": False,
+        },
+    )
+    context = Context(
+        run_id=1,
+        node_id=1,
+        node_config={"partition-id": 0, "num-partitions": 1, **node_config},
+        state=RecordDict(),
+        run_config=config,
+    )
     return KMeansClient(load_settings(config, context.node_config), context)
 
 
@@ -167,8 +181,12 @@ def test_a_site_can_raise_but_not_lower_the_privacy_threshold(run_config, skewed
 def test_client_handshake_and_statistics_reveal_no_rows(run_config, skewed_client_file):
     client = _client(run_config, skewed_client_file)
     hello = client.handshake(Handshake().instructions([1])[0])
-    assert dict(hello.content["metrics"]) == {"num-examples": 22, "partition-id": 0, "num-features": 2,
-                                              "num-classes": 2}
+    assert dict(hello.content["metrics"]) == {
+        "num-examples": 22,
+        "partition-id": 0,
+        "num-features": 2,
+        "num-classes": 2,
+    }
     assert not hello.content.array_records
     stats = to_numpy(client.normalization_stats(Normalization(2).instructions([1])[0]).content["arrays"])
     np.testing.assert_allclose(stats["mean"], client.data.x.mean(axis=0))

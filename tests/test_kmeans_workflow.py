@@ -45,14 +45,22 @@ def _centralized(source, clients, k, data_path="", seed=42):
 
 @pytest.fixture
 def generated(tmp_path):
-    opts = GeneratorOptions(num_clients=3, samples_per_client=60, num_features=2, num_clusters=3,
-                            non_iid_factor=0.5, cluster_std=1.5, random_state=4)
+    opts = GeneratorOptions(
+        num_clients=3,
+        samples_per_client=60,
+        num_features=2,
+        num_clusters=3,
+        non_iid_factor=0.5,
+        cluster_std=1.5,
+        random_state=4,
+    )
     return str(write(generate(opts), tmp_path / "data"))
 
 
 def test_generated_data_matches_centralized_and_writes_the_seed_layout(run_config, tmp_path, generated):
-    _, folder, summary = _run(run_config, tmp_path, **{"kmeans.data-source": "generated",
-                                                       "kmeans.data-path": generated})
+    _, folder, summary = _run(
+        run_config, tmp_path, **{"kmeans.data-source": "generated", "kmeans.data-path": generated}
+    )
     inertia, ari = _centralized("generated", 3, 3, generated)
     assert summary["ari"] == pytest.approx(ari, abs=0.02)
     assert summary["inertia"] == pytest.approx(inertia, rel=1e-3)
@@ -64,11 +72,17 @@ def test_generated_data_matches_centralized_and_writes_the_seed_layout(run_confi
     metrics = json.loads((folder / "federated_kmeans_metrics.json").read_text())
     assert metrics["ari"] == summary["ari"] and metrics["inertia"] == summary["inertia"]
     last = summary["rounds"]
-    for path in ("global_means/round_000_global_means.npy", f"global_means/round_{last:03d}_metadata.json",
-                 f"local_means/client_2/round_{last:03d}_local_means.npy",
-                 f"local_means/client_2/round_{last:03d}_sample_counts.npy",
-                 f"local_means/client_0/round_{last:03d}_metadata.json", "local_means/client_1/points_2d.npy",
-                 "client_logs/client_0.log", "server_logs/server.log", "kmeans_convergence.png"):
+    for path in (
+        "global_means/round_000_global_means.npy",
+        f"global_means/round_{last:03d}_metadata.json",
+        f"local_means/client_2/round_{last:03d}_local_means.npy",
+        f"local_means/client_2/round_{last:03d}_sample_counts.npy",
+        f"local_means/client_0/round_{last:03d}_metadata.json",
+        "local_means/client_1/points_2d.npy",
+        "client_logs/client_0.log",
+        "server_logs/server.log",
+        "kmeans_convergence.png",
+    ):
         assert (folder / path).is_file(), path
     meta = json.loads((folder / f"global_means/round_{last:03d}_metadata.json").read_text())
     assert meta["convergence_change"] < 1e-4 and meta["participating_clients"] == [0, 1, 2]
@@ -100,17 +114,24 @@ def test_feature_mismatch_stops_the_run_naming_the_client(run_config, tmp_path, 
     two = GeneratorOptions(num_clients=3, samples_per_client=20, num_features=2)
     write(generate(two), tmp_path / "two")
     write(generate(GeneratorOptions(**{**two.__dict__, "num_features": 5})), tmp_path / "five")
-    config = run_config(method="kmeans", **{
-        "kmeans.data-source": "generated", "dataset.data-dir": str(tmp_path / "two"),
-        "log-dir": str(tmp_path / "logs"), "experiment-name": "mismatch"})
+    config = run_config(
+        method="kmeans",
+        **{
+            "kmeans.data-source": "generated",
+            "dataset.data-dir": str(tmp_path / "two"),
+            "log-dir": str(tmp_path / "logs"),
+            "experiment-name": "mismatch",
+        },
+    )
     with caplog.at_level(logging.ERROR, logger="flwr"), pytest.raises(RunFailed):
         run_local(server_app, client_app, 3, config, node_configs={3: {"data-dir": str(tmp_path / "five")}})
     assert "mismatching clients: partition 2 (node 3)" in caplog.text
 
 
 def test_a_dropped_node_leaves_the_others_to_finish(run_config, tmp_path):
-    _, _, summary = _run(run_config, tmp_path, nodes=4, grid_kwargs={"fail_nodes": {4}},
-                         **{"kmeans.data-source": "iris"})
+    _, _, summary = _run(
+        run_config, tmp_path, nodes=4, grid_kwargs={"fail_nodes": {4}}, **{"kmeans.data-source": "iris"}
+    )
     assert summary["num_clients"] == 3 and summary["converged"]
     assert summary["kmeans"]["num_samples"] < 150  # the dropped partition's rows are not there
 
@@ -126,8 +147,9 @@ def test_a_client_rejected_in_every_phase_is_not_counted(run_config, tmp_path):
             return reply
         return Message(Error(code=0, reason="corrupted"), reply_to=reply)
 
-    _, folder, summary = _run(run_config, tmp_path, nodes=4, grid_kwargs={"tamper": break_node_4},
-                              **{"kmeans.data-source": "iris"})
+    _, folder, summary = _run(
+        run_config, tmp_path, nodes=4, grid_kwargs={"tamper": break_node_4}, **{"kmeans.data-source": "iris"}
+    )
     _, _, full = _run(run_config, tmp_path, nodes=4, name="full", **{"kmeans.data-source": "iris"})
     sizes = [len(load_tabular_partition("iris", i, 4).x) for i in range(4)]
     assert full["num_clients"] == 4 and full["kmeans"]["num_samples"] == 150
@@ -150,18 +172,22 @@ def test_bad_kmeans_config_is_a_one_line_error(run_config, overrides, message):
         load_settings(run_config(method="kmeans", **overrides))
 
 
-@pytest.mark.parametrize("name", ["kmeans_wine", "kmeans_generated_2d", "kmeans_generated_10d",
-                                  "kmeans_iris_label_skew"])
+@pytest.mark.parametrize(
+    "name", ["kmeans_wine", "kmeans_generated_2d", "kmeans_generated_10d", "kmeans_iris_label_skew"]
+)
 def test_conf_variants_are_valid_kmeans_configs(run_config, name):
     variant = tomllib.loads((Path(__file__).resolve().parent.parent / "conf" / f"{name}.toml").read_text())
     settings = load_settings(run_config(**variant))
     assert settings.method == "kmeans" and settings.method_options.k in (3, 4)
 
 
-@pytest.mark.parametrize(("overrides", "prefix"), [
-    ({"method": "kmeans", "kmeans.data-source": "wine"}, "kmeans_wine_"),
-    ({"method": "fedavg", "kmeans.data-source": "wine"}, "fedavg_digits_"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "prefix"),
+    [
+        ({"method": "kmeans", "kmeans.data-source": "wine"}, "kmeans_wine_"),
+        ({"method": "fedavg", "kmeans.data-source": "wine"}, "fedavg_digits_"),
+    ],
+)
 def test_default_experiment_folder_names_the_data_the_method_reads(run_config, tmp_path, overrides, prefix):
     from fedvq_app.tracking.experiment import ExperimentTracker  # noqa: PLC0415
 

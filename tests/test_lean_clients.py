@@ -22,15 +22,23 @@ HEAVY = ("torch", "torchvision", "flwr_datasets", "datasets", "matplotlib", "vec
 
 def _python(code: str, env: dict | None = None) -> dict:
     """Run ``code`` in a fresh interpreter (as a ClientApp process is); it prints one JSON line."""
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_importing_the_client_app_imports_no_method():
-    loaded = _python("import sys, json, fedvq_app.client_app as c; "
-                     "print(json.dumps({'mods': sorted(sys.modules), 'types': sorted(c.app._registered_funcs)}))")
+    loaded = _python(
+        "import sys, json, fedvq_app.client_app as c; "
+        "print(json.dumps({'mods': sorted(sys.modules), 'types': sorted(c.app._registered_funcs)}))"
+    )
     assert not [m for m in (*HEAVY, "sklearn") if m in loaded["mods"]]
     assert "query.kmeans_handshake" in loaded["types"] and "train.kmeans_step" in loaded["types"]
 
@@ -43,8 +51,8 @@ from fedvq_app.client_app import app as client_app
 from fedvq_app.local_grid import full_run_config, run_local
 from fedvq_app.server_app import app as server_app
 path = write(generate(GeneratorOptions(num_clients=3, samples_per_client=40, num_features=3, num_clusters=3)),
-             {str(tmp_path / 'data')!r})
-config = full_run_config(method="kmeans", **{{"log-dir": {str(tmp_path / 'logs')!r}, "experiment-name": "e",
+             {str(tmp_path / "data")!r})
+config = full_run_config(method="kmeans", **{{"log-dir": {str(tmp_path / "logs")!r}, "experiment-name": "e",
                           "kmeans.data-source": "generated", "kmeans.data-path": str(path), "kmeans.k": 3}})
 run_local(server_app, client_app, 3, config)
 print(json.dumps({{"mods": sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})}}))
@@ -103,8 +111,12 @@ print(json.dumps({{"hits": PARTITIONS.hits, "train": data.train_y.tolist(), "val
 
 def test_the_key_covers_everything_that_determines_a_partition():
     base = {"dataset": {"name": "digits"}, "partition": {"kind": "iid"}, "seed": 1, "num_partitions": 4}
-    variants = [{**base, "seed": 2}, {**base, "num_partitions": 5}, {**base, "partition": {"kind": "dirichlet"}},
-                {**base, "dataset": {"name": "pathmnist"}}]
+    variants = [
+        {**base, "seed": 2},
+        {**base, "num_partitions": 5},
+        {**base, "partition": {"kind": "dirichlet"}},
+        {**base, "dataset": {"name": "pathmnist"}},
+    ]
     keys = {cache_key("partitions", p) for p in (base, *variants)}
     assert len(keys) == 5 and cache_key("partitions", dict(base)) in keys
 

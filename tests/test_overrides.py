@@ -9,4 +9,6 @@ def test_two_overrides_under_one_prefix_both_survive():
     parsed = parse_overrides(["fusedspace.task-aware=false", "fusedspace.warmup-epochs=0", "dataset.size=8"])
     assert parsed == {"fusedspace.task-aware": False, "fusedspace.warmup-epochs": 0, "dataset.size": 8}
     assert parse_overrides(["fusedspace.task-aware=false fusedspace.l2sp=0.001"]) == {
-        "fusedspace.task-aware": False, "fusedspace.l2sp": 0.001}
+        "fusedspace.task-aware": False,
+        "fusedspace.l2sp": 0.001,
+    }

@@ -93,8 +93,10 @@ def test_own_test_rows_follow_the_clients_label_mix():
     own_labels = set(client.data.test_y.numpy()[rows].tolist())
     train_labels = {c for c, n in enumerate(client.data.label_counts()) if n}
     assert len(train_labels) == 2 and own_labels == train_labels
-    assert np.array_equal(rows, _client({"dataset.size": 8, "partition.kind": "pathological",
-                                         "partition.classes-per-client": 2}).own_test_rows)
+    assert np.array_equal(
+        rows,
+        _client({"dataset.size": 8, "partition.kind": "pathological", "partition.classes-per-client": 2}).own_test_rows,
+    )
 
 
 def test_evaluate_reply_scores_the_model_on_its_own_rows():
@@ -118,8 +120,15 @@ def test_evaluate_reply_scores_the_model_on_its_own_rows():
 
 @pytest.mark.parametrize("method", ["fedavg", "fedloge"])
 def test_summary_reports_own_test_accuracy_for_global_and_personalised_methods(tmp_path, method):
-    overrides = {**TINY, "method": method, "partition.kind": "pathological", "partition.classes-per-client": 2,
-                 "log-dir": str(tmp_path), "experiment-name": method, "num-server-rounds": 2}
+    overrides = {
+        **TINY,
+        "method": method,
+        "partition.kind": "pathological",
+        "partition.classes-per-client": 2,
+        "log-dir": str(tmp_path),
+        "experiment-name": method,
+        "num-server-rounds": 2,
+    }
     run_local(server_app, client_app, 3, full_run_config(**overrides))
     summary = json.loads((tmp_path / method / "summary.json").read_text())
     final = summary["final"]

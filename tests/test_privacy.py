@@ -258,9 +258,7 @@ def test_bad_privacy_values_name_the_key():
     with pytest.raises(ConfigError, match="privacy.noise-multiplier"):
         load_settings(full_run_config(**{"privacy.mode": "client-fixed", "privacy.noise-multiplier": 0.0}))
     with pytest.raises(ConfigError, match="privacy.clipped-count-stddev"):
-        load_settings(
-            full_run_config(**{"privacy.mode": "client-adaptive", "privacy.clipped-count-stddev": 0.2})
-        )
+        load_settings(full_run_config(**{"privacy.mode": "client-adaptive", "privacy.clipped-count-stddev": 0.2}))
     with pytest.raises(ConfigError, match="privacy.mode"):
         load_settings(full_run_config(**{"privacy.mode": "local"}))
 

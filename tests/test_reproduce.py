@@ -10,14 +10,33 @@ import pytest
 from bench import reproduce
 from bench.methods import SCENARIOS
 
-SETUP = {"dataset": "digits", "size": 8, "clients": 10, "rounds": 10, "local_epochs": 2, "gradient_batches": 4,
-         "quick": False}
+SETUP = {
+    "dataset": "digits",
+    "size": 8,
+    "clients": 10,
+    "rounds": 10,
+    "local_epochs": 2,
+    "gradient_batches": 4,
+    "quick": False,
+}
 
 
 def _cell(method, scenario, seed, accuracy, **extra):
-    return {"setup": SETUP, "date": "2026-12-01 12:00:00", "method": method, "scenario": scenario, "seed": seed,
-            "accuracy": accuracy, "macro_f1": accuracy, "balanced_accuracy": accuracy, "own_test_accuracy": None,
-            "tail_accuracy": None, "gamma": 2.0, "seconds": 10.0, **extra}
+    return {
+        "setup": SETUP,
+        "date": "2026-12-01 12:00:00",
+        "method": method,
+        "scenario": scenario,
+        "seed": seed,
+        "accuracy": accuracy,
+        "macro_f1": accuracy,
+        "balanced_accuracy": accuracy,
+        "own_test_accuracy": None,
+        "tail_accuracy": None,
+        "gamma": 2.0,
+        "seconds": 10.0,
+        **extra,
+    }
 
 
 def test_the_table_gives_mean_and_sample_spread_over_seeds_per_method_and_scenario():
@@ -37,8 +56,10 @@ def test_the_table_says_which_targets_are_met_and_which_missed():
     records = [_cell("fedavg", "dirichlet-0.05", s, a) for s, a in ((42, 0.80), (43, 0.90))]
     records += [_cell("fusedspace", "dirichlet-0.05", s, a) for s, a in ((42, 0.84), (43, 0.88))]  # mean 86 >= 85
     records += [_cell("fedavg", "pathological-2", 42, 0.60), _cell("fusedspace", "pathological-2", 42, 0.59)]
-    records += [_cell("fedavg", "long-tail-0.01", 42, 0.3, tail_accuracy=0.0, own_test_accuracy=0.5),
-                _cell("fedloge", "long-tail-0.01", 42, 0.3, tail_accuracy=0.0, own_test_accuracy=0.6)]
+    records += [
+        _cell("fedavg", "long-tail-0.01", 42, 0.3, tail_accuracy=0.0, own_test_accuracy=0.5),
+        _cell("fedloge", "long-tail-0.01", 42, 0.3, tail_accuracy=0.0, own_test_accuracy=0.6),
+    ]
     table = reproduce.render_markdown(records)
     assert "Dirichlet 0.05: 86.00 ± 2.83 vs 85.00 ± 7.07 (n = 2 / 2): met" in table
     assert "pathological-2: 59.00 ± 0.00 vs 60.00 ± 0.00 (n = 1 / 1): **MISSED**" in table
@@ -49,14 +70,24 @@ def test_the_table_says_which_targets_are_met_and_which_missed():
 
 
 def test_quick_runs_a_real_cell_and_reports_tail_and_own_distribution_accuracy(tmp_path, capsys):
-    reproduce.main(["--quick", "--methods", "fedavg", "--scenarios", "long-tail-0.01", "--jobs", "1",
-                    "--out", str(tmp_path)])
+    reproduce.main(
+        ["--quick", "--methods", "fedavg", "--scenarios", "long-tail-0.01", "--jobs", "1", "--out", str(tmp_path)]
+    )
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     cell = json.loads(line)
     assert "error" not in cell, cell.get("error")
     assert cell["setup"]["quick"] and cell["seed"] == 42 and cell["setup"]["rounds"] == 2
-    for key in ("accuracy", "macro_f1", "balanced_accuracy", "own_test_accuracy", "tail_accuracy", "val_accuracy",
-                "pooled_val_accuracy", "seen_class_accuracy", "unseen_class_accuracy"):
+    for key in (
+        "accuracy",
+        "macro_f1",
+        "balanced_accuracy",
+        "own_test_accuracy",
+        "tail_accuracy",
+        "val_accuracy",
+        "pooled_val_accuracy",
+        "seen_class_accuracy",
+        "unseen_class_accuracy",
+    ):
         assert 0.0 <= cell[key] <= 1.0, key
     assert cell["accuracy"] > 0.1  # above chance after two rounds
     assert (tmp_path / "reproduce.md").is_file() and (tmp_path / "reproduce.png").is_file()
@@ -84,14 +115,22 @@ def test_pooled_validation_is_every_clients_validation_split_and_clients_score_o
     from fedvq_app.data.client_data import load_client_data, pooled_validation
     from fedvq_app.local_grid import full_run_config
 
-    settings = load_settings(full_run_config(method="fedavg", **{**SCENARIOS["pathological-2"], "dataset.size": 8,
-                                                                 "metrics.pooled-validation": True}))
+    settings = load_settings(
+        full_run_config(
+            method="fedavg", **{**SCENARIOS["pathological-2"], "dataset.size": 8, "metrics.pooled-validation": True}
+        )
+    )
     parts = [load_client_data(settings, pid, 3) for pid in range(3)]
     x, y = pooled_validation(settings, 3)
     assert len(y) == len(x) == sum(len(p.val_y) for p in parts)
     assert len(np.unique(y)) > max(len(np.unique(p.val_y)) for p in parts)  # classes no single client holds
-    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 3}, state=RecordDict(),
-                      run_config=settings.raw)
+    context = Context(
+        run_id=1,
+        node_id=1,
+        node_config={"partition-id": 0, "num-partitions": 3},
+        state=RecordDict(),
+        run_config=settings.raw,
+    )
     client = NeuralClient(settings, context)
     splits = client.evaluate_splits(client.build_model())
     assert set(splits) >= {"val", "pooled-val", "test"}
@@ -108,8 +147,10 @@ def test_the_grid_covers_the_seeds_scenarios():
 
 
 def test_seen_and_unseen_class_accuracy_split_each_clients_classes_by_its_training_counts(monkeypatch):
-    clients = {0: {"test-class-accuracy": [1.0, 0.5, 0.0, -1.0]},  # class 3 absent from the test split
-               1: {"test-class-accuracy": [0.2, 0.4, 0.6, 0.8]}}
+    clients = {
+        0: {"test-class-accuracy": [1.0, 0.5, 0.0, -1.0]},  # class 3 absent from the test split
+        1: {"test-class-accuracy": [0.2, 0.4, 0.6, 0.8]},
+    }
     counts = [np.array([5, 1, 0, 0]), np.array([0, 0, 3, 0])]
     monkeypatch.setattr(reproduce, "_final_clients", lambda folder: (clients, counts))
     seen, unseen = reproduce.seen_unseen_accuracy(None)
@@ -125,14 +166,21 @@ def test_the_targets_table_gives_every_figure_the_target_per_seed_and_the_verdic
     setup = {**SETUP, "rounds": 30}
     modes = {"personal": {"val": 0.7, "own_test": 0.8}, "generic": {"val": 0.9, "own_test": 0.85}}
     records = [_cell("fusedspace", "pathological-2", 44, 0.99)]  # an older setup (10 rounds): not in this table
-    records += [{**_cell("fedavg", "pathological-2", s, a, seen_class_accuracy=0.9, unseen_class_accuracy=0.5),
-                 "setup": setup} for s, a in ((42, 0.90), (43, 0.94))]
-    records += [{**_cell("fusedspace", "pathological-2", s, a, reconstruction_loss=0.01), "setup": setup}
-                for s, a in ((42, 0.80), (43, 0.82))]
-    records += [{**_cell("fedloge", "long-tail-0.01", 42, 0.5, tail_accuracy=0.1, own_test_accuracy=0.8,
-                         modes=modes), "setup": setup},
-                {**_cell("fedavg", "long-tail-0.01", 42, 0.5, tail_accuracy=0.0, own_test_accuracy=0.85),
-                 "setup": setup}]
+    records += [
+        {**_cell("fedavg", "pathological-2", s, a, seen_class_accuracy=0.9, unseen_class_accuracy=0.5), "setup": setup}
+        for s, a in ((42, 0.90), (43, 0.94))
+    ]
+    records += [
+        {**_cell("fusedspace", "pathological-2", s, a, reconstruction_loss=0.01), "setup": setup}
+        for s, a in ((42, 0.80), (43, 0.82))
+    ]
+    records += [
+        {
+            **_cell("fedloge", "long-tail-0.01", 42, 0.5, tail_accuracy=0.1, own_test_accuracy=0.8, modes=modes),
+            "setup": setup,
+        },
+        {**_cell("fedavg", "long-tail-0.01", 42, 0.5, tail_accuracy=0.0, own_test_accuracy=0.85), "setup": setup},
+    ]
     table = reproduce.render_targets_markdown(records)
     assert "30 rounds x 2 local epoch(s)" in table
     assert "| pathological-2 | fusedspace | 2 | 81.00 ± 1.41 |" in table and "accuracy: 80.00 / 82.00" in table

@@ -82,8 +82,10 @@ def test_fedavg_resumed_after_round_2_reaches_the_uninterrupted_final_metrics(tm
     folder = _interrupted_then_resumed(tmp_path)
     resumed = json.loads((folder / "summary.json").read_text())
 
-    print(f"final accuracy: uninterrupted {straight['final']['accuracy']:.4f} | "
-          f"resumed {resumed['final']['accuracy']:.4f}")
+    print(
+        f"final accuracy: uninterrupted {straight['final']['accuracy']:.4f} | "
+        f"resumed {resumed['final']['accuracy']:.4f}"
+    )
     assert resumed["rounds"] == straight["rounds"] == ROUNDS
     assert resumed["final"]["accuracy"] == straight["final"]["accuracy"]
     assert resumed["final"]["per_client_accuracy"] == straight["final"]["per_client_accuracy"]
@@ -152,8 +154,9 @@ def test_resume_refuses_a_different_experiment_and_a_folder_without_checkpoint(t
     with pytest.raises(ConfigError, match=r"partition\.alpha: 0\.5 -> 5\.0"):
         check_compatible(changed, checkpoint)
     # operational keys may change: more rounds, another timeout or device
-    check_compatible(load_settings({**config, "num-server-rounds": 9, "round-timeout": 5.0, "device": "cpu"}),
-                     checkpoint)
+    check_compatible(
+        load_settings({**config, "num-server-rounds": 9, "round-timeout": 5.0, "device": "cpu"}), checkpoint
+    )
     with pytest.raises(ConfigError, match="no checkpoint.npz"):
         load_checkpoint(tmp_path / "empty")
 
@@ -165,4 +168,3 @@ def test_resume_from_an_empty_folder_stops_with_one_line(tmp_path, caplog):
         run_local(server_app, client_app, 2, config)
     assert "no checkpoint.npz" in caplog.text
     assert list((tmp_path / "old").iterdir()) == []  # a refused resume touches nothing
-

@@ -123,8 +123,15 @@ def test_method_statistics_become_scalars():
         "round": 3,
         "evaluate": {"clients": {}, "aggregated": {"gradient-dissimilarity": 4.5}},
         "train": {"aggregated": {"inertia": 12.0}},
-        "strategy": {"num_clusters": 2, "split": True, "usage_ratio": 0.25, "clusters": {"0": [1, 2]},
-                     "cluster_stats": {"0": {"mean_norm": 0.3}}, "aggregation": "kmeans", "round": 3},
+        "strategy": {
+            "num_clusters": 2,
+            "split": True,
+            "usage_ratio": 0.25,
+            "clusters": {"0": [1, 2]},
+            "cluster_stats": {"0": {"mean_norm": 0.3}},
+            "aggregation": "kmeans",
+            "round": 3,
+        },
     }
     scalars = round_scalars(record)
     assert scalars["evaluate/gradient-dissimilarity"] == 4.5  # Gamma
@@ -171,8 +178,10 @@ def _model_arrays(config: dict) -> list[np.ndarray]:
 
 
 def test_kmeans_counts_its_rounds_and_its_set_up_phases(tmp_path):
-    config = full_run_config(method="kmeans", **{"kmeans.max-rounds": 3, "kmeans.client-logs": False,
-                                                 "log-dir": str(tmp_path), "experiment-name": "km"})
+    config = full_run_config(
+        method="kmeans",
+        **{"kmeans.max-rounds": 3, "kmeans.client-logs": False, "log-dir": str(tmp_path), "experiment-name": "km"},
+    )
     run_local(server_app, client_app, 3, config)
     rounds, summary = _rounds(tmp_path / "km"), _summary(tmp_path / "km")
     assert rounds and all(r["communication"]["phases"].keys() == {"train"} for r in rounds)
@@ -279,14 +288,28 @@ def test_the_html_report_renders_in_a_real_browser(runs, tmp_path):
 
     files = compare([runs["logs"]], tmp_path / "cmp", "tiny")
     url = files["html"].as_uri()
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([_browser(), *flags, "--virtual-time-budget=5000", "--dump-dom", url],
-                         capture_output=True, text=True, timeout=120)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [_browser(), *flags, "--virtual-time-budget=5000", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert 'data-plots-loaded="2"' in dom.stdout, dom.stderr[-2000:]  # both embedded plots decoded
     shot = tmp_path / "report.png"
-    subprocess.run([_browser(), *flags, "--window-size=1280,1800", f"--screenshot={shot}", url],
-                   capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [_browser(), *flags, "--window-size=1280,1800", f"--screenshot={shot}", url],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=float)
     assert pixels.shape[:2] == (1800, 1280)
     assert pixels.std() > 20  # text, tables and plots, not a blank page
@@ -326,8 +349,14 @@ def test_mlflow_file_store_gets_params_metrics_and_artifacts(runs):
 def test_an_unreachable_mlflow_server_stops_the_run_before_any_folder(tmp_path, caplog, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    config = full_run_config(**{**TINY, "log-dir": str(tmp_path / "logs"), "experiment-name": "x",
-                                "tracking.mlflow-uri": f"http://127.0.0.1:{_free_port()}"})
+    config = full_run_config(
+        **{
+            **TINY,
+            "log-dir": str(tmp_path / "logs"),
+            "experiment-name": "x",
+            "tracking.mlflow-uri": f"http://127.0.0.1:{_free_port()}",
+        }
+    )
     with pytest.raises(RunFailed):
         run_local(server_app, client_app, 2, config)
     errors = [r.getMessage() for r in caplog.records if "configuration error" in r.getMessage()]
@@ -360,10 +389,24 @@ def mlflow_server(tmp_path):
     log = (tmp_path / "server.log").open("w")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen(
-        [executable, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        [
+            executable,
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -387,9 +430,16 @@ def mlflow_server(tmp_path):
 def test_mlflow_tracking_server_gets_params_metrics_and_artifacts(mlflow_server, tmp_path):
     from mlflow import MlflowClient
 
-    config = full_run_config(**{**TINY, "num-server-rounds": 1, "log-dir": str(tmp_path / "logs"),
-                                "experiment-name": "served",
-                                "tracking.mlflow-uri": mlflow_server, "tracking.tensorboard": False})
+    config = full_run_config(
+        **{
+            **TINY,
+            "num-server-rounds": 1,
+            "log-dir": str(tmp_path / "logs"),
+            "experiment-name": "served",
+            "tracking.mlflow-uri": mlflow_server,
+            "tracking.tensorboard": False,
+        }
+    )
     run_local(server_app, client_app, 2, config)
     _check_mlflow_run(MlflowClient(mlflow_server), "served", tmp_path / "logs" / "served")
     assert (tmp_path / "artifacts").is_dir()  # uploaded through the server, stored where it keeps artifacts

@@ -41,8 +41,9 @@ def local_statistics(
     counts: np.ndarray, sums: np.ndarray, squares: np.ndarray, privacy_threshold: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """A client's per-code (counts, sums, squares) with codes below the threshold withheld; and how many."""
-    sums_f, counts_f, withheld = privacy_filter(np.asarray(sums, dtype=np.float64),
-                                                np.asarray(counts, dtype=np.int64), privacy_threshold)
+    sums_f, counts_f, withheld = privacy_filter(
+        np.asarray(sums, dtype=np.float64), np.asarray(counts, dtype=np.int64), privacy_threshold
+    )
     squares_f = np.where(withheld, 0.0, np.asarray(squares, dtype=np.float64))
     return counts_f, sums_f, squares_f, int(withheld.sum())
 
@@ -160,8 +161,12 @@ def lloyd_codebook(
     return CodebookResult(
         book,
         inertia,
-        {"initialised": False, "dead_codes": int(empty.sum()), "revived_codes": len(revived),
-         "distinct_codes": int((total_n > 0).sum())},
+        {
+            "initialised": False,
+            "dead_codes": int(empty.sum()),
+            "revived_codes": len(revived),
+            "distinct_codes": int((total_n > 0).sum()),
+        },
     )
 
 
@@ -189,9 +194,14 @@ def lloyd_codebook_heads(
     for h in range(heads):
         part = slice(h * k, (h + 1) * k)
         result = lloyd_codebook(
-            [c[part] for c in counts], [s[part] for s in sums], [q[part] for q in squares],
-            None if previous is None else previous[part], rng, max_iter,
-            None if eligible is None else eligible[part], max_revived,
+            [c[part] for c in counts],
+            [s[part] for s in sums],
+            [q[part] for q in squares],
+            None if previous is None else previous[part],
+            rng,
+            max_iter,
+            None if eligible is None else eligible[part],
+            max_revived,
         )
         books.append(result.codebook)
         inertia += result.inertia

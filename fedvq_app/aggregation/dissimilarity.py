@@ -36,8 +36,7 @@ def _check_same_layout(gradients: Sequence[Gradient]) -> None:
 
 def _mean_gradient(gradients: Sequence[Gradient], p: np.ndarray) -> dict[str, np.ndarray]:
     return {
-        k: np.tensordot(p, np.stack([np.asarray(g[k], np.float64) for g in gradients]), axes=1)
-        for k in gradients[0]
+        k: np.tensordot(p, np.stack([np.asarray(g[k], np.float64) for g in gradients]), axes=1) for k in gradients[0]
     }
 
 

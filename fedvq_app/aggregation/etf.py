@@ -114,8 +114,13 @@ def frame_on_support(frame: np.ndarray, support: np.ndarray, norm: float) -> np.
         residual = weights @ weights.T - target
         return float((residual * residual).sum()), (4.0 * residual @ weights).ravel()[free]
 
-    result = minimize(mismatch, start.ravel()[free], jac=True, method="L-BFGS-B",
-                      options={"maxiter": 3000, "ftol": 1e-16, "gtol": 1e-12})
+    result = minimize(
+        mismatch,
+        start.ravel()[free],
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 3000, "ftol": 1e-16, "gtol": 1e-12},
+    )
     solved = np.zeros(support.size)
     solved[free] = result.x
     solved = solved.reshape(support.shape)

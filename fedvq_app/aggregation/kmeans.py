@@ -171,9 +171,7 @@ def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray,
     return sums, np.bincount(labels, minlength=k).astype(np.int64)
 
 
-def chain_statistics(
-    x: np.ndarray, centroids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def chain_statistics(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-centroid sums and counts, inertia and labels for every centroid set ("init").
 
     ``centroids`` is (R, k, d): R independent k-means runs advanced together (the
@@ -188,15 +186,14 @@ def chain_statistics(
     labels = d2.argmin(axis=2).T  # (R, N)
     nearest = np.take_along_axis(d2, labels.T[:, :, None], axis=2)[:, :, 0].T  # (R, N)
     flat = (labels + np.arange(runs)[:, None] * k).ravel()  # run r's cluster j -> r * k + j
-    sums = np.stack([np.bincount(flat, weights=np.tile(x[:, j], runs), minlength=runs * k) for j in range(dim)],
-                    axis=-1).reshape(runs, k, dim)
+    sums = np.stack(
+        [np.bincount(flat, weights=np.tile(x[:, j], runs), minlength=runs * k) for j in range(dim)], axis=-1
+    ).reshape(runs, k, dim)
     counts = np.bincount(flat, minlength=runs * k).astype(np.int64).reshape(runs, k)
     return sums, counts, np.maximum(nearest, 0.0).sum(axis=1), labels.astype(np.int64)
 
 
-def privacy_filter(
-    sums: np.ndarray, counts: np.ndarray, threshold: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def privacy_filter(sums: np.ndarray, counts: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Zero every (sum, count) built from fewer than ``threshold`` rows; return the withheld mask.
 
     A local mean of very few rows is nearly a raw row, so it never leaves the client.
@@ -208,9 +205,7 @@ def privacy_filter(
     return sums, counts, withheld
 
 
-def lloyd_update(
-    previous: np.ndarray, sums: np.ndarray, counts: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def lloyd_update(previous: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """New centroids = summed sums / summed counts; an empty centroid keeps its position.
 
     Keeping an empty centroid where it was needs no data (re-seeding it at a far
@@ -230,9 +225,7 @@ def centroid_shift(old: np.ndarray, new: np.ndarray) -> np.ndarray | float:
     return float(moves.max()) if moves.ndim == 1 else moves.max(axis=-1)
 
 
-def seed_from_summaries(
-    points: np.ndarray, weights: np.ndarray, k: int, runs: int, seed: int
-) -> np.ndarray:
+def seed_from_summaries(points: np.ndarray, weights: np.ndarray, k: int, runs: int, seed: int) -> np.ndarray:
     """``runs`` k-means++ seedings (R, k, d) drawn from clients' local means, weighted by counts.
 
     The local means stand in for the rows (Garst & Reinders' federated k-means
@@ -249,9 +242,7 @@ def seed_from_summaries(
             "initialise k centroids; lower kmeans.privacy-threshold or raise kmeans.local-k"
         )
     seeds = np.random.SeedSequence(seed).generate_state(runs)
-    return np.stack(
-        [kmeans_plusplus(points, k, sample_weight=weights, random_state=int(s))[0] for s in seeds]
-    )
+    return np.stack([kmeans_plusplus(points, k, sample_weight=weights, random_state=int(s))[0] for s in seeds])
 
 
 # ----------------------------------------------------------------------------

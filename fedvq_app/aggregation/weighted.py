@@ -18,9 +18,7 @@ def normalized_weights(weights: Sequence[float]) -> np.ndarray:
     return np.full_like(w, 1.0 / w.size) if total == 0 else w / total
 
 
-def weighted_average(
-    arrays: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]
-) -> dict[str, np.ndarray]:
+def weighted_average(arrays: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> dict[str, np.ndarray]:
     """Key-wise weighted mean; every mapping must have the same keys; dtypes are kept."""
     w = normalized_weights(weights)
     keys = list(arrays[0])

@@ -261,5 +261,3 @@ class NeuralClient:
         }
         model.zero_grad(set_to_none=True)
         return to_record(gradient)
-
-

@@ -74,13 +74,14 @@ class FedLoGeClient(NeuralClient):
         lr = float(msg.content["config"].get("lr", self.settings.train.lr))
         head = model.local_head.cpu()
         optimizer = make_optimizer(head.parameters(), self.settings.train, lr)
-        generator = seed_everything(self.settings.seed, int(msg.content["config"].get("server-round", 0)),
-                                    self.partition_id, REFIT_STREAM)
+        generator = seed_everything(
+            self.settings.seed, int(msg.content["config"].get("server-round", 0)), self.partition_id, REFIT_STREAM
+        )
         batch = self.settings.train.batch_size
         for _ in range(epochs):
             order = torch.randperm(len(labels), generator=generator)
             for start in range(0, len(order), batch):
-                rows = order[start:start + batch]
+                rows = order[start : start + batch]
                 optimizer.zero_grad(set_to_none=True)
                 F.cross_entropy(head(feats[rows]), labels[rows]).backward()
                 optimizer.step()

@@ -226,8 +226,13 @@ class FedVQClient(NeuralClient):
         path = self.checkpoint_path(msg)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".tmp")
-        payload = {"state_dict": best.state, "round": server_round, "epoch": best.epoch,
-                   "val_accuracy": best.val_accuracy, "partition_id": self.partition_id}
+        payload = {
+            "state_dict": best.state,
+            "round": server_round,
+            "epoch": best.epoch,
+            "val_accuracy": best.val_accuracy,
+            "partition_id": self.partition_id,
+        }
         torch.save(payload, partial)
         os.replace(partial, path)
         self.context.state[BEST_STATE_KEY] = MetricRecord({"val-accuracy": best.val_accuracy, "round": server_round})

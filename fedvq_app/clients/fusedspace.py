@@ -145,9 +145,7 @@ class FusedSpaceClient(NeuralClient):
         named = autoencoder_parameters(model)
         params = [p for _, p in named]
         if opts.ae_optimizer == "sgd":
-            optimizer = optim.SGD(
-                params, lr=opts.ae_lr, momentum=opts.ae_momentum, weight_decay=opts.ae_weight_decay
-            )
+            optimizer = optim.SGD(params, lr=opts.ae_lr, momentum=opts.ae_momentum, weight_decay=opts.ae_weight_decay)
         else:
             optimizer = optim.Adam(params, lr=opts.ae_lr, weight_decay=opts.ae_weight_decay)
         if opts.ae_keep_state and OPTIMIZER_STATE_KEY in self.context.state:

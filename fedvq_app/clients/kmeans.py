@@ -58,8 +58,9 @@ class KMeansClient:
 
     # ------------------------------------------------------------------ helpers
     def _reply(self, msg: Message, metrics: dict, arrays: dict[str, np.ndarray] | None = None) -> Message:
-        records = {METRICS: MetricRecord({"num-examples": len(self.data.x), "partition-id": self.partition_id,
-                                          **metrics})}
+        records = {
+            METRICS: MetricRecord({"num-examples": len(self.data.x), "partition-id": self.partition_id, **metrics})
+        }
         if arrays is not None:
             records[ARRAYS] = to_record(arrays)
         return Message(content=RecordDict(records), reply_to=msg)
@@ -100,8 +101,11 @@ class KMeansClient:
         logs = self._logs(msg)
         if logs is not None:
             logs.write_client_points(self.partition_id, transform.view_of_rows(self.data.x))
-            logs.client_log(self.partition_id, f"init: local k-means with {fitted} clusters on {len(z)} rows, "
-                            f"counts {counts.tolist()}, withheld {int(withheld.sum())}")
+            logs.client_log(
+                self.partition_id,
+                f"init: local k-means with {fitted} clusters on {len(z)} rows, "
+                f"counts {counts.tolist()}, withheld {int(withheld.sum())}",
+            )
         return self._reply(msg, {"withheld": int(withheld.sum())}, {"sums": sums, "counts": shared_counts})
 
     def lloyd_step(self, msg: Message) -> Message:
@@ -128,8 +132,11 @@ class KMeansClient:
             "withheld_clusters": [np.flatnonzero(w).tolist() for w in withheld],
         }
         logs.write_client_round(self.partition_id, server_round, labels, metadata)
-        logs.client_log(self.partition_id, f"round {server_round}: {int(withheld.sum())} local means withheld "
-                        f"(threshold {self.threshold}); counts of run 0 {counts[0].tolist()}")
+        logs.client_log(
+            self.partition_id,
+            f"round {server_round}: {int(withheld.sum())} local means withheld "
+            f"(threshold {self.threshold}); counts of run 0 {counts[0].tolist()}",
+        )
 
     def final_evaluation(self, msg: Message) -> Message:
         """Inertia, silhouette over a bounded sample, cluster sizes and the contingency table."""
@@ -152,8 +159,10 @@ class KMeansClient:
         }
         logs = self._logs(msg)
         if logs is not None:
-            logs.client_log(self.partition_id, f"evaluation: inertia {metrics['inertia']:.4f}, "
-                            f"cluster sizes {arrays['counts'].tolist()}")
+            logs.client_log(
+                self.partition_id,
+                f"evaluation: inertia {metrics['inertia']:.4f}, cluster sizes {arrays['counts'].tolist()}",
+            )
         return self._reply(msg, metrics, arrays)
 
     def _silhouette_rows(self, n: int, limit: int) -> np.ndarray:

@@ -206,7 +206,6 @@ def validate(settings: Settings) -> None:
             "use one of " + ", ".join(repr(a) for a in AGGREGATORS)
         )
 
-
     if opts.heads > 1:
         if opts.quantizer != "ema":
             raise ConfigError(
@@ -228,9 +227,22 @@ def validate(settings: Settings) -> None:
 def build_model(settings: Settings, info: DatasetInfo):
     opts: FedVQOptions = settings.method_options
     return build_vq_classifier(
-        settings.model, info.channels, info.num_classes, opts.num_embeddings, opts.embedding_dim, opts.temperature,
-        opts.proj_init_gain, opts.quantizer, opts.eval_sampling, opts.ema_decay, opts.dead_code_threshold,
-        opts.heads, opts.head, info.size, opts.decoder_norm, opts.rotation_trick,
+        settings.model,
+        info.channels,
+        info.num_classes,
+        opts.num_embeddings,
+        opts.embedding_dim,
+        opts.temperature,
+        opts.proj_init_gain,
+        opts.quantizer,
+        opts.eval_sampling,
+        opts.ema_decay,
+        opts.dead_code_threshold,
+        opts.heads,
+        opts.head,
+        info.size,
+        opts.decoder_norm,
+        opts.rotation_trick,
     )
 
 
@@ -238,8 +250,11 @@ def initial_encoder(settings: Settings, info: DatasetInfo) -> dict:
     """The encoder every client builds (same seed): what the shared schedules start from."""
     torch.manual_seed(settings.seed)
     state = build_model(settings, info).state_dict()
-    return {k: v.detach().cpu().numpy().copy() for k, v in state.items()
-            if is_encoder(k) and not k.endswith("num_batches_tracked")}
+    return {
+        k: v.detach().cpu().numpy().copy()
+        for k, v in state.items()
+        if is_encoder(k) and not k.endswith("num_batches_tracked")
+    }
 
 
 def build_strategy(settings: Settings, info: DatasetInfo) -> FedVQStrategy:

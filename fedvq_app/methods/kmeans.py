@@ -101,6 +101,8 @@ def validate(settings: Settings) -> None:
 def privacy_check(settings) -> str | None:
     """No DP mode: the clients share per-cluster sums and counts (see docs/privacy.md)."""
     return "federated k-means shares per-cluster sums and counts, guarded by kmeans.privacy-threshold, not by DP"
+
+
 def kmeans_plots(directory, rounds, summary):
     """Method PNGs; matplotlib is imported only when a run finishes."""
     from fedvq_app.tracking.kmeans_plots import kmeans_plots as plots  # noqa: PLC0415

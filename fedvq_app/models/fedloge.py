@@ -36,8 +36,7 @@ HEAD_ONLY_MODES = ("local-only", "global-only")
 #: inference modes every evaluation reports on each client's own long-tailed test data (and, as
 #: ``val-<mode>-accuracy``, on its own validation split); raw-global = the global head without GLA-FR
 #: (ablation); personal = the configured formula, personal-<formula> = each formula (so one run compares them)
-MODES = ("generic", "global", "personal", "raw-global", *(f"personal-{f}" for f in PERSONAL_FORMULAS),
-         *HEAD_ONLY_MODES)
+MODES = ("generic", "global", "personal", "raw-global", *(f"personal-{f}" for f in PERSONAL_FORMULAS), *HEAD_ONLY_MODES)
 #: the client-independent modes, also scored on the global class-balanced test set
 BALANCED_MODES = ("generic", "global", "raw-global")
 BALANCED_SUFFIX = "-balanced"
@@ -202,5 +201,6 @@ def build_fedloge_model(settings, info) -> FedLoGeNet:
     backbone, dim = build_backbone(settings.model, info.channels, info.size)
     opts = settings.method_options
     weights, bias = sse_c_arrays(opts.sse_c, dim, info.num_classes, opts.sparsity, settings.seed)
-    return FedLoGeNet(backbone, dim, torch.from_numpy(weights.copy()),
-                      None if bias is None else torch.from_numpy(bias.copy()))
+    return FedLoGeNet(
+        backbone, dim, torch.from_numpy(weights.copy()), None if bias is None else torch.from_numpy(bias.copy())
+    )

@@ -17,9 +17,7 @@ LOCAL_ONLY_SUFFIXES = ("num_batches_tracked",)
 
 def _entries(model: nn.Module, keep: Callable[[str], bool]) -> OrderedDict[str, np.ndarray]:
     return OrderedDict(
-        (name, tensor.detach().cpu().numpy().copy())
-        for name, tensor in model.state_dict().items()
-        if keep(name)
+        (name, tensor.detach().cpu().numpy().copy()) for name, tensor in model.state_dict().items() if keep(name)
     )
 
 

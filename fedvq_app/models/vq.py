@@ -145,7 +145,12 @@ class EMAVQ(nn.Module):
     """
 
     def __init__(
-        self, num_embeddings: int, embedding_dim: int, decay: float, dead_code_threshold: float, heads: int = 1,
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        decay: float,
+        dead_code_threshold: float,
+        heads: int = 1,
         rotation_trick: bool = False,
     ) -> None:
         from vector_quantize_pytorch import VectorQuantize  # noqa: PLC0415
@@ -271,8 +276,15 @@ class VQClassifier(nn.Module):
     """encoder -> VQ -> decoder -> head: global average pooling + linear (``pool``, the seed), or
     flatten + dense + ReLU + linear (``flatten``: the plain CNN's head, which keeps the spatial layout)."""
 
-    def __init__(self, encoder: nn.Module, vq: GumbelVQ | EMAVQ, num_classes: int, head: str = "pool",
-                 spatial: tuple[int, int] = (1, 1), decoder_norm: str = "batch") -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        vq: GumbelVQ | EMAVQ,
+        num_classes: int,
+        head: str = "pool",
+        spatial: tuple[int, int] = (1, 1),
+        decoder_norm: str = "batch",
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.vq = vq
@@ -280,8 +292,10 @@ class VQClassifier(nn.Module):
         self.decoder = ResidualDecoder(vq.embedding_dim, decoder_norm)
         if head == "flatten":
             self.classifier = nn.Sequential(
-                nn.Flatten(), nn.Linear(vq.embedding_dim * spatial[0] * spatial[1], FLATTEN_HIDDEN),
-                nn.ReLU(inplace=True), nn.Linear(FLATTEN_HIDDEN, num_classes),
+                nn.Flatten(),
+                nn.Linear(vq.embedding_dim * spatial[0] * spatial[1], FLATTEN_HIDDEN),
+                nn.ReLU(inplace=True),
+                nn.Linear(FLATTEN_HIDDEN, num_classes),
             )
         else:
             self.classifier = nn.Linear(vq.embedding_dim, num_classes)
@@ -323,13 +337,20 @@ def build_vq_classifier(
     trunk, channels = build_trunk(model, in_channels)
     encoder = trunk if channels == embedding_dim else nn.Sequential(trunk, nn.Conv2d(channels, embedding_dim, 1))
     if quantizer == "ema":
-        vq: GumbelVQ | EMAVQ = EMAVQ(num_embeddings, embedding_dim, ema_decay, dead_code_threshold, heads,
-                                         rotation_trick)
+        vq: GumbelVQ | EMAVQ = EMAVQ(
+            num_embeddings, embedding_dim, ema_decay, dead_code_threshold, heads, rotation_trick
+        )
     else:
         if heads != 1:
             raise ValueError(f"heads={heads}: multi-head VQ needs the ema quantizer")
-        vq = GumbelVQ(num_embeddings, embedding_dim, temperature, proj_gain, eval_sampling,
-                      straight_through=quantizer == "straight-through")
+        vq = GumbelVQ(
+            num_embeddings,
+            embedding_dim,
+            temperature,
+            proj_gain,
+            eval_sampling,
+            straight_through=quantizer == "straight-through",
+        )
     spatial = (1, 1)
     if head == "flatten":
         was_training = encoder.training

@@ -88,12 +88,20 @@ def check_client_sizes(replies: Iterable[Message], tracker, weight_key: str = "n
     collector = getattr(tracker, "warnings", None)
     tiny = sorted(n for n, v in sizes.items() if v < TINY_CLIENT)
     if tiny:
-        warn(collector, "tiny-clients", f"{len(tiny)} of {len(sizes)} clients train on fewer than {TINY_CLIENT} "
-             f"samples (smallest {int(min(sizes.values()))}); their updates are mostly noise: use fewer partitions")
+        warn(
+            collector,
+            "tiny-clients",
+            f"{len(tiny)} of {len(sizes)} clients train on fewer than {TINY_CLIENT} "
+            f"samples (smallest {int(min(sizes.values()))}); their updates are mostly noise: use fewer partitions",
+        )
     total = sum(sizes.values())
     ordered = sorted(sizes.values())
     median = ordered[len(ordered) // 2]
     node, largest = max(sizes.items(), key=lambda item: item[1])
     if len(sizes) > 2 and largest > DOMINANT_SHARE * total and largest > DOMINANT_RATIO * median:
-        warn(collector, "dominant-client", f"node {node} claims {largest:g} of {total:g} examples "
-             f"({largest / total:.0%}, {largest / median:.0f}x the median client): it dominates the weighted mean")
+        warn(
+            collector,
+            "dominant-client",
+            f"node {node} claims {largest:g} of {total:g} examples "
+            f"({largest / total:.0%}, {largest / median:.0f}x the median client): it dominates the weighted mean",
+        )

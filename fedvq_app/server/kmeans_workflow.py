@@ -378,9 +378,7 @@ def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
 
         initial = run(phases.init, config=phases.init.config(), transform=transform)
         phases.step.centroids = initial
-        results, converged = run_lloyd(
-            grid, phases.step, transform, federation, settings, tracker, gone, contributed
-        )
+        results, converged = run_lloyd(grid, phases.step, transform, federation, settings, tracker, gone, contributed)
         best = phases.step.best_run()
         history = write_round_logs(logs, initial, results, best, federation)
         centroids = phases.step.centroids[best]

@@ -174,8 +174,10 @@ def run_rounds(
             break
         sampled, replies = _send(grid, messages, plan.timeout)
         if rnd == first_round and sampled and not replies:
-            reason = (f"no node replied within round-timeout={plan.timeout:g} s "
-                      f"({len(sampled)} sampled); raise round-timeout if the nodes are slow")
+            reason = (
+                f"no node replied within round-timeout={plan.timeout:g} s "
+                f"({len(sampled)} sampled); raise round-timeout if the nodes are slow"
+            )
             tracker.stopped_early = {"where": f"round {rnd} (train)", "reason": reason}
             raise RunFailed(f"round {rnd} (train): {reason}")
         stop_if_hopeless(replies, f"round {rnd} (train)", tracker, first=rnd == first_round)

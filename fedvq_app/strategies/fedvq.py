@@ -203,22 +203,30 @@ class FedVQStrategy(GuardedFedAvg):
         if self.aggregation == LLOYD:
             sums = [u["sums"].numpy() for u in usage]
             pooled = np.sum([np.asarray(c, dtype=np.int64) for c in counts], axis=0)
-            self.dead_rounds = np.where(pooled > 0, 0, self.dead_rounds + 1) if previous is not None \
+            self.dead_rounds = (
+                np.where(pooled > 0, 0, self.dead_rounds + 1)
+                if previous is not None
                 else np.zeros_like(self.dead_rounds)
-            result = lloyd_codebook_heads(counts, sums, [u["squares"].numpy() for u in usage], previous, rng,
-                                          self.heads, self.params.max_iter,
-                                          eligible=self.dead_rounds >= self.revive_after,
-                                          max_revived=self.max_revived)
+            )
+            result = lloyd_codebook_heads(
+                counts,
+                sums,
+                [u["squares"].numpy() for u in usage],
+                previous,
+                rng,
+                self.heads,
+                self.params.max_iter,
+                eligible=self.dead_rounds >= self.revive_after,
+                max_revived=self.max_revived,
+            )
             if previous is not None:  # a revived code starts a fresh life
                 self.dead_rounds[self._revived(previous, result.codebook, pooled)] = 0
             # what the plots show for a client: the local means of the codes it disclosed
             codebooks = [s[c > 0] / c[c > 0][:, None] for s, c in zip(sums, counts, strict=True)]
         else:
-            codebooks = [m.content["arrays"][self.codebook_key].numpy().reshape(self.codebook_shape)
-                         for m in accepted]
+            codebooks = [m.content["arrays"][self.codebook_key].numpy().reshape(self.codebook_shape) for m in accepted]
             align = self.align if self.ready else "none"
-            result = aggregate_codebook(self.aggregation, codebooks, weights, counts, previous, rng, align,
-                                        self.params)
+            result = aggregate_codebook(self.aggregation, codebooks, weights, counts, previous, rng, align, self.params)
         elapsed = time.perf_counter() - started
         arrays = to_numpy(averaged)
         if self._encoder_up:
@@ -331,8 +339,13 @@ class FedVQStrategy(GuardedFedAvg):
 
     def state_dict(self) -> dict[str, Any]:
         """Server state beyond the global arrays: statistics history and best rounds."""
-        state: dict[str, Any] = {"history": self.history, "best_rounds": self.best_rounds, "ready": self.ready,
-                                 "encoder_keys": sorted(self.encoder_global), "dead_rounds": self.dead_rounds}
+        state: dict[str, Any] = {
+            "history": self.history,
+            "best_rounds": self.best_rounds,
+            "ready": self.ready,
+            "encoder_keys": sorted(self.encoder_global),
+            "dead_rounds": self.dead_rounds,
+        }
         if self.last_global is not None:
             state["last_global"] = np.asarray(self.last_global)
         for i, key in enumerate(sorted(self.encoder_global)):

@@ -111,6 +111,7 @@ class ReplyGuard:
         accepted = self.screen(replies, train=True)
         self._prescreened = accepted
         return accepted
+
     def _size_problem(self, metrics: dict) -> str | None:
         """A client cannot train on more examples than the whole federation's training pool."""
         claimed = metrics.get(self.weighted_by_key)
@@ -142,9 +143,7 @@ class ReplyGuard:
         self.accepted_nodes = [m.metadata.src_node_id for m in accepted]
         if train:
             self.extras = {
-                m.metadata.src_node_id: RecordDict(
-                    {k: v for k, v in m.content.items() if k not in (ARRAYS, METRICS)}
-                )
+                m.metadata.src_node_id: RecordDict({k: v for k, v in m.content.items() if k not in (ARRAYS, METRICS)})
                 for m in accepted
             }
         return [self._strip(m, train) for m in accepted]

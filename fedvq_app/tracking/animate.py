@@ -62,8 +62,15 @@ class Experiment:
             raise SystemExit(f"error: {directory} has no global_means/round_XXX_global_means.npy (not a k-means run?)")
         summary = logs.read_json(EXPERIMENT_SUMMARY)
         _, first = logs.read_global(rounds[0])
-        return cls(logs, logs.read_transform(), rounds, logs.client_ids(), int(first.get("run", 0)), summary,
-                   logs.read_json(METRICS_FILE))
+        return cls(
+            logs,
+            logs.read_transform(),
+            rounds,
+            logs.client_ids(),
+            int(first.get("run", 0)),
+            summary,
+            logs.read_json(METRICS_FILE),
+        )
 
     def view(self, centroids: np.ndarray) -> np.ndarray:
         """Centroids (cluster space) -> 2-D view coordinates."""
@@ -135,8 +142,16 @@ def _draw_means(ax, means: np.ndarray, *, hollow: bool = False, labels: bool = T
 
 
 def _text_box(ax, lines: list[str]) -> None:
-    ax.text(0.01, 0.99, "\n".join(lines), transform=ax.transAxes, va="top", ha="left", fontsize=8,
-            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85})
+    ax.text(
+        0.01,
+        0.99,
+        "\n".join(lines),
+        transform=ax.transAxes,
+        va="top",
+        ha="left",
+        fontsize=8,
+        bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85},
+    )
 
 
 def _save(fig, path: Path) -> Path:
@@ -159,9 +174,14 @@ def frame_global(exp: Experiment, server_round: int, limits, path: Path) -> Path
     if handles:
         ax.legend(handles=handles, loc="lower right", fontsize=8)
     change = meta.get("convergence_change")
-    _text_box(ax, [f"global means of round {server_round - 1}",
-                   f"convergence change: {change:.5f}" if change is not None else "initialisation",
-                   f"clients: {len(exp.clients)}"])
+    _text_box(
+        ax,
+        [
+            f"global means of round {server_round - 1}",
+            f"convergence change: {change:.5f}" if change is not None else "initialisation",
+            f"clients: {len(exp.clients)}",
+        ],
+    )
     _axes_style(ax, exp, limits, f"Round {server_round} - global means sent to the clients")
     return _save(fig, path)
 
@@ -207,8 +227,16 @@ def frame_aggregate(exp: Experiment, server_round: int, limits, path: Path) -> P
         counts = np.asarray(local["counts"], dtype=float)
         for j, ((x, y), n) in enumerate(zip(local["means"], counts, strict=True)):
             if not np.isnan(x):
-                ax.scatter(x, y, s=30 + 2 * n, marker="D", color=CLUSTER_COLORS(j % 10), alpha=0.6,
-                           edgecolors=CLIENT_COLORS(i % 8), linewidths=2)
+                ax.scatter(
+                    x,
+                    y,
+                    s=30 + 2 * n,
+                    marker="D",
+                    color=CLUSTER_COLORS(j % 10),
+                    alpha=0.6,
+                    edgecolors=CLIENT_COLORS(i % 8),
+                    linewidths=2,
+                )
     _draw_means(ax, previous, hollow=True, labels=False)
     _draw_means(ax, new)
     for (x0, y0), (x1, y1) in zip(previous, new, strict=True):
@@ -269,8 +297,21 @@ def write_gif(frames: list[Path], output: Path, fps: float) -> Path:
 
 def write_mp4(frames_dir: Path, output: Path, fps: float) -> Path:
     command = [
-        "ffmpeg", "-y", "-loglevel", "error", "-framerate", str(fps), "-i", str(frames_dir / "frame_%04d.png"),
-        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", str(output),
+        "ffmpeg",
+        "-y",
+        "-loglevel",
+        "error",
+        "-framerate",
+        str(fps),
+        "-i",
+        str(frames_dir / "frame_%04d.png"),
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-vf",
+        "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+        str(output),
     ]
     subprocess.run(command, check=True)
     return output
@@ -278,11 +319,13 @@ def write_mp4(frames_dir: Path, output: Path, fps: float) -> Path:
 
 def choose_output(directory: Path, requested: str | None, have_ffmpeg: bool) -> Path:
     """The video path: as asked, but a GIF where an MP4 was asked and ffmpeg is missing."""
-    output = Path(requested) if requested else directory / ("federated_kmeans.mp4" if have_ffmpeg else
-                                                          "federated_kmeans.gif")
+    output = (
+        Path(requested)
+        if requested
+        else directory / ("federated_kmeans.mp4" if have_ffmpeg else "federated_kmeans.gif")
+    )
     if output.suffix.lower() != ".gif" and not have_ffmpeg:
-        print(f"ffmpeg not found: writing {output.with_suffix('.gif').name} instead of {output.name}",
-              file=sys.stderr)
+        print(f"ffmpeg not found: writing {output.with_suffix('.gif').name} instead of {output.name}", file=sys.stderr)
         output = output.with_suffix(".gif")
     return output
 

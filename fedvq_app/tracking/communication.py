@@ -63,9 +63,7 @@ class Traffic:
 
     def report(self, node_to_partition: Mapping[int, int]) -> dict[str, Any]:
         """The JSON block of a round: totals, per-client means, per client (partition id) and per phase."""
-        clients = {
-            _client_key(node, node_to_partition): dict(row) for node, row in sorted(self.nodes.items())
-        }
+        clients = {_client_key(node, node_to_partition): dict(row) for node, row in sorted(self.nodes.items())}
         count = len(clients)
         sent, received = self.total(SENT), self.total(RECEIVED)
         return {

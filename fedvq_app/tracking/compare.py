@@ -370,8 +370,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             text = fmt(rows[run.label][key])
             cells.append(f"**{text}**" if bests[key] is not None and rows[run.label][key] == bests[key] else text)
         lines.append(f"| {run.label} | {run.method} | " + " | ".join(cells) + " |")
-    lines += ["", "Accuracy figures are means over clients of each client's model on the global test set "
-              "(own-distribution: on the client's own test distribution); bold = best of the column.", ""]
+    lines += [
+        "",
+        "Accuracy figures are means over clients of each client's model on the global test set "
+        "(own-distribution: on the client's own test distribution); bold = best of the column.",
+        "",
+    ]
     relative = _relative(runs, rows)
     lines += ["## Communication", "", "Bytes of the records (Flower's `count_bytes`), per round, mean over rounds.", ""]
     lines.append("| run | " + " | ".join(h for h, _ in COMM_COLUMNS) + " | vs FedAvg |")
@@ -389,8 +393,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| `{key}` | " + " | ".join(_config_cell(v) for v in values) + " |")
     else:
         lines.append("The runs share every config value (apart from folder names).")
-    lines += ["", "## Plots", "", "![curves](curves.png)", "", "![communication](communication.png)", "",
-              "## Runs", ""]
+    lines += ["", "## Plots", "", "![curves](curves.png)", "", "![communication](communication.png)", "", "## Runs", ""]
     lines += [f"- {r.label}: `{r.path}`" for r in runs]
     return "\n".join(lines) + "\n"
 
@@ -421,13 +424,18 @@ window.addEventListener('load', function () {
 def render_html(report: dict[str, Any], plots: list[Path]) -> str:
     runs, rows, diffs = report["runs"], report["rows"], report["diffs"]
     esc = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>{esc(report['title'])}</title><style>{HTML_STYLE}</style>",
-           f"<script>{HTML_CHECK}</script></head>",
-           f'<body data-plots="{len(plots)}">', f"<h1>{esc(report['title'])}</h1>",
-           f"<p class='note'>{len(runs)} runs, compared {esc(report['date'])}.</p>",
-           "<h2>Final round</h2><table><tr><th>run</th><th>method</th>"
-           + "".join(f"<th>{esc(h)}</th>" for h, *_ in FINAL_COLUMNS) + "</tr>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(report['title'])}</title><style>{HTML_STYLE}</style>",
+        f"<script>{HTML_CHECK}</script></head>",
+        f'<body data-plots="{len(plots)}">',
+        f"<h1>{esc(report['title'])}</h1>",
+        f"<p class='note'>{len(runs)} runs, compared {esc(report['date'])}.</p>",
+        "<h2>Final round</h2><table><tr><th>run</th><th>method</th>"
+        + "".join(f"<th>{esc(h)}</th>" for h, *_ in FINAL_COLUMNS)
+        + "</tr>",
+    ]
     row_list = [rows[r.label] for r in runs]
     bests = {key: _best(row_list, key, higher) for _, key, _, higher in FINAL_COLUMNS}
     for run in runs:
@@ -437,12 +445,17 @@ def render_html(report: dict[str, Any], plots: list[Path]) -> str:
             best = bests[key] is not None and value == bests[key]
             cells.append(f"<td class='num{' best' if best else ''}'>{esc(fmt(value))}</td>")
         out.append(f"<tr><td>{esc(run.label)}</td><td>{esc(run.method)}</td>{''.join(cells)}</tr>")
-    out.append("</table><p class='note'>Means over clients of each client's model on the global test set "
-               "(own-distribution: on the client's own test distribution); highlighted = best of the column.</p>")
+    out.append(
+        "</table><p class='note'>Means over clients of each client's model on the global test set "
+        "(own-distribution: on the client's own test distribution); highlighted = best of the column.</p>"
+    )
     relative = _relative(runs, rows)
-    out.append("<h2>Communication</h2><p class='note'>Bytes of the records (Flower's count_bytes), "
-               "per round, mean over rounds.</p><table><tr><th>run</th>"
-               + "".join(f"<th>{esc(h)}</th>" for h, _ in COMM_COLUMNS) + "<th>vs FedAvg</th></tr>")
+    out.append(
+        "<h2>Communication</h2><p class='note'>Bytes of the records (Flower's count_bytes), "
+        "per round, mean over rounds.</p><table><tr><th>run</th>"
+        + "".join(f"<th>{esc(h)}</th>" for h, _ in COMM_COLUMNS)
+        + "<th>vs FedAvg</th></tr>"
+    )
     for run in runs:
         cells = "".join(f"<td class='num'>{esc(human_bytes(rows[run.label][k]))}</td>" for _, k in COMM_COLUMNS)
         ratio = relative[run.label]
@@ -455,13 +468,19 @@ def render_html(report: dict[str, Any], plots: list[Path]) -> str:
     if diffs:
         out.append("<table><tr><th>key</th>" + "".join(f"<th>{esc(r.label)}</th>" for r in runs) + "</tr>")
         for key, values in diffs.items():
-            out.append(f"<tr><td><code>{esc(key)}</code></td>"
-                       + "".join(f"<td>{'–' if v is None else esc(str(v))}</td>" for v in values) + "</tr>")
+            out.append(
+                f"<tr><td><code>{esc(key)}</code></td>"
+                + "".join(f"<td>{'–' if v is None else esc(str(v))}</td>" for v in values)
+                + "</tr>"
+            )
         out.append("</table>")
     else:
         out.append("<p>The runs share every config value (apart from folder names).</p>")
-    out.append("<h2>Runs</h2><ul>" + "".join(f"<li>{esc(r.label)}: <code>{esc(str(r.path))}</code></li>"
-                                             for r in runs) + "</ul></body></html>")
+    out.append(
+        "<h2>Runs</h2><ul>"
+        + "".join(f"<li>{esc(r.label)}: <code>{esc(str(r.path))}</code></li>" for r in runs)
+        + "</ul></body></html>"
+    )
     return "\n".join(out) + "\n"
 
 
@@ -486,9 +505,16 @@ def compare(paths: list[Path], out: Path, title: str = "") -> dict[str, Path]:
     files = {"markdown": out / "report.md", "html": out / "report.html", "curves": curves, "communication": traffic}
     files["markdown"].write_text(render_markdown(report))
     files["html"].write_text(render_html(report, [curves, traffic]))
-    (out / "report.json").write_text(json.dumps(
-        {"runs": [{"label": r.label, "path": str(r.path), "method": r.method, **rows[r.label]} for r in runs],
-         "config_differences": report["diffs"]}, indent=2) + "\n")
+    (out / "report.json").write_text(
+        json.dumps(
+            {
+                "runs": [{"label": r.label, "path": str(r.path), "method": r.method, **rows[r.label]} for r in runs],
+                "config_differences": report["diffs"],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     files["json"] = out / "report.json"
     return files
 

@@ -155,16 +155,13 @@ class ExperimentTracker:
             "wall_time_s": outcome.wall_time_s,
             "sampled_train": sorted(outcome.sampled_train),
             "dropped": dropped,
-            "dropped_partitions": sorted(
-                self.node_to_partition[n] for n in dropped if n in self.node_to_partition
-            ),
+            "dropped_partitions": sorted(self.node_to_partition[n] for n in dropped if n in self.node_to_partition),
             "rejected": [{"node": n, "reason": r} for n, r in outcome.train_rejected],
             "evaluate_rejected": [{"node": n, "reason": r} for n, r in outcome.evaluate_rejected],
             "train": {
                 "aggregated": outcome.train_metrics,
                 "clients": {
-                    pid: {k: v for k, v in m.items() if k != "label-counts"}
-                    for pid, m in sorted(train_clients.items())
+                    pid: {k: v for k, v in m.items() if k != "label-counts"} for pid, m in sorted(train_clients.items())
                 },
             },
             "evaluate": {
@@ -236,12 +233,8 @@ class ExperimentTracker:
         """Stable, machine-readable summary of the run."""
         evaluated = [r for r in self.rounds if r["evaluate"]["clients"]]
         final = _round_figures(evaluated[-1]) if evaluated else {}
-        best_round = max(
-            evaluated, key=lambda r: r["evaluate"]["summary"].get("mean_accuracy", -1.0), default=None
-        )
-        clients = set(self.label_counts) | {
-            int(p) for r in self.rounds for p in r["evaluate"]["clients"]
-        }
+        best_round = max(evaluated, key=lambda r: r["evaluate"]["summary"].get("mean_accuracy", -1.0), default=None)
+        clients = set(self.label_counts) | {int(p) for r in self.rounds for p in r["evaluate"]["clients"]}
         summary = {
             "method": self.settings.method,
             "dataset": self.settings.dataset.name,

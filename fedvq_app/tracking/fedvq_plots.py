@@ -113,44 +113,85 @@ def tables_markdown(rounds: list[dict[str, Any]], summary: dict[str, Any]) -> st
     last_train = next((r for r in reversed(rounds) if r.get("strategy", {}).get("clients")), None)
     usage = last_train["strategy"]["clients"] if last_train else {}
     best = report.get("best_round_per_client", {})
-    parts = [f"# FedVQ tables (quantizer={report.get('quantizer')}, encoder={report.get('encoder')}, "
-             f"{report.get('aggregation')}, align={report.get('align')})"]
+    parts = [
+        f"# FedVQ tables (quantizer={report.get('quantizer')}, encoder={report.get('encoder')}, "
+        f"{report.get('aggregation')}, align={report.get('align')})"
+    ]
     if evaluated:
         last = evaluated[-1]
         clients = last["evaluate"]["clients"]
         pids = sorted(clients, key=int)
         rows = [
-            [p, _fmt(100 * usage.get(p, {}).get("share", 0), ".1f") + " %", _fmt(clients[p].get("test-accuracy")),
-             _fmt(best.get(p, {}).get("accuracy")), str(best.get(p, {}).get("round", "-"))]
+            [
+                p,
+                _fmt(100 * usage.get(p, {}).get("share", 0), ".1f") + " %",
+                _fmt(clients[p].get("test-accuracy")),
+                _fmt(best.get(p, {}).get("accuracy")),
+                str(best.get(p, {}).get("round", "-")),
+            ]
             for p in pids
         ]
-        parts += [f"## Global-test accuracy per client (round {last['round']})",
-                  _table(["client", "data share", "test accuracy", "best accuracy", "best round"], rows)]
+        parts += [
+            f"## Global-test accuracy per client (round {last['round']})",
+            _table(["client", "data share", "test accuracy", "best accuracy", "best round"], rows),
+        ]
         class_rows = [clients[p].get("test-class-accuracy") or [] for p in pids]
         width = max((len(r) for r in class_rows), default=0)
-        parts += ["## Class-wise global-test accuracy", _table(
-            ["client", *[f"class {c}" for c in range(width)]],
-            [[p, *[_fmt(v, ".2f") if v is not None and v >= 0 else "-" for v in row]]
-             for p, row in zip(pids, class_rows, strict=True)],
-        )]
+        parts += [
+            "## Class-wise global-test accuracy",
+            _table(
+                ["client", *[f"class {c}" for c in range(width)]],
+                [
+                    [p, *[_fmt(v, ".2f") if v is not None and v >= 0 else "-" for v in row]]
+                    for p, row in zip(pids, class_rows, strict=True)
+                ],
+            ),
+        ]
     if usage:
-        parts += ["## Codebook usage per client (last round)", _table(
-            ["client", "used / K", "perplexity"],
-            [[p, f"{u['used']} / {u['codebook_size']}", _fmt(u["perplexity"], ".2f")]
-             for p, u in sorted(usage.items(), key=lambda kv: int(kv[0]))],
-        )]
+        parts += [
+            "## Codebook usage per client (last round)",
+            _table(
+                ["client", "used / K", "perplexity"],
+                [
+                    [p, f"{u['used']} / {u['codebook_size']}", _fmt(u["perplexity"], ".2f")]
+                    for p, u in sorted(usage.items(), key=lambda kv: int(kv[0]))
+                ],
+            ),
+        ]
     stats = [r["strategy"] for r in rounds if r.get("strategy", {}).get("inertia") is not None]
     if stats:
-        parts += ["## Aggregation per round", _table(
-            ["round", "encoder", "codes used / K", "perplexity", "inertia", "usage ratio", "drift",
-             "realigned codes", "revived codes", "seconds"],
-            [[str(s["round"]), str(s.get("encoder", "-")),
-              f"{s.get('codes_used', '-')} / {s.get('codebook_size', '-')}",
-              _fmt(s.get("perplexity"), ".2f"), _fmt(s["inertia"], ".3f"), _fmt(s.get("usage_ratio"), ".3f"),
-              _fmt(s.get("drift"), ".4f"), str(s.get("realigned_codes", "-")), str(s.get("revived_codes", "-")),
-              _fmt(s["aggregation_s"], ".3f")]
-             for s in stats],
-        )]
+        parts += [
+            "## Aggregation per round",
+            _table(
+                [
+                    "round",
+                    "encoder",
+                    "codes used / K",
+                    "perplexity",
+                    "inertia",
+                    "usage ratio",
+                    "drift",
+                    "realigned codes",
+                    "revived codes",
+                    "seconds",
+                ],
+                [
+                    [
+                        str(s["round"]),
+                        str(s.get("encoder", "-")),
+                        f"{s.get('codes_used', '-')} / {s.get('codebook_size', '-')}",
+                        _fmt(s.get("perplexity"), ".2f"),
+                        _fmt(s["inertia"], ".3f"),
+                        _fmt(s.get("usage_ratio"), ".3f"),
+                        _fmt(s.get("drift"), ".4f"),
+                        str(s.get("realigned_codes", "-")),
+                        str(s.get("revived_codes", "-")),
+                        _fmt(s["aggregation_s"], ".3f"),
+                    ]
+                    for s in stats
+                ],
+            ),
+        ]
     return "\n\n".join(parts) + "\n"
 
 

@@ -14,8 +14,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
-            f"config key 'device' has invalid value {name!r}: no CUDA device is available here; "
-            "use 'auto' or 'cpu'"
+            f"config key 'device' has invalid value {name!r}: no CUDA device is available here; use 'auto' or 'cpu'"
         )
     return torch.device(name)
 
