@@ -20,3 +20,17 @@ def test_quickstart_installs_runs_and_tests():
     assert "flwr run . --stream" in text
     assert "python -m pytest tests" in text
     assert "python -m pytest tests" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_shows_another_method_on_the_same_command():
+    text = (ROOT / "README.md").read_text()
+    assert "--run-config \"method='fedvq'\"" in text
+
+
+def test_ci_installs_into_its_own_new_environment_and_checks_declarations():
+    ci = (ROOT / ".ci" / "run").read_text()
+    venv, install = ci.index("-m venv"), ci.index('pip install --quiet -e ".[dev]"')
+    assert venv < install, "the project must be installed into the venv the run created"
+    assert 'rm -rf "$CI_VENV"' in ci
+    for step in ("check_declared_deps.py fedvq_app", "ruff check", "ruff format --check", "python -m pytest tests"):
+        assert step in ci, step
