@@ -38,7 +38,7 @@ import flwr.app, flwr.clientapp  # noqa: F401  (Flower's part: the same in every
 w1, c1 = time.time(), cpu()
 from flwr.app import Context, RecordDict
 import fedvq_app.client_app  # noqa: F401
-from fedvq_app.config import load_settings
+from fedvq_app.registry import load_settings
 from fedvq_app.local_grid import full_run_config
 from fedvq_app.registry import get_method
 config = full_run_config(method="fedavg", **{"partition.kind": "iid"})

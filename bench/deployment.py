@@ -182,10 +182,12 @@ def _with_overhead(results: dict) -> dict:
 
 def fedavg_payload_floats() -> int:
     """Number of values in the FedAvg job's global model (what each of its messages carries down)."""
-    from fedvq_app.config import load_settings  # noqa: PLC0415
     from fedvq_app.data.datasets import dataset_info  # noqa: PLC0415
     from fedvq_app.local_grid import full_run_config  # noqa: PLC0415
-    from fedvq_app.registry import get_method  # noqa: PLC0415
+    from fedvq_app.registry import (
+        get_method,  # noqa: PLC0415
+        load_settings,  # noqa: PLC0415
+    )
 
     settings = load_settings(full_run_config(method="fedavg", **{"partition.kind": "iid"}))
     model = get_method("fedavg").build_model(settings, dataset_info(settings.dataset, settings.seed))

@@ -28,12 +28,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.common import emit  # noqa: E402
-from fedvq_app.config import load_settings  # noqa: E402
 from fedvq_app.data.client_data import load_client_data, normalize_batch  # noqa: E402
 from fedvq_app.data.datasets import DatasetInfo  # noqa: E402
 from fedvq_app.local_grid import full_run_config  # noqa: E402
 from fedvq_app.methods.fedvq import build_model  # noqa: E402
 from fedvq_app.models import build_classifier  # noqa: E402
+from fedvq_app.registry import load_settings  # noqa: E402
 from fedvq_app.training.loop import make_optimizer  # noqa: E402
 
 NAME = "fedvq_gradient"

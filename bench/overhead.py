@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import emit, rounds_of  # noqa: E402
 from fedvq_app.aggregation.weighted import weighted_average  # noqa: E402
-from fedvq_app.config import load_settings  # noqa: E402
 from fedvq_app.data.client_data import eval_loader, load_client_data, train_loader  # noqa: E402
 from fedvq_app.local_grid import full_run_config  # noqa: E402
 from fedvq_app.models import build_classifier  # noqa: E402
+from fedvq_app.registry import load_settings  # noqa: E402
 from fedvq_app.simulation import flwr_run  # noqa: E402
 from fedvq_app.training.device import configure_threads  # noqa: E402
 from fedvq_app.training.loop import evaluate, make_optimizer, train_epochs  # noqa: E402

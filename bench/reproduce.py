@@ -81,8 +81,8 @@ def _final_clients(folder: Path) -> tuple[dict, list[np.ndarray]] | None:
 
     The counts are rebuilt from the run's ``config.json`` (same seed, same split).
     """
-    from fedvq_app.config import load_settings  # noqa: PLC0415
     from fedvq_app.data.client_data import load_client_data  # noqa: PLC0415
+    from fedvq_app.registry import load_settings  # noqa: PLC0415
 
     evaluated = [r for r in rounds_of(folder) if r["evaluate"]["clients"]]
     if not evaluated:

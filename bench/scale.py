@@ -154,10 +154,11 @@ def bench_kmeans(args) -> None:
 
 def partitioning_seconds(kind: str, clients: int, **partition) -> dict:
     """Seconds flwr-datasets takes to partition digits' training pool into ``clients`` shares."""
-    from fedvq_app.config import ConfigError, load_settings  # noqa: PLC0415
+    from fedvq_app.config import ConfigError  # noqa: PLC0415
     from fedvq_app.data.datasets import load_image_data  # noqa: PLC0415
     from fedvq_app.data.partition import partition_indices  # noqa: PLC0415
     from fedvq_app.local_grid import full_run_config  # noqa: PLC0415
+    from fedvq_app.registry import load_settings
 
     settings = load_settings(full_run_config(**{"partition.kind": kind, **partition}))
     labels = load_image_data(settings.dataset, settings.seed).train_y

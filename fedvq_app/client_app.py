@@ -20,9 +20,9 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
-from fedvq_app.config import ConfigError, check_node_config, load_settings
+from fedvq_app.config import ConfigError, check_node_config
 from fedvq_app.errors import config_error_reply
-from fedvq_app.registry import custom_actions, get_method
+from fedvq_app.registry import custom_actions, get_method, load_settings
 
 app = ClientApp()
 

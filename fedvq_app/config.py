@@ -1,7 +1,8 @@
 """Typed, validated settings: the only module that reads ``context.run_config``.
 
 Every key of ``[tool.flwr.app.config]`` maps to one field of a frozen dataclass
-declared with :func:`option`. :func:`load_settings` parses all of them once and
+declared with :func:`option`. ``fedvq_app.registry.load_settings`` parses all of them once
+(the common sections here, the chosen method's own section where the methods are registered) and
 raises :class:`ConfigError` -- a one-line message naming the key, the bad value
 and what is allowed -- on the first bad value. Method-specific sections (``cfl.*``,
 ``codebook.*``...) are dataclasses declared next to their method and listed in the
@@ -258,8 +259,6 @@ class ShiftSettings:
         """Domain index of a client: 0 = unshifted (or the first of ``shift.domains``)."""
         if self.angles:
             return min(partition_id * len(self.angles) // max(num_partitions, 1), len(self.angles) - 1)
-        from fedvq_app.data.shifts import rotated_partitions  # noqa: PLC0415
-
         return int(partition_id in rotated_partitions(num_partitions, self.rotate_fraction))
 
     def angle_of(self, partition_id: int, num_partitions: int) -> int:
@@ -268,6 +267,12 @@ class ShiftSettings:
         if self.angles:
             return self.angles[domain]
         return self.rotate_degrees if domain else 0
+
+
+def rotated_partitions(num_partitions: int, fraction: float) -> frozenset[int]:
+    """Partition ids whose images are rotated: the last ``round(fraction * N)`` ids."""
+    count = int(round(fraction * num_partitions))
+    return frozenset(range(num_partitions - count, num_partitions))
 
 
 def parse_angles(text: str) -> tuple[int, ...]:
@@ -456,40 +461,6 @@ class TrackingSettings:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Everything a run needs, validated once."""
-
-    method: str
-    num_server_rounds: int
-    seed: int
-    device: str
-    log_dir: str
-    experiment_name: str
-    resume_from: str
-    round_timeout: float
-    fraction_train: float
-    fraction_evaluate: float
-    min_train_nodes: int
-    min_evaluate_nodes: int
-    min_available_nodes: int
-    eval_every: int
-    dataset: DatasetSettings
-    partition: PartitionSettings
-    shift: ShiftSettings
-    model: ModelSettings
-    train: TrainSettings
-    metrics: MetricsSettings = field(default_factory=MetricsSettings)
-    tracking: TrackingSettings = field(default_factory=TrackingSettings)
-    privacy: PrivacySettings = field(default_factory=PrivacySettings)
-    method_options: Any = None
-    raw: Mapping[str, ConfigValue] = field(default_factory=dict, compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The resolved run config, flat and JSON-friendly (``config.json``)."""
-        return dict(sorted(self.raw.items()))
-
-
-@dataclass(frozen=True)
 class _TopLevel:
     method: str = option("method", "fedavg", help="registered method name (see the method table)")
     num_server_rounds: int = option("num-server-rounds", 15, minimum=1, help="federated rounds")
@@ -527,6 +498,36 @@ class _TopLevel:
     eval_every: int = option("eval-every", 1, minimum=1, help="evaluate every k rounds (and always after the last)")
 
 
+@dataclass(frozen=True)
+class Settings(_TopLevel):
+    """Everything a run needs, validated once: the top-level keys (inherited), the common
+    sections, and the chosen method's own options (:meth:`options`)."""
+
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    partition: PartitionSettings = field(default_factory=PartitionSettings)
+    shift: ShiftSettings = field(default_factory=ShiftSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    #: the method's options dataclass (its ``MethodSpec.options_type``), None when it has none
+    method_options: object | None = None
+    raw: Mapping[str, ConfigValue] = field(default_factory=dict, compare=False)
+
+    def options(self, kind: type[T]) -> T:
+        """The method's options, typed: ``settings.options(FedVQOptions)``."""
+        if not isinstance(self.method_options, kind):
+            raise TypeError(
+                f"method {self.method!r} carries {type(self.method_options).__name__} options, not {kind.__name__}"
+            )
+        return self.method_options
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved run config, flat and JSON-friendly (``config.json``)."""
+        return dict(sorted(self.raw.items()))
+
+
 COMMON_SECTIONS: tuple[type, ...] = (
     _TopLevel,
     DatasetSettings,
@@ -554,22 +555,23 @@ def _check_experiment_name(name: str) -> None:
         )
 
 
-def load_settings(
+def load_common_settings(
     run_config: Mapping[str, ConfigValue],
+    method_names: tuple[str, ...],
     node_config: Mapping[str, ConfigValue] | None = None,
 ) -> Settings:
-    """Validate the whole run config once and return frozen settings.
+    """Validate every common key once: the top level (``method`` against ``method_names``) and
+    every common section; the method's own options are left to the registry, which knows them
+    (``fedvq_app.registry.load_settings``, the function to call).
 
     ``node_config`` may carry a site's own ``data-dir`` (a real deployment sets it
     per SuperNode with ``--node-config``); it overrides ``dataset.data-dir``.
     """
-    from fedvq_app.registry import get_method, method_names  # noqa: PLC0415 (cycle)
-
     top = parse_section(_TopLevel, run_config)
-    if top.method not in method_names():
+    if top.method not in method_names:
         raise ConfigError(
             f"config key 'method' has invalid value {top.method!r}: expected one of "
-            + ", ".join(repr(m) for m in method_names())
+            + ", ".join(repr(m) for m in method_names)
         )
     _check_device(top.device)
     _check_experiment_name(top.experiment_name)
@@ -578,9 +580,7 @@ def load_settings(
         dataset = dataclasses.replace(dataset, data_dir=str(node_config["data-dir"]))
     shift = parse_section(ShiftSettings, run_config)
     _check_shift(shift)
-    spec = get_method(top.method)
-    options = parse_section(spec.options_type, run_config) if spec.options_type else None
-    settings = Settings(
+    return Settings(
         **{f.name: getattr(top, f.name) for f in dataclasses.fields(_TopLevel)},
         dataset=dataset,
         partition=parse_section(PartitionSettings, run_config),
@@ -590,21 +590,19 @@ def load_settings(
         metrics=parse_section(MetricsSettings, run_config),
         tracking=parse_section(TrackingSettings, run_config),
         privacy=parse_section(PrivacySettings, run_config),
-        method_options=options,
         raw=dict(run_config),
     )
-    if spec.validate is not None:
-        spec.validate(settings)
-    _check_privacy(settings, spec)
-    return settings
 
 
-def _check_privacy(settings: Settings, spec) -> None:
-    """Refuse privacy modes whose epsilon would not cover what the run discloses (docs/privacy.md)."""
+def check_privacy(settings: Settings, method_refusal: str | None) -> None:
+    """Refuse privacy modes whose epsilon would not cover what the run discloses (docs/privacy.md).
+
+    ``method_refusal`` is the method's own reason (its ``MethodSpec.privacy_check``), if any.
+    """
     privacy = settings.privacy
     if not privacy.enabled:
         return
-    refusal = spec.privacy_check(settings) if spec.privacy_check is not None else None
+    refusal = method_refusal
     if refusal is None and settings.metrics.gradient_dissimilarity:
         refusal = "metrics.gradient-dissimilarity sends raw local gradients that no privacy mode covers"
     stddev = privacy.clipped_count_stddev
@@ -617,6 +615,14 @@ def _check_privacy(settings: Settings, spec) -> None:
         raise ConfigError(
             f"config key 'privacy.mode' has invalid value {privacy.mode!r} for method {settings.method!r}: {refusal}"
         )
+
+
+def common_option_keys() -> dict[str, ConfigValue]:
+    """Every key the common sections read, with its default (the methods' keys: the registry)."""
+    keys: dict[str, ConfigValue] = {}
+    for cls in COMMON_SECTIONS:
+        keys.update(option_keys(cls))
+    return keys
 
 
 def _node_int(node_config: Mapping[str, ConfigValue], key: str, minimum: int, maximum: int | None = None) -> int:
@@ -649,16 +655,6 @@ def check_node_config(node_config: Mapping[str, ConfigValue]) -> None:
             raise ConfigError(f"node-config key 'data-dir' has invalid value {data_dir!r}: expected a folder path")
         if not Path(data_dir).expanduser().is_dir():
             raise ConfigError(f"node-config key 'data-dir' has invalid value {data_dir!r}: no such folder on this node")
-
-
-def all_option_keys() -> dict[str, ConfigValue]:
-    """Every key any section reads, with its default (used to check pyproject)."""
-    from fedvq_app.registry import all_option_types  # noqa: PLC0415 (cycle)
-
-    keys: dict[str, ConfigValue] = {}
-    for cls in (*COMMON_SECTIONS, *all_option_types()):
-        keys.update(option_keys(cls))
-    return keys
 
 
 def resolve_log_root(log_dir: str) -> Path:

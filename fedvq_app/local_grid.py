@@ -126,7 +126,7 @@ def full_run_config(**overrides) -> dict:
     if pyproject.is_file():
         config = flatten_dict(tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"])
     else:  # installed without the source tree: every option's own default
-        from fedvq_app.config import all_option_keys  # noqa: PLC0415
+        from fedvq_app.registry import all_option_keys  # noqa: PLC0415
 
         config = dict(all_option_keys())
     unknown = sorted(set(overrides) - set(config))

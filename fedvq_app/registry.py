@@ -14,16 +14,23 @@ ClientApp can register their handlers without importing the method.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from fedvq_app.config import (
+    ConfigValue,
+    Settings,
+    check_privacy,
+    common_option_keys,
+    load_common_settings,
+    option_keys,
+    parse_section,
+)
 from fedvq_app.protocol import KMEANS_ACTIONS
-
-if TYPE_CHECKING:
-    from fedvq_app.config import Settings
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,7 @@ class MethodSpec:
     methods); ``is_shared(name)`` says whether a state-dict entry travels to the
     server; ``build_strategy(settings, info)`` returns the Flower Strategy;
     ``client`` is the client trainer class; ``server_workflow`` runs the whole job
-    on the ServerApp (the default neural workflow runs the common round loop);
+    on the ServerApp (None: the ServerApp runs the common neural round loop);
     ``data_name(settings)`` names the data a run uses when that is not
     ``dataset.name`` (k-means reads tabular sources), for folder names;
     ``privacy_check(settings)`` returns why the configured ``privacy.mode`` would
@@ -78,14 +85,6 @@ class MethodSpec:
     data_name: Callable[[Settings], str] | None = None
     #: ``privacy_check(settings)`` -> why ``privacy.mode`` would give a false guarantee (None = fine)
     privacy_check: Callable[[Settings], str | None] | None = None
-
-    def workflow(self) -> Callable[..., Any]:
-        """The ServerApp's job for this method (the common neural workflow unless it has its own)."""
-        if self.server_workflow is not None:
-            return self.server_workflow
-        from fedvq_app.server.workflow import run_neural_workflow  # noqa: PLC0415 - torch, neural only
-
-        return run_neural_workflow
 
 
 def method_names() -> tuple[str, ...]:
@@ -113,3 +112,32 @@ def custom_actions() -> dict[str, str]:
 def all_option_types() -> list[type]:
     """Every method-specific settings dataclass (for the pyproject key check; imports all methods)."""
     return [s.options_type for s in map(get_method, method_names()) if s.options_type is not None]
+
+
+def load_settings(
+    run_config: Mapping[str, ConfigValue],
+    node_config: Mapping[str, ConfigValue] | None = None,
+) -> Settings:
+    """Validate the whole run config once and return frozen settings.
+
+    The common keys are validated by :func:`fedvq_app.config.load_common_settings`; the
+    chosen method's own section (its ``options_type``), its ``validate`` hook and its
+    privacy check here, where the methods are known. ``node_config`` may carry a site's own
+    ``data-dir``, which overrides ``dataset.data-dir``.
+    """
+    settings = load_common_settings(run_config, method_names(), node_config)
+    spec = get_method(settings.method)
+    if spec.options_type is not None:
+        settings = dataclasses.replace(settings, method_options=parse_section(spec.options_type, run_config))
+    if spec.validate is not None:
+        spec.validate(settings)
+    check_privacy(settings, spec.privacy_check(settings) if spec.privacy_check is not None else None)
+    return settings
+
+
+def all_option_keys() -> dict[str, ConfigValue]:
+    """Every key any section reads, with its default (used to check pyproject; imports all methods)."""
+    keys = common_option_keys()
+    for kind in all_option_types():
+        keys.update(option_keys(kind))
+    return keys

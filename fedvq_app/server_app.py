@@ -16,9 +16,9 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedvq_app.config import ConfigError, load_settings
+from fedvq_app.config import ConfigError
 from fedvq_app.errors import RunFailed, install_one_line_failures
-from fedvq_app.registry import get_method
+from fedvq_app.registry import get_method, load_settings
 from fedvq_app.server.preflight import preflight
 from fedvq_app.tracking.communication import metered
 from fedvq_app.tracking.experiment import ExperimentTracker
@@ -37,7 +37,7 @@ def main(grid: Grid, context: Context) -> None:
         settings = load_settings(context.run_config)
         preflight(settings, grid)
         tracker = ExperimentTracker.create(settings)
-        workflow = get_method(settings.method).workflow()
+        workflow = get_method(settings.method).server_workflow or _neural_workflow()
         # every message the workflow sends or receives is counted (communication cost)
         report = workflow(metered(grid, tracker.traffic), settings, tracker)
         tracker.finish(report)
@@ -48,6 +48,14 @@ def main(grid: Grid, context: Context) -> None:
     except Exception as err:  # noqa: BLE001 - a bug still ends the run with one line (traceback kept on disk)
         where = _save_traceback(tracker)
         _fail(tracker, f"internal error {type(err).__name__}: {err} ({where})", cause=err)
+
+
+def _neural_workflow():
+    """The common round loop of the neural methods (imported here, not at start-up: it loads torch,
+    which a k-means job never needs)."""
+    from fedvq_app.server.workflow import run_neural_workflow  # noqa: PLC0415 - start-up cost only
+
+    return run_neural_workflow
 
 
 def _save_traceback(tracker: ExperimentTracker | None) -> str:

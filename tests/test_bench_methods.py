@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from bench.methods import SCENARIOS, classification_methods, render_markdown, table_cells
-from fedvq_app.config import load_settings
 from fedvq_app.local_grid import full_run_config
-from fedvq_app.registry import get_method, method_names
+from fedvq_app.registry import get_method, load_settings, method_names
 
 
 def test_every_registered_method_with_a_model_takes_part_and_kmeans_does_not():

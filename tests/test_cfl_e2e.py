@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from fedvq_app.client_app import app as client_app
-from fedvq_app.config import ConfigError, load_settings
+from fedvq_app.config import ConfigError
 from fedvq_app.local_grid import full_run_config, run_local
+from fedvq_app.registry import load_settings
 from fedvq_app.server.cfl_workflow import RESULTS_FILE
 from fedvq_app.server_app import app as server_app
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from flwr.common.config import flatten_dict
 
-from fedvq_app.config import ConfigError, all_option_keys, load_settings
+from fedvq_app.config import ConfigError
+from fedvq_app.registry import all_option_keys, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedvq_app.config import ConfigError, DatasetSettings, load_settings
+from fedvq_app.config import ConfigError, DatasetSettings
 from fedvq_app.data.client_data import load_client_data, train_loader
 from fedvq_app.data.datasets import dataset_info, load_image_data
+from fedvq_app.registry import load_settings
 
 
 def _write_medmnist(path, n_train=30, n_val=6, n_test=12, rgb=True, classes=9):

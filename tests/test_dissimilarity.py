@@ -17,10 +17,10 @@ from fedvq_app.aggregation.dissimilarity import (
     model_fingerprint,
 )
 from fedvq_app.clients.base import NeuralClient
-from fedvq_app.config import load_settings
 from fedvq_app.data.client_data import normalize_batch
 from fedvq_app.models.state import shared_arrays
 from fedvq_app.records import to_numpy, to_record
+from fedvq_app.registry import load_settings
 from fedvq_app.strategies.fedavg import GuardedFedAvg
 from fedvq_app.strategies.fedprox import GuardedFedProx
 from fedvq_app.strategies.guard import GRADIENT_AT_RECORD, GRADIENT_RECORD

@@ -23,12 +23,11 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from fedvq_app.client_app import app as client_app
-from fedvq_app.config import load_settings
 from fedvq_app.data.datasets import dataset_info
 from fedvq_app.local_grid import LocalGrid, claim_server_identity, full_run_config, run_local
 from fedvq_app.models.state import shared_arrays
 from fedvq_app.records import to_numpy
-from fedvq_app.registry import get_method, method_names
+from fedvq_app.registry import get_method, load_settings, method_names
 from fedvq_app.server.checkpoint import (
     Checkpoint,
     capture_rng,

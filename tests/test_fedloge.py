@@ -15,7 +15,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from fedvq_app.aggregation.etf import proportional_counts
 from fedvq_app.client_app import app as client_app
 from fedvq_app.clients.fedloge import FedLoGeClient
-from fedvq_app.config import ConfigError, load_settings
+from fedvq_app.config import ConfigError
 from fedvq_app.data.datasets import dataset_info
 from fedvq_app.local_grid import claim_server_identity, full_run_config, run_local
 from fedvq_app.models.fedloge import (
@@ -29,6 +29,7 @@ from fedvq_app.models.fedloge import (
 )
 from fedvq_app.models.state import shared_arrays
 from fedvq_app.records import to_numpy, to_record
+from fedvq_app.registry import load_settings
 from fedvq_app.server.checkpoint import load_checkpoint
 from fedvq_app.server_app import app as server_app
 from fedvq_app.strategies.fedloge import FedLoGeStrategy

@@ -9,10 +9,11 @@ import torch
 from flwr.app import ConfigRecord
 
 from fedvq_app.aggregation.codebook_lloyd import lloyd_codebook_heads, revive_dead
-from fedvq_app.config import ConfigError, ModelSettings, load_settings
+from fedvq_app.config import ConfigError, ModelSettings
 from fedvq_app.local_grid import full_run_config
 from fedvq_app.models.vq import EMA_CODEBOOK_KEY, build_vq_classifier
 from fedvq_app.records import to_numpy, to_record
+from fedvq_app.registry import load_settings
 from fedvq_app.strategies.fedvq import USAGE_RECORD, FedVQStrategy
 from tests.conftest import reply
 

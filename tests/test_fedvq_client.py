@@ -8,11 +8,12 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedvq_app.aggregation.codebook import perplexity, used_codes
-from fedvq_app.clients.base import PRIVATE_KEY
-from fedvq_app.clients.fedvq import BEST_STATE_KEY, FedVQClient
-from fedvq_app.config import ModelSettings, load_settings
+from fedvq_app.clients.fedvq import FedVQClient
+from fedvq_app.config import ModelSettings
 from fedvq_app.models.state import shared_arrays
 from fedvq_app.models.vq import CODEBOOK_KEY, build_vq_classifier, is_shared
+from fedvq_app.protocol import FEDVQ_BEST_STATE, PRIVATE_STATE
+from fedvq_app.registry import load_settings
 from fedvq_app.strategies.fedvq import USAGE_RECORD
 
 SIZE = 12  # digits at 12x12: the CNN trunk leaves a 3x3 map, nine codes per image
@@ -116,7 +117,7 @@ def test_reply_carries_no_encoder_tensor(trained):
     assert CODEBOOK_KEY in arrays and "classifier.weight" in arrays
     for name, record in reply.content.array_records.items():
         assert not [k for k in record if k.startswith("encoder.")], name
-    assert all(k.startswith("encoder.") for k in client.context.state[PRIVATE_KEY])
+    assert all(k.startswith("encoder.") for k in client.context.state[PRIVATE_STATE])
 
 
 def test_usage_statistics_travel_with_the_parameters(trained):
@@ -154,17 +155,17 @@ def test_best_checkpoint_is_replaced_only_when_better(trained):
     assert saved["round"] == 1 and saved["val_accuracy"] == client.best.val_accuracy
 
     state = client.context.state
-    state[BEST_STATE_KEY] = MetricRecord({"val-accuracy": 2.0, "round": 1})  # unbeatable
+    state[FEDVQ_BEST_STATE] = MetricRecord({"val-accuracy": 2.0, "round": 1})  # unbeatable
     second = _client(settings, state)
     reply2 = second.train(_train_message(second, 2))
     assert reply2.content["metrics"]["checkpoint-saved"] == 0
     assert torch.load(path, weights_only=True)["round"] == 1
 
-    state[BEST_STATE_KEY] = MetricRecord({"val-accuracy": -1.0, "round": 1})  # anything beats it
+    state[FEDVQ_BEST_STATE] = MetricRecord({"val-accuracy": -1.0, "round": 1})  # anything beats it
     third = _client(settings, state)
     assert third.train(_train_message(third, 3)).content["metrics"]["checkpoint-saved"] == 1
     assert torch.load(path, weights_only=True)["round"] == 3
-    assert float(state[BEST_STATE_KEY]["val-accuracy"]) == pytest.approx(third.best.val_accuracy)
+    assert float(state[FEDVQ_BEST_STATE]["val-accuracy"]) == pytest.approx(third.best.val_accuracy)
 
 
 # ---------------------------------------------------------------------------- encoder schedules
@@ -219,7 +220,7 @@ def test_ema_client_sends_usage_statistics_instead_of_its_codebook(tmp_path):
     model = client.build_model()
     from fedvq_app.models.state import load_arrays
 
-    load_arrays(model, client.context.state[PRIVATE_KEY])
+    load_arrays(model, client.context.state[PRIVATE_STATE])
     load_arrays(model, reply.content["arrays"])
     model.vq.quantizer._codebook.embed.copy_(client.best.state[EMA_CODEBOOK_KEY])
     full = client.code_statistics(model)

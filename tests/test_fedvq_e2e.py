@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from fedvq_app.client_app import app as client_app
-from fedvq_app.config import load_settings
 from fedvq_app.local_grid import full_run_config, run_local
 from fedvq_app.models.vq import CODEBOOK_KEY
+from fedvq_app.registry import load_settings
 from fedvq_app.server_app import app as server_app
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,13 +12,13 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedvq_app.client_app import app as client_app
-from fedvq_app.clients.fusedspace import OPTIMIZER_STATE_KEY, FusedSpaceClient, autoencoder_parameters
-from fedvq_app.config import load_settings
+from fedvq_app.clients.fusedspace import FusedSpaceClient, autoencoder_parameters
 from fedvq_app.local_grid import full_run_config, run_local
 from fedvq_app.models.fusedspace import is_shared
 from fedvq_app.models.state import load_arrays, private_arrays, shared_arrays
+from fedvq_app.protocol import FUSEDSPACE_OPTIMIZER_STATE
 from fedvq_app.records import to_numpy, to_record
-from fedvq_app.registry import get_method
+from fedvq_app.registry import get_method, load_settings
 from fedvq_app.server_app import app as server_app
 from fedvq_app.strategies.fusedspace import DecoderOnlyFedAvg
 from tests.conftest import reply
@@ -228,10 +228,10 @@ def test_the_reference_sgd_keeps_its_momentum_across_rounds_in_the_context_state
     assert isinstance(opt, torch.optim.SGD)
     assert (opt.defaults["lr"], opt.defaults["momentum"], opt.defaults["weight_decay"]) == (0.01, 0.9, 5e-4)
     assert {names[id(p)] for g in opt.param_groups for p in g["params"]} == {"encoder", "decoder"}
-    assert OPTIMIZER_STATE_KEY not in client.context.state
+    assert FUSEDSPACE_OPTIMIZER_STATE not in client.context.state
 
     client.train(_train_message(client))
-    saved = to_numpy(client.context.state[OPTIMIZER_STATE_KEY])
+    saved = to_numpy(client.context.state[FUSEDSPACE_OPTIMIZER_STATE])
     ae_names = [n for n, _ in autoencoder_parameters(model)]
     assert set(saved) == {f"{n}/momentum_buffer" for n in ae_names}
     # the next round's optimizer starts from those buffers: one step from the restored state equals
@@ -255,7 +255,7 @@ def test_the_reference_sgd_keeps_its_momentum_across_rounds_in_the_context_state
     fresh_config = _config(**{"fusedspace.ae-keep-state": False})
     fresh = _client(load_settings(fresh_config), fresh_config)
     fresh.train(_train_message(fresh))
-    assert OPTIMIZER_STATE_KEY not in fresh.context.state
+    assert FUSEDSPACE_OPTIMIZER_STATE not in fresh.context.state
 
 
 def test_adam_option_and_ae_lr_zero_puts_all_on_the_loop_optimizer():

@@ -9,9 +9,9 @@ from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from fedvq_app.aggregation.kmeans import FeatureTransform
 from fedvq_app.client_app import app as client_app
 from fedvq_app.clients.kmeans import ACTIONS, KMeansClient
-from fedvq_app.config import load_settings
+from fedvq_app.kmeans_records import read_transform
 from fedvq_app.records import to_numpy, to_record
-from fedvq_app.strategies import kmeans_phase
+from fedvq_app.registry import load_settings
 from fedvq_app.strategies.kmeans_evaluation import KMeansEvaluation
 from fedvq_app.strategies.kmeans_handshake import Handshake, HandshakeError
 from fedvq_app.strategies.kmeans_init import SummaryInit
@@ -208,6 +208,6 @@ def test_init_phase_rejects_too_small_local_means_server_side():
 def test_transform_travels_with_each_instruction():
     transform = FeatureTransform(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 4.0]), np.eye(3)[:, :2], True)
     msg = Normalization(3).instructions([7], transform=transform)[0]
-    received = kmeans_phase.read_transform(msg.content)
+    received = read_transform(msg.content)
     np.testing.assert_allclose(received.components, transform.components)
     assert received.cluster_on_pca and received.projects

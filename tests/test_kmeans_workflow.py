@@ -15,10 +15,11 @@ from sklearn.preprocessing import StandardScaler
 
 from data_gen.generate_test_data import GeneratorOptions, generate, write
 from fedvq_app.client_app import app as client_app
-from fedvq_app.config import ConfigError, load_settings
+from fedvq_app.config import ConfigError
 from fedvq_app.data.tabular import DATA_PATH_ENV, load_tabular_partition
 from fedvq_app.errors import RunFailed
 from fedvq_app.local_grid import run_local
+from fedvq_app.registry import load_settings
 from fedvq_app.server_app import app as server_app
 
 HEADLINE = ("inertia", "silhouette", "ari", "rounds", "converged")

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedvq_app.config import load_settings
 from fedvq_app.data.cache import CACHE_ENV, PartitionCache, cache_key
 from fedvq_app.data.client_data import load_client_data
+from fedvq_app.registry import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "torchvision", "flwr_datasets", "datasets", "matplotlib", "vector_quantize_pytorch", "ot")
@@ -67,7 +67,7 @@ def test_a_fedavg_client_without_dp_imports_no_privacy_library(tmp_path):
     code = """
 import json, sys
 from flwr.app import Context, RecordDict
-from fedvq_app.config import load_settings
+from fedvq_app.registry import load_settings
 from fedvq_app.local_grid import full_run_config
 from fedvq_app.registry import get_method
 config = full_run_config(method="fedavg", **{"partition.kind": "iid"})
@@ -89,7 +89,7 @@ def test_a_partition_is_read_back_by_the_next_process_without_the_partitioner(ru
     assert memo.hits == {"memory": 0, "disk": 0, "computed": 3}  # all partitions, this client's share, test set
     code = f"""
 import json, sys
-from fedvq_app.config import load_settings
+from fedvq_app.registry import load_settings
 from fedvq_app.data.cache import PARTITIONS
 from fedvq_app.data.client_data import load_client_data
 from fedvq_app.local_grid import full_run_config
@@ -162,7 +162,7 @@ def test_client_threads_are_capped_in_the_process():
     code = """
 import json
 from threadpoolctl import threadpool_info
-from fedvq_app.config import load_settings
+from fedvq_app.registry import load_settings
 from fedvq_app.local_grid import full_run_config
 from fedvq_app.training.threads import limit_native_threads
 import sklearn.cluster  # noqa: F401  (its OpenMP runtime is loaded now)

@@ -12,10 +12,11 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedvq_app.client_app import app as client_app
 from fedvq_app.clients.base import NeuralClient
-from fedvq_app.config import ConfigError, load_settings
+from fedvq_app.config import ConfigError
 from fedvq_app.data.client_data import load_client_data
 from fedvq_app.data.shifts import rotate_images
 from fedvq_app.local_grid import full_run_config, run_local
+from fedvq_app.registry import load_settings
 from fedvq_app.server_app import app as server_app
 
 ROOT = Path(__file__).resolve().parent.parent

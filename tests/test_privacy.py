@@ -18,8 +18,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedvq_app.aggregation.privacy import history_epsilon
 from fedvq_app.client_app import app as client_app
-from fedvq_app.config import ConfigError, load_settings
+from fedvq_app.config import ConfigError
 from fedvq_app.local_grid import full_run_config, run_local
+from fedvq_app.registry import load_settings
 from fedvq_app.server.checkpoint import load_checkpoint
 from fedvq_app.server_app import app as server_app
 from fedvq_app.strategies.fedavg import GuardedFedAvg

@@ -111,9 +111,9 @@ def test_pooled_validation_is_every_clients_validation_split_and_clients_score_o
     from flwr.app import Context, RecordDict
 
     from fedvq_app.clients.base import NeuralClient
-    from fedvq_app.config import load_settings
     from fedvq_app.data.client_data import load_client_data, pooled_validation
     from fedvq_app.local_grid import full_run_config
+    from fedvq_app.registry import load_settings
 
     settings = load_settings(
         full_run_config(

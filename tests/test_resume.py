@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from fedvq_app.client_app import app as client_app
-from fedvq_app.config import ConfigError, load_settings
+from fedvq_app.config import ConfigError
 from fedvq_app.errors import RunFailed
 from fedvq_app.local_grid import LocalGrid, full_run_config, run_local
+from fedvq_app.registry import load_settings
 from fedvq_app.server.checkpoint import (
     CHECKPOINT_FILE,
     Checkpoint,

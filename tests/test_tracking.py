@@ -168,9 +168,8 @@ def test_communication_is_counted_per_round_and_client(runs):
 
 
 def _model_arrays(config: dict) -> list[np.ndarray]:
-    from fedvq_app.config import load_settings
     from fedvq_app.data.datasets import dataset_info
-    from fedvq_app.registry import get_method
+    from fedvq_app.registry import get_method, load_settings
 
     settings = load_settings(config)
     model = get_method(settings.method).build_model(settings, dataset_info(settings.dataset, settings.seed))

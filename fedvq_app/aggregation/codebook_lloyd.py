@@ -33,6 +33,9 @@ from sklearn.cluster import KMeans
 from fedvq_app.aggregation.codebook import CodebookResult
 from fedvq_app.aggregation.kmeans import lloyd_update, privacy_filter, seed_from_summaries
 
+#: the name of this aggregator in ``codebook.aggregation`` (the statistics path, not in AGGREGATORS)
+LLOYD = "lloyd"
+
 #: the split moves the two halves this many within-code standard deviations apart
 SPLIT_SCALE = 0.5
 

@@ -29,9 +29,9 @@ from fedvq_app.data.client_data import (
 )
 from fedvq_app.data.datasets import DatasetInfo
 from fedvq_app.models.state import load_arrays, private_arrays, shared_arrays
+from fedvq_app.protocol import GRADIENT_AT_RECORD, GRADIENT_RECORD, PRIVATE_STATE
 from fedvq_app.records import to_numpy, to_record
 from fedvq_app.registry import get_method
-from fedvq_app.strategies.guard import GRADIENT_AT_RECORD, GRADIENT_RECORD
 from fedvq_app.training.device import configure_threads, resolve_device
 from fedvq_app.training.dpsgd import DpSgdSession, dp_compatible
 from fedvq_app.training.loop import (
@@ -46,8 +46,6 @@ from fedvq_app.training.loop import (
     predict,
     train_epochs,
 )
-
-PRIVATE_KEY = "private"
 
 
 def seed_everything(*parts: int) -> torch.Generator:
@@ -94,13 +92,13 @@ class NeuralClient:
     def load_model(self, msg: Message) -> nn.Module:
         """Fresh model + this client's private state + the server's shared arrays."""
         model = self.build_model()
-        if PRIVATE_KEY in self.context.state:
-            load_arrays(model, self.context.state[PRIVATE_KEY])
+        if PRIVATE_STATE in self.context.state:
+            load_arrays(model, self.context.state[PRIVATE_STATE])
         load_arrays(model, msg.content["arrays"])
         return model.to(self.device)
 
     def save_private(self, model: nn.Module) -> None:
-        self.context.state[PRIVATE_KEY] = private_arrays(model, self.spec.is_shared)
+        self.context.state[PRIVATE_STATE] = private_arrays(model, self.spec.is_shared)
 
     # ------------------------------------------------------------------ hooks
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):

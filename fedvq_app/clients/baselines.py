@@ -6,11 +6,9 @@ import torch
 from flwr.app import Message
 
 from fedvq_app.clients.base import NeuralClient
+from fedvq_app.protocol import SCAFFOLD_CONTROL, SCAFFOLD_CONTROL_DELTA, SCAFFOLD_LOCAL_CONTROL
 from fedvq_app.records import to_record
-from fedvq_app.strategies.scaffold import CONTROL, CONTROL_DELTA
 from fedvq_app.training.hooks import ProximalTerm, ScaffoldCorrection
-
-LOCAL_CONTROL = "scaffold-ci"
 
 
 class FedProxClient(NeuralClient):
@@ -26,8 +24,8 @@ class ScaffoldClient(NeuralClient):
     """Corrects gradients by c - c_i and sends the change of c_i."""
 
     def train_hooks(self, model, msg: Message):
-        global_c = {k: torch.from_numpy(v.numpy()) for k, v in msg.content[CONTROL].items()}
-        stored = self.context.state.get(LOCAL_CONTROL)
+        global_c = {k: torch.from_numpy(v.numpy()) for k, v in msg.content[SCAFFOLD_CONTROL].items()}
+        stored = self.context.state.get(SCAFFOLD_LOCAL_CONTROL)
         self.local_c = (
             {k: torch.from_numpy(v.numpy()) for k, v in stored.items()}
             if stored is not None
@@ -43,5 +41,5 @@ class ScaffoldClient(NeuralClient):
         hook = hooks[0]
         updated = hook.mean_gradient() if hook.steps > 0 else {}
         new_c = {k: updated.get(k, c) for k, c in self.local_c.items()}
-        self.context.state[LOCAL_CONTROL] = to_record({k: v.numpy() for k, v in new_c.items()})
-        return {CONTROL_DELTA: to_record({k: (new_c[k] - self.local_c[k]).numpy() for k in new_c})}
+        self.context.state[SCAFFOLD_LOCAL_CONTROL] = to_record({k: v.numpy() for k, v in new_c.items()})
+        return {SCAFFOLD_CONTROL_DELTA: to_record({k: (new_c[k] - self.local_c[k]).numpy() for k in new_c})}

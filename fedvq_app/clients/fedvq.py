@@ -25,17 +25,16 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from torch import nn
 
 from fedvq_app.aggregation.codebook import perplexity, used_codes
-from fedvq_app.aggregation.codebook_lloyd import local_statistics
-from fedvq_app.clients.base import PRIVATE_KEY, NeuralClient, seed_everything
+from fedvq_app.aggregation.codebook_lloyd import LLOYD, local_statistics
+from fedvq_app.clients.base import NeuralClient, seed_everything
 from fedvq_app.config import Settings, resolve_log_root
 from fedvq_app.data.client_data import eval_loader, normalize_batch, train_loader
 from fedvq_app.models.state import LOCAL_ONLY_SUFFIXES, private_arrays, shared_arrays
 from fedvq_app.models.vq import codebook_key, encoder_travels, is_encoder
+from fedvq_app.protocol import FEDVQ_BEST_STATE, FEDVQ_READY_KEY, FEDVQ_USAGE_RECORD, PRIVATE_STATE
 from fedvq_app.records import to_record
-from fedvq_app.strategies.fedvq import LLOYD, READY_KEY, USAGE_RECORD
 from fedvq_app.training.loop import TrainHook, TrainResult, evaluate, make_optimizer, train_epochs
 
-BEST_STATE_KEY = "fedvq-best"
 #: 0-d buffers that cannot round-trip through an ArrayRecord; rebuilt on every load
 UNSTORED_SUFFIXES = (*LOCAL_ONLY_SUFFIXES, "_codebook.initted")
 CHECKPOINT_FOLDER = "client_checkpoints"
@@ -92,7 +91,7 @@ class FedVQClient(NeuralClient):
         counters are unused here (BatchNorm runs with a fixed momentum).
         """
         private = private_arrays(model, self.spec.is_shared)
-        self.context.state[PRIVATE_KEY] = ArrayRecord(
+        self.context.state[PRIVATE_STATE] = ArrayRecord(
             {k: v for k, v in private.items() if not k.endswith(UNSTORED_SUFFIXES)}
         )
 
@@ -101,7 +100,7 @@ class FedVQClient(NeuralClient):
         """The common load; the ema quantizer then adopts the global codebook once one exists."""
         model = super().load_model(msg)
         config = msg.content.config_records.get("config")
-        ready = config is None or int(config.get(READY_KEY, 1)) == 1
+        ready = config is None or int(config.get(FEDVQ_READY_KEY, 1)) == 1
         if self.options.quantizer == "ema" and ready:
             model.vq.adopt_global()
         return model
@@ -219,7 +218,7 @@ class FedVQClient(NeuralClient):
         best = self.best
         if not self.options.save_checkpoints or best is None or best.val_accuracy is None:
             return False
-        stored = self.context.state.get(BEST_STATE_KEY)
+        stored = self.context.state.get(FEDVQ_BEST_STATE)
         if stored is not None and float(stored["val-accuracy"]) >= best.val_accuracy:
             return False
         server_round = int(msg.content["config"]["server-round"])
@@ -235,7 +234,7 @@ class FedVQClient(NeuralClient):
         }
         torch.save(payload, partial)
         os.replace(partial, path)
-        self.context.state[BEST_STATE_KEY] = MetricRecord({"val-accuracy": best.val_accuracy, "round": server_round})
+        self.context.state[FEDVQ_BEST_STATE] = MetricRecord({"val-accuracy": best.val_accuracy, "round": server_round})
         return True
 
     # ------------------------------------------------------------------ usage
@@ -277,7 +276,7 @@ class FedVQClient(NeuralClient):
         used = used_codes(counts, self.options.usage_threshold)
         self.usage_metrics["codebook-used"] = int(used.sum())
         record.update({"counts": shown.astype(np.int64), "used": (used & (shown > 0)).astype(np.uint8)})
-        return {USAGE_RECORD: to_record(record)}
+        return {FEDVQ_USAGE_RECORD: to_record(record)}
 
     # ------------------------------------------------------------------ actions
     def train(self, msg: Message) -> Message:

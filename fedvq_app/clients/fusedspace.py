@@ -33,14 +33,13 @@ from torch import nn
 from fedvq_app.clients.base import NeuralClient, seed_everything
 from fedvq_app.data.client_data import eval_loader, normalize_batch, train_loader
 from fedvq_app.models.fusedspace import PRIVATE_PREFIX, FusedSpaceNet
+from fedvq_app.protocol import FUSEDSPACE_OPTIMIZER_STATE, FUSEDSPACE_STATS_RECORD
 from fedvq_app.records import to_numpy, to_record
-from fedvq_app.strategies.fusedspace import STATS_RECORD
 from fedvq_app.training import optim
 from fedvq_app.training.loop import TrainHook, TrainResult, make_optimizer, train_epochs
 
 WARMUP_STREAM = 3  # seeds the warm-up shuffles apart from the local epochs'
 AE_OPTIMIZERS = ("sgd", "adam")
-OPTIMIZER_STATE_KEY = "fusedspace-ae-optimizer"  # context.state record of the autoencoder optimizer
 AUTOENCODER_PREFIXES = (PRIVATE_PREFIX, "decoder.")
 
 
@@ -148,8 +147,8 @@ class FusedSpaceClient(NeuralClient):
             optimizer = optim.SGD(params, lr=opts.ae_lr, momentum=opts.ae_momentum, weight_decay=opts.ae_weight_decay)
         else:
             optimizer = optim.Adam(params, lr=opts.ae_lr, weight_decay=opts.ae_weight_decay)
-        if opts.ae_keep_state and OPTIMIZER_STATE_KEY in self.context.state:
-            saved = to_numpy(self.context.state[OPTIMIZER_STATE_KEY])
+        if opts.ae_keep_state and FUSEDSPACE_OPTIMIZER_STATE in self.context.state:
+            saved = to_numpy(self.context.state[FUSEDSPACE_OPTIMIZER_STATE])
             load_optimizer_state(optimizer, [n for n, _ in named], saved)
         return optimizer
 
@@ -157,7 +156,7 @@ class FusedSpaceClient(NeuralClient):
         if self.ae_optimizer is None or not self.options.ae_keep_state:
             return
         names = [n for n, _ in autoencoder_parameters(model)]
-        self.context.state[OPTIMIZER_STATE_KEY] = to_record(optimizer_state_arrays(self.ae_optimizer, names))
+        self.context.state[FUSEDSPACE_OPTIMIZER_STATE] = to_record(optimizer_state_arrays(self.ae_optimizer, names))
 
     def trainable_parameters(self, model: FusedSpaceNet):
         """The loop's optimizer: the classifier, or everything when the autoencoder has no own one."""
@@ -203,7 +202,7 @@ class FusedSpaceClient(NeuralClient):
             "warmup-loss": self.warmup_loss,
             "reconstruction-loss": self.reconstruction_sum / max(self.reconstruction_batches, 1),
         }
-        return {STATS_RECORD: MetricRecord(stats)}
+        return {FUSEDSPACE_STATS_RECORD: MetricRecord(stats)}
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, msg: Message) -> Message:

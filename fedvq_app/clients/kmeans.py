@@ -18,15 +18,10 @@ from sklearn.cluster import KMeans
 from fedvq_app.aggregation import kmeans as km
 from fedvq_app.config import Settings, resolve_log_root
 from fedvq_app.data.tabular import TabularPartition, load_tabular_partition
-from fedvq_app.protocol import KMEANS_ACTIONS
+from fedvq_app.kmeans_records import read_transform
+from fedvq_app.protocol import ARRAYS, CONFIG, KMEANS_ACTIONS, METRICS
+from fedvq_app.protocol import KMEANS_CENTROIDS as CENTROIDS
 from fedvq_app.records import to_numpy, to_record
-from fedvq_app.strategies.kmeans_phase import (
-    ARRAYS,
-    CENTROIDS,
-    CONFIG,
-    METRICS,
-    read_transform,
-)
 from fedvq_app.tracking.kmeans_logs import KMeansLogs
 from fedvq_app.training.threads import limit_native_threads
 

@@ -5,12 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def rotated_partitions(num_partitions: int, fraction: float) -> frozenset[int]:
-    """Partition ids whose images are rotated: the last ``round(fraction * N)`` ids."""
-    count = int(round(fraction * num_partitions))
-    return frozenset(range(num_partitions - count, num_partitions))
-
-
 def rotate_images(images: np.ndarray, degrees: int) -> np.ndarray:
     """Rotate (N, H, W, C) images counter-clockwise; multiples of 90 are exact."""
     if degrees % 90 == 0:

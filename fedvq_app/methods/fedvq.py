@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from fedvq_app.aggregation.codebook import AGGREGATORS, ALIGN_MODES, CodebookParams
+from fedvq_app.aggregation.codebook_lloyd import LLOYD
 from fedvq_app.clients.fedvq import FedVQClient
 from fedvq_app.config import ConfigError, Settings, option
 from fedvq_app.data.datasets import DatasetInfo
@@ -33,7 +34,7 @@ from fedvq_app.models.vq import (
 from fedvq_app.registry import MethodSpec
 from fedvq_app.server.workflow import run_neural_workflow
 from fedvq_app.strategies.fedavg import sampling_kwargs
-from fedvq_app.strategies.fedvq import LLOYD, FedVQStrategy
+from fedvq_app.strategies.fedvq import FedVQStrategy
 from fedvq_app.tracking.fedvq_plots import fedvq_plots
 
 ENCODER_SCHEDULES = ("private", "shared", "warmup")

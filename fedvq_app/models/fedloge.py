@@ -23,6 +23,7 @@ from torch import nn
 
 from fedvq_app.aggregation.etf import realign_global, realign_local, reference_sse_c, sparse_etf
 from fedvq_app.models import build_backbone
+from fedvq_app.protocol import BALANCED_SUFFIX
 
 SHARED_PREFIXES = ("backbone.", "global_head.")
 MASKED_LOGIT = -1e9  # logit of a class the client never saw (personal mode)
@@ -39,7 +40,6 @@ HEAD_ONLY_MODES = ("local-only", "global-only")
 MODES = ("generic", "global", "personal", "raw-global", *(f"personal-{f}" for f in PERSONAL_FORMULAS), *HEAD_ONLY_MODES)
 #: the client-independent modes, also scored on the global class-balanced test set
 BALANCED_MODES = ("generic", "global", "raw-global")
-BALANCED_SUFFIX = "-balanced"
 #: every report name: the modes on own data, then "<mode>-balanced"
 REPORTED_MODES = MODES + tuple(m + BALANCED_SUFFIX for m in BALANCED_MODES)
 #: which global head the realigned-local personal formula adds to the realigned local head

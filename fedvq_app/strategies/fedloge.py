@@ -19,9 +19,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from fedvq_app.aggregation.etf import GROUPS, mode_summary, shot_groups
 from fedvq_app.models.fedloge import REPORTED_MODES
+from fedvq_app.protocol import LABEL_COUNTS
 from fedvq_app.strategies.fedavg import GuardedFedAvg
-
-LABEL_COUNTS = "label-counts"
 
 
 class FedLoGeStrategy(GuardedFedAvg):

@@ -24,20 +24,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 
 from fedvq_app.aggregation.codebook import CodebookParams, aggregate_codebook, perplexity, used_codes
-from fedvq_app.aggregation.codebook_lloyd import lloyd_codebook_heads
+from fedvq_app.aggregation.codebook_lloyd import LLOYD, lloyd_codebook_heads
 from fedvq_app.models.vq import CODEBOOK_KEY, encoder_travels, is_encoder
+from fedvq_app.protocol import FEDVQ_ENCODER_UP_KEY as ENCODER_UP_KEY
+from fedvq_app.protocol import FEDVQ_READY_KEY as READY_KEY
+from fedvq_app.protocol import FEDVQ_USAGE_RECORD as USAGE_RECORD
 from fedvq_app.records import to_numpy, to_record
 from fedvq_app.strategies.fedavg import GuardedFedAvg
 
-#: record of the train reply with the code counts ("counts") and used-code mask ("used")
-USAGE_RECORD = "fedvq-usage"
 #: per-round statistics kept for the final report and the checkpoint
 HISTORY_KEYS = ("round", "aggregation_s", "inertia", "usage_ratio", "drift", "codes_used", "perplexity")
-#: train config key: 1 once a global codebook exists (the ema quantizer skips its local k-means init)
-READY_KEY = "codebook-ready"
-#: train config key: 1 when this round's reply must carry the encoder
-ENCODER_UP_KEY = "encoder-up"
-LLOYD = "lloyd"
 #: decimals kept for the PCA coordinates in summary.json
 PCA_DECIMALS = 4
 

@@ -14,9 +14,8 @@ from collections.abc import Callable
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
 
+from fedvq_app.protocol import FUSEDSPACE_STATS_RECORD as STATS_RECORD
 from fedvq_app.strategies.fedavg import GuardedFedAvg
-
-STATS_RECORD = "fusedspace"
 
 
 class DecoderOnlyFedAvg(GuardedFedAvg):

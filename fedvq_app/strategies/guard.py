@@ -33,16 +33,9 @@ from fedvq_app.aggregation.validation import (
     array_schema,
     metric_problem,
 )
+from fedvq_app.protocol import ARRAYS, GRADIENT_AT_RECORD, GRADIENT_RECORD, METRICS, TOP_LEVEL_KEY
 from fedvq_app.records import to_numpy
 from fedvq_app.strategies.metrics import aggregate_scalar_metrics
-from fedvq_app.tracking.experiment import TOP_LEVEL_KEY
-
-ARRAYS = "arrays"
-METRICS = "metrics"
-#: evaluate-reply record: the client's local-loss gradient at the global parameters
-GRADIENT_RECORD = "gradient"
-#: evaluate-reply ConfigRecord: {"model": digest of the arrays that gradient was taken at}
-GRADIENT_AT_RECORD = "gradient-at"
 
 
 class ReplyGuard:

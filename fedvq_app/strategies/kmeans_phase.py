@@ -16,12 +16,13 @@ from logging import WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 
 from fedvq_app import protocol
 from fedvq_app.aggregation.kmeans import FeatureTransform
 from fedvq_app.aggregation.validation import Schema, array_problem, metric_problem
+from fedvq_app.kmeans_records import transform_record
 from fedvq_app.records import to_numpy, to_record
 
 # the message types live in fedvq_app.protocol, where the ClientApp reads them without importing k-means
@@ -32,26 +33,8 @@ INIT = protocol.KMEANS_INIT
 STEP = protocol.KMEANS_STEP
 EVALUATION = protocol.KMEANS_EVALUATION
 
-ARRAYS = "arrays"
-METRICS = "metrics"
-CONFIG = "config"
-TRANSFORM = "transform"
-CENTROIDS = "centroids"
-
-
-def transform_record(transform: FeatureTransform) -> tuple[ArrayRecord, dict[str, Any]]:
-    """The global transform as an ArrayRecord plus the config entry naming the cluster space."""
-    arrays = {"mean": transform.mean, "std": transform.std}
-    if transform.components is not None:
-        arrays["components"] = transform.components
-    return to_record(arrays), {"cluster-space": "pca" if transform.cluster_on_pca else "normalized"}
-
-
-def read_transform(content: RecordDict) -> FeatureTransform:
-    """The transform a server message carries (client side)."""
-    arrays = to_numpy(content[TRANSFORM])
-    on_pca = str(content[CONFIG].get("cluster-space", "normalized")) == "pca"
-    return FeatureTransform(arrays["mean"], arrays["std"], arrays.get("components"), on_pca)
+ARRAYS, METRICS, CONFIG = protocol.ARRAYS, protocol.METRICS, protocol.CONFIG
+TRANSFORM, CENTROIDS = protocol.KMEANS_TRANSFORM, protocol.KMEANS_CENTROIDS
 
 
 class KMeansPhase:

@@ -60,17 +60,18 @@ from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, comp
 
 from fedvq_app.aggregation.privacy import ClientLevelLedger, SampleLevelLedger
 from fedvq_app.config import PrivacySettings, Settings
-from fedvq_app.tracking.experiment import TOP_LEVEL_KEY
+from fedvq_app.protocol import (
+    ARRAYS,
+    DP_EPSILON,
+    DP_NOISE,
+    DP_SAMPLE_RATE,
+    DP_STEPS,
+    METRICS,
+    PRIVACY,
+    TOP_LEVEL_KEY,
+)
 
-ARRAYS = "arrays"
-METRICS = "metrics"
-PRIVACY = "privacy"
 _STATE_PREFIX = "privacy/"
-#: train-reply metrics of a DP-SGD client (see fedvq_app.training.dpsgd)
-DP_EPSILON = "dp-epsilon"
-DP_STEPS = "dp-steps"
-DP_SAMPLE_RATE = "dp-sample-rate"
-DP_NOISE = "dp-noise-multiplier"
 
 
 def privatize(strategy: Strategy, settings: Settings) -> Strategy:

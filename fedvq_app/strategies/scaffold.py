@@ -12,11 +12,10 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord
 
 from fedvq_app.aggregation.scaffold import control_update, server_step
+from fedvq_app.protocol import SCAFFOLD_CONTROL as CONTROL
+from fedvq_app.protocol import SCAFFOLD_CONTROL_DELTA as CONTROL_DELTA
 from fedvq_app.records import to_numpy, to_record
 from fedvq_app.strategies.fedavg import GuardedFedAvg
-
-CONTROL = "scaffold-c"
-CONTROL_DELTA = "scaffold-dc"
 
 
 class Scaffold(GuardedFedAvg):

@@ -26,12 +26,10 @@ from flwr.app import Message
 from flwr.common.logger import log
 
 from fedvq_app.config import ConfigError, Settings, resolve_log_root
+from fedvq_app.protocol import TOP_LEVEL_KEY
 from fedvq_app.registry import get_method
 from fedvq_app.tracking.communication import Traffic, TrafficMeter, run_communication
 from fedvq_app.tracking.sinks import SinkSet, open_sinks
-
-#: key of a method report whose entries are merged into the top level of summary.json
-TOP_LEVEL_KEY = "top_level"
 
 
 def _jsonable(value: Any) -> Any:

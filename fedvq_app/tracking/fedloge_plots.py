@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from fedvq_app.aggregation.etf import GROUPS, class_hits, mode_summary, personal_test_rows, shot_groups
-from fedvq_app.models.fedloge import BALANCED_SUFFIX
+from fedvq_app.protocol import BALANCED_SUFFIX
 from fedvq_app.tracking.plots import _save, plt
 
 MODE_COLORS = {"generic": "tab:blue", "global": "tab:orange", "personal": "tab:green", "raw-global": "tab:gray"}
@@ -130,12 +130,14 @@ def evaluate_final_model(directory: Path) -> dict[str, dict[str, Any]]:
     """
     import torch  # noqa: PLC0415 (torch and the data stack are slow to import)
 
-    from fedvq_app.config import load_settings  # noqa: PLC0415
     from fedvq_app.data.client_data import eval_loader, load_client_data  # noqa: PLC0415
     from fedvq_app.data.datasets import dataset_info  # noqa: PLC0415
     from fedvq_app.models.state import load_arrays  # noqa: PLC0415
     from fedvq_app.records import to_record  # noqa: PLC0415
-    from fedvq_app.registry import get_method  # noqa: PLC0415
+    from fedvq_app.registry import (
+        get_method,  # noqa: PLC0415
+        load_settings,  # noqa: PLC0415
+    )
     from fedvq_app.server.checkpoint import load_checkpoint  # noqa: PLC0415
     from fedvq_app.training.loop import predict  # noqa: PLC0415
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from fedvq_app.aggregation.privacy import history_epsilon, quiet_opacus
 from fedvq_app.config import ConfigError, PrivacySettings, Settings
-from fedvq_app.strategies.privacy import DP_EPSILON, DP_NOISE, DP_SAMPLE_RATE, DP_STEPS
+from fedvq_app.protocol import DP_EPSILON, DP_NOISE, DP_SAMPLE_RATE, DP_STEPS
 
 SAMPLE_MODE = "sample-dpsgd"
 HISTORY_KEY = "dpsgd-accountant"
