@@ -22,6 +22,7 @@ from fedvq_app.config import Settings
 from fedvq_app.records import to_record
 from fedvq_app.server.workflow import run_training
 from fedvq_app.strategies.cfl import partition_of
+from fedvq_app.strategies.contract import innermost
 from fedvq_app.tracking.experiment import ExperimentTracker, write_json
 
 RESULTS_FILE = "cfl_results.json"
@@ -71,7 +72,7 @@ def results_table(models: list[tuple[str, list[int], dict]], scores: list[dict[i
 def run_cfl_workflow(grid: Grid, settings: Settings, tracker: ExperimentTracker) -> dict[str, Any]:
     """Initial model, the common round loop (checkpoints, resume), the cross-evaluation, CFL's report."""
     strategy = run_training(grid, settings, tracker)
-    models = strategy.evaluation_models()
+    models = innermost(strategy).evaluation_models()  # CFL's own member, under any privacy wrapper
     scores = [evaluate_everywhere(grid, m, settings.num_server_rounds, settings.round_timeout) for _, _, m in models]
     report = strategy.final_report()
     report["results_table"] = results_table(models, scores)

@@ -35,6 +35,7 @@ from flwr.common.logger import log
 from fedvq_app.aggregation.validation import array_problem, array_schema
 from fedvq_app.config import ConfigError, Settings
 from fedvq_app.records import to_numpy, to_record
+from fedvq_app.strategies.contract import RoundStrategy
 
 CHECKPOINT_FILE = "checkpoint.npz"
 _META = "__meta__"
@@ -102,21 +103,20 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------- strategy state
-def strategy_state(strategy: Any) -> dict[str, Any]:
-    """``strategy.state_dict()`` when the strategy has the hook, else nothing to keep."""
-    hook = getattr(strategy, "state_dict", None)
-    return dict(hook()) if callable(hook) else {}
+def strategy_state(strategy: RoundStrategy) -> dict[str, Any]:
+    """What the strategy keeps across a resume (its contract's ``state_dict``)."""
+    return dict(strategy.state_dict())
 
 
-def load_strategy_state(strategy: Any, state: dict[str, Any]) -> None:
-    hook = getattr(strategy, "load_state_dict", None)
-    if callable(hook):
-        hook(state)
-    elif state:
+def load_strategy_state(strategy: RoundStrategy, state: dict[str, Any]) -> None:
+    """Hand the checkpoint's strategy state back; state the strategy cannot take is a bad ``resume-from``."""
+    try:
+        strategy.load_state_dict(state)
+    except (KeyError, ValueError) as err:
         raise ConfigError(
-            f"config key 'resume-from': the checkpoint holds strategy state {sorted(state)} "
-            f"but {type(strategy).__name__} has no load_state_dict()"
-        )
+            f"config key 'resume-from': the checkpoint's strategy state {sorted(state)} does not fit "
+            f"{type(strategy).__name__} ({err}): expected a checkpoint of the same method"
+        ) from None
 
 
 def _split(state: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -31,11 +31,11 @@ from logging import ERROR, INFO, WARNING
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
 
 from fedvq_app.errors import RunFailed, is_node_unavailable
 from fedvq_app.grid_proxy import GridProxy
 from fedvq_app.server.failures import check_client_sizes, nothing_accepted, stop_if_hopeless
+from fedvq_app.strategies.contract import RoundStrategy
 from fedvq_app.tracking.communication import metered
 from fedvq_app.tracking.experiment import ExperimentTracker, RoundOutcome
 
@@ -86,13 +86,13 @@ class PatientGrid(GridProxy):
             time.sleep(self.poll_s)
 
 
-def required_nodes(strategy: Strategy, phase: str) -> int:
+def required_nodes(strategy: RoundStrategy, phase: str) -> int:
     """The node count Flower's ``sample_nodes`` will wait for in ``phase`` (train/evaluate)."""
-    phase_minimum = getattr(strategy, f"min_{phase}_nodes", 0) or 0
-    return max(int(getattr(strategy, "min_available_nodes", 1) or 1), int(phase_minimum), 1)
+    phase_minimum = strategy.min_train_nodes if phase == "train" else strategy.min_evaluate_nodes
+    return max(int(strategy.min_available_nodes or 1), int(phase_minimum or 0), 1)
 
 
-def _configure(strategy: Strategy, phase: str, rnd: int, arrays, config: dict, grid: Grid, wait_s: float):
+def _configure(strategy: RoundStrategy, phase: str, rnd: int, arrays, config: dict, grid: Grid, wait_s: float):
     patient = PatientGrid(grid, required_nodes(strategy, phase), wait_s)
     configure = strategy.configure_train if phase == "train" else strategy.configure_evaluate
     return list(configure(rnd, arrays, ConfigRecord(dict(config)), patient))
@@ -143,7 +143,7 @@ def _as_dict(record: MetricRecord | None) -> dict:
 
 
 def run_rounds(
-    strategy: Strategy,
+    strategy: RoundStrategy,
     grid: Grid,
     arrays: ArrayRecord,
     plan: LoopPlan,
@@ -182,10 +182,10 @@ def run_rounds(
             raise RunFailed(f"round {rnd} (train): {reason}")
         stop_if_hopeless(replies, f"round {rnd} (train)", tracker, first=rnd == first_round)
         if rnd == first_round:
-            check_client_sizes(replies, tracker, getattr(strategy, "weighted_by_key", "num-examples"))
+            check_client_sizes(replies, tracker, strategy.weighted_by_key)
         new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
         if rnd == first_round:  # no reply of the first round usable: no later round will do better
-            hopeless = nothing_accepted(list(getattr(strategy, "rejections", [])), replies)
+            hopeless = nothing_accepted(list(strategy.rejections), replies)
             if hopeless is not None:
                 tracker.stopped_early = {"where": f"round {rnd} (train)", "reason": hopeless}
                 raise RunFailed(f"round {rnd} (train): {hopeless}")
@@ -196,7 +196,7 @@ def run_rounds(
             sampled_train=sampled,
             train_replies=replies,
             train_metrics=_as_dict(train_metrics),
-            train_rejected=list(getattr(strategy, "rejections", [])),
+            train_rejected=list(strategy.rejections),
         )
         unavailable = None
         if rnd % plan.eval_every == 0 or rnd == plan.last_round:
@@ -208,9 +208,8 @@ def run_rounds(
                 outcome.sampled_evaluate, outcome.evaluate_replies = _send(grid, eval_messages, plan.timeout)
                 stop_if_hopeless(outcome.evaluate_replies, f"round {rnd} (evaluate)", tracker)
                 outcome.evaluate_metrics = _as_dict(strategy.aggregate_evaluate(rnd, outcome.evaluate_replies))
-                outcome.evaluate_rejected = list(getattr(strategy, "rejections", []))
-        report = getattr(strategy, "round_report", None)
-        outcome.strategy_report = report() if callable(report) else {}
+                outcome.evaluate_rejected = list(strategy.rejections)
+        outcome.strategy_report = strategy.round_report()
         outcome.wall_time_s = time.time() - started
         tracker.record_round(outcome)
         checkpoint(rnd, arrays)

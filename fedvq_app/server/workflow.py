@@ -38,9 +38,7 @@ def run_neural_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
     The loop checkpoints every round and, with ``resume-from``, continues from the
     checkpoint (see :mod:`fedvq_app.server.checkpoint`).
     """
-    strategy = run_training(grid, settings, tracker)
-    final_report = getattr(strategy, "final_report", None)
-    return final_report() if callable(final_report) else {}
+    return run_training(grid, settings, tracker).final_report()
 
 
 def run_training(grid: Grid, settings: Settings, tracker: ExperimentTracker):
@@ -54,8 +52,8 @@ def run_training(grid: Grid, settings: Settings, tracker: ExperimentTracker):
     seed_server(settings.seed)
     arrays = shared_arrays(dp_compatible(spec.build_model(settings, info), settings), spec.is_shared)
     strategy = spec.build_strategy(settings, info)
-    if hasattr(strategy, "max_num_examples"):  # the reply guard refuses claims beyond the whole pool
-        strategy.max_num_examples = training_pool_size(settings.dataset, settings.seed)
+    # the reply guard refuses claims beyond the whole pool
+    strategy.max_num_examples = training_pool_size(settings.dataset, settings.seed)
     strategy = privatize(strategy, settings)  # client-level DP wraps the guarded strategy
     plan = LoopPlan(
         first_round=1,

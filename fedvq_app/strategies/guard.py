@@ -39,7 +39,11 @@ from fedvq_app.strategies.metrics import aggregate_scalar_metrics
 
 
 class ReplyGuard:
-    """Screens train/evaluate replies; subclasses call ``super()`` as usual."""
+    """Screens train/evaluate replies; subclasses call ``super()`` as usual.
+
+    Implements :class:`~fedvq_app.strategies.contract.RoundStrategy` (with Flower's strategy
+    after it in the bases): empty reports and state unless a subclass overrides them.
+    """
 
     weighted_by_key = "num-examples"
     #: names of extra records a method's clients add to their train replies
@@ -221,6 +225,19 @@ class ReplyGuard:
             metrics[key] = value
         self.last_dissimilarity = {"round": server_round, **values}
         return metrics
+
+    # ---------------------------------------------------------------- the strategy contract's reports and state
+    def round_report(self) -> dict:
+        """The method's figures of the round just finished: none here (subclasses add theirs)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """Nothing to keep across a resume here (subclasses with state override it)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"checkpoint holds strategy state {sorted(state)} that {type(self).__name__} cannot take")
 
     def final_report(self) -> dict:
         """Gamma of the last evaluated round, at the top level of summary.json (empty when off).

@@ -70,6 +70,7 @@ from fedvq_app.protocol import (
     PRIVACY,
     TOP_LEVEL_KEY,
 )
+from fedvq_app.strategies.contract import RoundStrategy
 
 _STATE_PREFIX = "privacy/"
 
@@ -96,14 +97,42 @@ def _merge_reports(inner: dict | None, privacy: dict, top_level: bool) -> dict:
 
 
 class _Forwarding:
-    """Attribute reads the wrapper lacks go to the wrapped strategy; reports and state get a privacy entry."""
+    """The strategy contract (:class:`~fedvq_app.strategies.contract.RoundStrategy`) of the wrapped
+    strategy, forwarded member by member; reports and state get a privacy entry."""
 
-    strategy: Strategy
+    strategy: RoundStrategy
 
-    def __getattr__(self, name: str):
-        if name == "strategy":
-            raise AttributeError(name)
-        return getattr(self.strategy, name)
+    @property
+    def weighted_by_key(self) -> str:
+        return self.strategy.weighted_by_key
+
+    @property
+    def rejections(self) -> list[tuple[int, str]]:
+        return self.strategy.rejections
+
+    @property
+    def accepted_nodes(self) -> list[int]:
+        return self.strategy.accepted_nodes
+
+    @property
+    def max_num_examples(self) -> int | None:
+        return self.strategy.max_num_examples
+
+    @max_num_examples.setter
+    def max_num_examples(self, value: int | None) -> None:
+        self.strategy.max_num_examples = value
+
+    @property
+    def min_available_nodes(self) -> int:
+        return self.strategy.min_available_nodes
+
+    @property
+    def min_train_nodes(self) -> int:
+        return self.strategy.min_train_nodes
+
+    @property
+    def min_evaluate_nodes(self) -> int:
+        return self.strategy.min_evaluate_nodes
 
     def privacy_report(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -118,16 +147,13 @@ class _Forwarding:
         raise NotImplementedError
 
     def round_report(self) -> dict:
-        inner = getattr(self.strategy, "round_report", None)
-        return _merge_reports(inner() if callable(inner) else {}, self.privacy_report(), top_level=False)
+        return _merge_reports(self.strategy.round_report(), self.privacy_report(), top_level=False)
 
     def final_report(self) -> dict:
-        inner = getattr(self.strategy, "final_report", None)
-        return _merge_reports(inner() if callable(inner) else {}, self.privacy_summary(), top_level=True)
+        return _merge_reports(self.strategy.final_report(), self.privacy_summary(), top_level=True)
 
     def state_dict(self) -> dict[str, Any]:
-        inner = getattr(self.strategy, "state_dict", None)
-        state = dict(inner()) if callable(inner) else {}
+        state = dict(self.strategy.state_dict())
         state.update({f"{_STATE_PREFIX}{k}": v for k, v in self.privacy_state().items()})
         return state
 
@@ -135,11 +161,7 @@ class _Forwarding:
         mine = {k[len(_STATE_PREFIX) :]: v for k, v in state.items() if k.startswith(_STATE_PREFIX)}
         rest = {k: v for k, v in state.items() if not k.startswith(_STATE_PREFIX)}
         self.load_privacy_state(mine)
-        inner = getattr(self.strategy, "load_state_dict", None)
-        if callable(inner):
-            inner(rest)
-        elif rest:
-            raise ValueError(f"checkpoint holds strategy state {sorted(rest)} the wrapped strategy cannot take")
+        self.strategy.load_state_dict(rest)
 
 
 class _ClientLevel(_Forwarding):
@@ -342,7 +364,7 @@ class SampleLevelPrivacy(_Forwarding, Strategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
         result = self.strategy.aggregate_train(server_round, replies)
-        accepted = set(getattr(self.strategy, "accepted_nodes", [m.metadata.src_node_id for m in replies]))
+        accepted = set(self.strategy.accepted_nodes)
         for msg in replies:
             if msg.has_error() or msg.metadata.src_node_id not in accepted:
                 continue
