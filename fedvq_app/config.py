@@ -121,8 +121,8 @@ def option_keys(cls: type) -> dict[str, ConfigValue]:
 # ----------------------------------------------------------------------------
 # Common sections
 # ----------------------------------------------------------------------------
-DATASETS = (
-    "digits",
+#: MedMNIST's 2-D flags (the one list; ``fedvq_app.data.datasets`` reads it)
+MEDMNIST_2D = (
     "pathmnist",
     "chestmnist",
     "dermamnist",
@@ -135,10 +135,9 @@ DATASETS = (
     "organamnist",
     "organcmnist",
     "organsmnist",
-    "emnist",
-    "cifar10",
-    "npz",
 )
+#: every ``dataset.name`` (each has one loader in ``fedvq_app.data.datasets``)
+DATASETS = ("digits", *MEDMNIST_2D, "emnist", "cifar10", "npz")
 PARTITIONS = ("iid", "dirichlet", "dirichlet-min-per-class", "pathological", "long-tail")
 DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 

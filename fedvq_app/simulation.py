@@ -2,8 +2,10 @@
 
 ``flwr run`` starts a local SuperLink and SuperExec that outlive the command and
 whose working directory decides where relative paths land. Scripts, benchmarks
-and tests use :func:`flwr_run` so each run gets its own FLWR_HOME, an absolute
-log directory, and its daemons stopped by PID afterwards.
+and tests use :func:`flwr_run` so each run gets its own FLWR_HOME and ports, an
+absolute log directory, and its daemons stopped afterwards. It speaks to Flower
+through its CLI's JSON interface (``flwr run/ls --format json``, ``flwr log``)
+and finds the daemons of its FLWR_HOME with psutil.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import difflib
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
@@ -20,11 +21,15 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from fedvq_app.config import ConfigError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DAEMONS = ("flower-superlink", "flower-superexec", "flwr-simulation")
-SUPERLINK_SLOW = "Failed to start local SuperLink"
+#: how Flower reports a run that ``flwr run --stream`` started, and the details of a failed ServerApp
+STARTED = "Successfully started run "
+FAILED_PREFIX = "ServerApp failed with exception: "
 
 
 def _toml_value(value) -> str:
@@ -63,33 +68,41 @@ def private_superlink_env(flwr_home: Path) -> dict[str, str]:
 
 
 def daemons_of(flwr_home: Path) -> list[int]:
-    """PIDs of Flower daemons started with this FLWR_HOME."""
-    marker = f"FLWR_HOME={flwr_home}".encode()
+    """PIDs of the Flower daemons (local SuperLink, SuperExec, simulation) started with this FLWR_HOME."""
+    wanted = str(flwr_home)
     pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+    for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            env = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
+            if (
+                any(d in " ".join(proc.info["cmdline"] or ()) for d in DAEMONS)
+                and proc.environ().get("FLWR_HOME") == wanted
+            ):
+                pids.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        if any(d in cmd for d in DAEMONS) and marker in env:
-            pids.append(int(proc.name))
     return pids
 
 
 def stop_daemons(flwr_home: Path, grace_s: float = 3.0) -> None:
-    """SIGTERM, then SIGKILL, every daemon of ``flwr_home``."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in daemons_of(flwr_home):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + grace_s
-        while daemons_of(flwr_home) and time.time() < deadline:
-            time.sleep(0.2)
+    """Terminate every daemon of ``flwr_home``; kill what is still there after ``grace_s``."""
+    procs = []
+    for pid in daemons_of(flwr_home):
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
 
 
 def declared_keys() -> dict:
@@ -133,7 +146,7 @@ def parse_overrides(overrides: list[str], source: str = "overrides") -> dict:
 
 @dataclass(frozen=True)
 class FlwrRun:
-    """Outcome of one ``flwr run``: its exit code (0 for any run that started), and the run's status."""
+    """Outcome of one ``flwr run``: its exit code (0 for any run that started), the run's log and status."""
 
     returncode: int
     wall_s: float
@@ -141,6 +154,8 @@ class FlwrRun:
     run_id: int | None = None
     #: Flower's status of the run, e.g. ``finished:completed`` or ``finished:failed`` (None if unknown)
     status: str | None = None
+    #: Flower's ``status-details`` of the run (the ServerApp's exception for a failed run)
+    details: str = ""
 
     @property
     def ok(self) -> bool:
@@ -148,7 +163,9 @@ class FlwrRun:
 
     @property
     def failure(self) -> str:
-        """The run's one-line reason (``[fedvq] run failed: ...``), else what Flower reported."""
+        """The run's one-line reason: Flower's status details (the ServerApp's RunFailed), else the log's line."""
+        if self.details.startswith(FAILED_PREFIX):
+            return self.details[len(FAILED_PREFIX) :].strip()
         for line in self.output.splitlines():
             if "[fedvq] run failed: " in line:
                 return line.split("[fedvq] run failed: ", 1)[1].strip()
@@ -156,41 +173,52 @@ class FlwrRun:
 
     def raise_for_status(self) -> FlwrRun:
         """:class:`~fedvq_app.errors.RunFailed` unless the run finished as completed."""
-        from fedvq_app.errors import RunFailed  # noqa: PLC0415
+        from fedvq_app.errors import RunFailed  # noqa: PLC0415 - flwr's logger, only when a caller asks
 
         if not self.ok:
             raise RunFailed(self.failure)
         return self
 
 
-def run_status(env: dict, run_id: int, timeout: float = 60) -> str | None:
-    """``flwr ls --run-id`` of the local SuperLink: ``<status>:<sub-status>`` once the run is finished."""
+def _flwr_json(args: list[str], env: dict, timeout: float) -> tuple[subprocess.CompletedProcess, dict]:
+    """A ``flwr`` command with ``--format json``: the process and its JSON reply ({} if none)."""
+    done = subprocess.run(
+        ["flwr", *args, "--format", "json"], cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    try:
+        reply = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        reply = {}
+    return done, reply if isinstance(reply, dict) else {}
+
+
+def run_info(env: dict, run_id: int, timeout: float = 60) -> dict:
+    """``flwr ls --run-id`` of the local SuperLink, polled until the run is finished (or ``timeout``)."""
     deadline = time.time() + timeout
-    status = None
+    info: dict = {}
     while time.time() < deadline:
-        done = subprocess.run(
-            ["flwr", "ls", "--run-id", str(run_id), "--format", "json"],
-            cwd=PROJECT_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        try:
-            runs = json.loads(done.stdout).get("runs", [])
-        except json.JSONDecodeError:
-            runs = []
+        _, reply = _flwr_json(["ls", "--run-id", str(run_id)], env, timeout=60)
+        runs = reply.get("runs") or []
         if runs:
-            status = str(runs[0].get("status", ""))
-            if status.startswith("finished"):
-                return status
+            info = runs[0]
+            if str(info.get("status", "")).startswith("finished"):
+                return info
         time.sleep(1.0)
-    return status
+    return info
+
+
+def run_status(env: dict, run_id: int, timeout: float = 60) -> str | None:
+    """The run's ``<status>:<sub-status>`` once it is finished (None if Flower does not know it)."""
+    return run_info(env, run_id, timeout).get("status")
 
 
 def run_id_of(output: str) -> int | None:
-    found = re.search(r"(?:run|Run)\D{0,20}?(\d{6,})", output)
-    return int(found.group(1)) if found else None
+    """The run id in the output of ``flwr run --stream`` (``Successfully started run <id>``), for deployments
+    driven with ``--stream``; :func:`flwr_run` takes it from ``--format json`` instead."""
+    for line in output.splitlines():
+        if STARTED in line:
+            return int(line.split(STARTED, 1)[1].split()[0])
+    return None
 
 
 def flwr_run(
@@ -201,30 +229,49 @@ def flwr_run(
     keep_daemons: bool = False,
     superlink_env: dict[str, str] | None = None,
 ) -> FlwrRun:
-    """``flwr run . --stream`` in the project directory; the run's status read back; daemons stopped afterwards.
+    """One ``flwr run .`` through Flower's own interfaces, daemons stopped afterwards.
 
-    Unknown or repeated run-config keys are refused here with the key's name
+    ``flwr run --format json`` submits the run and returns its id; ``flwr log <id> --stream``
+    follows its log until it ends; ``flwr ls --run-id <id> --format json`` gives its status and
+    details. Unknown or repeated run-config keys are refused here with the key's name
     (:class:`ConfigError`) before anything starts. ``superlink_env`` (from
-    :func:`private_superlink_env`) with ``keep_daemons=True`` lets several runs
-    share one local SuperLink.
+    :func:`private_superlink_env`) with ``keep_daemons=True`` lets several runs share one local
+    SuperLink. A submission that starts no run is tried once more after the local SuperLink of
+    ``flwr_home`` is stopped (Flower gives a local SuperLink 15 s to start; a busy machine can
+    miss that once).
     """
     check_run_config_keys(run_config)
     env = {**os.environ, **(superlink_env or private_superlink_env(flwr_home))}
-    cmd = ["flwr", "run", ".", "--stream", "--federation-config", federation_config]
-    cmd += ["--run-config", run_config_arg(run_config)]
+    submit = ["run", ".", "--federation-config", federation_config, "--run-config", run_config_arg(run_config)]
     started = time.time()
     try:
         for attempt in range(2):
-            done = subprocess.run(cmd, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=timeout)
-            output = done.stdout + done.stderr
-            # Flower gives its local SuperLink 15 s to start; a busy machine can miss that once
-            if done.returncode == 0 or SUPERLINK_SLOW not in output or attempt:
+            done, reply = _flwr_json(submit, env, timeout)
+            if reply.get("success") or attempt:
                 break
             stop_daemons(flwr_home)
-        wall = time.time() - started
-        run_id = run_id_of(output)
-        status = run_status(env, run_id) if run_id is not None and done.returncode == 0 else None
-        return FlwrRun(done.returncode, wall, output, run_id, status)
+        if not reply.get("success"):
+            message = reply.get("error-message") or (done.stdout + done.stderr).strip()[-500:]
+            return FlwrRun(done.returncode or 1, time.time() - started, message)
+        run_id = int(reply["run-id"])
+        left = max(timeout - (time.time() - started), 1.0)
+        log = subprocess.run(
+            ["flwr", "log", str(run_id), "--stream"],
+            cwd=PROJECT_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=left,
+        )
+        info = run_info(env, run_id)
+        return FlwrRun(
+            0,
+            time.time() - started,
+            log.stdout + log.stderr,
+            run_id,
+            info.get("status"),
+            str(info.get("status-details", "")),
+        )
     finally:
         if not keep_daemons:
             stop_daemons(flwr_home)

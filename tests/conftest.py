@@ -50,3 +50,22 @@ def reply(to: Message, arrays: dict[str, np.ndarray] | None, metrics: dict, **ex
     if arrays is not None:
         records["arrays"] = to_record(arrays)
     return Message(content=RecordDict(records), reply_to=to)
+
+
+def vq_options(**overrides):
+    """Options for ``build_vq_classifier`` in unit tests: a one-head gumbel VQ unless overridden."""
+    from types import SimpleNamespace
+
+    defaults = dict(
+        temperature=1.0,
+        proj_init_gain=1.0,
+        quantizer="gumbel",
+        eval_sampling=False,
+        ema_decay=0.9,
+        dead_code_threshold=0.0,
+        heads=1,
+        head="pool",
+        decoder_norm="batch",
+        rotation_trick=False,
+    )
+    return SimpleNamespace(**{**defaults, **overrides})

@@ -1,4 +1,4 @@
-"""ClusteredFL fed with fake replies: identity by partition id, splits, routing, state."""
+"""CFLStrategy fed with fake replies: identity by partition id, splits, routing, state."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedvq_app.aggregation.clustering import SplitRule
 from fedvq_app.records import to_numpy, to_record
-from fedvq_app.strategies.cfl import ClusteredFL
+from fedvq_app.strategies.cfl import CFLStrategy
 from tests.conftest import reply
 
 DIM = 30
@@ -28,7 +28,7 @@ class FakeGrid:
 
 
 def _strategy(warmup=1, eps1=1.0, eps2=2.0, **kwargs):
-    return ClusteredFL(
+    return CFLStrategy(
         rule=SplitRule(eps1=eps1, eps2=eps2, min_cluster_size=2, warmup_rounds=warmup),
         min_available_nodes=1,
         min_train_nodes=1,

@@ -74,3 +74,12 @@ def test_method_options_are_parsed_for_the_chosen_method(run_config):
     assert settings.method_options.mu == 0.5
     with pytest.raises(ConfigError, match="'fedprox.mu' has invalid value -1.0"):
         load_settings(run_config(method="fedprox", **{"fedprox.mu": -1.0}))
+
+
+def test_the_codebook_choices_name_exactly_the_implemented_aggregators():
+    from fedvq_app.aggregation.codebook import AGGREGATORS, ALIGN_MODES
+    from fedvq_app.aggregation.codebook_lloyd import LLOYD
+    from fedvq_app.options import CODEBOOK_AGGREGATIONS, CODEBOOK_ALIGN_MODES
+
+    assert CODEBOOK_AGGREGATIONS == (*AGGREGATORS, LLOYD)
+    assert CODEBOOK_ALIGN_MODES == tuple(ALIGN_MODES)

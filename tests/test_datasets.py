@@ -133,3 +133,10 @@ def test_missing_cifar10_names_the_folder_and_the_download_switch(tmp_path):
     message = str(err.value)
     assert "dataset.data-dir" in message and str(tmp_path) in message
     assert "dataset.download=true" in message and "\n" not in message
+
+
+def test_every_configurable_dataset_has_exactly_one_loader():
+    from fedvq_app.config import DATASETS
+    from fedvq_app.data.datasets import _LOADERS
+
+    assert sorted(_LOADERS) == sorted(DATASETS)

@@ -21,10 +21,10 @@ from fedvq_app.data.client_data import normalize_batch
 from fedvq_app.models.state import shared_arrays
 from fedvq_app.records import to_numpy, to_record
 from fedvq_app.registry import load_settings
-from fedvq_app.strategies.fedavg import GuardedFedAvg
-from fedvq_app.strategies.fedprox import GuardedFedProx
+from fedvq_app.strategies.fedavg import FedAvgStrategy
+from fedvq_app.strategies.fedprox import FedProxStrategy
 from fedvq_app.strategies.guard import GRADIENT_AT_RECORD, GRADIENT_RECORD
-from fedvq_app.strategies.scaffold import Scaffold
+from fedvq_app.strategies.scaffold import ScaffoldStrategy
 from tests.conftest import reply
 
 # ----------------------------------------------------------------------------- pure math
@@ -133,7 +133,7 @@ def _evaluate_round(strategy, gradients, examples, nodes=(1, 2, 3), models=None)
     return strategy.aggregate_evaluate(1, replies)
 
 
-@pytest.mark.parametrize("strategy_cls", [GuardedFedAvg, GuardedFedProx, Scaffold])
+@pytest.mark.parametrize("strategy_cls", [FedAvgStrategy, FedProxStrategy, ScaffoldStrategy])
 def test_every_guarded_strategy_reports_gamma_of_the_evaluate_replies(strategy_cls):
     strategy = strategy_cls(min_available_nodes=1, min_evaluate_nodes=1)
     metrics = _evaluate_round(strategy, [_gradient([2.0]), _gradient([0.0]), _gradient([0.0])], [10, 15, 15])
@@ -145,7 +145,7 @@ def test_every_guarded_strategy_reports_gamma_of_the_evaluate_replies(strategy_c
 
 
 def test_bad_gradients_and_rejected_replies_are_left_out():
-    strategy = GuardedFedAvg(min_available_nodes=1, min_evaluate_nodes=1)
+    strategy = FedAvgStrategy(min_available_nodes=1, min_evaluate_nodes=1)
     nan = _gradient([np.nan])
     # node 2's gradient is NaN (ignored, its metrics still count); node 3 is rejected (0 examples)
     metrics = _evaluate_round(strategy, [_gradient([1.0]), nan, _gradient([-9.0])], [10, 10, 0])
@@ -154,7 +154,7 @@ def test_bad_gradients_and_rejected_replies_are_left_out():
 
 
 def test_no_gradients_leave_the_metrics_as_before():
-    strategy = GuardedFedAvg(min_available_nodes=1, min_evaluate_nodes=1)
+    strategy = FedAvgStrategy(min_available_nodes=1, min_evaluate_nodes=1)
     metrics = _evaluate_round(strategy, [None, None], [10, 10], nodes=(1, 2))
     assert "gradient-dissimilarity" not in metrics
     assert strategy.final_report() == {}
@@ -162,7 +162,7 @@ def test_no_gradients_leave_the_metrics_as_before():
 
 def test_nodes_evaluated_at_different_models_are_compared_only_within_their_group():
     """Clustered FL: odd and even nodes report different model digests."""
-    strategy = GuardedFedAvg(min_available_nodes=1, min_evaluate_nodes=1)
+    strategy = FedAvgStrategy(min_available_nodes=1, min_evaluate_nodes=1)
     grads = [_gradient([1.0, 0.0]), _gradient([7.0, 7.0]), _gradient([0.0, 1.0]), _gradient([1.0, 1.0])]
     digests = ["odd", "even", "odd", "even"]
     metrics = _evaluate_round(strategy, grads, [1, 1, 1, 1], nodes=(1, 2, 3, 4), models=digests)
@@ -176,7 +176,7 @@ def test_nodes_evaluated_at_different_models_are_compared_only_within_their_grou
 
 
 def test_gradients_with_different_names_do_not_crash_the_round():
-    strategy = GuardedFedAvg(min_available_nodes=1, min_evaluate_nodes=1)
+    strategy = FedAvgStrategy(min_available_nodes=1, min_evaluate_nodes=1)
     mixed = [_gradient([2.0]), to_record({"v": np.ones(3, np.float32)}), _gradient([2.0])]
     metrics = _evaluate_round(strategy, mixed, [1, 1, 1])
     assert metrics["gradient-groups"] == 2

@@ -17,7 +17,7 @@ from fedvq_app.client_app import app as client_app
 from fedvq_app.local_grid import LocalGrid, full_run_config
 from fedvq_app.server.loop import NodesUnavailable, PatientGrid, required_nodes
 from fedvq_app.server_app import app as server_app
-from fedvq_app.strategies.fedavg import GuardedFedAvg
+from fedvq_app.strategies.fedavg import FedAvgStrategy
 
 SMALL = {"train.local-epochs": 1, "partition.kind": "iid", "num-server-rounds": 3, "eval-every": 3}
 
@@ -128,5 +128,5 @@ def test_patient_grid_waits_for_late_nodes_and_gives_up_at_its_deadline():
 
 
 def test_required_nodes_mirror_flower_sampling():
-    strategy = GuardedFedAvg(min_available_nodes=2, min_train_nodes=4, min_evaluate_nodes=0)
+    strategy = FedAvgStrategy(min_available_nodes=2, min_train_nodes=4, min_evaluate_nodes=0)
     assert required_nodes(strategy, "train") == 4 and required_nodes(strategy, "evaluate") == 2

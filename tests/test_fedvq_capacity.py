@@ -15,7 +15,7 @@ from fedvq_app.models.vq import EMA_CODEBOOK_KEY, build_vq_classifier
 from fedvq_app.records import to_numpy, to_record
 from fedvq_app.registry import load_settings
 from fedvq_app.strategies.fedvq import USAGE_RECORD, FedVQStrategy
-from tests.conftest import reply
+from tests.conftest import reply, vq_options
 
 
 # ---------------------------------------------------------------------------- multi-head EMA VQ
@@ -25,13 +25,8 @@ def _ema(heads: int, k: int = 8, d: int = 8, head: str = "pool", size: int = 16)
         ModelSettings(),
         1,
         10,
-        num_embeddings=k,
-        embedding_dim=d,
-        temperature=1.0,
-        quantizer="ema",
-        heads=heads,
-        head=head,
-        size=size,
+        vq_options(num_embeddings=k, embedding_dim=d, quantizer="ema", heads=heads, head=head),
+        size,
     )
 
 
@@ -202,8 +197,8 @@ def test_flatten_head_reads_the_spatial_layout():
 def test_group_norm_decoder_has_no_running_statistics_and_ignores_the_batch():
     torch.manual_seed(0)
     kwargs = dict(num_embeddings=8, embedding_dim=8, temperature=1.0, quantizer="straight-through")
-    batch = build_vq_classifier(ModelSettings(), 1, 10, **kwargs)
-    group = build_vq_classifier(ModelSettings(), 1, 10, decoder_norm="group", **kwargs)
+    batch = build_vq_classifier(ModelSettings(), 1, 10, vq_options(**kwargs))
+    group = build_vq_classifier(ModelSettings(), 1, 10, vq_options(decoder_norm="group", **kwargs))
     assert any("running_mean" in k for k in batch.state_dict())
     assert not any("running" in k or "num_batches" in k for k in group.state_dict())
     assert isinstance(group.decoder.block1[1], torch.nn.GroupNorm) and group.decoder.block1[1].num_groups == 8

@@ -15,6 +15,7 @@ from fedvq_app.models.vq import CODEBOOK_KEY, build_vq_classifier, is_shared
 from fedvq_app.protocol import FEDVQ_BEST_STATE, PRIVATE_STATE
 from fedvq_app.registry import load_settings
 from fedvq_app.strategies.fedvq import USAGE_RECORD
+from tests.conftest import vq_options
 
 SIZE = 12  # digits at 12x12: the CNN trunk leaves a 3x3 map, nine codes per image
 
@@ -69,7 +70,7 @@ def _train_message(client: FedVQClient, server_round: int, with_encoder: bool = 
 # ---------------------------------------------------------------------------- model
 def test_vq_model_outputs_and_deterministic_evaluation():
     torch.manual_seed(0)
-    model = build_vq_classifier(ModelSettings(), 1, 10, num_embeddings=16, embedding_dim=8, temperature=1.0)
+    model = build_vq_classifier(ModelSettings(), 1, 10, vq_options(num_embeddings=16, embedding_dim=8))
     x = torch.randn(5, 1, 16, 16)
     model.eval()
     out = model(x)
@@ -89,7 +90,7 @@ def test_vq_model_outputs_and_deterministic_evaluation():
 
 
 def test_only_the_encoder_is_private():
-    model = build_vq_classifier(ModelSettings(), 3, 4, num_embeddings=8, embedding_dim=64, temperature=1.0)
+    model = build_vq_classifier(ModelSettings(), 3, 4, vq_options(num_embeddings=8, embedding_dim=64))
     names = list(model.state_dict())
     private = [n for n in names if not is_shared(n)]
     assert private and all(n.startswith("encoder.") for n in private)

@@ -20,7 +20,7 @@ from fedvq_app.protocol import FUSEDSPACE_OPTIMIZER_STATE
 from fedvq_app.records import to_numpy, to_record
 from fedvq_app.registry import get_method, load_settings
 from fedvq_app.server_app import app as server_app
-from fedvq_app.strategies.fusedspace import DecoderOnlyFedAvg
+from fedvq_app.strategies.fusedspace import FusedSpaceStrategy
 from tests.conftest import reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +105,7 @@ def _metrics(n, pid):
 
 
 def test_decoder_only_aggregation_weights_the_shared_parameters_by_examples():
-    strategy = DecoderOnlyFedAvg(is_shared=is_shared, min_available_nodes=1)
+    strategy = FusedSpaceStrategy(is_shared=is_shared, min_available_nodes=1)
     sent = _configured(strategy)
     replies = [
         reply(
@@ -129,7 +129,7 @@ def test_decoder_only_aggregation_weights_the_shared_parameters_by_examples():
 
 @pytest.mark.parametrize("where", ["arrays", "extra-record"])
 def test_a_reply_carrying_an_encoder_tensor_is_rejected(where):
-    strategy = DecoderOnlyFedAvg(is_shared=is_shared, min_available_nodes=1)
+    strategy = FusedSpaceStrategy(is_shared=is_shared, min_available_nodes=1)
     sent = _configured(strategy)
     good = {k: v + 1 for k, v in SHARED.items()}
     leak = {"encoder.0.weight": np.ones(4, np.float32)}
@@ -146,7 +146,7 @@ def test_a_reply_carrying_an_encoder_tensor_is_rejected(where):
 
 
 def test_the_server_never_sends_private_parameters():
-    strategy = DecoderOnlyFedAvg(is_shared=is_shared, min_available_nodes=1)
+    strategy = FusedSpaceStrategy(is_shared=is_shared, min_available_nodes=1)
     with pytest.raises(ValueError, match="shared parameters only"):
         strategy.configure_train(1, to_record({**SHARED, "encoder.w": np.zeros(1)}), ConfigRecord(), FakeGrid())
 

@@ -23,7 +23,7 @@ from fedvq_app.local_grid import full_run_config, run_local
 from fedvq_app.registry import load_settings
 from fedvq_app.server.checkpoint import load_checkpoint
 from fedvq_app.server_app import app as server_app
-from fedvq_app.strategies.fedavg import GuardedFedAvg
+from fedvq_app.strategies.fedavg import FedAvgStrategy
 from fedvq_app.strategies.privacy import PrivateAdaptiveClipping, PrivateFixedClipping, privatize
 from fedvq_app.training.dpsgd import DpSgdSession, load_history
 from tests.conftest import reply
@@ -40,7 +40,7 @@ class FakeGrid:
         return self.nodes
 
 
-class Recording(GuardedFedAvg):
+class Recording(FedAvgStrategy):
     """FedAvg that keeps the replies it was asked to average (after the DP wrapper clipped them)."""
 
     def aggregate_train(self, server_round, replies):
@@ -211,7 +211,7 @@ def test_replies_equal_to_the_global_model_do_not_crash_flowers_clipping():
 
 
 def test_privatize_leaves_none_alone_and_forwards_attributes():
-    inner = GuardedFedAvg(min_train_nodes=3)
+    inner = FedAvgStrategy(min_train_nodes=3)
     settings = load_settings(full_run_config())
     assert privatize(inner, settings) is inner
     wrapped = privatize(inner, load_settings(full_run_config(**{"privacy.mode": "client-fixed"})))
@@ -426,7 +426,7 @@ def test_client_level_state_survives_a_checkpoint(tmp_path):
     )
     saved = load_checkpoint(folder)
     assert len(saved.strategy_state["privacy/releases"]) == 2
-    inner = GuardedFedAvg()
+    inner = FedAvgStrategy()
     privacy = _settings("client-adaptive", **{"privacy.noise-multiplier": 0.5})
     restored = PrivateAdaptiveClipping(inner, privacy, subsampled=False)
     restored.load_state_dict(saved.strategy_state)

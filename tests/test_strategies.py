@@ -7,10 +7,10 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from fedvq_app.records import to_numpy, to_record
-from fedvq_app.strategies.fedavg import GuardedFedAvg
-from fedvq_app.strategies.fedprox import GuardedFedProx
+from fedvq_app.strategies.fedavg import FedAvgStrategy
+from fedvq_app.strategies.fedprox import FedProxStrategy
 from fedvq_app.strategies.metrics import aggregate_scalar_metrics
-from fedvq_app.strategies.scaffold import CONTROL, CONTROL_DELTA, Scaffold
+from fedvq_app.strategies.scaffold import CONTROL, CONTROL_DELTA, ScaffoldStrategy
 from tests.conftest import instruction, reply
 
 W = {"w": np.zeros((2, 2), np.float32), "b": np.zeros(2, np.float32)}
@@ -35,7 +35,7 @@ def _metrics(n, pid, **extra):
 
 
 def test_fedavg_weights_by_examples():
-    strategy = GuardedFedAvg(min_available_nodes=1)
+    strategy = FedAvgStrategy(min_available_nodes=1)
     sent = _configured(strategy)
     replies = [
         reply(sent[0], {"w": np.full((2, 2), 1.0, np.float32), "b": np.ones(2, np.float32)}, _metrics(10, 0)),
@@ -62,12 +62,16 @@ BAD_REPLIES = {
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_REPLIES))
-@pytest.mark.parametrize("strategy_cls", [GuardedFedAvg, GuardedFedProx, Scaffold])
+@pytest.mark.parametrize("strategy_cls", [FedAvgStrategy, FedProxStrategy, ScaffoldStrategy])
 def test_malformed_reply_is_rejected_and_the_rest_aggregated(strategy_cls, kind):
     strategy = strategy_cls(min_available_nodes=1)
     sent = _configured(strategy)
     good = {"w": np.full((2, 2), 2.0, np.float32), "b": np.ones(2, np.float32)}
-    extras = {CONTROL_DELTA: to_record({k: np.zeros_like(v) for k, v in W.items()})} if strategy_cls is Scaffold else {}
+    extras = (
+        {CONTROL_DELTA: to_record({k: np.zeros_like(v) for k, v in W.items()})}
+        if strategy_cls is ScaffoldStrategy
+        else {}
+    )
     replies = [reply(sent[0], good, _metrics(10, 0), **extras), BAD_REPLIES[kind](sent[2])]
     arrays, _ = strategy.aggregate_train(1, replies)
     np.testing.assert_allclose(to_numpy(arrays)["w"], good["w"])
@@ -75,13 +79,13 @@ def test_malformed_reply_is_rejected_and_the_rest_aggregated(strategy_cls, kind)
 
 
 def test_only_bad_replies_leave_the_model_unchanged():
-    strategy = GuardedFedAvg(min_available_nodes=1)
+    strategy = FedAvgStrategy(min_available_nodes=1)
     sent = _configured(strategy)
     assert strategy.aggregate_train(1, [BAD_REPLIES["nan"](sent[0])]) == (None, None)
 
 
 def test_reply_from_a_node_that_was_not_asked_is_rejected():
-    strategy = GuardedFedAvg(min_available_nodes=1, min_train_nodes=1)
+    strategy = FedAvgStrategy(min_available_nodes=1, min_train_nodes=1)
     _configured(strategy, nodes=(1,))
     stranger = instruction(9, W)
     arrays, _ = strategy.aggregate_train(1, [reply(stranger, W, _metrics(5, 8))])
@@ -89,13 +93,13 @@ def test_reply_from_a_node_that_was_not_asked_is_rejected():
 
 
 def test_fedprox_sends_mu_to_clients():
-    strategy = GuardedFedProx(proximal_mu=0.3, min_available_nodes=1)
+    strategy = FedProxStrategy(proximal_mu=0.3, min_available_nodes=1)
     sent = _configured(strategy)
     assert sent[0].content["config"]["proximal-mu"] == 0.3
 
 
 def test_scaffold_updates_model_and_control_variate():
-    strategy = Scaffold(server_lr=0.5, min_available_nodes=1)
+    strategy = ScaffoldStrategy(server_lr=0.5, min_available_nodes=1)
     sent = _configured(strategy, nodes=(1, 2, 3, 4))
     assert np.all(to_numpy(sent[0].content[CONTROL])["w"] == 0)
     ones = {k: np.ones_like(v) for k, v in W.items()}
@@ -104,13 +108,13 @@ def test_scaffold_updates_model_and_control_variate():
     arrays, _ = strategy.aggregate_train(1, replies)
     np.testing.assert_allclose(to_numpy(arrays)["w"], 0.5)  # x + 0.5 * (1 - x)
     np.testing.assert_allclose(strategy.control["w"], 2.0 * 2 / 4)  # |S|/N * mean dc
-    restored = Scaffold()
+    restored = ScaffoldStrategy()
     restored.load_state_dict(strategy.state_dict())
     np.testing.assert_allclose(restored.control["b"], strategy.control["b"])
 
 
 def test_scaffold_rejects_a_reply_without_control_delta():
-    strategy = Scaffold(min_available_nodes=1)
+    strategy = ScaffoldStrategy(min_available_nodes=1)
     sent = _configured(strategy)
     arrays, _ = strategy.aggregate_train(1, [reply(sent[0], W, _metrics(3, 0))])
     assert arrays is None and "scaffold-dc" in strategy.rejections[0][1]

@@ -39,6 +39,7 @@ from fedvq_app.models.fedloge import (
     GlaFrHeads,
     gla_fr,
 )
+from fedvq_app.options import FedLoGeOptions
 from fedvq_app.training.loop import classification_metrics, make_optimizer, predict
 
 REFIT_STREAM = 5  # seeds the local-head refit's shuffles apart from the training epochs
@@ -49,7 +50,7 @@ class FedLoGeClient(NeuralClient):
 
     @property
     def options(self):
-        return self.settings.method_options
+        return self.settings.options(FedLoGeOptions)
 
     def batch_loss(self, model: FedLoGeNet, x: torch.Tensor, y: torch.Tensor):
         """CE through the frozen SSE-C (backbone) + CE of both heads on detached features."""

@@ -31,6 +31,7 @@ from fedvq_app.config import Settings, resolve_log_root
 from fedvq_app.data.client_data import eval_loader, normalize_batch, train_loader
 from fedvq_app.models.state import LOCAL_ONLY_SUFFIXES, private_arrays, shared_arrays
 from fedvq_app.models.vq import codebook_key, encoder_travels, is_encoder
+from fedvq_app.options import FedVQOptions
 from fedvq_app.protocol import FEDVQ_BEST_STATE, FEDVQ_READY_KEY, FEDVQ_USAGE_RECORD, PRIVATE_STATE
 from fedvq_app.records import to_record
 from fedvq_app.training.loop import TrainHook, TrainResult, evaluate, make_optimizer, train_epochs
@@ -77,7 +78,7 @@ class FedVQClient(NeuralClient):
 
     def __init__(self, settings: Settings, context) -> None:
         super().__init__(settings, context)
-        self.options = settings.method_options
+        self.options = settings.options(FedVQOptions)
         self._perplexity_sum = 0.0
         self._perplexity_n = 0
         self.best: BestEpoch | None = None

@@ -33,13 +33,13 @@ from torch import nn
 from fedvq_app.clients.base import NeuralClient, seed_everything
 from fedvq_app.data.client_data import eval_loader, normalize_batch, train_loader
 from fedvq_app.models.fusedspace import PRIVATE_PREFIX, FusedSpaceNet
+from fedvq_app.options import FusedSpaceOptions
 from fedvq_app.protocol import FUSEDSPACE_OPTIMIZER_STATE, FUSEDSPACE_STATS_RECORD
 from fedvq_app.records import to_numpy, to_record
 from fedvq_app.training import optim
 from fedvq_app.training.loop import TrainHook, TrainResult, make_optimizer, train_epochs
 
 WARMUP_STREAM = 3  # seeds the warm-up shuffles apart from the local epochs'
-AE_OPTIMIZERS = ("sgd", "adam")
 AUTOENCODER_PREFIXES = (PRIVATE_PREFIX, "decoder.")
 
 
@@ -101,7 +101,7 @@ class FusedSpaceClient(NeuralClient):
 
     def __init__(self, settings, context) -> None:
         super().__init__(settings, context)
-        self.options = settings.method_options
+        self.options = settings.options(FusedSpaceOptions)
         self.reconstruction_sum = 0.0
         self.reconstruction_batches = 0
         self.warmup_loss = 0.0

@@ -19,6 +19,7 @@ from fedvq_app.aggregation import kmeans as km
 from fedvq_app.config import Settings, resolve_log_root
 from fedvq_app.data.tabular import TabularPartition, load_tabular_partition
 from fedvq_app.kmeans_records import read_transform
+from fedvq_app.options import KMeansOptions
 from fedvq_app.protocol import ARRAYS, CONFIG, KMEANS_ACTIONS, METRICS
 from fedvq_app.protocol import KMEANS_CENTROIDS as CENTROIDS
 from fedvq_app.records import to_numpy, to_record
@@ -35,7 +36,7 @@ class KMeansClient:
 
     def __init__(self, settings: Settings, context: Context) -> None:
         self.settings = settings
-        self.options = settings.method_options
+        self.options = settings.options(KMeansOptions)
         self.partition_id = int(context.node_config["partition-id"])
         self.num_partitions = int(context.node_config["num-partitions"])
         limit_native_threads(settings.train.num_threads)

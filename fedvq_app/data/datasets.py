@@ -16,23 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedvq_app.config import ConfigError, DatasetSettings
-
-MEDMNIST_2D = (
-    "pathmnist",
-    "chestmnist",
-    "dermamnist",
-    "octmnist",
-    "pneumoniamnist",
-    "retinamnist",
-    "breastmnist",
-    "bloodmnist",
-    "tissuemnist",
-    "organamnist",
-    "organcmnist",
-    "organsmnist",
-)
-
+from fedvq_app.config import DATASETS, MEDMNIST_2D, ConfigError, DatasetSettings
 
 @dataclass(frozen=True)
 class ImageData:

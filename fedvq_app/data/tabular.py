@@ -20,13 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fedvq_app.options import DATA_PATH_ENV, SKLEARN_TABLES, TABULAR_SOURCES, SPLITS
 from fedvq_app.config import ConfigError, PartitionSettings
 from fedvq_app.data.cache import PARTITIONS, file_fingerprint
 
-DATA_PATH_ENV = "TEST_DATA_PATH"
-SKLEARN_TABLES = ("iris", "wine", "breast-cancer")
-TABULAR_SOURCES = ("generated", *SKLEARN_TABLES)
-SPLITS = ("iid", "label-skew")
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,12 @@
 from fedvq_app.clients.base import NeuralClient
 from fedvq_app.methods.common import classifier_model
 from fedvq_app.registry import MethodSpec
-from fedvq_app.strategies.fedavg import GuardedFedAvg, sampling_kwargs
+from fedvq_app.strategies.fedavg import FedAvgStrategy, sampling_kwargs
 
 SPEC = MethodSpec(
     name="fedavg",
     summary="weighted average of all parameters",
     build_model=classifier_model,
-    build_strategy=lambda settings, info: GuardedFedAvg(**sampling_kwargs(settings)),
+    build_strategy=lambda settings, info: FedAvgStrategy(**sampling_kwargs(settings)),
     client=NeuralClient,
 )

@@ -13,193 +13,31 @@ codebook, which one of the aggregators rebuilds under an index-alignment mode
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import torch
 
-from fedvq_app.aggregation.codebook import AGGREGATORS, ALIGN_MODES, CodebookParams
+from fedvq_app.aggregation.codebook import AGGREGATORS, CodebookParams
 from fedvq_app.aggregation.codebook_lloyd import LLOYD
 from fedvq_app.clients.fedvq import FedVQClient
-from fedvq_app.config import ConfigError, Settings, option
+from fedvq_app.config import ConfigError, Settings
 from fedvq_app.data.datasets import DatasetInfo
 from fedvq_app.models.vq import (
-    DECODER_NORMS,
-    HEADS,
-    QUANTIZERS,
     build_vq_classifier,
     codebook_key,
     is_encoder,
     is_shared,
 )
+from fedvq_app.options import FedVQOptions
 from fedvq_app.registry import MethodSpec
 from fedvq_app.server.workflow import run_neural_workflow
 from fedvq_app.strategies.fedavg import sampling_kwargs
 from fedvq_app.strategies.fedvq import FedVQStrategy
 from fedvq_app.tracking.fedvq_plots import fedvq_plots
 
-ENCODER_SCHEDULES = ("private", "shared", "warmup")
-
-
-@dataclass(frozen=True)
-class FedVQOptions:
-    quantizer: str = option(
-        "fedvq.quantizer",
-        "ema",
-        choices=QUANTIZERS,
-        help="gumbel (seed: Gumbel-softmax sample), straight-through (argmax code, softmax gradient), "
-        "ema (nearest-neighbour VQ, EMA codebook, k-means init, dead-code revival; vector-quantize-pytorch)",
-    )
-    encoder: str = option(
-        "fedvq.encoder",
-        "shared",
-        choices=ENCODER_SCHEDULES,
-        help="private (seed: never leaves the client), shared (averaged like the decoder), "
-        "warmup (shared for fedvq.shared-encoder-rounds rounds, then private)",
-    )
-    shared_encoder_rounds: int = option(
-        "fedvq.shared-encoder-rounds", 10, minimum=0, help="rounds the warmup schedule shares the encoder"
-    )
-    eval_sampling: bool = option(
-        "fedvq.eval-sampling", False, help="gumbel: sample Gumbel noise at evaluation too (the seed; stochastic scores)"
-    )
-    ema_decay: float = option(
-        "fedvq.ema-decay", 0.9, minimum=0.0, maximum=1.0, help="ema: decay of the EMA codebook updates"
-    )
-    dead_code_threshold: float = option(
-        "fedvq.dead-code-threshold",
-        2.0,
-        minimum=0.0,
-        help="ema: before the first global codebook, a client replaces codes whose EMA cluster size is below "
-        "this (library revival); afterwards dead codes are revived by the server",
-    )
-    heads: int = option(
-        "fedvq.heads",
-        8,
-        minimum=1,
-        help="ema: multi-head VQ (vector-quantize-pytorch heads, one K-code codebook per head): each feature "
-        "vector is split into this many chunks of D/heads, each quantized on its own; needs "
-        "codebook.aggregation lloyd or mean",
-    )
-    rotation_trick: bool = option(
-        "fedvq.rotation-trick",
-        False,
-        help="ema: pass the gradient through the quantizer with the rotation trick (vector-quantize-pytorch's "
-        "default: rotated and rescaled by ||q||/||z||, unbounded for near-zero chunks; diverged under SGD) "
-        "instead of the straight-through estimator (false)",
-    )
-    head: str = option(
-        "fedvq.head",
-        "pool",
-        choices=HEADS,
-        help="classifier on the decoded map: pool (seed: global average pooling + linear), flatten (the plain "
-        "CNN's head: flatten + dense 128 + ReLU + linear, keeps the spatial layout)",
-    )
-    decoder_norm: str = option(
-        "fedvq.decoder-norm",
-        "batch",
-        choices=DECODER_NORMS,
-        help="normalisation in the decoder's conv blocks: batch (seed: BatchNorm, running statistics averaged "
-        "across clients), group (GroupNorm: no running statistics)",
-    )
-    recalibrate_bn: bool = option(
-        "fedvq.recalibrate-bn",
-        True,
-        help="at evaluation each client re-estimates the BatchNorm running statistics of the model it "
-        "evaluates on its own training images (one forward pass; the averaged running statistics do not "
-        "match the averaged weights)",
-    )
-    grad_clip: float = option(
-        "fedvq.grad-clip",
-        0.0,
-        minimum=0.0,
-        help="clip the global gradient norm of every local step to this (0 = off)",
-    )
-    aggregation: str = option(
-        "codebook.aggregation",
-        "lloyd",
-        choices=(*AGGREGATORS, LLOYD),
-        help="codebook aggregator: lloyd (ema only: exact mean of the assigned vectors from per-code counts and "
-        "sums), mean (FedAvg), kmeans, weighted-kmeans (data-size sample weights), "
-        "usage-kmeans (used codes, usage weights), wasserstein (POT free-support barycenter)",
-    )
-    privacy_threshold: int = option(
-        "codebook.privacy-threshold",
-        5,
-        minimum=1,
-        help="lloyd: a client withholds the statistics of a code fewer than this many of its vectors chose",
-    )
-    max_revived: int = option(
-        "codebook.max-revived",
-        0,
-        minimum=-1,
-        help="lloyd: at most this many dead codes revived by splitting per round (-1 = all, 0 = none: a dead code "
-        "keeps its previous vector)",
-    )
-    revive_after: int = option(
-        "codebook.revive-after",
-        1,
-        minimum=1,
-        help="lloyd: revive a code only after it was dead (no vector anywhere) this many consecutive rounds",
-    )
-    align: str = option(
-        "codebook.align",
-        "hungarian",
-        choices=tuple(ALIGN_MODES),
-        help="index alignment: none (cold clustering, seed), warm-start (start from the previous codebook), "
-        "hungarian (warm start + re-match codes to the previous indices)",
-    )
-    num_embeddings: int = option("codebook.num-embeddings", 64, minimum=2, help="codebook size K (seed: 512)")
-    embedding_dim: int = option(
-        "codebook.embedding-dim",
-        64,
-        minimum=1,
-        help="code dimension D (seed: 512); a 1x1 conv maps the trunk's channels to D when they differ",
-    )
-    usage_threshold: float = option(
-        "codebook.usage-threshold",
-        0.01,
-        minimum=0.0,
-        maximum=1.0,
-        help="a client 'uses' a code picked for at least this fraction of its feature positions (seed: 0.01)",
-    )
-    kmeans_n_init: int = option(
-        "codebook.kmeans-n-init", 10, minimum=1, help="k-means++ restarts when clustering cold (codebook.align=none)"
-    )
-    kmeans_max_iter: int = option("codebook.kmeans-max-iter", 300, minimum=1, help="most Lloyd iterations per run")
-    barycenter_iters: int = option(
-        "codebook.barycenter-iters", 20, minimum=1, help="most fixed-point iterations of the Wasserstein barycenter"
-    )
-    temperature: float = option(
-        "fedvq.temperature", 1.0, minimum=0.0, exclusive_minimum=True, help="Gumbel-softmax temperature"
-    )
-    proj_init_gain: float = option(
-        "fedvq.proj-init-gain",
-        5.0,
-        minimum=0.0,
-        exclusive_minimum=True,
-        help="scale of the code projection's initial weights (1 = PyTorch default); lifts the small CNN's "
-        "initial code logits above the Gumbel noise",
-    )
-    vq_weight: float = option("fedvq.vq-weight", 0.05, minimum=0.0, help="weight of the commitment loss (seed: 0.05)")
-    recon_weight: float = option(
-        "fedvq.recon-weight", 0.1, minimum=0.0, help="weight of the decoder's feature reconstruction loss (seed: 0.1)"
-    )
-    best_val: bool = option(
-        "fedvq.best-val", False, help="send the local epoch that scored best on the local validation split (seed)"
-    )
-    save_checkpoints: bool = option(
-        "fedvq.save-checkpoints", True, help="each client keeps its best-validation model as client_<id>_best.pt"
-    )
-    checkpoint_dir: str = option(
-        "fedvq.checkpoint-dir",
-        "",
-        help="folder of the clients' best checkpoints (empty = <log-dir>/<experiment>/client_checkpoints)",
-    )
-
 
 def validate(settings: Settings) -> None:
     """Cross-field checks: combinations that cannot work are errors, not silent fallbacks."""
-    opts: FedVQOptions = settings.method_options
+    opts = settings.options(FedVQOptions)
     if opts.aggregation == LLOYD and opts.quantizer != "ema":
         raise ConfigError(
             f"config key 'codebook.aggregation' has invalid value 'lloyd' with fedvq.quantizer={opts.quantizer!r}: "
@@ -226,25 +64,8 @@ def validate(settings: Settings) -> None:
 
 
 def build_model(settings: Settings, info: DatasetInfo):
-    opts: FedVQOptions = settings.method_options
-    return build_vq_classifier(
-        settings.model,
-        info.channels,
-        info.num_classes,
-        opts.num_embeddings,
-        opts.embedding_dim,
-        opts.temperature,
-        opts.proj_init_gain,
-        opts.quantizer,
-        opts.eval_sampling,
-        opts.ema_decay,
-        opts.dead_code_threshold,
-        opts.heads,
-        opts.head,
-        info.size,
-        opts.decoder_norm,
-        opts.rotation_trick,
-    )
+    opts = settings.options(FedVQOptions)
+    return build_vq_classifier(settings.model, info.channels, info.num_classes, opts, size=info.size)
 
 
 def initial_encoder(settings: Settings, info: DatasetInfo) -> dict:
@@ -259,7 +80,7 @@ def initial_encoder(settings: Settings, info: DatasetInfo) -> dict:
 
 
 def build_strategy(settings: Settings, info: DatasetInfo) -> FedVQStrategy:
-    opts: FedVQOptions = settings.method_options
+    opts = settings.options(FedVQOptions)
     params = CodebookParams(
         usage_threshold=opts.usage_threshold,
         n_init=opts.kmeans_n_init,

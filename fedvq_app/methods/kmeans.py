@@ -7,88 +7,16 @@ configures the phases for the federation the handshake found.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from fedvq_app.clients.kmeans import KMeansClient
-from fedvq_app.config import ConfigError, Settings, option
-from fedvq_app.data.tabular import DATA_PATH_ENV, SPLITS, TABULAR_SOURCES
+from fedvq_app.config import ConfigError, Settings
+from fedvq_app.options import KMeansOptions
 from fedvq_app.registry import MethodSpec
 from fedvq_app.server.kmeans_workflow import build_phases, run_kmeans_workflow
 
 
-@dataclass(frozen=True)
-class KMeansOptions:
-    k: int = option("kmeans.k", 3, minimum=1, help="number of global clusters k")
-    data_source: str = option(
-        "kmeans.data-source",
-        "wine",
-        choices=TABULAR_SOURCES,
-        help="generated (data_gen/generate_test_data.py files) or a scikit-learn table: iris, wine, breast-cancer",
-    )
-    data_path: str = option(
-        "kmeans.data-path",
-        "",
-        help=f"folder of generated client_<i>.npz files (empty = ${DATA_PATH_ENV}, then dataset.data-dir)",
-    )
-    split: str = option(
-        "kmeans.split",
-        "iid",
-        choices=SPLITS,
-        help="how a scikit-learn table is cut across clients: iid or label-skew (Dirichlet over labels)",
-    )
-    skew_alpha: float = option(
-        "kmeans.skew-alpha",
-        0.5,
-        minimum=0.0,
-        exclusive_minimum=True,
-        help="Dirichlet concentration of kmeans.split=label-skew (smaller = more skew)",
-    )
-    pca_components: int = option(
-        "kmeans.pca-components",
-        2,
-        minimum=2,
-        help="principal components of the federated PCA (run when there are more than 2 features)",
-    )
-    cluster_space: str = option(
-        "kmeans.cluster-space",
-        "normalized",
-        choices=("normalized", "pca"),
-        help="cluster the standardized features or their PCA projection (the projection is always logged)",
-    )
-    max_rounds: int = option("kmeans.max-rounds", 100, minimum=1, help="most Lloyd rounds")
-    tol: float = option(
-        "kmeans.tol",
-        1e-4,
-        minimum=0.0,
-        exclusive_minimum=True,
-        help="stop when no centroid moves farther than this (standardized units)",
-    )
-    privacy_threshold: int = option(
-        "kmeans.privacy-threshold",
-        5,
-        minimum=1,
-        help="clients never share a local mean built from fewer rows (a node-config privacy-threshold may raise it)",
-    )
-    local_k: int = option(
-        "kmeans.local-k", 0, minimum=0, help="clusters of each client's local k-means for the initialisation (0 = 2k)"
-    )
-    n_init: int = option(
-        "kmeans.n-init",
-        10,
-        minimum=1,
-        help="Lloyd runs advanced together from different k-means++ seedings; the lowest inertia is kept",
-    )
-    silhouette_sample: int = option(
-        "kmeans.silhouette-sample", 200, minimum=0, help="rows per client scored for the silhouette (0 = none)"
-    )
-    client_logs: bool = option(
-        "kmeans.client-logs", True, help="clients write local_means/ and client_logs/ under <log-dir>/<experiment>"
-    )
-
-
 def validate(settings: Settings) -> None:
     """Cross-field checks: options that would be silently ignored are errors."""
-    opts: KMeansOptions = settings.method_options
+    opts = settings.options(KMeansOptions)
     if opts.data_source == "generated" and opts.split != "iid":
         raise ConfigError(
             f"config key 'kmeans.split' has invalid value {opts.split!r}: generated data is split by the "
@@ -119,6 +47,6 @@ SPEC = MethodSpec(
     validate=validate,
     server_workflow=run_kmeans_workflow,
     plots=kmeans_plots,
-    data_name=lambda settings: settings.method_options.data_source,
+    data_name=lambda settings: settings.options(KMeansOptions).data_source,
     privacy_check=privacy_check,
 )

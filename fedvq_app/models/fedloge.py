@@ -23,14 +23,11 @@ from torch import nn
 
 from fedvq_app.aggregation.etf import realign_global, realign_local, reference_sse_c, sparse_etf
 from fedvq_app.models import build_backbone
+from fedvq_app.options import PERSONAL_FORMULAS, PERSONAL_GLOBAL_HEADS, SSE_C_KINDS, FedLoGeOptions
 from fedvq_app.protocol import BALANCED_SUFFIX
 
 SHARED_PREFIXES = ("backbone.", "global_head.")
 MASKED_LOGIT = -1e9  # logit of a class the client never saw (personal mode)
-#: personal-mode formulas: "raw-local" (the reference's realignment.py: the raw local head + the global head's
-#: rows scaled to the local head's row norms), "realigned-local" (the realigned local head + a global head) or
-#: "raw-heads" (the reference's per-round localtest in fedloge.py: raw local head + raw global head, no GLA-FR)
-PERSONAL_FORMULAS = ("raw-local", "realigned-local", "raw-heads")
 #: diagnostic modes of the personal model's two parts, absent classes masked like the personal mode:
 #: local-only = the raw local head (its bias), global-only = the realigned global head (global bias)
 HEAD_ONLY_MODES = ("local-only", "global-only")
@@ -42,10 +39,6 @@ MODES = ("generic", "global", "personal", "raw-global", *(f"personal-{f}" for f 
 BALANCED_MODES = ("generic", "global", "raw-global")
 #: every report name: the modes on own data, then "<mode>-balanced"
 REPORTED_MODES = MODES + tuple(m + BALANCED_SUFFIX for m in BALANCED_MODES)
-#: which global head the realigned-local personal formula adds to the realigned local head
-PERSONAL_GLOBAL_HEADS = ("raw", "realigned")
-#: SSE-C constructions: the reference code's, or the top-magnitude unit-norm frame
-SSE_C_KINDS = ("top-magnitude", "reference")
 
 
 class FedLoGeNet(nn.Module):
@@ -199,7 +192,7 @@ def sse_c_arrays(kind: str, feature_dim: int, num_classes: int, sparsity: float,
 def build_fedloge_model(settings, info) -> FedLoGeNet:
     """The FedLoGe network for ``info``'s images; SSE-C from the run seed."""
     backbone, dim = build_backbone(settings.model, info.channels, info.size)
-    opts = settings.method_options
+    opts = settings.options(FedLoGeOptions)
     weights, bias = sse_c_arrays(opts.sse_c, dim, info.num_classes, opts.sparsity, settings.seed)
     return FedLoGeNet(
         backbone, dim, torch.from_numpy(weights.copy()), None if bias is None else torch.from_numpy(bias.copy())

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedvq_app.models import Classifier
+from fedvq_app.options import AUTOENCODERS
 
 PRIVATE_PREFIX = "encoder."
 
@@ -132,9 +133,6 @@ class FusedSpaceNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fused_logits(x)[0]
-
-
-AUTOENCODERS = ("unet", "plain")
 
 
 def build_fusedspace(

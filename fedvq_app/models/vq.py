@@ -21,7 +21,7 @@ to that width (part of the encoder).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,6 @@ CODEBOOK_KEY = "vq.embeddings"
 EMA_CODEBOOK_KEY = "vq.quantizer._codebook.embed"
 #: the ema quantizer's client-side running statistics: never sent
 EMA_PRIVATE_SUFFIXES = ("_codebook.cluster_size", "_codebook.embed_avg", "_codebook.initted")
-QUANTIZERS = ("gumbel", "straight-through", "ema")
 
 
 def codebook_key(quantizer: str) -> str:
@@ -233,7 +232,6 @@ class EMAVQ(nn.Module):
         return quantized, commitment.sum(), perplexity, codes
 
 
-DECODER_NORMS = ("batch", "group")
 #: channels per group of the decoder's GroupNorm (fewer groups when the width is not a multiple)
 GROUP_NORM_GROUPS = 8
 
@@ -267,7 +265,6 @@ class ResidualDecoder(nn.Module):
         return x2 + x1
 
 
-HEADS = ("pool", "flatten")
 #: hidden width of the flatten head (the plain CNN's dense layer)
 FLATTEN_HIDDEN = 128
 
@@ -309,36 +306,44 @@ class VQClassifier(nn.Module):
         return VQOutput(logits, commitment, decoded, features, perplexity, codes)
 
 
+class VQOptions(Protocol):
+    """The options the VQ classifier is built from (``FedVQOptions`` of ``methods/fedvq.py`` has them)."""
+
+    num_embeddings: int
+    embedding_dim: int
+    temperature: float
+    proj_init_gain: float
+    quantizer: str
+    eval_sampling: bool
+    ema_decay: float
+    dead_code_threshold: float
+    heads: int
+    head: str
+    decoder_norm: str
+    rotation_trick: bool
+
+
 def build_vq_classifier(
-    model: ModelSettings,
-    in_channels: int,
-    num_classes: int,
-    num_embeddings: int,
-    embedding_dim: int,
-    temperature: float,
-    proj_gain: float = 1.0,
-    quantizer: str = "gumbel",
-    eval_sampling: bool = False,
-    ema_decay: float = 0.9,
-    dead_code_threshold: float = 0.0,
-    heads: int = 1,
-    head: str = "pool",
-    size: int = 16,
-    decoder_norm: str = "batch",
-    rotation_trick: bool = False,
+    model: ModelSettings, in_channels: int, num_classes: int, opts: VQOptions, size: int = 16
 ) -> VQClassifier:
     """The VQ classifier on the configured trunk with the chosen quantizer and head.
 
-    ``heads`` (ema only): the library's multi-head VQ, every feature vector split into
+    ``opts.heads`` (ema only): the library's multi-head VQ, every feature vector split into
     ``heads`` chunks, each quantized with its own K-code codebook. ``size``: the input
-    side, needed by the ``flatten`` head to size its dense layer. ``rotation_trick`` (ema only):
+    side, needed by the ``flatten`` head to size its dense layer. ``opts.rotation_trick`` (ema only):
     the library's rotation-trick gradient instead of the straight-through estimator.
     """
+    num_embeddings, embedding_dim, heads, quantizer = (
+        opts.num_embeddings,
+        opts.embedding_dim,
+        opts.heads,
+        opts.quantizer,
+    )
     trunk, channels = build_trunk(model, in_channels)
     encoder = trunk if channels == embedding_dim else nn.Sequential(trunk, nn.Conv2d(channels, embedding_dim, 1))
     if quantizer == "ema":
         vq: GumbelVQ | EMAVQ = EMAVQ(
-            num_embeddings, embedding_dim, ema_decay, dead_code_threshold, heads, rotation_trick
+            num_embeddings, embedding_dim, opts.ema_decay, opts.dead_code_threshold, heads, opts.rotation_trick
         )
     else:
         if heads != 1:
@@ -346,19 +351,19 @@ def build_vq_classifier(
         vq = GumbelVQ(
             num_embeddings,
             embedding_dim,
-            temperature,
-            proj_gain,
-            eval_sampling,
+            opts.temperature,
+            opts.proj_init_gain,
+            opts.eval_sampling,
             straight_through=quantizer == "straight-through",
         )
     spatial = (1, 1)
-    if head == "flatten":
+    if opts.head == "flatten":
         was_training = encoder.training
         encoder.eval()
         with torch.no_grad():
             spatial = tuple(encoder(torch.zeros(1, in_channels, size, size)).shape[-2:])
         encoder.train(was_training)
-    return VQClassifier(encoder, vq, num_classes, head, spatial, decoder_norm)
+    return VQClassifier(encoder, vq, num_classes, opts.head, spatial, opts.decoder_norm)
 
 
 def is_encoder(name: str) -> bool:

@@ -27,6 +27,7 @@ from flwr.serverapp import Grid
 from fedvq_app.aggregation.kmeans import FeatureTransform
 from fedvq_app.config import ConfigError, Settings
 from fedvq_app.errors import RunFailed
+from fedvq_app.options import KMeansOptions
 from fedvq_app.registry import get_method
 from fedvq_app.server.failures import stop_if_hopeless
 from fedvq_app.server.loop import NodesUnavailable, PatientGrid, without_unavailable
@@ -55,7 +56,7 @@ class KMeansPhases:
 
 def build_phases(settings: Settings, federation: Federation) -> KMeansPhases:
     """The registry's ``build_strategy`` for k-means: the federation plays the dataset info."""
-    opts = settings.method_options
+    opts = settings.options(KMeansOptions)
     d = federation.num_features
     pca = FederatedPCA(d, opts.pca_components) if d > 2 else None
     dim = pca.num_components if pca is not None and opts.cluster_space == "pca" else d
@@ -163,7 +164,7 @@ def run_lloyd(
     ``gone`` holds the nodes that went away (never messaged again); ``contributed`` collects
     the nodes whose step replies were accepted in any round.
     """
-    opts = settings.method_options
+    opts = settings.options(KMeansOptions)
     contributed = set() if contributed is None else contributed
     results: list[StepResult] = []
     tracker.traffic_outside_rounds()  # the set-up phases count in the run's total, not in round 1
@@ -265,7 +266,7 @@ def _report(
     evaluation: dict[str, Any],
 ) -> dict[str, Any]:
     """The method report (summary.json under 'kmeans') with its top-level summary keys."""
-    opts = settings.method_options
+    opts = settings.options(KMeansOptions)
     headline = {
         "inertia": evaluation["inertia"],
         "silhouette": evaluation["silhouette"],
@@ -302,7 +303,7 @@ def _report(
 
 def _experiment_summary(settings: Settings, federation: Federation, report: dict[str, Any]) -> dict[str, Any]:
     """experiment_summary.json in the seed's shape."""
-    opts = settings.method_options
+    opts = settings.options(KMeansOptions)
     return {
         "config": {
             "k_global": opts.k,
@@ -332,7 +333,7 @@ def _experiment_summary(settings: Settings, federation: Federation, report: dict
 
 def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTracker) -> dict[str, Any]:
     """Run all phases against the connected nodes; return the method report."""
-    opts = settings.method_options
+    opts = settings.options(KMeansOptions)
     logs = KMeansLogs(tracker.dir)
     tracker.planned_rounds = opts.max_rounds
     timeout = settings.round_timeout

@@ -41,12 +41,12 @@ from fedvq_app.aggregation.clustering import (
     update_norms,
     weight_update,
 )
+from fedvq_app.options import WEIGHTINGS
 from fedvq_app.records import to_numpy, to_record
-from fedvq_app.strategies.fedavg import GuardedFedAvg
+from fedvq_app.strategies.fedavg import FedAvgStrategy
 
 Arrays = dict[str, np.ndarray]
 ROOT = 0
-WEIGHTINGS = ("uniform", "num-examples")
 
 
 @dataclass
@@ -70,7 +70,7 @@ def _rounded(matrix: np.ndarray) -> list[list[float]]:
     return np.round(matrix, 4).tolist()
 
 
-class ClusteredFL(GuardedFedAvg):
+class CFLStrategy(FedAvgStrategy):
     """Per-cluster FedAvg of updates with CFL's norm-triggered bipartitions."""
 
     def __init__(

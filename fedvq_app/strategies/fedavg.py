@@ -18,5 +18,5 @@ def sampling_kwargs(settings) -> dict:
     }
 
 
-class GuardedFedAvg(ReplyGuard, FedAvg):
+class FedAvgStrategy(ReplyGuard, FedAvg):
     """Flower's FedAvg behind the reply guard."""

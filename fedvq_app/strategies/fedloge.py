@@ -20,10 +20,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from fedvq_app.aggregation.etf import GROUPS, mode_summary, shot_groups
 from fedvq_app.models.fedloge import REPORTED_MODES
 from fedvq_app.protocol import LABEL_COUNTS
-from fedvq_app.strategies.fedavg import GuardedFedAvg
+from fedvq_app.strategies.fedavg import FedAvgStrategy
 
 
-class FedLoGeStrategy(GuardedFedAvg):
+class FedLoGeStrategy(FedAvgStrategy):
     """Guarded FedAvg + class-frequency bookkeeping + per-mode long-tail accuracies."""
 
     def __init__(

@@ -7,5 +7,5 @@ from flwr.serverapp.strategy import FedProx
 from fedvq_app.strategies.guard import ReplyGuard
 
 
-class GuardedFedProx(ReplyGuard, FedProx):
+class FedProxStrategy(ReplyGuard, FedProx):
     """Flower's FedProx behind the reply guard."""

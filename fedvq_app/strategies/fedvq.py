@@ -30,7 +30,7 @@ from fedvq_app.protocol import FEDVQ_ENCODER_UP_KEY as ENCODER_UP_KEY
 from fedvq_app.protocol import FEDVQ_READY_KEY as READY_KEY
 from fedvq_app.protocol import FEDVQ_USAGE_RECORD as USAGE_RECORD
 from fedvq_app.records import to_numpy, to_record
-from fedvq_app.strategies.fedavg import GuardedFedAvg
+from fedvq_app.strategies.fedavg import FedAvgStrategy
 
 #: per-round statistics kept for the final report and the checkpoint
 HISTORY_KEYS = ("round", "aggregation_s", "inertia", "usage_ratio", "drift", "codes_used", "perplexity")
@@ -66,7 +66,7 @@ def codebook_pca(global_codebook: np.ndarray, client_codebooks: dict[int, np.nda
     }
 
 
-class FedVQStrategy(GuardedFedAvg):
+class FedVQStrategy(FedAvgStrategy):
     """Guarded FedAvg whose codebook goes through a codebook aggregator."""
 
     extra_record_names = (USAGE_RECORD,)

@@ -15,10 +15,10 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
 
 from fedvq_app.protocol import FUSEDSPACE_STATS_RECORD as STATS_RECORD
-from fedvq_app.strategies.fedavg import GuardedFedAvg
+from fedvq_app.strategies.fedavg import FedAvgStrategy
 
 
-class DecoderOnlyFedAvg(GuardedFedAvg):
+class FusedSpaceStrategy(FedAvgStrategy):
     """Example-weighted mean of the registered shared parameters only."""
 
     def __init__(self, *args, is_shared: Callable[[str], bool], **kwargs) -> None:

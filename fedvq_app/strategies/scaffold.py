@@ -15,10 +15,10 @@ from fedvq_app.aggregation.scaffold import control_update, server_step
 from fedvq_app.protocol import SCAFFOLD_CONTROL as CONTROL
 from fedvq_app.protocol import SCAFFOLD_CONTROL_DELTA as CONTROL_DELTA
 from fedvq_app.records import to_numpy, to_record
-from fedvq_app.strategies.fedavg import GuardedFedAvg
+from fedvq_app.strategies.fedavg import FedAvgStrategy
 
 
-class Scaffold(GuardedFedAvg):
+class ScaffoldStrategy(FedAvgStrategy):
     """FedAvg with control variates (Karimireddy et al., 2020)."""
 
     extra_record_names = (CONTROL_DELTA,)
