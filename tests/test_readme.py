@@ -34,3 +34,8 @@ def test_ci_installs_into_its_own_new_environment_and_checks_declarations():
     assert 'rm -rf "$CI_VENV"' in ci
     for step in ("check_declared_deps.py fedvq_app", "ruff check", "ruff format --check", "python -m pytest tests"):
         assert step in ci, step
+
+
+def test_ci_holds_the_import_layers_and_the_strategy_contract():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "lint-imports" in ci and "mypy" in ci and "tests/typecheck_strategy_contract.py" in ci

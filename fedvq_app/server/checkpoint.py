@@ -162,7 +162,7 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
     target = checkpoint_path(directory)
     partial = target.with_name(f".{target.name}.partial")
     with partial.open("wb") as fh:
-        np.savez(fh, **payload)
+        np.savez(fh, **payload)  # type: ignore[arg-type]  # numpy stubs type the first kwarg as allow_pickle
     os.replace(partial, target)
     return target
 

@@ -16,6 +16,7 @@ from fedvq_app.registry import get_method
 from fedvq_app.server.loop import LoopPlan, run_rounds
 from fedvq_app.server.preflight import check_partition_feasible
 from fedvq_app.strategies.privacy import privatize
+from fedvq_app.strategies.contract import RoundStrategy
 from fedvq_app.tracking.experiment import ExperimentTracker
 from fedvq_app.training.dpsgd import dp_compatible
 
@@ -50,8 +51,10 @@ def run_training(grid: Grid, settings: Settings, tracker: ExperimentTracker):
     info = dataset_info(settings.dataset, settings.seed)
     check_partition_feasible(settings, info.num_classes)
     seed_server(settings.seed)
+    if spec.build_model is None:
+        raise TypeError(f"method {settings.method!r} has no model: it needs its own server_workflow")
     arrays = shared_arrays(dp_compatible(spec.build_model(settings, info), settings), spec.is_shared)
-    strategy = spec.build_strategy(settings, info)
+    strategy: RoundStrategy = spec.build_strategy(settings, info)
     # the reply guard refuses claims beyond the whole pool
     strategy.max_num_examples = training_pool_size(settings.dataset, settings.seed)
     strategy = privatize(strategy, settings)  # client-level DP wraps the guarded strategy

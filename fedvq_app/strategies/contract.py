@@ -21,18 +21,39 @@ from flwr.serverapp.strategy import Strategy
 class RoundStrategy(Protocol):
     """A Flower strategy the project's round loop can drive, report on and checkpoint."""
 
-    #: reply metric that weighs a client (and must be a positive number)
-    weighted_by_key: str
-    #: (node id, reason) of every reply the last aggregation refused
-    rejections: list[tuple[int, str]]
-    #: node ids whose replies the last aggregation used
-    accepted_nodes: list[int]
-    #: most examples one client can claim (the whole training pool); None = unchecked
-    max_num_examples: int | None
-    #: Flower's sampling minimums (the loop waits for this many nodes)
-    min_available_nodes: int
-    min_train_nodes: int
-    min_evaluate_nodes: int
+    @property
+    def weighted_by_key(self) -> str:
+        """Reply metric that weighs a client (and must be a positive number)."""
+        ...
+
+    @property
+    def rejections(self) -> list[tuple[int, str]]:
+        """(node id, reason) of every reply the last aggregation refused."""
+        ...
+
+    @property
+    def accepted_nodes(self) -> list[int]:
+        """Node ids whose replies the last aggregation used."""
+        ...
+
+    @property
+    def max_num_examples(self) -> int | None:
+        """Most examples one client can claim (the whole training pool); None = unchecked."""
+        ...
+
+    @max_num_examples.setter
+    def max_num_examples(self, value: int | None) -> None: ...
+
+    @property
+    def min_available_nodes(self) -> int:
+        """Flower's sampling minimums: the loop waits for this many nodes."""
+        ...
+
+    @property
+    def min_train_nodes(self) -> int: ...
+
+    @property
+    def min_evaluate_nodes(self) -> int: ...
 
     def configure_train(self, server_round: int, arrays: Any, config: Any, grid: Any) -> Any: ...
 
@@ -61,6 +82,7 @@ class RoundStrategy(Protocol):
 
 def innermost(strategy: Strategy) -> Strategy:
     """The method's own strategy under any privacy wrappers (Flower's DP wrappers keep it in ``.strategy``)."""
-    while isinstance(getattr(strategy, "strategy", None), Strategy):
-        strategy = strategy.strategy
+    inner = getattr(strategy, "strategy", None)
+    while isinstance(inner, Strategy):
+        strategy, inner = inner, getattr(inner, "strategy", None)
     return strategy

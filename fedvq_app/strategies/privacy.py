@@ -75,7 +75,7 @@ from fedvq_app.strategies.contract import RoundStrategy
 _STATE_PREFIX = "privacy/"
 
 
-def privatize(strategy: Strategy, settings: Settings) -> Strategy:
+def privatize(strategy: RoundStrategy, settings: Settings) -> RoundStrategy:
     """``strategy`` behind the DP wrapper of ``privacy.mode`` (unchanged for ``none``)."""
     privacy = settings.privacy
     if privacy.mode == "client-fixed":
@@ -100,7 +100,7 @@ class _Forwarding:
     """The strategy contract (:class:`~fedvq_app.strategies.contract.RoundStrategy`) of the wrapped
     strategy, forwarded member by member; reports and state get a privacy entry."""
 
-    strategy: RoundStrategy
+    strategy: Strategy  # a RoundStrategy (privatize's argument); typed as Flower's wrappers type it
 
     @property
     def weighted_by_key(self) -> str:

@@ -34,9 +34,9 @@ SAMPLE_MODE = "sample-dpsgd"
 HISTORY_KEY = "dpsgd-accountant"
 
 
-def dp_compatible(model: nn.Module | None, settings: Settings) -> nn.Module | None:
+def dp_compatible(model: nn.Module, settings: Settings) -> nn.Module:
     """``model`` as Opacus can train it under sample-dpsgd (BatchNorm -> GroupNorm); unchanged otherwise."""
-    if model is None or settings.privacy.mode != SAMPLE_MODE:
+    if settings.privacy.mode != SAMPLE_MODE:
         return model
     quiet_opacus()  # before any Opacus import: no second root log handler
     from opacus.validators import ModuleValidator  # noqa: PLC0415 (only DP runs pay the import)
