@@ -15,8 +15,8 @@ from fedvq_app.models.state import shared_arrays
 from fedvq_app.registry import get_method
 from fedvq_app.server.loop import LoopPlan, run_rounds
 from fedvq_app.server.preflight import check_partition_feasible
-from fedvq_app.strategies.privacy import privatize
 from fedvq_app.strategies.contract import RoundStrategy
+from fedvq_app.strategies.privacy import privatize
 from fedvq_app.tracking.experiment import ExperimentTracker
 from fedvq_app.training.dpsgd import dp_compatible
 
