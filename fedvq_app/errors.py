@@ -23,6 +23,7 @@ so the server can tell a configuration error from a crash
 from __future__ import annotations
 
 import logging
+import sys
 from logging import WARNING
 
 from flwr.app import Error, Message
@@ -90,8 +91,6 @@ def warn(collector: list | None, name: str, message: str) -> None:
 
 def cli(main) -> int:
     """Exit code of a project script's ``main``: a failed run prints its one line and gives 1."""
-    import sys  # noqa: PLC0415
-
     try:
         result = main()
     except (RunFailed, ConfigError) as err:

@@ -10,17 +10,20 @@ delivered by calling the ClientApp directly. Nodes can be told to drop out
 from __future__ import annotations
 
 import time
+import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.config import flatten_dict
 from flwr.serverapp import Grid, ServerApp
 
 
 def claim_server_identity(run_id: int = 1) -> None:
     """Give this process the identity Flower's ServerApp process has (Message needs it)."""
-    from flwr.supercore.task_identity import TaskIdentity  # noqa: PLC0415
+    from flwr.supercore.task_identity import TaskIdentity  # noqa: PLC0415 - start-up cost: Flower's server internals, only on this path
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 0, 0
 
@@ -117,16 +120,11 @@ def run_local(
 
 def full_run_config(**overrides) -> dict:
     """The pyproject defaults with ``overrides`` (keys in kebab-case as in the TOML)."""
-    import tomllib  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
-    from flwr.common.config import flatten_dict  # noqa: PLC0415
-
     pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
     if pyproject.is_file():
         config = flatten_dict(tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"])
     else:  # installed without the source tree: every option's own default
-        from fedvq_app.registry import all_option_keys  # noqa: PLC0415
+        from fedvq_app.registry import all_option_keys  # noqa: PLC0415 - start-up cost: every method (torch, scikit-learn), only on this path
 
         config = dict(all_option_keys())
     unknown = sorted(set(overrides) - set(config))

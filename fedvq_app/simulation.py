@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 
 from fedvq_app.config import ConfigError
+from fedvq_app.local_grid import full_run_config
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DAEMONS = ("flower-superlink", "flower-superexec", "flwr-simulation")
@@ -107,8 +108,6 @@ def stop_daemons(flwr_home: Path, grace_s: float = 3.0) -> None:
 
 def declared_keys() -> dict:
     """The run-config keys pyproject.toml declares (every option, when installed without it)."""
-    from fedvq_app.local_grid import full_run_config  # noqa: PLC0415
-
     return full_run_config()
 
 
@@ -133,7 +132,7 @@ def override_keys(text: str) -> list[str]:
 
 def parse_overrides(overrides: list[str], source: str = "overrides") -> dict:
     """``key=value`` overrides of a script, checked against pyproject (unknown / repeated keys)."""
-    from flwr.common.config import parse_config_args  # noqa: PLC0415
+    from flwr.common.config import parse_config_args  # noqa: PLC0415 - start-up cost: Flower's config parser, only on this path
 
     check_run_config_keys([k for text in overrides for k in override_keys(text)], source)
     try:

@@ -279,7 +279,7 @@ def weighted_kmeans(
 
 def _weighted_means(points: np.ndarray, weights: np.ndarray, labels: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     """Row c = weighted mean of the points labelled c (``fallback[c]`` for a cluster with no weight)."""
-    from scipy.sparse import csr_matrix  # noqa: PLC0415
+    from scipy.sparse import csr_matrix  # noqa: PLC0415 - start-up cost: scipy, only on this path
 
     k = len(fallback)
     member = csr_matrix((weights, (labels, np.arange(len(labels)))), shape=(k, len(labels)))

@@ -64,7 +64,7 @@ class ClientLevelLedger:
         """Epsilon after every recorded release at ``delta`` (0 before the first)."""
         if not self.releases:
             return 0.0
-        import dp_accounting  # noqa: PLC0415
+        import dp_accounting  # noqa: PLC0415 - start-up cost: dp-accounting, only on this path
 
         relation = (
             dp_accounting.NeighboringRelation.REPLACE_ONE
@@ -121,7 +121,7 @@ def quiet_opacus():
     root = logging.getLogger()
     before = list(root.handlers)
     from opacus.accountants import RDPAccountant  # noqa: PLC0415 (only DP runs pay the import)
-    from opacus.accountants.analysis import rdp as rdp_analysis  # noqa: PLC0415
+    from opacus.accountants.analysis import rdp as rdp_analysis  # noqa: PLC0415 - start-up cost: Opacus, only on this path
 
     for handler in list(root.handlers):
         if handler not in before:

@@ -77,7 +77,7 @@ def _split_train_val(
     n_val = val_count(len(rows), fraction)
     if n_val == 0:
         return rows, rows[:0]
-    from sklearn.model_selection import train_test_split  # noqa: PLC0415
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415 - start-up cost: scikit-learn, only on this path
 
     counts = np.bincount(labels[rows])
     stratify = labels[rows] if counts[counts > 0].min() >= 2 and n_val >= len(counts[counts > 0]) else None
@@ -125,7 +125,7 @@ def _client_arrays(settings: Settings, partition_id: int, num_partitions: int, a
 
 def _all_partitions(labels: np.ndarray, settings: Settings, num_partitions: int) -> dict:
     """Every partition's rows, concatenated, with offsets (flwr-datasets is imported only here)."""
-    from fedvq_app.data.partition import partition_indices  # noqa: PLC0415
+    from fedvq_app.data.partition import partition_indices  # noqa: PLC0415 - start-up cost: flwr-datasets and datasets, only on this path
 
     parts = partition_indices(labels.astype(np.int64), settings.partition, num_partitions, settings.seed)
     offsets = np.cumsum([0, *map(len, parts)])
@@ -193,7 +193,7 @@ class AugmentedTensors(Dataset):
 
 def augmentation(strong: bool):
     """Mild (or, for small clients, strong) geometric/photometric augmentation."""
-    from torchvision.transforms import v2  # noqa: PLC0415
+    from torchvision.transforms import v2  # noqa: PLC0415 - start-up cost: torchvision, only on this path
 
     if strong:
         return v2.Compose([

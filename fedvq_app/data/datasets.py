@@ -141,7 +141,7 @@ def _held_out_split(
     x: np.ndarray, y: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Stratified train/test split for datasets that ship without a test split."""
-    from sklearn.model_selection import train_test_split  # noqa: PLC0415
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415 - start-up cost: scikit-learn, only on this path
 
     try:
         x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=fraction, random_state=seed, stratify=y)
@@ -155,7 +155,7 @@ def _held_out_split(
 
 
 def _load_digits(settings: DatasetSettings, seed: int) -> ImageData:
-    from sklearn.datasets import load_digits  # noqa: PLC0415
+    from sklearn.datasets import load_digits  # noqa: PLC0415 - start-up cost: scikit-learn, only on this path
 
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
@@ -173,13 +173,13 @@ def medmnist_file(settings: DatasetSettings) -> Path:
 
 
 def _medmnist_info(flag: str) -> dict:
-    from medmnist import INFO  # noqa: PLC0415
+    from medmnist import INFO  # noqa: PLC0415 - start-up cost: medmnist, only on this path
 
     return INFO[flag]
 
 
 def _download_medmnist(settings: DatasetSettings) -> None:
-    import medmnist  # noqa: PLC0415
+    import medmnist  # noqa: PLC0415 - start-up cost: medmnist, only on this path
 
     info = _medmnist_info(settings.name)
     data_class = getattr(medmnist, info["python_class"])
@@ -284,7 +284,7 @@ def _torchvision_arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_torchvision(settings: DatasetSettings, seed: int) -> ImageData:
-    from torchvision import datasets  # noqa: PLC0415
+    from torchvision import datasets  # noqa: PLC0415 - start-up cost: torchvision, only on this path
 
     root = Path(settings.data_dir).expanduser()
     try:
@@ -313,8 +313,8 @@ def _load_torchvision(settings: DatasetSettings, seed: int) -> ImageData:
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
     if images.shape[1] == size and images.shape[2] == size:
         return images
-    import torch  # noqa: PLC0415
-    import torch.nn.functional as F  # noqa: PLC0415
+    import torch  # noqa: PLC0415 - start-up cost: torch, only on this path
+    import torch.nn.functional as F  # noqa: PLC0415 - start-up cost: torch, only on this path
 
     t = torch.from_numpy(images).permute(0, 3, 1, 2).float()
     t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)

@@ -113,7 +113,7 @@ def load_sklearn_partition(
 
 def _table_partitions(y: np.ndarray, num_partitions: int, split: str, skew_alpha: float, seed: int) -> dict:
     """Every partition's sorted rows (concatenated, with offsets); flwr-datasets is imported only here."""
-    from fedvq_app.data.partition import partition_indices  # noqa: PLC0415
+    from fedvq_app.data.partition import partition_indices  # noqa: PLC0415 - start-up cost: flwr-datasets and datasets, only on this path
 
     if split == "iid":
         settings = PartitionSettings(kind="iid")

@@ -22,7 +22,7 @@ def fusedspace_model(settings: Settings, info: DatasetInfo) -> FusedSpaceNet:
 
 def plots(directory, rounds, summary):
     """Method PNGs; matplotlib is imported only when a run finishes."""
-    from fedvq_app.tracking.fusedspace_plots import fusedspace_plots  # noqa: PLC0415
+    from fedvq_app.tracking.fusedspace_plots import fusedspace_plots  # noqa: PLC0415 - start-up cost: matplotlib, only on this path
 
     return fusedspace_plots(directory, rounds, summary)
 

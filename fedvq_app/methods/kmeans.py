@@ -33,7 +33,7 @@ def privacy_check(settings) -> str | None:
 
 def kmeans_plots(directory, rounds, summary):
     """Method PNGs; matplotlib is imported only when a run finishes."""
-    from fedvq_app.tracking.kmeans_plots import kmeans_plots as plots  # noqa: PLC0415
+    from fedvq_app.tracking.kmeans_plots import kmeans_plots as plots  # noqa: PLC0415 - start-up cost: matplotlib, only on this path
 
     return plots(directory, rounds, summary)
 

@@ -152,7 +152,7 @@ class EMAVQ(nn.Module):
         heads: int = 1,
         rotation_trick: bool = False,
     ) -> None:
-        from vector_quantize_pytorch import VectorQuantize  # noqa: PLC0415
+        from vector_quantize_pytorch import VectorQuantize  # noqa: PLC0415 - start-up cost: vector-quantize-pytorch (einx, torch._dynamo), only on this path
 
         super().__init__()
         if embedding_dim % heads:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from flwr.app import Message
 
-from fedvq_app.errors import RunFailed, config_error_of
+from fedvq_app.errors import RunFailed, config_error_of, warn
 
 
 def round_failure(replies: Iterable[Message], first: bool = False) -> str | None:
@@ -74,8 +74,6 @@ DOMINANT_RATIO = 100.0
 
 def check_client_sizes(replies: Iterable[Message], tracker, weight_key: str = "num-examples") -> None:
     """Named warnings about legal but suspicious client sizes (first round's accepted replies)."""
-    from fedvq_app.errors import warn  # noqa: PLC0415
-
     sizes: dict[int, float] = {}
     for reply in replies:
         if reply.has_error() or "metrics" not in reply.content.metric_records:

@@ -64,16 +64,16 @@ def check_new_experiment(settings: Settings, root: Path) -> None:
 
 def shares_the_clients_machine(grid) -> bool:
     """Simulation (Flower's in-memory grid) and the in-process LocalGrid run clients on this machine."""
-    from flwr.superlink.grid.inmemory_grid import InMemoryGrid  # noqa: PLC0415
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid  # noqa: PLC0415 - start-up cost: Flower's in-memory grid, only on this path
 
-    from fedvq_app.local_grid import LocalGrid  # noqa: PLC0415
+    from fedvq_app.local_grid import LocalGrid  # noqa: PLC0415 - start-up cost: Flower's in-memory grid, only on this path
 
     return isinstance(grid, InMemoryGrid | LocalGrid)
 
 
 def check_device_here(settings: Settings) -> None:
     """A CUDA device the clients would need, checked where the clients run (simulation only)."""
-    from fedvq_app.training.device import resolve_device  # noqa: PLC0415
+    from fedvq_app.training.device import resolve_device  # noqa: PLC0415 - start-up cost: torch, only on this path
 
     resolve_device(settings.device)
 

@@ -45,7 +45,7 @@ def _pid(msg: Message) -> int:
 
 def codebook_pca(global_codebook: np.ndarray, client_codebooks: dict[int, np.ndarray]) -> dict[str, Any]:
     """2D PCA of the global codebook together with every client's codes."""
-    from sklearn.decomposition import PCA  # noqa: PLC0415
+    from sklearn.decomposition import PCA  # noqa: PLC0415 - start-up cost: scikit-learn, only on this path
 
     pids = sorted(client_codebooks)
     stacked = np.vstack([global_codebook, *[client_codebooks[p] for p in pids]])

@@ -202,7 +202,7 @@ def _plt():
     import matplotlib  # noqa: PLC0415 (slow import)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - start-up cost: matplotlib, only on this path
 
     return plt
 
@@ -216,7 +216,7 @@ def _colors(runs: list[Run]):
 def plot_curves(runs: list[Run], path: Path) -> Path:
     """2x2: mean client accuracy, lowest client accuracy, train loss, test loss."""
     plt = _plt()
-    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415 - start-up cost: matplotlib, only on this path
 
     colors = _colors(runs)
     panels = (

@@ -138,7 +138,7 @@ def evaluate_final_model(directory: Path) -> dict[str, dict[str, Any]]:
         get_method,  # noqa: PLC0415
         load_settings,  # noqa: PLC0415
     )
-    from fedvq_app.server.checkpoint import load_checkpoint  # noqa: PLC0415
+    from fedvq_app.server.checkpoint import load_checkpoint  # noqa: PLC0415 - start-up cost: torch, only on this path
     from fedvq_app.training.loop import predict  # noqa: PLC0415
 
     directory = Path(directory)

@@ -62,8 +62,8 @@ class MlflowSink:
         key = "tracking.mlflow-uri"
         raw = settings.tracking.mlflow_uri
         try:
-            from mlflow import MlflowClient  # noqa: PLC0415
-            from mlflow.entities import Param  # noqa: PLC0415
+            from mlflow import MlflowClient  # noqa: PLC0415 - start-up cost: the optional mlflow extra, only on this path
+            from mlflow.entities import Param  # noqa: PLC0415 - start-up cost: the optional mlflow extra, only on this path
         except ImportError:
             raise ConfigError(
                 f"config key '{key}' has value {raw!r} but MLflow is not installed: "
@@ -101,7 +101,7 @@ class MlflowSink:
         return cls(client, run.info.run_id)
 
     def _log_metrics(self, scalars: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric  # noqa: PLC0415
+        from mlflow.entities import Metric  # noqa: PLC0415 - start-up cost: the optional mlflow extra, only on this path
 
         now = int(time.time() * 1000)
         metrics = [Metric(key, value, now, step) for key, value in scalars.items()]

@@ -44,7 +44,7 @@ class _ScalarWriter:
     """``tensorboard.summary.Writer`` behind the few SummaryWriter calls the sink makes (scalars only)."""
 
     def __init__(self, directory: Path) -> None:
-        from tensorboard.summary import Writer  # noqa: PLC0415
+        from tensorboard.summary import Writer  # noqa: PLC0415 - start-up cost: tensorboard, only when it is on
 
         self.writer = Writer(str(directory))
 

@@ -87,7 +87,7 @@ class DpSgdSession:
         if privacy.mode != SAMPLE_MODE:
             return None
         quiet_opacus()
-        from opacus import PrivacyEngine  # noqa: PLC0415
+        from opacus import PrivacyEngine  # noqa: PLC0415 - start-up cost: Opacus, only on this path
 
         engine = PrivacyEngine(accountant="rdp")
         engine.accountant.history = load_history(state)

@@ -17,7 +17,7 @@ from functools import cache
 @cache
 def _limit_pools(num_threads: int, libraries: frozenset[str]) -> None:
     """threadpoolctl's limit on the pools loaded now (about 16 ms: done once per set of libraries)."""
-    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415 - start-up cost: threadpoolctl, only on this path
 
     threadpool_limits(limits=num_threads)
 
