@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from fedvq_app.aggregation.codebook import AGGREGATORS
+from fedvq_app.aggregation.codebook_lloyd import LLOYD
 from fedvq_app.client_app import app as client_app
 from fedvq_app.local_grid import full_run_config, run_local
 from fedvq_app.methods import fedvq as fedvq_method
-from fedvq_app.methods.fedvq import ENCODER_SCHEDULES, LLOYD
-from fedvq_app.models.vq import QUANTIZERS
+from fedvq_app.options import ENCODER_SCHEDULES, QUANTIZERS
 from fedvq_app.server_app import app as server_app
 from fedvq_app.tracking import plots
 
