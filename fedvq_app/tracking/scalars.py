@@ -7,7 +7,9 @@ Tags, per round:
   ``test-macro-f1``, ``test-balanced-accuracy``, ``own-test-accuracy``,
   ``val-accuracy``...);
 * ``train/<key>`` and ``evaluate/<key>``: the strategy's aggregated metrics (train
-  loss, k-means inertia, gradient dissimilarity Gamma...);
+  loss, k-means inertia, gradient dissimilarity Gamma...), except an evaluate metric the
+  clients report themselves: its ``<metric>/mean`` is the one tag (no ``evaluate/test-accuracy``,
+  an example-weighted near-duplicate, next to ``test-accuracy/mean``);
 * ``strategy/<path>``: every number in the method's own round report (codebook
   usage and perplexity, cluster count and norms, FedLoGe's group accuracies,
   k-means centroid shift...), nested keys joined by ``/``;
@@ -65,7 +67,7 @@ def round_scalars(record: dict[str, Any]) -> dict[str, float]:
     for phase in ("train", "evaluate"):
         for key, value in record.get(phase, {}).get("aggregated", {}).items():
             number = _number(value)
-            if number is not None:
+            if number is not None and not (phase == "evaluate" and f"{key}/mean" in out):
                 out[f"{phase}/{key}"] = number
     strategy = {k: v for k, v in (record.get("strategy") or {}).items() if k != "round"}
     _flatten("strategy", strategy, out)
