@@ -254,7 +254,7 @@ def test_min_and_max_are_shown_only_when_the_clients_differ():
         "communication": {"total_bytes": 2_500_000},
     }
     line = progress_line(record, 10, [2.0])
-    expected = "[fedvq] round 3/10 (30 %) | loss 0.5000 | acc 62.50 % (min 50.0, max 75.0) | 2.50 MB | 2.0 s/round"
+    expected = "[fedvq] round 3/10 (30 %) | loss 0.500 | acc 62.50 % (min 50.0, max 75.0) | 2.50 MB | 2.0 s/round"
     assert line == expected + ", ETA 0:14"
     record["evaluate"]["summary"].update(min_accuracy=0.625, max_accuracy=0.625)
     assert "| acc 62.50 % |" in progress_line(record, 10, [2.0])

@@ -485,11 +485,13 @@ def markdown_text(value: Any) -> str:
 
 
 def _environment():
-    from jinja2 import Environment, PackageLoader, StrictUndefined  # noqa: PLC0415 (only the report needs it)
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape  # noqa: PLC0415
 
     env = Environment(
         loader=PackageLoader("fedvq_app.tracking", "templates"),
-        autoescape=False,  # Markdown; the HTML page escapes through markdown-it (raw HTML off)
+        # the page shell escapes what it inserts; the Markdown escapes through markdown_text/markdown_code
+        # and reaches HTML through markdown-it with raw HTML off
+        autoescape=select_autoescape(enabled_extensions=("html.j2",), default_for_string=False),
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
@@ -509,10 +511,11 @@ def render_markdown(model: dict[str, Any], plot_src: dict[str, str] | None = Non
 def render_html(model: dict[str, Any], folder: Path) -> str:
     """The same Markdown as a self-contained page: plots from ``folder`` embedded as data URIs."""
     from markdown_it import MarkdownIt  # noqa: PLC0415
+    from markupsafe import Markup  # noqa: PLC0415 (jinja2's own dependency)
 
     sources = {p["file"]: _data_uri(folder / p["file"]) for p in model["plots"] if (folder / p["file"]).is_file()}
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(render_markdown(model, sources))
-    return _environment().get_template("page.html.j2").render(title=model["title"], body=body)
+    return _environment().get_template("page.html.j2").render(title=model["title"], body=Markup(body))
 
 
 def _data_uri(path: Path) -> str:

@@ -328,7 +328,7 @@ def spread_text(spread: dict[str, float]) -> str:
 def progress_line(record: dict[str, Any], total: int, round_seconds: list[float]) -> str:
     """One round in one line of about 100 characters:
 
-    ``[fedvq] round 2/10 (20 %) | loss 1.8305 | acc 66.11 % (min 60.0, max 70.1) | own 67.19 % | 1.92 MB |
+    ``[fedvq] round 2/10 (20 %) | loss 1.831 | acc 66.11 % (min 60.0, max 70.1) | own 67.19 % | 1.92 MB |
     0.8 s/round, ETA 0:07``: train loss (weighted), mean global-test accuracy over the clients
     (min/max only when they differ), mean own-distribution accuracy, bytes sent + received this
     round, time. Dropped or rejected clients are named only in rounds that have them.
@@ -337,7 +337,7 @@ def progress_line(record: dict[str, Any], total: int, round_seconds: list[float]
     parts = [f"[fedvq] round {done}/{total} ({100 * done / max(total, 1):.0f} %)"]
     train_loss = record["train"]["aggregated"].get("train-loss")
     if train_loss is not None:
-        parts.append(f"loss {train_loss:.4f}")
+        parts.append(f"loss {train_loss:.3f}")
     spread = record["evaluate"]["summary"]
     if spread:
         parts.append(f"acc {spread_text(spread)}")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.colors import to_rgb
 
 from fedvq_app.aggregation.etf import GROUPS
 from fedvq_app.models.fedloge import BALANCED_SUFFIX
@@ -38,8 +39,15 @@ GROUP_SHADES = {"head": "#dbe9f6", "medium": "#fbe5c8", "tail": "#f6d5d5"}
 FIGURES = ("overall", *GROUPS)
 
 
-def _color(mode: str) -> str | None:
-    return MODE_COLORS.get(mode.removesuffix(BALANCED_SUFFIX))
+def mode_colors(modes) -> dict[str, Any]:
+    """One colour per mode, shared by a mode and its ``-balanced`` variant; the four main modes
+    keep their fixed colours, the others get distinct ones of tab20 (no two modes alike)."""
+    bases = list(dict.fromkeys(m.removesuffix(BALANCED_SUFFIX) for m in modes))
+    taken = {to_rgb(c) for c in MODE_COLORS.values()}
+    candidates = dict.fromkeys(to_rgb(c) for c in (*plt.get_cmap("tab10").colors, *plt.get_cmap("tab20").colors))
+    spare = iter([c for c in candidates if c not in taken] * 2)  # 24 distinct colours, then repeats
+    base_color = {b: MODE_COLORS.get(b) or next(spare) for b in bases}
+    return {m: base_color[m.removesuffix(BALANCED_SUFFIX)] for m in modes}
 
 
 def class_accuracy_bars(path: Path, report: dict[str, Any], run: str = "") -> Path | None:
@@ -53,6 +61,7 @@ def class_accuracy_bars(path: Path, report: dict[str, Any], run: str = "") -> Pa
         ("class-balanced global test set", [m for m in modes if m.endswith(BALANCED_SUFFIX)]),
     ]
     panels = [(title, names) for title, names in panels if names]
+    colors = mode_colors(modes)
     order = np.argsort(-freq, kind="stable")
     x = np.arange(len(order))
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(8, 0.9 * len(order) + 3), 4.2 * len(panels)), squeeze=False)
@@ -62,7 +71,7 @@ def class_accuracy_bars(path: Path, report: dict[str, Any], run: str = "") -> Pa
         for i, mode in enumerate(names):
             acc = [modes[mode]["class_accuracy"][c] for c in order]
             acc = [np.nan if a is None else 100 * a for a in acc]
-            ax.bar(x - 0.4 + (i + 0.5) * width, acc, width, color=_color(mode), label=mode)
+            ax.bar(x - 0.4 + (i + 0.5) * width, acc, width, color=colors[mode], label=mode)
         ax.set_xticks(x, [str(c) for c in order])
         ax.set_xlabel("class (sorted by training frequency)")
         ax.set_ylabel("test accuracy (%)")
@@ -92,20 +101,21 @@ def mode_curves(path: Path, rounds: list[dict[str, Any]], run: str = "") -> Path
     if not evaluated:
         return None
     xs = [r["round"] for r in evaluated]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True, sharey=True)
+    colors = mode_colors(evaluated[-1]["strategy"]["modes"])
+    fig, axes = plt.subplots(2, 2, figsize=(13, 7.5), sharex=True, sharey=True, layout="constrained")
     for ax, key in zip(axes.flat, FIGURES, strict=True):
         for mode in evaluated[-1]["strategy"]["modes"]:
             ys = [r["strategy"]["modes"].get(mode, {}).get(key) for r in evaluated]
             style = "--" if mode.endswith(BALANCED_SUFFIX) else "-"
             ax.plot(
-                xs, [np.nan if y is None else 100 * y for y in ys], style, marker=".", color=_color(mode), label=mode
+                xs, [np.nan if y is None else 100 * y for y in ys], style, marker=".", color=colors[mode], label=mode
             )
         ax.set_title(f"{key} accuracy (%)")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("round")
-    axes[0][0].legend(fontsize=7)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     fig.suptitle("FedLoGe inference modes per round (solid: own long-tailed test data, dashed: balanced test set)")
     return _save(fig, path, run)
 

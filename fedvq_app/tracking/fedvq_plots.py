@@ -85,11 +85,17 @@ def aggregation_stats(path: Path, rounds: list[dict[str, Any]], run: str = "") -
     series = [(label, *_strategy_series(rounds, key)) for key, label in panels]
     if not any(xs for _, xs, _ in series):
         return None
-    fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3.4))
-    for ax, (label, xs, ys) in zip(axes, series, strict=True):
+    cols = 3
+    fig, axes = plt.subplots(-(-len(series) // cols), cols, figsize=(4 * cols, 3.2 * -(-len(series) // cols)))
+    for ax, (label, xs, ys) in zip(axes.flat, series, strict=True):
+        ax.set_title(label, fontsize=9)
+        if not xs:  # e.g. no drift before there is a previous codebook
+            ax.text(0.5, 0.5, "not reported", ha="center", va="center", transform=ax.transAxes, color="grey")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         ax.plot(xs, ys, marker="o")
         ax.set_xlabel("round")
-        ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
     fig.suptitle("Codebook aggregation and usage statistics")
     return _save(fig, path, run)

@@ -44,7 +44,8 @@ def save(fig, path: Path, run: str = "") -> Path:
     if run:
         own = fig.get_suptitle()
         fig.suptitle(f"{run}\n{own}" if own else run, fontsize=10 if own else 11)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure made with layout="constrained" keeps its own
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
