@@ -208,3 +208,26 @@ def test_runs_with_the_same_name_are_numbered(tmp_path):
     labels = [r["label"] for r in json.loads(files["json"].read_text())["runs"]]
     assert labels == ["fedavg #1", "fedavg #2", "fedavg #3"]  # tracking.* does not name a run
     assert np.all([(tmp_path / "cmp" / f).is_file() for f in ("report.md", "report.html", "curves.png")])
+
+
+def test_tensorboard_logs_each_number_once():
+    from fedvq_app.tracking.scalars import round_scalars
+
+    record = {
+        "round": 2,
+        "train": {"aggregated": {"train-loss": 0.5}},
+        "evaluate": {
+            "aggregated": {"test-accuracy": 0.61, "generic-overall-accuracy": 0.7, "generic-tail-accuracy": 0.0},
+            "clients": {"0": {"test-accuracy": 0.6}, "1": {"test-accuracy": 0.7}},
+        },
+        "strategy": {
+            "modes": {"generic": {"overall": 0.7, "tail": 0.0}, "global": {"overall": 0.0}},
+            "usage_ratio": 0.7,
+        },
+    }
+    tags = round_scalars(record)
+    assert tags["test-accuracy/mean"] == pytest.approx(0.65) and "evaluate/test-accuracy" not in tags
+    assert tags["evaluate/generic-overall-accuracy"] == 0.7 and "strategy/modes/generic/overall" not in tags
+    assert "strategy/modes/generic/tail" not in tags
+    # same value, other quantity: kept (its name is not in the aggregated metric's name)
+    assert tags["strategy/modes/global/overall"] == 0.0 and tags["strategy/usage_ratio"] == 0.7

@@ -361,6 +361,24 @@ def _seconds(value: Any) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
+#: formatter marker of a byte column: one unit for the whole column (the largest that suits its values)
+BYTES = "bytes"
+
+
+def byte_unit(values: list[Any]) -> tuple[str, float]:
+    """The unit a column of byte counts is shown in: the largest whose scale its largest value reaches."""
+    top = max((v for v in values if v is not None), default=0.0)
+    return next(((unit, scale) for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)) if top >= scale), ("B", 1.0))
+
+
+def _column(heading: str, fmt: Any, values: list[Any]) -> tuple[str, Any]:
+    """A column's heading and formatter; byte columns get their unit into the heading."""
+    if fmt != BYTES:
+        return heading, fmt
+    unit, scale = byte_unit(values)
+    return f"{heading} ({unit})", lambda v: "–" if v is None else f"{v / scale:.2f}"
+
+
 #: (heading, row key, formatter, higher is better / None = no best)
 FINAL_COLUMNS = (
     ("accuracy %", "accuracy", _pct, True),
@@ -369,16 +387,16 @@ FINAL_COLUMNS = (
     ("own-distribution acc. %", "own_accuracy", _pct, True),
     ("min client acc. %", "min_client_accuracy", _pct, True),
     ("spread (max-min) pp", "spread", _pp, False),
-    ("bytes / round", "bytes_per_round", human_bytes, False),
+    ("bytes / round", "bytes_per_round", BYTES, False),
     ("wall time s", "wall_time_s", _seconds, None),
     ("rounds", "rounds", lambda v: "–" if v is None else str(v), None),
 )
 COMM_COLUMNS = (
-    ("sent / round", "sent_per_round"),
-    ("received / round", "received_per_round"),
-    ("per client sent / round", "per_client_sent_per_round"),
-    ("per client received / round", "per_client_received_per_round"),
-    ("total", "total_bytes"),
+    ("sent / round", "sent_per_round", BYTES),
+    ("received / round", "received_per_round", BYTES),
+    ("per client sent / round", "per_client_sent_per_round", BYTES),
+    ("per client received / round", "per_client_received_per_round", BYTES),
+    ("total", "total_bytes", BYTES),
 )
 #: (file, heading, caption) of the report's plots
 PLOTS = (
@@ -435,12 +453,14 @@ def report_model(
     row_list = [rows[r.label] for r in runs]
     bests = {key: _best(row_list, key, higher) for _, key, _, higher in FINAL_COLUMNS}
     relative = _relative(runs, rows)
+    final = [(*_column(h, fmt, [r[key] for r in row_list]), key) for h, key, fmt, _ in FINAL_COLUMNS]
+    traffic = [(*_column(h, fmt, [r[key] for r in row_list]), key) for h, key, fmt in COMM_COLUMNS]
     return {
         "title": title,
         "date": date,
         "runs": [{"label": r.label, "method": r.method, "path": str(r.path)} for r in runs],
         "final": {
-            "columns": [heading for heading, *_ in FINAL_COLUMNS],
+            "columns": [heading for heading, _, _ in final],
             "rows": [
                 {
                     "label": r.label,
@@ -450,18 +470,18 @@ def report_model(
                             "text": fmt(rows[r.label][key]),
                             "best": bests[key] is not None and rows[r.label][key] == bests[key],
                         }
-                        for _, key, fmt, _ in FINAL_COLUMNS
+                        for _, fmt, key in final
                     ],
                 }
                 for r in runs
             ],
         },
         "communication": {
-            "columns": [heading for heading, _ in COMM_COLUMNS] + ["vs FedAvg"],
+            "columns": [heading for heading, _, _ in traffic] + ["vs FedAvg"],
             "rows": [
                 {
                     "label": r.label,
-                    "cells": [human_bytes(rows[r.label][key]) for _, key in COMM_COLUMNS]
+                    "cells": [fmt(rows[r.label][key]) for _, fmt, key in traffic]
                     + ["–" if relative[r.label] is None else f"{relative[r.label]:.3f}x"],
                 }
                 for r in runs

@@ -11,8 +11,9 @@ Tags, per round:
   clients report themselves: its ``<metric>/mean`` is the one tag (no ``evaluate/test-accuracy``,
   an example-weighted near-duplicate, next to ``test-accuracy/mean``);
 * ``strategy/<path>``: every number in the method's own round report (codebook
-  usage and perplexity, cluster count and norms, FedLoGe's group accuracies,
-  k-means centroid shift...), nested keys joined by ``/``;
+  usage and perplexity, cluster count and norms, k-means centroid shift...), nested
+  keys joined by ``/``, except numbers already logged as aggregated metrics
+  (FedLoGe's group accuracies are ``evaluate/<mode>-<group>-accuracy``);
 * ``communication/...``: bytes sent to and received from the clients;
 * ``time/round_s``.
 """
@@ -45,6 +46,20 @@ def _flatten(prefix: str, value: Any, out: dict[str, float], depth: int = 0) -> 
             _flatten(f"{prefix}/{key}", inner, out, depth + 1)
 
 
+def _already_logged(tag: str, value: float, logged: dict[str, float]) -> bool:
+    """Whether a method-report number is an aggregated metric already logged under another name.
+
+    FedLoGe reports ``modes/generic/overall`` and aggregates ``generic-overall-accuracy``: the
+    same number. A report leaf is dropped when an aggregated ``train/`` or ``evaluate/`` tag holds
+    the same value and its name contains the leaf's last two path parts.
+    """
+    parts = tag.split("/")[-2:]
+    return any(
+        other.startswith(("train/", "evaluate/")) and number == value and all(p in other for p in parts)
+        for other, number in logged.items()
+    )
+
+
 def client_spread_scalars(clients: dict[str, dict[str, Any]]) -> dict[str, float]:
     """``<metric>/mean|min|max`` over the clients for every numeric metric they report."""
     values: dict[str, list[float]] = {}
@@ -70,7 +85,9 @@ def round_scalars(record: dict[str, Any]) -> dict[str, float]:
             if number is not None and not (phase == "evaluate" and f"{key}/mean" in out):
                 out[f"{phase}/{key}"] = number
     strategy = {k: v for k, v in (record.get("strategy") or {}).items() if k != "round"}
-    _flatten("strategy", strategy, out)
+    own: dict[str, float] = {}
+    _flatten("strategy", strategy, own)
+    out.update({tag: value for tag, value in own.items() if not _already_logged(tag, value, out)})
     communication = record.get("communication")
     if communication:
         for key in (
