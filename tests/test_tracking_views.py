@@ -231,3 +231,10 @@ def test_tensorboard_logs_each_number_once():
     assert "strategy/modes/generic/tail" not in tags
     # same value, other quantity: kept (its name is not in the aggregated metric's name)
     assert tags["strategy/modes/global/overall"] == 0.0 and tags["strategy/usage_ratio"] == 0.7
+
+
+def test_many_clients_share_one_legend_entry(tmp_path, figures):
+    rounds = [_record(r, {str(p): {"test-accuracy": 0.01 * p * r} for p in range(12)}) for r in (1, 2)]
+    plots.accuracy_curves(tmp_path / "a.png", rounds)
+    labels = figures[-1].axes[0].get_legend_handles_labels()[1]
+    assert labels == ["each client", "min-max", "mean"]

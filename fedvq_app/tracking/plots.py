@@ -19,6 +19,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 #: x-axis label that marks a per-round axis (integer ticks)
 ROUND_AXIS = "round"
+#: clients named one by one in a legend; more share one entry
+MAX_NAMED_CLIENTS = 10
 
 
 def run_title(summary: dict[str, Any]) -> str:
@@ -103,8 +105,11 @@ def accuracy_curves(path: Path, rounds: list[dict[str, Any]], run: str = "") -> 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     identical = same_for_every_client(values)
     if not identical:
-        for pid, ys in sorted(series.items(), key=lambda kv: int(kv[0])):
-            ax.plot(xs, 100 * np.asarray(ys, dtype=float), lw=0.8, alpha=0.6, marker=".", label=f"client {pid}")
+        named = len(series) <= MAX_NAMED_CLIENTS  # beyond that, one legend entry for all thin lines
+        for i, (pid, ys) in enumerate(sorted(series.items(), key=lambda kv: int(kv[0]))):
+            label = f"client {pid}" if named else ("each client" if i == 0 else None)
+            color = None if named else "tab:blue"
+            ax.plot(xs, 100 * np.asarray(ys, dtype=float), lw=0.8, alpha=0.6, marker=".", color=color, label=label)
         ax.fill_between(xs, np.nanmin(values, 0), np.nanmax(values, 0), color="grey", alpha=0.2, label="min-max")
     label = f"all {values.shape[0]} clients (identical scores)" if identical else "mean"
     ax.plot(xs, np.nanmean(values, 0), color="black", lw=2.2, marker="o", label=label)
