@@ -140,6 +140,7 @@ def test_head_medium_tail_pools_the_last_rounds_per_class_counts():
     old = {p: {"test-accuracy": 0.5} for p in ("0", "1")}
     assert head_medium_tail([_record(1, old)], label_counts) == {}
     assert head_medium_tail([_record(2, clients)], {}) == {}
+    assert head_medium_tail([_record(2, clients)], {0: [1, 2], 1: [1, 2, 3]}) == {}
 
 
 def test_group_report_reads_the_stored_figures_and_names_folders_without_them(tmp_path):

@@ -56,7 +56,10 @@ def head_medium_tail(
     evaluated = [r for r in rounds if r.get("evaluate", {}).get("clients")]
     if not evaluated or not label_counts:
         return {}
-    frequencies = np.sum([np.asarray(v, dtype=np.float64) for v in label_counts.values()], axis=0)
+    counts = [np.asarray(v, dtype=np.float64) for v in label_counts.values()]
+    if len({c.shape for c in counts}) != 1 or counts[0].ndim != 1 or any((c < 0).any() for c in counts):
+        return {}  # clients that disagree on the classes: no groups to speak of (the summary must still be written)
+    frequencies = np.sum(counts, axis=0)
     if frequencies.sum() <= 0:
         return {}
     groups = shot_groups(frequencies, *shares)
