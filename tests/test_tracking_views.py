@@ -229,6 +229,12 @@ def test_tensorboard_logs_each_number_once():
     tags = round_scalars(record)
     assert tags["test-accuracy/mean"] == pytest.approx(0.65) and "evaluate/test-accuracy" not in tags
     assert tags["evaluate/generic-overall-accuracy"] == 0.7 and "strategy/modes/generic/overall" not in tags
+    # the clients' mean under another name: logged once, as <metric>/mean
+    record["evaluate"]["clients"] = {"0": {"generic-accuracy": 0.6}, "1": {"generic-accuracy": 0.8}}
+    tags = round_scalars(record)
+    assert tags["generic-accuracy/mean"] == pytest.approx(0.7) and "evaluate/generic-overall-accuracy" not in tags
+    assert "strategy/modes/generic/overall" not in tags
+    assert tags["evaluate/generic-tail-accuracy"] == 0.0
     assert "strategy/modes/generic/tail" not in tags
     # same value, other quantity: kept (its name is not in the aggregated metric's name)
     assert tags["strategy/modes/global/overall"] == 0.0 and tags["strategy/usage_ratio"] == 0.7

@@ -9,7 +9,8 @@ Tags, per round:
 * ``train/<key>`` and ``evaluate/<key>``: the strategy's aggregated metrics (train
   loss, k-means inertia, gradient dissimilarity Gamma...), except an evaluate metric the
   clients report themselves: its ``<metric>/mean`` is the one tag (no ``evaluate/test-accuracy``,
-  an example-weighted near-duplicate, next to ``test-accuracy/mean``);
+  an example-weighted near-duplicate, next to ``test-accuracy/mean``; no
+  ``evaluate/generic-overall-accuracy`` next to an equal ``generic-accuracy/mean``);
 * ``strategy/<path>``: every number in the method's own round report (codebook
   usage and perplexity, cluster count and norms, k-means centroid shift...), nested
   keys joined by ``/``, except numbers already logged as aggregated metrics
@@ -46,6 +47,16 @@ def _flatten(prefix: str, value: Any, out: dict[str, float], depth: int = 0) -> 
             _flatten(f"{prefix}/{key}", inner, out, depth + 1)
 
 
+def _client_mean_of(key: str, value: float, spread: dict[str, float]) -> bool:
+    """Whether an aggregated evaluate metric is the clients' mean already logged as ``<metric>/mean``:
+    the same name (``test-accuracy``), or the same name with ``-overall`` and the same value
+    (FedLoGe's ``generic-overall-accuracy`` is the mean of the clients' ``generic-accuracy``)."""
+    if f"{key}/mean" in spread:
+        return True
+    alias = f"{key.replace('-overall-', '-')}/mean"
+    return alias != f"{key}/mean" and alias in spread and abs(spread[alias] - value) <= 1e-12
+
+
 def _already_logged(tag: str, value: float, logged: dict[str, float]) -> bool:
     """Whether a method-report number is an aggregated metric already logged under another name.
 
@@ -79,15 +90,19 @@ def client_spread_scalars(clients: dict[str, dict[str, Any]]) -> dict[str, float
 def round_scalars(record: dict[str, Any]) -> dict[str, float]:
     """Every scalar of one rounds.jsonl record, by tag."""
     out = client_spread_scalars(record.get("evaluate", {}).get("clients", {}))
+    aggregated: dict[str, float] = {}  # every aggregated number, logged here or as a clients' mean
     for phase in ("train", "evaluate"):
         for key, value in record.get(phase, {}).get("aggregated", {}).items():
             number = _number(value)
-            if number is not None and not (phase == "evaluate" and f"{key}/mean" in out):
+            if number is None:
+                continue
+            aggregated[f"{phase}/{key}"] = number
+            if not (phase == "evaluate" and _client_mean_of(key, number, out)):
                 out[f"{phase}/{key}"] = number
     strategy = {k: v for k, v in (record.get("strategy") or {}).items() if k != "round"}
     own: dict[str, float] = {}
     _flatten("strategy", strategy, own)
-    out.update({tag: value for tag, value in own.items() if not _already_logged(tag, value, out)})
+    out.update({tag: value for tag, value in own.items() if not _already_logged(tag, value, aggregated)})
     communication = record.get("communication")
     if communication:
         for key in (
