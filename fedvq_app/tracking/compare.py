@@ -554,7 +554,11 @@ def compare(paths: list[Path], out: Path, title: str = "") -> dict[str, Path]:
     name_runs(runs, diffs)
     rows = {r.label: final_row(r) for r in runs}
     model = report_model(
-        title or f"Comparison of {len(runs)} runs", f"{datetime.now():%Y-%m-%d %H:%M}", runs, rows, diffs
+        title or f"Comparison of {len(runs)} run{'s' if len(runs) != 1 else ''}",
+        f"{datetime.now():%Y-%m-%d %H:%M}",
+        runs,
+        rows,
+        diffs,
     )
     curves = plot_curves(runs, out / "curves.png")
     traffic = plot_communication(runs, rows, out / "communication.png")
