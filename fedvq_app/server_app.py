@@ -37,6 +37,7 @@ def main(grid: Grid, context: Context) -> None:
         settings = load_settings(context.run_config)
         preflight(settings, grid)
         tracker = ExperimentTracker.create(settings)
+        tracker.announce(len(list(grid.get_node_ids())))  # the run's header line
         workflow = get_method(settings.method).server_workflow or _neural_workflow()
         # every message the workflow sends or receives is counted (communication cost)
         report = workflow(metered(grid, tracker.traffic), settings, tracker)

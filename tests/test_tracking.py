@@ -6,10 +6,12 @@ digits, 3 clients, 2 rounds, written once per module and shared by the tests.
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import json
 import logging
 import os
+import re
 import runpy
 import shutil
 import signal
@@ -29,7 +31,7 @@ from fedvq_app.local_grid import full_run_config, run_local
 from fedvq_app.server_app import app as server_app
 from fedvq_app.tracking.compare import compare
 from fedvq_app.tracking.compare import main as compare_main
-from fedvq_app.tracking.experiment import progress_text
+from fedvq_app.tracking.experiment import progress_line, progress_text
 from fedvq_app.tracking.scalars import round_scalars
 from fedvq_app.tracking.sinks import SinkSet
 
@@ -110,6 +112,15 @@ def test_tensorboard_event_files_match_rounds_jsonl(runs):
         assert logged[("train/train-loss", r["round"])] == pytest.approx(r["train"]["aggregated"]["train-loss"])
         assert logged[("communication/sent_bytes", r["round"])] == r["communication"]["sent_bytes"]
     assert sorted({step for _, step in logged}) == [1, 2]
+    # one tag per quantity: the clients' mean, not also the strategy's example-weighted copy of it
+    tags = {tag for tag, _ in logged}
+    assert {"test-accuracy/mean", "test-loss/mean", "own-test-accuracy/mean"} <= tags
+    assert not tags & {"evaluate/test-accuracy", "evaluate/test-loss", "evaluate/own-test-accuracy"}
+    # the config text holds the common keys and the method's own, not every method's
+    texts = SummaryReader(str(folder)).text
+    config = texts[texts.tag.str.startswith("config")].value.iloc[0]
+    assert "`num-server-rounds`" in config and "`train.lr`" in config and "`method` | `'fedavg'`" in config
+    assert not any(f"`{m}." in config for m in ("fedprox", "kmeans", "fedvq", "cfl", "fedloge", "codebook"))
 
 
 def test_tensorboard_off_writes_no_event_file(runs):
@@ -199,15 +210,53 @@ def test_kmeans_counts_its_rounds_and_its_set_up_phases(tmp_path):
 
 # ---------------------------------------------------------------------- progress line
 def test_progress_text_gives_seconds_per_round_and_eta():
-    assert progress_text(2, 10, [3.0, 5.0]) == "5.0 s (mean 4.0 s/round), ETA 0:32"
+    assert progress_text(2, 10, [3.0, 5.0]) == "4.0 s/round, ETA 0:32"
     assert progress_text(10, 10, [2.0]).endswith("ETA 0:00")
     assert progress_text(1, 2000, [10.0]).endswith("ETA 5:33:10")
 
 
 def test_the_log_shows_progress_with_eta(runs):
     lines = [line for line in runs["log"] if "[fedvq] round " in line]
-    assert any("round 1/2 (50 %)" in line and "s/round), ETA " in line and "sent " in line for line in lines)
+    assert any("round 1/2 (50 %)" in line and " s/round, ETA " in line and " MB | " in line for line in lines)
     assert any("round 2/2 (100 %)" in line and "ETA 0:00" in line for line in lines)
+
+
+def test_the_log_opens_with_one_header_and_keeps_round_lines_short(runs):
+    fedavg = runs["logs"] / "fedavg"
+    headers = [line for line in runs["log"] if "-> experiment folder" in line]
+    assert headers == [
+        f"[fedvq] fedavg on digits, {NODES} clients, 2 rounds -> experiment folder {fedavg}",
+        f"[fedvq] fedprox on digits, {NODES} clients, 1 rounds -> experiment folder {runs['logs'] / 'fedprox'}",
+    ]
+    first = runs["log"].index(headers[0])
+    assert not any("[fedvq] round" in line for line in runs["log"][:first])  # the header comes first
+    rounds = [line for line in runs["log"] if line.startswith("[fedvq] round ")]
+    assert len(rounds) == 3 and all(len(line) < 120 for line in rounds), rounds
+    fedavg_rounds = _rounds(fedavg)
+    for line, record in zip(rounds, fedavg_rounds, strict=False):
+        spread = record["evaluate"]["summary"]
+        assert f"acc {100 * spread['mean_accuracy']:.2f} %" in line
+        # one global model, one test set: every client scores the same, so no min/max
+        assert spread["min_accuracy"] == spread["max_accuracy"] and "min " not in line and "max " not in line
+
+
+def test_min_and_max_are_shown_only_when_the_clients_differ():
+    record = {
+        "round": 3,
+        "train": {"aggregated": {"train-loss": 0.5}},
+        "evaluate": {
+            "clients": {"0": {"test-accuracy": 0.5}, "1": {"test-accuracy": 0.75}},
+            "summary": {"mean_accuracy": 0.625, "min_accuracy": 0.5, "max_accuracy": 0.75, "num_clients": 2},
+        },
+        "dropped": [],
+        "rejected": [],
+        "communication": {"total_bytes": 2_500_000},
+    }
+    line = progress_line(record, 10, [2.0])
+    expected = "[fedvq] round 3/10 (30 %) | loss 0.500 | acc 62.50 % (min 50.0, max 75.0) | 2.50 MB | 2.0 s/round"
+    assert line == expected + ", ETA 0:14"
+    record["evaluate"]["summary"].update(min_accuracy=0.625, max_accuracy=0.625)
+    assert "| acc 62.50 % |" in progress_line(record, 10, [2.0])
 
 
 def test_a_sink_that_breaks_is_dropped_and_the_run_goes_on(caplog):
@@ -241,15 +290,32 @@ def test_compare_writes_markdown_png_and_self_contained_html(runs, tmp_path):
     assert "| `tracking.tensorboard` | `True` | `False` |" in markdown
     assert "| `num-server-rounds` | `2` | `1` |" in markdown
     assert "experiment-name" not in markdown
+    # runs are named by method + the differing keys that change the computation (not tracking.*)
+    assert "| key | fedavg (num-server-rounds=2) | fedprox (num-server-rounds=1) |" in markdown
+    assert "- fedavg (num-server-rounds=2): `" + str(runs["logs"] / "fedavg") in markdown
+    headings = [line for line in markdown.splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## Final round",
+        "## Communication",
+        "## Accuracy and loss per round",
+        "## Traffic",
+        "## Config differences",
+        "## Runs",
+    ]
     spread = max(fedavg["final"]["per_client_accuracy"]) - min(fedavg["final"]["per_client_accuracy"])
     table = json.loads(files["json"].read_text())["runs"]
-    assert table[0]["label"] == "fedavg" and table[0]["spread"] == pytest.approx(spread)
+    assert table[0]["label"] == "fedavg (num-server-rounds=2)" and table[0]["folder"] == "fedavg"
+    assert table[0]["spread"] == pytest.approx(spread)
     assert table[0]["bytes_per_round"] == fedavg["communication"]["mean_bytes_per_round"]
     for key in ("curves", "communication"):
         assert files[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = files["html"].read_text()
-    assert page.count("src='data:image/png;base64,") == 2
+    assert page.count('src="data:image/png;base64,') == 2
     assert "http://" not in page and "https://" not in page  # nothing to fetch
+    assert "<script" not in page and "data-plots" not in page  # no test hook in what users get
+    for summary in (fedavg, fedprox):  # the same figures as the Markdown, from the same template
+        assert f">{100 * summary['final']['accuracy']:.2f}</" in page
+    assert "<h2>Accuracy and loss per round</h2>" in page and "<td>fedavg (num-server-rounds=2)</td>" in page
     assert not (runs["logs"] / "fedavg" / "report.md").exists()  # experiment folders are only read
 
 
@@ -281,39 +347,79 @@ def _browser() -> str | None:
     return next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 
 
-@pytest.mark.skipif(_browser() is None, reason="no headless Chromium installed (apt-get install chromium)")
-def test_the_html_report_renders_in_a_real_browser(runs, tmp_path):
-    from PIL import Image
+#: appended by the test to a copy of the report (the report itself carries no hook): what the browser
+#: made of the page, written into the DOM that --dump-dom prints
+PROBE = """<script>
+window.addEventListener('load', function () {
+  var images = Array.prototype.filter.call(document.images, function (i) { return i.complete && i.naturalWidth > 0; });
+  var out = document.createElement('pre');
+  out.id = 'probe';
+  out.textContent = JSON.stringify({
+    decoded: images.map(function (i) { return [i.alt, i.naturalWidth, i.naturalHeight]; }),
+    headings: Array.prototype.map.call(document.querySelectorAll('h1, h2'), function (h) { return h.textContent; }),
+    firstColumn: Array.prototype.map.call(document.querySelectorAll('table')[0].rows, function (r) {
+      return r.cells[0].textContent; }),
+    widestTable: Math.max.apply(null, Array.prototype.map.call(document.querySelectorAll('table'), function (t) {
+      return t.getBoundingClientRect().right; })),
+    viewport: window.innerWidth
+  });
+  document.body.appendChild(out);
+});
+</script>"""
 
-    files = compare([runs["logs"]], tmp_path / "cmp", "tiny")
-    url = files["html"].as_uri()
+
+def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     flags = [
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
         "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
         "--hide-scrollbars",
         f"--user-data-dir={tmp_path / 'profile'}",
     ]
-    dom = subprocess.run(
-        [_browser(), *flags, "--virtual-time-budget=5000", "--dump-dom", url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert 'data-plots-loaded="2"' in dom.stdout, dom.stderr[-2000:]  # both embedded plots decoded
+    return subprocess.run([_browser(), *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(_browser() is None, reason="no headless Chromium installed (apt-get install chromium)")
+def test_the_html_report_renders_in_a_real_browser(runs, tmp_path):
+    from PIL import Image
+
+    files = compare([runs["logs"]], tmp_path / "cmp", "tiny")
+    page = files["html"].read_text()
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.replace("</body>", PROBE + "</body>"))
+    dom = _chromium(["--window-size=1280,1800", "--virtual-time-budget=5000", "--dump-dom", probed.as_uri()], tmp_path)
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout, re.S)
+    assert found, dom.stderr[-2000:]
+    seen = json.loads(html.unescape(found.group(1)))
+    # both plots decoded at their real size (curves 12x7.5 in, communication 12x4.5 in, at 100 dpi)
+    assert seen["decoded"] == [["Accuracy and loss per round", 1200, 750], ["Traffic", 1200, 450]]
+    assert seen["headings"] == [
+        "tiny",
+        "Final round",
+        "Communication",
+        "Accuracy and loss per round",
+        "Traffic",
+        "Config differences",
+        "Runs",
+    ]
+    assert seen["firstColumn"] == ["run", "fedavg (num-server-rounds=2)", "fedprox (num-server-rounds=1)"]
+    assert seen["widestTable"] <= seen["viewport"]  # the final table fits a laptop window
     shot = tmp_path / "report.png"
-    subprocess.run(
-        [_browser(), *flags, "--window-size=1280,1800", f"--screenshot={shot}", url],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
+    _chromium(["--window-size=1280,1800", f"--screenshot={shot}", files["html"].as_uri()], tmp_path)
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=float)
     assert pixels.shape[:2] == (1800, 1280)
     assert pixels.std() > 20  # text, tables and plots, not a blank page
     coloured = np.abs(pixels[..., 0] - pixels[..., 2]) > 60  # plot lines / highlighted cells, not grey text
     assert coloured.mean() > 0.001
+    if os.environ.get("FEDVQ_REPORT_SCREENSHOT"):  # keep the picture for a person to look at
+        shutil.copy(shot, os.environ["FEDVQ_REPORT_SCREENSHOT"])
 
 
 # ---------------------------------------------------------------------- MLflow

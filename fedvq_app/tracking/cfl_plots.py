@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from fedvq_app.tracking.plots import _save, plt
+from fedvq_app.tracking.plots import _save, plt, run_title
 
 
 def _client_accuracy(rounds: list[dict[str, Any]], key: str = "val-accuracy") -> tuple[list[int], np.ndarray]:
@@ -21,7 +21,7 @@ def _client_accuracy(rounds: list[dict[str, Any]], key: str = "val-accuracy") ->
     return [r["round"] for r in evaluated], values
 
 
-def training_stats(path: Path, rounds: list[dict[str, Any]], cfl: dict[str, Any]) -> Path | None:
+def training_stats(path: Path, rounds: list[dict[str, Any]], cfl: dict[str, Any], run: str = "") -> Path | None:
     """Seed's ``display_train_stats``: client accuracy (mean +- std) and per-cluster update norms."""
     norm_rounds = [r for r in rounds if r.get("strategy", {}).get("cluster_stats")]
     if not norm_rounds:
@@ -30,11 +30,11 @@ def training_stats(path: Path, rounds: list[dict[str, Any]], cfl: dict[str, Any]
     xs, acc = _client_accuracy(rounds)
     if xs and acc.size:
         mean, std = np.nanmean(acc, 1), np.nanstd(acc, 1)
-        ax_acc.plot(xs, mean, color="C0", label="mean client accuracy (own val)")
-        ax_acc.fill_between(xs, mean - std, mean + std, color="C0", alpha=0.25, label="+- std")
-    ax_acc.set_ylim(0, 1)
+        ax_acc.plot(xs, 100 * mean, color="C0", marker="o", ms=3, label="mean client accuracy (own val)")
+        ax_acc.fill_between(xs, 100 * (mean - std), 100 * (mean + std), color="C0", alpha=0.25, label="+- std")
+    ax_acc.set_ylim(0, 100)
     ax_acc.set_xlabel("round")
-    ax_acc.set_ylabel("accuracy")
+    ax_acc.set_ylabel("accuracy (%)")
     series: dict[str, dict[str, list]] = {}
     for r in norm_rounds:
         for cid, s in r["strategy"]["cluster_stats"].items():
@@ -43,8 +43,10 @@ def training_stats(path: Path, rounds: list[dict[str, Any]], cfl: dict[str, Any]
             entry["mean"].append(s["mean_norm"])
             entry["max"].append(s["max_norm"])
     for i, (cid, entry) in enumerate(sorted(series.items(), key=lambda kv: int(kv[0]))):
-        ax_norm.plot(entry["x"], entry["mean"], color=f"C{i}", label=f"cluster {cid}: ||mean dW||")
-        ax_norm.plot(entry["x"], entry["max"], color=f"C{i}", ls="--", label=f"cluster {cid}: max ||dW||")
+        ax_norm.plot(entry["x"], entry["mean"], color=f"C{i}", marker="o", ms=3, label=f"cluster {cid}: ||mean dW||")
+        ax_norm.plot(
+            entry["x"], entry["max"], color=f"C{i}", ls="--", marker="x", ms=3, label=f"cluster {cid}: max ||dW||"
+        )
     ax_norm.axhline(cfl["eps1"], color="k", lw=0.8, ls=":", label=f"eps1 = {cfl['eps1']:g}")
     ax_norm.axhline(cfl["eps2"], color="k", lw=0.8, ls="-.", label=f"eps2 = {cfl['eps2']:g}")
     for ax in (ax_acc, ax_norm):
@@ -57,10 +59,10 @@ def training_stats(path: Path, rounds: list[dict[str, Any]], cfl: dict[str, Any]
     ax_norm.legend(fontsize=7, ncol=2)
     ax_acc.set_title("Client accuracy")
     ax_norm.set_title("Update norms per cluster")
-    return _save(fig, path)
+    return _save(fig, path, run)
 
 
-def results_table(path: Path, table: dict[str, Any], metric: str = "val-accuracy") -> Path | None:
+def results_table(path: Path, table: dict[str, Any], metric: str = "val-accuracy", run: str = "") -> Path | None:
     """Seed's results table: model x client accuracy (0 outside the model's cluster), best per client marked."""
     rows = table.get("models") or []
     if not rows:
@@ -86,10 +88,10 @@ def results_table(path: Path, table: dict[str, Any], metric: str = "val-accuracy
     grid.set_fontsize(8)
     grid.scale(1, 1.4)
     ax.set_title(f"CFL results ({metric}; 0 = client outside the model's cluster; yellow = best per client)")
-    return _save(fig, path)
+    return _save(fig, path, run)
 
 
-def similarity_at_split(path: Path, split: dict[str, Any], groups: dict[str, int]) -> Path:
+def similarity_at_split(path: Path, split: dict[str, Any], groups: dict[str, int], run: str = "") -> Path:
     """Cosine similarity of the members' updates in the round their cluster split."""
     ids = split["similarity_ids"]
     order = [ids.index(p) for half in split["members"] for p in half if p in ids]
@@ -106,20 +108,21 @@ def similarity_at_split(path: Path, split: dict[str, Any], groups: dict[str, int
     ax.axvline(boundary, color="k", lw=1.5)
     fig.colorbar(im, ax=ax, label="cosine similarity of updates")
     ax.set_title(f"Round {split['round']}: cluster {split['parent']} -> {split['children']}")
-    return _save(fig, path)
+    return _save(fig, path, run)
 
 
 def cfl_plots(directory: Path, rounds: list[dict[str, Any]], summary: dict[str, Any]) -> list[Path]:
     """The method's plot hook (MethodSpec.plots)."""
     cfl = summary.get("cfl") or {}
+    run = run_title(summary)
     if "eps1" not in cfl:
         return []
     written = [
-        training_stats(directory / "cfl_training.png", rounds, cfl),
-        results_table(directory / "cfl_results_table.png", cfl.get("results_table") or {}),
+        training_stats(directory / "cfl_training.png", rounds, cfl, run=run),
+        results_table(directory / "cfl_results_table.png", cfl.get("results_table") or {}, run=run),
     ]
     groups = cfl.get("rotation_groups") or {}
     for split in cfl.get("splits", []):
         name = f"cfl_similarity_round{split['round']}_cluster{split['parent']}.png"
-        written.append(similarity_at_split(directory / name, split, groups))
+        written.append(similarity_at_split(directory / name, split, groups, run=run))
     return [p for p in written if p is not None]

@@ -21,15 +21,21 @@ accuracy, own-distribution accuracy (each client on its own test distribution,
 where the method reports it), the lowest client's accuracy, the spread across
 clients (max - min), bytes per round (sent + received, mean over rounds), wall
 time and rounds. Experiment folders are only read.
+
+Runs are named by their method and the values of the config keys that differ
+between the runs (``fedprox (mu=0.1)``), not by their folders; the "Runs" section
+and report.json map each name to its folder. Accuracies are in percent throughout.
+Both report files come from one Jinja2 template (``templates/report.md.j2``): the
+HTML page is that Markdown rendered by markdown-it-py into ``templates/page.html.j2``.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import html
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass
 from datetime import datetime
@@ -195,6 +201,41 @@ def config_differences(runs: list[Run]) -> dict[str, list[Any]]:
     return diffs
 
 
+#: config keys that do not change what a run computes: left out of run names (still in the differences table)
+NOT_IN_NAMES = ("tracking.", "device")
+
+
+def _namespace(key: str) -> str:
+    return key.split(".", 1)[0] if "." in key else ""
+
+
+def run_name(run: Run, diffs: dict[str, list[Any]], index: int) -> str:
+    """'fedprox (mu=0.1, partition.alpha=0.5)': the method and the run's values of the keys that differ.
+
+    Left out: ``method`` itself, keys that do not change the computation (:data:`NOT_IN_NAMES`),
+    and keys of another method (``fedprox.mu`` in a FedAvg run's name); the run's own method
+    prefix is dropped (``mu`` for ``fedprox.mu``).
+    """
+    from fedvq_app.registry import method_names  # noqa: PLC0415 (imports no method)
+
+    others = set(method_names()) - {run.method}
+    parts = []
+    for key, values in diffs.items():
+        if key == "method" or key.startswith(NOT_IN_NAMES) or _namespace(key) in others:
+            continue
+        short = key.removeprefix(f"{run.method}.")
+        parts.append(f"{short}={_config_text(values[index])}")
+    return f"{run.method} ({', '.join(parts)})" if parts else run.method
+
+
+def name_runs(runs: list[Run], diffs: dict[str, list[Any]]) -> None:
+    """Give every run its short name (:func:`run_name`); runs whose names coincide are numbered."""
+    names = [run_name(run, diffs, i) for i, run in enumerate(runs)]
+    for i, run in enumerate(runs):
+        same = [j for j, name in enumerate(names) if name == names[i]]
+        run.label = names[i] if len(same) == 1 else f"{names[i]} #{same.index(i) + 1}"
+
+
 # ----------------------------------------------------------------------------
 # Plots
 # ----------------------------------------------------------------------------
@@ -219,23 +260,25 @@ def plot_curves(runs: list[Run], path: Path) -> Path:
     from matplotlib.ticker import MaxNLocator  # noqa: PLC0415 - start-up cost: matplotlib, only on this path
 
     colors = _colors(runs)
-    panels = (
-        ("mean_accuracy", "mean client test accuracy"),
-        ("min_accuracy", "lowest client's test accuracy"),
-        ("train_loss", "train loss (weighted mean)"),
-        ("test_loss", "test loss (mean over clients)"),
+    panels = (  # (series, title, y label, scale)
+        ("mean_accuracy", "Mean client test accuracy", "accuracy (%)", 100.0),
+        ("min_accuracy", "Lowest client's test accuracy", "accuracy (%)", 100.0),
+        ("train_loss", "Train loss (weighted mean over clients)", "loss", 1.0),
+        ("test_loss", "Test loss (mean over clients)", "loss", 1.0),
     )
     fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
     all_series = {r.label: series(r) for r in runs}
-    for ax, (key, title) in zip(axes.flat, panels, strict=True):
+    for ax, (key, title, ylabel, scale) in zip(axes.flat, panels, strict=True):
         drawn = False
         for run in runs:
             xs, ys = all_series[run.label].get(key, ([], []))
             if xs:
-                ax.plot(xs, ys, marker="o", ms=3, lw=1.6, color=colors[run.label], label=run.label)
+                ys = [scale * y for y in ys]
+                ax.plot(xs, ys, marker="o", ms=4, lw=1.6, color=colors[run.label], label=run.label)
                 drawn = True
         ax.set_title(title)
         ax.set_xlabel("round")
+        ax.set_ylabel(ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if not drawn:
@@ -246,8 +289,8 @@ def plot_curves(runs: list[Run], path: Path) -> Path:
             (ax.get_legend_handles_labels() for ax in axes.flat if ax.get_legend_handles_labels()[0]), ([], [])
         )
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.03 + 0.03 * math.ceil(len(labels) / 4), 1, 1))
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.03 + 0.03 * math.ceil(len(labels) / 3), 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -262,9 +305,9 @@ def plot_communication(runs: list[Run], rows: dict[str, dict[str, Any]], path: P
     values = [rows[r.label]["bytes_per_round"] or 0.0 for r in runs]
     drawn = bars.bar(range(len(runs)), [v / 1e6 for v in values], color=[colors[label] for label in labels])
     bars.bar_label(drawn, labels=[human_bytes(v) for v in values], fontsize=7)
-    bars.set_xticks(range(len(runs)), labels, rotation=30, ha="right", fontsize=8)
+    bars.set_xticks(range(len(runs)), labels, rotation=20, ha="right", fontsize=8)
     bars.set_ylabel("MB per round (sent + received)")
-    bars.set_title("communication per round (mean over rounds)")
+    bars.set_title("Traffic per round (mean over rounds)")
     bars.grid(axis="y", alpha=0.3)
     for run in runs:
         s = series(run)
@@ -272,14 +315,19 @@ def plot_communication(runs: list[Run], rows: dict[str, dict[str, Any]], path: P
         if not acc or not traffic:
             continue
         by_round = dict(zip(*traffic, strict=True))
-        points = [(by_round[x] / 1e6, y) for x, y in zip(*acc, strict=True) if x in by_round]
+        points = [(by_round[x] / 1e6, 100 * y) for x, y in zip(*acc, strict=True) if x in by_round]
         if points:
             curve.plot(*zip(*points, strict=True), marker="o", ms=3, color=colors[run.label], label=run.label)
     if any(v > 0 for v in values):
+        from matplotlib.ticker import FuncFormatter  # noqa: PLC0415
+
         curve.set_xscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 2, 3, 4 MB rather than 2 x 10^0
+        curve.xaxis.set_major_formatter(plain)
+        curve.xaxis.set_minor_formatter(plain)
     curve.set_xlabel("cumulative MB (sent + received)")
-    curve.set_ylabel("mean client test accuracy")
-    curve.set_title("accuracy against traffic")
+    curve.set_ylabel("mean client test accuracy (%)")
+    curve.set_title("Accuracy against traffic")
     curve.grid(alpha=0.3)
     if curve.get_legend_handles_labels()[0]:
         curve.legend(fontsize=8)
@@ -290,7 +338,7 @@ def plot_communication(runs: list[Run], rows: dict[str, dict[str, Any]], path: P
 
 
 # ----------------------------------------------------------------------------
-# Rendering
+# Rendering: one data model, one template (templates/report.md.j2) for Markdown and HTML
 # ----------------------------------------------------------------------------
 def _pct(value: Any) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
@@ -313,6 +361,24 @@ def _seconds(value: Any) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
+#: formatter marker of a byte column: one unit for the whole column (the largest that suits its values)
+BYTES = "bytes"
+
+
+def byte_unit(values: list[Any]) -> tuple[str, float]:
+    """The unit a column of byte counts is shown in: the largest whose scale its largest value reaches."""
+    top = max((v for v in values if v is not None), default=0.0)
+    return next(((unit, scale) for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)) if top >= scale), ("B", 1.0))
+
+
+def _column(heading: str, fmt: Any, values: list[Any]) -> tuple[str, Any]:
+    """A column's heading and formatter; byte columns get their unit into the heading."""
+    if fmt != BYTES:
+        return heading, fmt
+    unit, scale = byte_unit(values)
+    return f"{heading} ({unit})", lambda v: "–" if v is None else f"{v / scale:.2f}"
+
+
 #: (heading, row key, formatter, higher is better / None = no best)
 FINAL_COLUMNS = (
     ("accuracy %", "accuracy", _pct, True),
@@ -321,16 +387,31 @@ FINAL_COLUMNS = (
     ("own-distribution acc. %", "own_accuracy", _pct, True),
     ("min client acc. %", "min_client_accuracy", _pct, True),
     ("spread (max-min) pp", "spread", _pp, False),
-    ("bytes / round", "bytes_per_round", human_bytes, False),
+    ("bytes / round", "bytes_per_round", BYTES, False),
     ("wall time s", "wall_time_s", _seconds, None),
     ("rounds", "rounds", lambda v: "–" if v is None else str(v), None),
 )
 COMM_COLUMNS = (
-    ("sent / round", "sent_per_round"),
-    ("received / round", "received_per_round"),
-    ("per client sent / round", "per_client_sent_per_round"),
-    ("per client received / round", "per_client_received_per_round"),
-    ("total", "total_bytes"),
+    ("sent / round", "sent_per_round", BYTES),
+    ("received / round", "received_per_round", BYTES),
+    ("per client sent / round", "per_client_sent_per_round", BYTES),
+    ("per client received / round", "per_client_received_per_round", BYTES),
+    ("total", "total_bytes", BYTES),
+)
+#: (file, heading, caption) of the report's plots
+PLOTS = (
+    (
+        "curves.png",
+        "Accuracy and loss per round",
+        "Mean client test accuracy, the lowest client's test accuracy (both in percent), train loss and "
+        "test loss, one line per run.",
+    ),
+    (
+        "communication.png",
+        "Traffic",
+        "Left: megabytes sent and received per round (mean over rounds). Right: mean client test accuracy "
+        "against the cumulative traffic.",
+    ),
 )
 
 
@@ -350,138 +431,115 @@ def _relative(runs: list[Run], rows: dict[str, dict[str, Any]]) -> dict[str, flo
     }
 
 
-def _config_cell(value: Any) -> str:
+def _config_text(value: Any) -> str:
     if value is None:
         return "–"
-    return '`""`' if value == "" else f"`{value}`"
+    return '""' if value == "" else str(value)
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    runs, rows, diffs = report["runs"], report["rows"], report["diffs"]
-    lines = [f"# {report['title']}", "", f"{len(runs)} runs, compared {report['date']}.", ""]
-    lines += ["## Final round", ""]
-    lines.append("| run | method | " + " | ".join(h for h, *_ in FINAL_COLUMNS) + " |")
-    lines.append("|---|---|" + "---:|" * len(FINAL_COLUMNS))
+def markdown_code(value: Any) -> str:
+    """A config value as a Markdown code span (``–`` when the run has no such key), safe in a table cell."""
+    if value is None:
+        return "–"
+    text = _config_text(value).replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}" if text.startswith("`") or text.endswith("`") else f"{fence}{text}{fence}"
+
+
+def report_model(
+    title: str, date: str, runs: list[Run], rows: dict[str, dict[str, Any]], diffs: dict[str, list[Any]]
+) -> dict[str, Any]:
+    """Everything the report shows, as text: what the template renders into Markdown and HTML."""
     row_list = [rows[r.label] for r in runs]
     bests = {key: _best(row_list, key, higher) for _, key, _, higher in FINAL_COLUMNS}
-    for run in runs:
-        cells = []
-        for _, key, fmt, _ in FINAL_COLUMNS:
-            text = fmt(rows[run.label][key])
-            cells.append(f"**{text}**" if bests[key] is not None and rows[run.label][key] == bests[key] else text)
-        lines.append(f"| {run.label} | {run.method} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Accuracy figures are means over clients of each client's model on the global test set "
-        "(own-distribution: on the client's own test distribution); bold = best of the column.",
-        "",
-    ]
     relative = _relative(runs, rows)
-    lines += ["## Communication", "", "Bytes of the records (Flower's `count_bytes`), per round, mean over rounds.", ""]
-    lines.append("| run | " + " | ".join(h for h, _ in COMM_COLUMNS) + " | vs FedAvg |")
-    lines.append("|---|" + "---:|" * (len(COMM_COLUMNS) + 1))
-    for run in runs:
-        cells = [human_bytes(rows[run.label][key]) for _, key in COMM_COLUMNS]
-        ratio = relative[run.label]
-        cells.append("–" if ratio is None else f"{ratio:.3f}x")
-        lines.append(f"| {run.label} | " + " | ".join(cells) + " |")
-    lines += ["", "## Config differences", ""]
-    if diffs:
-        lines.append("| key | " + " | ".join(r.label for r in runs) + " |")
-        lines.append("|---|" + "---|" * len(runs))
-        for key, values in diffs.items():
-            lines.append(f"| `{key}` | " + " | ".join(_config_cell(v) for v in values) + " |")
-    else:
-        lines.append("The runs share every config value (apart from folder names).")
-    lines += ["", "## Plots", "", "![curves](curves.png)", "", "![communication](communication.png)", "", "## Runs", ""]
-    lines += [f"- {r.label}: `{r.path}`" for r in runs]
-    return "\n".join(lines) + "\n"
+    final = [(*_column(h, fmt, [r[key] for r in row_list]), key) for h, key, fmt, _ in FINAL_COLUMNS]
+    traffic = [(*_column(h, fmt, [r[key] for r in row_list]), key) for h, key, fmt in COMM_COLUMNS]
+    return {
+        "title": title,
+        "date": date,
+        "runs": [{"label": r.label, "method": r.method, "path": str(r.path)} for r in runs],
+        "final": {
+            "columns": [heading for heading, _, _ in final],
+            "rows": [
+                {
+                    "label": r.label,
+                    "method": r.method,
+                    "cells": [
+                        {
+                            "text": fmt(rows[r.label][key]),
+                            "best": bests[key] is not None and rows[r.label][key] == bests[key],
+                        }
+                        for _, fmt, key in final
+                    ],
+                }
+                for r in runs
+            ],
+        },
+        "communication": {
+            "columns": [heading for heading, _, _ in traffic] + ["vs FedAvg"],
+            "rows": [
+                {
+                    "label": r.label,
+                    "cells": [fmt(rows[r.label][key]) for _, fmt, key in traffic]
+                    + ["–" if relative[r.label] is None else f"{relative[r.label]:.3f}x"],
+                }
+                for r in runs
+            ],
+        },
+        "differences": {
+            "labels": [r.label for r in runs],
+            "rows": [{"key": key, "cells": values} for key, values in diffs.items()],
+        },
+        "plots": [{"file": file, "heading": heading, "caption": caption} for file, heading, caption in PLOTS],
+    }
+
+
+#: characters that mean something in Markdown text or in a table cell
+_MARKDOWN_SPECIAL = frozenset("\\`*_[]<>|#")
+
+
+def markdown_text(value: Any) -> str:
+    """``value`` as literal Markdown text (safe in a table cell): special characters backslash-escaped."""
+    return "".join(f"\\{c}" if c in _MARKDOWN_SPECIAL else c for c in str(value))
+
+
+def _environment():
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape  # noqa: PLC0415
+
+    env = Environment(
+        loader=PackageLoader("fedvq_app.tracking", "templates"),
+        # the page shell escapes what it inserts; the Markdown escapes through markdown_text/markdown_code
+        # and reaches HTML through markdown-it with raw HTML off
+        autoescape=select_autoescape(enabled_extensions=("html.j2",), default_for_string=False),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=StrictUndefined,
+    )
+    env.filters["md"] = markdown_text
+    env.filters["code"] = markdown_code
+    return env
+
+
+def render_markdown(model: dict[str, Any], plot_src: dict[str, str] | None = None) -> str:
+    """The report in Markdown; a plot's image source is its file name unless ``plot_src`` maps it."""
+    plots = [{**p, "src": (plot_src or {}).get(p["file"], p["file"])} for p in model["plots"]]
+    return _environment().get_template("report.md.j2").render(**{**model, "plots": plots})
+
+
+def render_html(model: dict[str, Any], folder: Path) -> str:
+    """The same Markdown as a self-contained page: plots from ``folder`` embedded as data URIs."""
+    from markdown_it import MarkdownIt  # noqa: PLC0415
+    from markupsafe import Markup  # noqa: PLC0415 (jinja2's own dependency)
+
+    sources = {p["file"]: _data_uri(folder / p["file"]) for p in model["plots"] if (folder / p["file"]).is_file()}
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(render_markdown(model, sources))
+    return _environment().get_template("page.html.j2").render(title=model["title"], body=Markup(body))
 
 
 def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
-HTML_STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px; color: #222; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; font-size: 0.88em; margin: 0.5em 0; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; } th { background: #f3f3f3; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; } td.best { font-weight: bold; background: #e8f5e9; }
-img { max-width: 100%; border: 1px solid #eee; } .note { color: #666; font-size: 0.85em; }
-code { font-size: 0.95em; }
-"""
-
-#: sets data-plots-loaded on <body> to the number of plots the browser decoded (checked by the tests)
-HTML_CHECK = """
-window.addEventListener('load', function () {
-  var ok = Array.prototype.filter.call(document.images, function (i) { return i.complete && i.naturalWidth > 0; });
-  document.body.setAttribute('data-plots-loaded', String(ok.length));
-});
-"""
-
-
-def render_html(report: dict[str, Any], plots: list[Path]) -> str:
-    runs, rows, diffs = report["runs"], report["rows"], report["diffs"]
-    esc = html.escape
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{esc(report['title'])}</title><style>{HTML_STYLE}</style>",
-        f"<script>{HTML_CHECK}</script></head>",
-        f'<body data-plots="{len(plots)}">',
-        f"<h1>{esc(report['title'])}</h1>",
-        f"<p class='note'>{len(runs)} runs, compared {esc(report['date'])}.</p>",
-        "<h2>Final round</h2><table><tr><th>run</th><th>method</th>"
-        + "".join(f"<th>{esc(h)}</th>" for h, *_ in FINAL_COLUMNS)
-        + "</tr>",
-    ]
-    row_list = [rows[r.label] for r in runs]
-    bests = {key: _best(row_list, key, higher) for _, key, _, higher in FINAL_COLUMNS}
-    for run in runs:
-        cells = []
-        for _, key, fmt, _ in FINAL_COLUMNS:
-            value = rows[run.label][key]
-            best = bests[key] is not None and value == bests[key]
-            cells.append(f"<td class='num{' best' if best else ''}'>{esc(fmt(value))}</td>")
-        out.append(f"<tr><td>{esc(run.label)}</td><td>{esc(run.method)}</td>{''.join(cells)}</tr>")
-    out.append(
-        "</table><p class='note'>Means over clients of each client's model on the global test set "
-        "(own-distribution: on the client's own test distribution); highlighted = best of the column.</p>"
-    )
-    relative = _relative(runs, rows)
-    out.append(
-        "<h2>Communication</h2><p class='note'>Bytes of the records (Flower's count_bytes), "
-        "per round, mean over rounds.</p><table><tr><th>run</th>"
-        + "".join(f"<th>{esc(h)}</th>" for h, _ in COMM_COLUMNS)
-        + "<th>vs FedAvg</th></tr>"
-    )
-    for run in runs:
-        cells = "".join(f"<td class='num'>{esc(human_bytes(rows[run.label][k]))}</td>" for _, k in COMM_COLUMNS)
-        ratio = relative[run.label]
-        cells += f"<td class='num'>{'–' if ratio is None else f'{ratio:.3f}x'}</td>"
-        out.append(f"<tr><td>{esc(run.label)}</td>{cells}</tr>")
-    out.append("</table>")
-    for plot in plots:
-        out.append(f"<h2>{esc(plot.stem)}</h2><img alt='{esc(plot.stem)}' src='{_data_uri(plot)}'>")
-    out.append("<h2>Config differences</h2>")
-    if diffs:
-        out.append("<table><tr><th>key</th>" + "".join(f"<th>{esc(r.label)}</th>" for r in runs) + "</tr>")
-        for key, values in diffs.items():
-            out.append(
-                f"<tr><td><code>{esc(key)}</code></td>"
-                + "".join(f"<td>{'–' if v is None else esc(str(v))}</td>" for v in values)
-                + "</tr>"
-            )
-        out.append("</table>")
-    else:
-        out.append("<p>The runs share every config value (apart from folder names).</p>")
-    out.append(
-        "<h2>Runs</h2><ul>"
-        + "".join(f"<li>{esc(r.label)}: <code>{esc(str(r.path))}</code></li>" for r in runs)
-        + "</ul></body></html>"
-    )
-    return "\n".join(out) + "\n"
 
 
 def compare(paths: list[Path], out: Path, title: str = "") -> dict[str, Path]:
@@ -492,24 +550,29 @@ def compare(paths: list[Path], out: Path, title: str = "") -> dict[str, Path]:
     if inside is not None:
         raise CompareError(f"--out {out} lies in experiment folder {inside.path}: expected a folder outside it")
     out.mkdir(parents=True, exist_ok=True)
+    diffs = config_differences(runs)
+    name_runs(runs, diffs)
     rows = {r.label: final_row(r) for r in runs}
-    report = {
-        "title": title or f"Comparison of {len(runs)} runs",
-        "date": f"{datetime.now():%Y-%m-%d %H:%M}",
-        "runs": runs,
-        "rows": rows,
-        "diffs": config_differences(runs),
-    }
+    model = report_model(
+        title or f"Comparison of {len(runs)} run{'s' if len(runs) != 1 else ''}",
+        f"{datetime.now():%Y-%m-%d %H:%M}",
+        runs,
+        rows,
+        diffs,
+    )
     curves = plot_curves(runs, out / "curves.png")
     traffic = plot_communication(runs, rows, out / "communication.png")
     files = {"markdown": out / "report.md", "html": out / "report.html", "curves": curves, "communication": traffic}
-    files["markdown"].write_text(render_markdown(report))
-    files["html"].write_text(render_html(report, [curves, traffic]))
+    files["markdown"].write_text(render_markdown(model))
+    files["html"].write_text(render_html(model, out))
     (out / "report.json").write_text(
         json.dumps(
             {
-                "runs": [{"label": r.label, "path": str(r.path), "method": r.method, **rows[r.label]} for r in runs],
-                "config_differences": report["diffs"],
+                "runs": [
+                    {"label": r.label, "folder": r.path.name, "path": str(r.path), "method": r.method, **rows[r.label]}
+                    for r in runs
+                ],
+                "config_differences": diffs,
             },
             indent=2,
         )

@@ -29,6 +29,8 @@ from fedvq_app.config import ConfigError, Settings, resolve_log_root
 from fedvq_app.protocol import TOP_LEVEL_KEY
 from fedvq_app.registry import get_method
 from fedvq_app.tracking.communication import Traffic, TrafficMeter, run_communication
+from fedvq_app.tracking.groups import DEFAULT_SHARES, head_medium_tail
+from fedvq_app.tracking.groups import SUMMARY_KEY as GROUPS_KEY
 from fedvq_app.tracking.sinks import SinkSet, open_sinks
 
 
@@ -109,8 +111,9 @@ class ExperimentTracker:
         self.rounds: list[dict[str, Any]] = []
         self.label_counts: dict[int, list[int]] = {}
         self.node_to_partition: dict[int, int] = {}
-        #: rounds shown in the progress log (a workflow with its own limit may change it)
-        self.planned_rounds = settings.num_server_rounds
+        #: rounds shown in the header and the progress log: a method whose options carry its own
+        #: round limit (k-means' ``max_rounds``) is announced with that limit
+        self.planned_rounds = int(getattr(settings.method_options, "max_rounds", settings.num_server_rounds))
         #: why the round loop ended before the last planned round (None = it did not)
         self.stopped_early: dict[str, Any] | None = None
         #: named warnings about legal but suspicious input (fedvq_app.errors.warn)
@@ -119,7 +122,6 @@ class ExperimentTracker:
         self.writable = new
         if new:
             write_json(self.dir / "config.json", settings.to_dict())
-        log(INFO, "[fedvq] experiment folder: %s", self.dir)
 
     @classmethod
     def create(cls, settings: Settings) -> ExperimentTracker:
@@ -135,6 +137,10 @@ class ExperimentTracker:
             while (root / name).exists():
                 name, suffix = f"{base}-{suffix}", suffix + 1
         return cls(settings, root / name)
+
+    def announce(self, nodes: int) -> None:
+        """The run's header line: method, dataset, clients (``nodes`` connected now), rounds, folder."""
+        log(INFO, "%s", header_line(self.settings, self.dir, nodes, self.planned_rounds))
 
     # ------------------------------------------------------------------ rounds
     def record_round(self, outcome: RoundOutcome) -> dict[str, Any]:
@@ -204,27 +210,7 @@ class ExperimentTracker:
         self.started -= float(state.get("elapsed_s", 0.0))
 
     def _log_progress(self, record: dict[str, Any]) -> None:
-        spread = record["evaluate"]["summary"]
-        train_loss = record["train"]["aggregated"].get("train-loss")
-        done, total = record["round"], self.planned_rounds
-        parts = [f"[fedvq] round {done}/{total} ({100 * done / max(total, 1):.0f} %)"]
-        if train_loss is not None:
-            parts.append(f"train loss {train_loss:.4f}")
-        if spread:
-            parts.append(
-                f"test acc mean {spread['mean_accuracy']:.4f} "
-                f"(min {spread['min_accuracy']:.4f}, max {spread['max_accuracy']:.4f})"
-            )
-        own = client_spread(record["evaluate"]["clients"], "own-test-accuracy")
-        if own:
-            parts.append(f"own-test acc mean {own['mean_accuracy']:.4f}")
-        if record["dropped"] or record["rejected"]:
-            parts.append(f"dropped {len(record['dropped'])}, rejected {len(record['rejected'])}")
-        traffic = record.get("communication") or {}
-        if traffic.get("total_bytes"):
-            parts.append(f"sent {_size(traffic['sent_bytes'])}, received {_size(traffic['received_bytes'])}")
-        parts.append(progress_text(record["round"], self.planned_rounds, self.round_seconds))
-        log(INFO, " | ".join(parts))
+        log(INFO, progress_line(record, self.planned_rounds, self.round_seconds))
 
     # ------------------------------------------------------------------ summary
     def summary(self, method_report: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -253,12 +239,23 @@ class ExperimentTracker:
         summary["communication"] = run_communication(self.rounds, self.outside_rounds, self.node_to_partition)
         if self.warnings:
             summary["warnings"] = list(self.warnings)
+        # what fedloge_plots' head/medium/tail table reads (computed here, never re-run from a folder)
+        groups = head_medium_tail(self.rounds, self.label_counts, self._group_shares())
+        if groups:
+            summary[GROUPS_KEY] = groups
         if method_report:
             method_report = dict(method_report)
             # a method without accuracies (k-means) names its headline figures at the top level
             summary.update(method_report.pop(TOP_LEVEL_KEY, {}))
             summary[self.settings.method] = method_report
         return _jsonable(summary)
+
+    def _group_shares(self) -> tuple[float, float]:
+        """FedLoGe's head/medium shares of this run's config (every method's config carries them)."""
+        raw = self.settings.raw
+        return float(raw.get("fedloge.head-share", DEFAULT_SHARES[0])), float(
+            raw.get("fedloge.medium-share", DEFAULT_SHARES[1])
+        )
 
     def fail(self, reason: str) -> dict[str, Any]:
         """summary.json of a run that failed: what it did so far, ``status: failed`` and why.
@@ -283,7 +280,7 @@ class ExperimentTracker:
             method_plots(self.dir, self.rounds, summary)
         self.sinks.finish(summary, self.dir)
         headline = (
-            f"final mean test accuracy {summary['final']['accuracy']:.4f}"
+            f"final mean test accuracy {_percent(summary['final']['accuracy'])}"
             if summary["final"].get("accuracy") is not None
             else "finished"
         )
@@ -306,12 +303,60 @@ def _duration(seconds: float) -> str:
 
 
 def progress_text(done: int, total: int, round_seconds: list[float]) -> str:
-    """'12.3 s/round, ETA 1:02' from the mean duration of the rounds this process ran."""
+    """'4.0 s/round, ETA 0:32' from the mean duration of the rounds this process ran."""
     if not round_seconds:
         return "ETA unknown"
     per_round = sum(round_seconds) / len(round_seconds)
     remaining = max(total - done, 0)
-    return f"{round_seconds[-1]:.1f} s (mean {per_round:.1f} s/round), ETA {_duration(remaining * per_round)}"
+    return f"{per_round:.1f} s/round, ETA {_duration(remaining * per_round)}"
+
+
+def _percent(value: float, digits: int = 2) -> str:
+    return f"{100 * value:.{digits}f} %"
+
+
+def spread_text(spread: dict[str, float]) -> str:
+    """'66.11 %', or '66.11 % (min 60.0, max 70.1)' when the clients differ."""
+    text = _percent(spread["mean_accuracy"])
+    if spread["max_accuracy"] - spread["min_accuracy"] > 1e-12:
+        text += f" (min {100 * spread['min_accuracy']:.1f}, max {100 * spread['max_accuracy']:.1f})"
+    return text
+
+
+def progress_line(record: dict[str, Any], total: int, round_seconds: list[float]) -> str:
+    """One round in one line of about 100 characters:
+
+    ``[fedvq] round 2/10 (20 %) | loss 1.831 | acc 66.11 % (min 60.0, max 70.1) | own 67.19 % | 1.92 MB |
+    0.8 s/round, ETA 0:07``: train loss (weighted), mean global-test accuracy over the clients
+    (min/max only when they differ), mean own-distribution accuracy, bytes sent + received this
+    round, time. Dropped or rejected clients are named only in rounds that have them.
+    """
+    done = record["round"]
+    parts = [f"[fedvq] round {done}/{total} ({100 * done / max(total, 1):.0f} %)"]
+    train_loss = record["train"]["aggregated"].get("train-loss")
+    if train_loss is not None:
+        parts.append(f"loss {train_loss:.3f}")
+    spread = record["evaluate"]["summary"]
+    if spread:
+        parts.append(f"acc {spread_text(spread)}")
+    own = client_spread(record["evaluate"]["clients"], "own-test-accuracy")
+    if own:
+        parts.append(f"own {_percent(own['mean_accuracy'])}")
+    if record["dropped"] or record["rejected"]:
+        parts.append(f"dropped {len(record['dropped'])}, rejected {len(record['rejected'])}")
+    traffic = record.get("communication") or {}
+    if traffic.get("total_bytes"):
+        parts.append(_size(traffic["total_bytes"]))
+    parts.append(progress_text(done, total, round_seconds))
+    return " | ".join(parts)
+
+
+def header_line(settings: Settings, directory: Path, nodes: int, rounds: int) -> str:
+    """'[fedvq] fedavg on digits, 3 clients, 10 rounds -> /abs/logs/fedavg_digits_...' (the run's first line)."""
+    spec = get_method(settings.method)
+    data = spec.data_name(settings) if spec.data_name else settings.dataset.name
+    clients = f"{nodes} client{'s' if nodes != 1 else ''}" if nodes else "clients: none connected yet"
+    return f"[fedvq] {settings.method} on {data}, {clients}, {rounds} rounds -> experiment folder {directory}"
 
 
 def client_spread(clients: dict[int, dict[str, Any]], key: str = "test-accuracy") -> dict[str, float]:

@@ -11,35 +11,46 @@ Plots (written by the tracker after a fedloge run):
 
 ``python -m fedvq_app.tracking.fedloge_plots RUN_DIR [RUN_DIR ...]`` prints a
 markdown table of overall/head/medium/tail accuracy of finished runs: fedloge runs
-report their modes; a run of any other method whose model is entirely shared (e.g.
-fedavg) has its final checkpointed model evaluated here on exactly the same
-per-client long-tailed test sets (``model``) and on the global test set
-(``model-balanced``), with the same head/medium/tail groups.
+report their modes; a run of any other classification method carries the same
+figures for its final models (``model``: on every client's own long-tailed test rows,
+``model-balanced``: on the global test set, with the same head/medium/tail groups),
+pooled by the tracker from the clients' final evaluation (:mod:`fedvq_app.tracking.groups`).
+This module only reads experiment folders: it builds no model and loads no data.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.colors import to_rgb
 
-from fedvq_app.aggregation.etf import GROUPS, class_hits, mode_summary, personal_test_rows, shot_groups
+from fedvq_app.aggregation.etf import GROUPS
 from fedvq_app.protocol import BALANCED_SUFFIX
-from fedvq_app.tracking.plots import _save, plt
+from fedvq_app.tracking.groups import SUMMARY_KEY as GROUPS_KEY
+from fedvq_app.tracking.plots import _save, plt, run_title
 
 MODE_COLORS = {"generic": "tab:blue", "global": "tab:orange", "personal": "tab:green", "raw-global": "tab:gray"}
 GROUP_SHADES = {"head": "#dbe9f6", "medium": "#fbe5c8", "tail": "#f6d5d5"}
 FIGURES = ("overall", *GROUPS)
 
 
-def _color(mode: str) -> str | None:
-    return MODE_COLORS.get(mode.removesuffix(BALANCED_SUFFIX))
+def mode_colors(modes) -> dict[str, Any]:
+    """One colour per mode, shared by a mode and its ``-balanced`` variant; the four main modes
+    keep their fixed colours, the others get distinct ones of tab20 (no two modes alike)."""
+    bases = list(dict.fromkeys(m.removesuffix(BALANCED_SUFFIX) for m in modes))
+    taken = {to_rgb(c) for c in MODE_COLORS.values()}
+    candidates = dict.fromkeys(to_rgb(c) for c in (*plt.get_cmap("tab10").colors, *plt.get_cmap("tab20").colors))
+    spare = iter([c for c in candidates if c not in taken] * 2)  # 24 distinct colours, then repeats
+    base_color = {b: MODE_COLORS.get(b) or next(spare) for b in bases}
+    return {m: base_color[m.removesuffix(BALANCED_SUFFIX)] for m in modes}
 
 
-def class_accuracy_bars(path: Path, report: dict[str, Any]) -> Path | None:
+def class_accuracy_bars(path: Path, report: dict[str, Any], run: str = "") -> Path | None:
     """Per-class accuracy of every mode against the class's training frequency (own data / balanced)."""
     modes = report.get("modes") or {}
     freq = np.asarray(report.get("class_frequencies") or [], dtype=float)
@@ -50,6 +61,7 @@ def class_accuracy_bars(path: Path, report: dict[str, Any]) -> Path | None:
         ("class-balanced global test set", [m for m in modes if m.endswith(BALANCED_SUFFIX)]),
     ]
     panels = [(title, names) for title, names in panels if names]
+    colors = mode_colors(modes)
     order = np.argsort(-freq, kind="stable")
     x = np.arange(len(order))
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(8, 0.9 * len(order) + 3), 4.2 * len(panels)), squeeze=False)
@@ -58,12 +70,12 @@ def class_accuracy_bars(path: Path, report: dict[str, Any]) -> Path | None:
         width = 0.8 / len(names)
         for i, mode in enumerate(names):
             acc = [modes[mode]["class_accuracy"][c] for c in order]
-            acc = [np.nan if a is None else a for a in acc]
-            ax.bar(x - 0.4 + (i + 0.5) * width, acc, width, color=_color(mode), label=mode)
+            acc = [np.nan if a is None else 100 * a for a in acc]
+            ax.bar(x - 0.4 + (i + 0.5) * width, acc, width, color=colors[mode], label=mode)
         ax.set_xticks(x, [str(c) for c in order])
         ax.set_xlabel("class (sorted by training frequency)")
-        ax.set_ylabel("test accuracy")
-        ax.set_ylim(0, 1.1)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(0, 110)
         freq_ax = ax.twinx()
         freq_ax.plot(x, np.maximum(freq[order], 0.5), color="black", marker="o", lw=1.5, label="training samples")
         freq_ax.set_yscale("log")
@@ -71,7 +83,7 @@ def class_accuracy_bars(path: Path, report: dict[str, Any]) -> Path | None:
         handles = ax.get_legend_handles_labels()[0] + freq_ax.get_legend_handles_labels()[0]
         ax.legend(handles=handles, fontsize=8, loc="upper right")
         ax.set_title(f"Per-class accuracy, {title} (round {report.get('final_round')})")
-    return _save(fig, path)
+    return _save(fig, path, run)
 
 
 def _shade_groups(ax, order: np.ndarray, groups: dict[str, list[int]]) -> None:
@@ -80,37 +92,41 @@ def _shade_groups(ax, order: np.ndarray, groups: dict[str, list[int]]) -> None:
         spots = [position[c] for c in groups.get(name, []) if c in position]
         if spots:
             ax.axvspan(min(spots) - 0.5, max(spots) + 0.5, color=GROUP_SHADES[name], zorder=0)
-            ax.text((min(spots) + max(spots)) / 2, 1.03, name, ha="center", fontsize=8)
+            ax.text((min(spots) + max(spots)) / 2, 103, name, ha="center", fontsize=8)
 
 
-def mode_curves(path: Path, rounds: list[dict[str, Any]]) -> Path | None:
+def mode_curves(path: Path, rounds: list[dict[str, Any]], run: str = "") -> Path | None:
     """Overall/head/medium/tail accuracy per round, one line per inference mode."""
     evaluated = [r for r in rounds if (r.get("strategy") or {}).get("modes")]
     if not evaluated:
         return None
     xs = [r["round"] for r in evaluated]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True, sharey=True)
+    colors = mode_colors(evaluated[-1]["strategy"]["modes"])
+    fig, axes = plt.subplots(2, 2, figsize=(13, 7.5), sharex=True, sharey=True, layout="constrained")
     for ax, key in zip(axes.flat, FIGURES, strict=True):
         for mode in evaluated[-1]["strategy"]["modes"]:
             ys = [r["strategy"]["modes"].get(mode, {}).get(key) for r in evaluated]
             style = "--" if mode.endswith(BALANCED_SUFFIX) else "-"
-            ax.plot(xs, [np.nan if y is None else y for y in ys], style, marker=".", color=_color(mode), label=mode)
-        ax.set_title(f"{key} accuracy")
-        ax.set_ylim(0, 1)
+            ax.plot(
+                xs, [np.nan if y is None else 100 * y for y in ys], style, marker=".", color=colors[mode], label=mode
+            )
+        ax.set_title(f"{key} accuracy (%)")
+        ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("round")
-    axes[0][0].legend(fontsize=7)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     fig.suptitle("FedLoGe inference modes per round (solid: own long-tailed test data, dashed: balanced test set)")
-    return _save(fig, path)
+    return _save(fig, path, run)
 
 
 def fedloge_plots(directory: Path, rounds: list[dict[str, Any]], summary: dict[str, Any]) -> list[Path]:
     """The method's PNGs (MethodSpec.plots)."""
     report = summary.get("fedloge") or {}
+    run = run_title(summary)
     written = [
-        class_accuracy_bars(directory / "fedloge_class_accuracy.png", report),
-        mode_curves(directory / "fedloge_modes.png", rounds),
+        class_accuracy_bars(directory / "fedloge_class_accuracy.png", report, run=run),
+        mode_curves(directory / "fedloge_modes.png", rounds, run=run),
     ]
     return [p for p in written if p is not None]
 
@@ -118,73 +134,31 @@ def fedloge_plots(directory: Path, rounds: list[dict[str, Any]], summary: dict[s
 # ----------------------------------------------------------------------------
 # head / medium / tail comparison of finished runs
 # ----------------------------------------------------------------------------
-def evaluate_final_model(directory: Path) -> dict[str, dict[str, Any]]:
-    """A finished run's final (checkpointed) global model on every client's own long-tailed
-    test set (``model``) and on the global test set (``model-balanced``).
-
-    The split, the personal test rows and the head/medium/tail groups are rebuilt
-    from the run's ``config.json`` exactly as a fedloge run with the same seed
-    builds them, so the figures compare like for like. Only for methods whose whole
-    model is shared (fedavg, fedprox, scaffold): with private parts there is no one
-    final model.
-    """
-    import torch  # noqa: PLC0415 (torch and the data stack are slow to import)
-
-    from fedvq_app.data.client_data import eval_loader, load_client_data  # noqa: PLC0415
-    from fedvq_app.data.datasets import dataset_info  # noqa: PLC0415
-    from fedvq_app.models.state import load_arrays  # noqa: PLC0415
-    from fedvq_app.records import to_record  # noqa: PLC0415
-    from fedvq_app.registry import (
-        get_method,  # noqa: PLC0415
-        load_settings,  # noqa: PLC0415
-    )
-    from fedvq_app.server.checkpoint import load_checkpoint  # noqa: PLC0415 - start-up cost: torch, only on this path
-    from fedvq_app.training.loop import predict  # noqa: PLC0415
-
-    directory = Path(directory)
-    summary = json.loads((directory / "summary.json").read_text())
-    settings = load_settings(json.loads((directory / "config.json").read_text()))
-    spec = get_method(settings.method)
-    if spec.build_model is None:
-        raise ValueError(f"{directory}: method {settings.method!r} has no neural model to evaluate")
-    torch.manual_seed(settings.seed)
-    model = spec.build_model(settings, dataset_info(settings.dataset, settings.seed))
-    private = [k for k in model.state_dict() if not spec.is_shared(k)]
-    if private:
-        raise ValueError(f"{directory}: method {settings.method!r} keeps private parameters ({private[0]} ...)")
-    load_arrays(model, to_record(load_checkpoint(directory).arrays))
-    clients = [load_client_data(settings, pid, summary["num_clients"]) for pid in range(summary["num_clients"])]
-    num_classes = clients[0].num_classes
-    groups = shot_groups(
-        np.sum([c.label_counts() for c in clients], axis=0),
-        settings.raw.get("fedloge.head-share", 0.75),
-        settings.raw.get("fedloge.medium-share", 0.95),
-    )
-    counts: dict[str, tuple[list, list]] = {"model": ([], []), "model" + BALANCED_SUFFIX: ([], [])}
-    with torch.no_grad():
-        for data in clients:
-            logits, labels = predict(model, eval_loader(data.test_x, data.test_y), torch.device("cpu"))
-            preds, labels = logits.argmax(1).numpy(), labels.numpy()
-            rows = personal_test_rows(labels, data.label_counts(), settings.seed, data.partition_id)
-            for name, keep in (("model", rows), ("model" + BALANCED_SUFFIX, slice(None))):
-                correct, total = class_hits(preds[keep], labels[keep], num_classes)
-                counts[name][0].append(correct)
-                counts[name][1].append(total)
-    table = {name: np.flatnonzero(groups == gid).tolist() for gid, name in enumerate(GROUPS)}
-    return {name: {**mode_summary(c, t, groups), "groups": table} for name, (c, t) in counts.items()}
+class NoGroupFigures(ValueError):
+    """A folder whose summary.json holds no head/medium/tail figures (k-means, or a run recorded
+    before the clients sent per-class counts)."""
 
 
 def group_report(directory: Path) -> dict[str, dict[str, Any]]:
-    """mode -> overall/head/medium/tail accuracy (and class_accuracy) of one finished run.
+    """mode -> overall/head/medium/tail accuracy (and class_accuracy, class_total) of one finished run.
 
-    A fedloge run reports its own modes (last evaluated round); any other method
-    gets :func:`evaluate_final_model`.
+    Read from summary.json, never recomputed: the modes of a method that reports its own
+    (fedloge: its inference modes, last evaluated round), otherwise the ``model`` /
+    ``model-balanced`` figures that the tracker pooled from the clients' final evaluation
+    (:mod:`fedvq_app.tracking.groups`).
     """
     directory = Path(directory)
     summary = json.loads((directory / "summary.json").read_text())
-    if summary["method"] == "fedloge":
-        return (summary.get("fedloge") or {}).get("modes") or {}
-    return evaluate_final_model(directory)
+    own = (summary.get(summary["method"]) or {}).get("modes")
+    if own:
+        return own
+    modes = (summary.get(GROUPS_KEY) or {}).get("modes")
+    if not modes:
+        raise NoGroupFigures(
+            f"{directory}: summary.json has no {GROUPS_KEY!r} figures (a run without per-class test counts: "
+            "k-means, or recorded by an older version; run it again to get them)"
+        )
+    return modes
 
 
 def pooled_accuracy(figures: dict[str, Any], classes: list[int]) -> float | None:
@@ -216,11 +190,16 @@ def comparison_table(directories: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Overall/head/medium/tail accuracy of finished runs.")
     parser.add_argument("runs", nargs="+", type=Path, help="experiment folders (with summary.json)")
-    print(comparison_table(parser.parse_args(argv).runs))
+    try:
+        print(comparison_table(parser.parse_args(argv).runs))
+    except NoGroupFigures as err:
+        print(f"fedloge_plots: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,12 +16,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fedvq_app.tracking.plots import _save  # noqa: E402
+from fedvq_app.tracking.plots import _save, run_title  # noqa: E402
 
 METHOD = "fedvq"
 
 
-def usage_heatmap(path: Path, report: dict[str, Any]) -> Path | None:
+def usage_heatmap(path: Path, report: dict[str, Any], run: str = "") -> Path | None:
     """Client x code usage frequency of the last round (log colour scale)."""
     usage = report.get("usage") or {}
     if not usage:
@@ -36,10 +36,10 @@ def usage_heatmap(path: Path, report: dict[str, Any]) -> Path | None:
     ax.set_xlabel("code index")
     fig.colorbar(im, ax=ax, label="log10 usage frequency")
     ax.set_title("Codebook usage per client (last round)")
-    return _save(fig, path)
+    return _save(fig, path, run)
 
 
-def codebook_pca_plot(path: Path, report: dict[str, Any]) -> Path | None:
+def codebook_pca_plot(path: Path, report: dict[str, Any], run: str = "") -> Path | None:
     """The global codebook and every client's codes in the first two principal components."""
     pca = report.get("pca")
     if not pca:
@@ -56,7 +56,7 @@ def codebook_pca_plot(path: Path, report: dict[str, Any]) -> Path | None:
     ax.set_ylabel(f"PC2 ({100 * ratio[1]:.1f} %)")
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(f"Codebook PCA ({report.get('aggregation')}, align={report.get('align')})")
-    return _save(fig, path)
+    return _save(fig, path, run)
 
 
 def _strategy_value(strategy: dict[str, Any], key: str) -> Any:
@@ -72,7 +72,7 @@ def _strategy_series(rounds: list[dict[str, Any]], key: str) -> tuple[list[int],
     return [x for x, _ in pairs], [float(y) for _, y in pairs]
 
 
-def aggregation_stats(path: Path, rounds: list[dict[str, Any]]) -> Path | None:
+def aggregation_stats(path: Path, rounds: list[dict[str, Any]], run: str = "") -> Path | None:
     """Per round: inertia, usage ratio, codebook drift and seconds spent aggregating."""
     panels = [
         ("inertia", "inertia (clients' codes)"),
@@ -85,14 +85,20 @@ def aggregation_stats(path: Path, rounds: list[dict[str, Any]]) -> Path | None:
     series = [(label, *_strategy_series(rounds, key)) for key, label in panels]
     if not any(xs for _, xs, _ in series):
         return None
-    fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3.4))
-    for ax, (label, xs, ys) in zip(axes, series, strict=True):
+    cols = 3
+    fig, axes = plt.subplots(-(-len(series) // cols), cols, figsize=(4 * cols, 3.2 * -(-len(series) // cols)))
+    for ax, (label, xs, ys) in zip(axes.flat, series, strict=True):
+        ax.set_title(label, fontsize=9)
+        if not xs:  # e.g. no drift before there is a previous codebook
+            ax.text(0.5, 0.5, "not reported", ha="center", va="center", transform=ax.transAxes, color="grey")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         ax.plot(xs, ys, marker="o")
         ax.set_xlabel("round")
-        ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
     fig.suptitle("Codebook aggregation and usage statistics")
-    return _save(fig, path)
+    return _save(fig, path, run)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -198,12 +204,13 @@ def tables_markdown(rounds: list[dict[str, Any]], summary: dict[str, Any]) -> st
 def fedvq_plots(directory: Path, rounds: list[dict[str, Any]], summary: dict[str, Any]) -> list[Path]:
     """Every FedVQ output that applies to the run; returns the files written."""
     report = summary.get(METHOD, {})
+    run = run_title(summary)
     tables = directory / "fedvq_tables.md"
     tables.write_text(tables_markdown(rounds, summary))
     written = [
-        usage_heatmap(directory / "codebook_usage.png", report),
-        codebook_pca_plot(directory / "codebook_pca.png", report),
-        aggregation_stats(directory / "codebook_aggregation.png", rounds),
+        usage_heatmap(directory / "codebook_usage.png", report, run=run),
+        codebook_pca_plot(directory / "codebook_pca.png", report, run=run),
+        aggregation_stats(directory / "codebook_aggregation.png", rounds, run=run),
         tables,
     ]
     return [p for p in written if p is not None]

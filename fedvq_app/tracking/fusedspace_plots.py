@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedvq_app.tracking.plots import _save, plt
+from fedvq_app.tracking.plots import _save, plt, run_title
 
 
 def _series(rounds: list[dict[str, Any]], pick) -> tuple[list[int], list[float]]:
@@ -14,7 +14,7 @@ def _series(rounds: list[dict[str, Any]], pick) -> tuple[list[int], list[float]]
     return [x for x, _ in points], [y for _, y in points]
 
 
-def training_curves(path: Path, rounds: list[dict[str, Any]]) -> Path | None:
+def training_curves(path: Path, rounds: list[dict[str, Any]], run: str = "") -> Path | None:
     """Left: warm-up and joint reconstruction loss; right: Gamma (when measured)."""
     xs_w, warmup = _series(rounds, lambda r: r.get("strategy", {}).get("warmup-loss"))
     xs_r, joint = _series(rounds, lambda r: r.get("strategy", {}).get("reconstruction-loss"))
@@ -35,10 +35,10 @@ def training_curves(path: Path, rounds: list[dict[str, Any]]) -> Path | None:
     ax_gamma.set_xlabel("round")
     ax_gamma.set_ylabel("Gamma")
     ax_gamma.set_title("Gradient dissimilarity")
-    return _save(fig, path)
+    return _save(fig, path, run)
 
 
 def fusedspace_plots(directory: Path, rounds: list[dict[str, Any]], summary: dict[str, Any]) -> list[Path]:
     """The method's plot hook (MethodSpec.plots)."""
-    written = training_curves(directory / "fusedspace_training.png", rounds)
+    written = training_curves(directory / "fusedspace_training.png", rounds, run=run_title(summary))
     return [written] if written else []

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedvq_app.tracking.plots import _save, plt
+from fedvq_app.tracking.plots import _save, plt, run_title
 
 
-def convergence(path: Path, rounds: list[dict[str, Any]], tol: float | None = None) -> Path | None:
+def convergence(path: Path, rounds: list[dict[str, Any]], tol: float | None = None, run: str = "") -> Path | None:
     """Largest centroid shift (log scale) and total inertia per Lloyd round."""
     points = [(r["round"], r["strategy"]) for r in rounds if r.get("strategy", {}).get("centroid_shift") is not None]
     if not points:
@@ -26,10 +26,12 @@ def convergence(path: Path, rounds: list[dict[str, Any]], tol: float | None = No
     ax_inertia.set_xlabel("round")
     ax_inertia.set_ylabel("inertia (sum of squared distances)")
     ax_inertia.set_title("Inertia at the start of each round")
-    return _save(fig, path)
+    return _save(fig, path, run)
 
 
 def kmeans_plots(directory: Path, rounds: list[dict[str, Any]], summary: dict[str, Any]) -> list[Path]:
     """The method's plot hook (MethodSpec.plots)."""
-    written = convergence(directory / "kmeans_convergence.png", rounds, summary.get("kmeans", {}).get("tol"))
+    written = convergence(
+        directory / "kmeans_convergence.png", rounds, summary.get("kmeans", {}).get("tol"), run=run_title(summary)
+    )
     return [written] if written else []

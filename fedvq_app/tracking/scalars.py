@@ -7,10 +7,14 @@ Tags, per round:
   ``test-macro-f1``, ``test-balanced-accuracy``, ``own-test-accuracy``,
   ``val-accuracy``...);
 * ``train/<key>`` and ``evaluate/<key>``: the strategy's aggregated metrics (train
-  loss, k-means inertia, gradient dissimilarity Gamma...);
+  loss, k-means inertia, gradient dissimilarity Gamma...), except an evaluate metric the
+  clients report themselves: its ``<metric>/mean`` is the one tag (no ``evaluate/test-accuracy``,
+  an example-weighted near-duplicate, next to ``test-accuracy/mean``; no
+  ``evaluate/generic-overall-accuracy`` next to an equal ``generic-accuracy/mean``);
 * ``strategy/<path>``: every number in the method's own round report (codebook
-  usage and perplexity, cluster count and norms, FedLoGe's group accuracies,
-  k-means centroid shift...), nested keys joined by ``/``;
+  usage and perplexity, cluster count and norms, k-means centroid shift...), nested
+  keys joined by ``/``, except numbers already logged as aggregated metrics
+  (FedLoGe's group accuracies are ``evaluate/<mode>-<group>-accuracy``);
 * ``communication/...``: bytes sent to and received from the clients;
 * ``time/round_s``.
 """
@@ -43,6 +47,30 @@ def _flatten(prefix: str, value: Any, out: dict[str, float], depth: int = 0) -> 
             _flatten(f"{prefix}/{key}", inner, out, depth + 1)
 
 
+def _client_mean_of(key: str, value: float, spread: dict[str, float]) -> bool:
+    """Whether an aggregated evaluate metric is the clients' mean already logged as ``<metric>/mean``:
+    the same name (``test-accuracy``), or the same name with ``-overall`` and the same value
+    (FedLoGe's ``generic-overall-accuracy`` is the mean of the clients' ``generic-accuracy``)."""
+    if f"{key}/mean" in spread:
+        return True
+    alias = f"{key.replace('-overall-', '-')}/mean"
+    return alias != f"{key}/mean" and alias in spread and abs(spread[alias] - value) <= 1e-12
+
+
+def _already_logged(tag: str, value: float, logged: dict[str, float]) -> bool:
+    """Whether a method-report number is an aggregated metric already logged under another name.
+
+    FedLoGe reports ``modes/generic/overall`` and aggregates ``generic-overall-accuracy``: the
+    same number. A report leaf is dropped when an aggregated ``train/`` or ``evaluate/`` tag holds
+    the same value and its name contains the leaf's last two path parts.
+    """
+    parts = tag.split("/")[-2:]
+    return any(
+        other.startswith(("train/", "evaluate/")) and number == value and all(p in other for p in parts)
+        for other, number in logged.items()
+    )
+
+
 def client_spread_scalars(clients: dict[str, dict[str, Any]]) -> dict[str, float]:
     """``<metric>/mean|min|max`` over the clients for every numeric metric they report."""
     values: dict[str, list[float]] = {}
@@ -62,13 +90,19 @@ def client_spread_scalars(clients: dict[str, dict[str, Any]]) -> dict[str, float
 def round_scalars(record: dict[str, Any]) -> dict[str, float]:
     """Every scalar of one rounds.jsonl record, by tag."""
     out = client_spread_scalars(record.get("evaluate", {}).get("clients", {}))
+    aggregated: dict[str, float] = {}  # every aggregated number, logged here or as a clients' mean
     for phase in ("train", "evaluate"):
         for key, value in record.get(phase, {}).get("aggregated", {}).items():
             number = _number(value)
-            if number is not None:
+            if number is None:
+                continue
+            aggregated[f"{phase}/{key}"] = number
+            if not (phase == "evaluate" and _client_mean_of(key, number, out)):
                 out[f"{phase}/{key}"] = number
     strategy = {k: v for k, v in (record.get("strategy") or {}).items() if k != "round"}
-    _flatten("strategy", strategy, out)
+    own: dict[str, float] = {}
+    _flatten("strategy", strategy, own)
+    out.update({tag: value for tag, value in own.items() if not _already_logged(tag, value, aggregated)})
     communication = record.get("communication")
     if communication:
         for key in (

@@ -23,7 +23,8 @@ from typing import Any, Protocol
 
 from flwr.common.logger import log
 
-from fedvq_app.config import Settings
+from fedvq_app.config import COMMON_SECTIONS, Settings, option_keys
+from fedvq_app.registry import get_method
 from fedvq_app.tracking.scalars import round_scalars
 
 
@@ -33,6 +34,19 @@ class Sink(Protocol):
     def finish(self, summary: dict[str, Any], directory: Path) -> None: ...
 
     def fail(self, reason: str) -> None: ...
+
+
+def method_config(settings: Settings) -> dict[str, Any]:
+    """The run config without other methods' keys: the common sections and the method's own options.
+
+    config.json keeps every key (a resumed run needs them); TensorBoard's config text is for
+    people, and 128 keys of which 100 belong to methods that did not run hide the ones that did.
+    """
+    spec = get_method(settings.method)
+    keys = {key for section in COMMON_SECTIONS for key in option_keys(section)}
+    if spec.options_type is not None:
+        keys |= set(option_keys(spec.options_type))
+    return {k: v for k, v in settings.to_dict().items() if k in keys}
 
 
 def _config_markdown(config: dict[str, Any]) -> str:
@@ -122,7 +136,7 @@ def open_sinks(settings: Settings, directory: Path) -> list[Sink]:
 
         sinks.append(MlflowSink.open(settings, directory))
     if tracking.tensorboard:
-        sinks.append(TensorBoardSink(directory, settings.to_dict(), resumed))
+        sinks.append(TensorBoardSink(directory, method_config(settings), resumed))
     return sinks
 
 

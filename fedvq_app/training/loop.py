@@ -136,8 +136,11 @@ class EvalResult:
     balanced_accuracy: float
     class_accuracy: tuple[float, ...]
     num_examples: int
+    #: per class: images predicted right and images of the class (what head/medium/tail figures pool)
+    class_correct: tuple[int, ...] = ()
+    class_total: tuple[int, ...] = ()
 
-    def as_metrics(self, prefix: str) -> dict[str, float | list[float]]:
+    def as_metrics(self, prefix: str) -> dict[str, float | list[float] | list[int]]:
         """Flat metric names for a MetricRecord, e.g. ``test-accuracy``."""
         return {
             f"{prefix}-loss": self.loss,
@@ -145,6 +148,8 @@ class EvalResult:
             f"{prefix}-macro-f1": self.macro_f1,
             f"{prefix}-balanced-accuracy": self.balanced_accuracy,
             f"{prefix}-class-accuracy": list(self.class_accuracy),
+            f"{prefix}-class-correct": list(self.class_correct),
+            f"{prefix}-class-total": list(self.class_total),
         }
 
 
@@ -159,7 +164,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_class
     """
     n = int(labels.numel())
     if n == 0:
-        return EvalResult(0.0, 0.0, 0.0, 0.0, tuple([0.0] * num_classes), 0)
+        return EvalResult(0.0, 0.0, 0.0, 0.0, tuple([0.0] * num_classes), 0, (0,) * num_classes, (0,) * num_classes)
     y = labels.numpy().astype(np.int64)
     pred = logits.argmax(1).numpy().astype(np.int64)
     loss = float(F.cross_entropy(logits, labels).item())
@@ -179,6 +184,8 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_class
         balanced_accuracy=float(recall.mean()),
         class_accuracy=tuple(per_class),
         num_examples=n,
+        class_correct=tuple(int(v) for v in tp[:num_classes]),
+        class_total=tuple(int(v) for v in support[:num_classes]),
     )
 
 
