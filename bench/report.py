@@ -364,6 +364,17 @@ def reproduce_targets_section(records: list[dict]) -> list[str]:
     return [machine_line(r), "", table.strip(), "", note]
 
 
+def fashion_mnist_section(records: list[dict]) -> list[str]:
+    """fashion_mnist.md (built by bench/fashion_mnist.py from its cells) and one learning-curve PNG per scenario."""
+    r = records[0]
+    table = (RESULTS / "fashion_mnist.md").read_text() if (RESULTS / "fashion_mnist.md").is_file() else ""
+    curves = [
+        f"![learning curves, {path.stem.removeprefix('fashion_mnist_')}](bench/results/{path.name})"
+        for path in sorted(RESULTS.glob("fashion_mnist_*.png"))
+    ]
+    return [machine_line(r), "", table.strip(), "", *curves]
+
+
 def fedvq_flwr_run_section(records: list[dict]) -> list[str]:
     """The README's flwr run: newest record per (method, seed, overrides), the FedVQ - FedAvg gap per seed at
     the defaults (and its mean over seeds), then fedvq_configs.md's in-process tables."""
@@ -484,6 +495,11 @@ SECTIONS: dict[str, tuple[str, str, Callable[[list[dict]], list[str]]]] = {
         "Reproduction grid: the issue-14 targets at 30 rounds",
         "python bench/reproduce.py --targets --jobs 1",
         reproduce_targets_section,
+    ),
+    "fashion_mnist": (
+        "Fashion-MNIST: each method against FedAvg on its scenario (issue 25)",
+        "apt-get install -y dataset-fashion-mnist; python bench/fashion_mnist.py",
+        fashion_mnist_section,
     ),
 }
 

@@ -137,7 +137,7 @@ MEDMNIST_2D = (
     "organsmnist",
 )
 #: every ``dataset.name`` (each has one loader in ``fedvq_app.data.datasets``)
-DATASETS = ("digits", *MEDMNIST_2D, "emnist", "cifar10", "npz")
+DATASETS = ("digits", *MEDMNIST_2D, "emnist", "cifar10", "fashion-mnist", "npz")
 PARTITIONS = ("iid", "dirichlet", "dirichlet-min-per-class", "pathological", "long-tail")
 DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 
@@ -150,12 +150,18 @@ class DatasetSettings:
         "dataset.name",
         "digits",
         choices=DATASETS,
-        help="image dataset: digits (scikit-learn, offline default), a 2D MedMNIST flag, emnist, cifar10, or npz",
+        help=(
+            "image dataset: digits (scikit-learn, offline default), fashion-mnist, a 2D MedMNIST flag, emnist, "
+            "cifar10, or npz"
+        ),
     )
     data_dir: str = option(
         "dataset.data-dir",
         "data",
-        help="folder of <flag>.npz MedMNIST files / torchvision roots; node-config data-dir overrides it",
+        help=(
+            "folder of <flag>.npz MedMNIST files / torchvision roots / Fashion-MNIST's idx files (left at 'data': "
+            "/usr/share/datasets/fashion-mnist when it exists); node-config data-dir overrides it"
+        ),
     )
     download: bool = option(
         "dataset.download", False, help="let medmnist/torchvision download missing files (needs internet)"
@@ -184,6 +190,18 @@ class DatasetSettings:
         help="share of each client's partition held out as its local validation split",
     )
     test_fraction: float = option("dataset.test-fraction", 0.2, minimum=0.0, maximum=0.5, exclusive_minimum=True)
+    max_train_samples: int = option(
+        "dataset.max-train-samples",
+        0,
+        minimum=0,
+        help="0 = the whole training pool; N = a stratified, seeded subset of N training samples",
+    )
+    max_test_samples: int = option(
+        "dataset.max-test-samples",
+        0,
+        minimum=0,
+        help="0 = the whole test split; N = a stratified, seeded subset of N test samples",
+    )
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ def is_node_unavailable(reply: Message) -> bool:
 
 # ---------------------------------------------------------------------------- named warnings
 #: names of the warnings a run may raise about legal but suspicious input (docs/reliability.md)
-WARNING_NAMES = ("tiny-clients", "dominant-client", "empty-classes", "few-samples")
+WARNING_NAMES = ("tiny-clients", "dominant-client", "empty-classes", "few-samples", "rejected-replies")
 
 
 def warn(collector: list | None, name: str, message: str) -> None:

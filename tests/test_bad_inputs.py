@@ -608,7 +608,9 @@ def test_bad_input_ends_with_one_line(item: Case, tmp_path, finished_experiment,
         rounds = [json.loads(line) for line in (logs / "run" / "rounds.jsonl").read_text().splitlines()]
         reasons = [r["reason"] for r in rounds[0]["rejected"]]
         assert len(reasons) == 1 and item.expect[0] in reasons[0], reasons
-        assert summary["rejected_total"] == 1 and summary["num_clients"] == 1
+        # its train and its evaluate reply: both counted, and named in the warnings
+        assert summary["rejected_total"] == 2 and summary["rejected_evaluate_total"] == 1
+        assert summary["num_clients"] == 1 and "rejected-replies" in [w["name"] for w in summary["warnings"]]
         assert summary["final"]["partition_ids"] == [0]  # the bad node's replies never count as a client
         assert item.expect[0] in text
     else:

@@ -228,7 +228,8 @@ def test_bad_inputs_through_a_real_superlink_and_supernodes(tmp_path):
     line = "node-config key 'partition-id' has invalid value -1: expected an int >= 0 and < num-partitions=2"
     assert line in output and line in rogue_log
     summary = json.loads((logs / "rogue" / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["rejected_total"] == 1
+    assert summary["status"] == "completed" and summary["rejected_total"] == 2  # its train and evaluate replies
+    assert summary["rejected_evaluate_total"] == 1
     assert summary["num_clients"] == 2 and summary["final"]["partition_ids"] == [0, 1]
     assert _tree(old) == witness
     assert sorted(p.name for p in logs.iterdir()) == ["classes", "float", "kwait", "medmnist", "old", "rogue"]

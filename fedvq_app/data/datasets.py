@@ -6,6 +6,18 @@ npz reader -- medmnist's classes assert the official sample counts, which would
 reject the small files tests write -- while labels, channels and task come from
 ``medmnist.INFO`` and the download (only when ``dataset.download=true``) goes
 through medmnist. EMNIST and CIFAR-10 come through torchvision from a local root.
+Fashion-MNIST is read from its four original IDX files, gzip-compressed or not, in
+``dataset.data-dir`` or torchvision's ``<data-dir>/FashionMNIST/raw/``; left at its default,
+``dataset.data-dir`` is the Debian package's folder ``/usr/share/datasets/fashion-mnist``
+when that exists (``apt-get install -y dataset-fashion-mnist``). torchvision downloads the
+files only when ``dataset.download=true``.
+
+``dataset.max-train-samples`` / ``dataset.max-test-samples`` keep a stratified, seeded
+subset of the training pool / the test split of any dataset. For a dataset without an
+official test split (digits, an npz without test arrays) the test split is held out of the
+whole data first (``dataset.test-fraction``), the training subset is drawn from the rest,
+and each client's validation split (``dataset.val-fraction``) comes out of its partition of
+that subset.
 """
 
 from __future__ import annotations
@@ -16,7 +28,21 @@ from pathlib import Path
 
 import numpy as np
 
-from fedvq_app.config import DATASETS, MEDMNIST_2D, ConfigError, DatasetSettings
+from fedvq_app.config import MEDMNIST_2D, ConfigError, DatasetSettings, option_keys
+from fedvq_app.data.idx import read_idx
+
+#: ``dataset.data-dir`` as declared: left at it, a dataset installed by a system package is read from its folder
+DEFAULT_DATA_DIR = option_keys(DatasetSettings)["dataset.data-dir"]
+#: folders an operating-system package installs a dataset into (Debian: ``apt-get install -y dataset-fashion-mnist``)
+SYSTEM_DATA_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
+#: split -> (images file, labels file) of Fashion-MNIST, as published (and as torchvision stores them, un-gzipped)
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+#: where torchvision's FashionMNIST keeps the files under its root
+TORCHVISION_RAW = Path("FashionMNIST") / "raw"
+
 
 @dataclass(frozen=True)
 class ImageData:
@@ -89,9 +115,7 @@ def _labels(labels: np.ndarray, where: str = "labels", num_images: int | None = 
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1:
-        raise ConfigError(
-            f"{where} must be one integer class per image (shape (N,) or (N, 1)), got {labels.shape}"
-        )
+        raise ConfigError(f"{where} must be one integer class per image (shape (N,) or (N, 1)), got {labels.shape}")
     if num_images is not None and len(labels) != num_images:
         raise ConfigError(f"{where} has {len(labels)} labels for {num_images} images; expected one label per image")
     if labels.dtype.kind not in "iuf" or labels.dtype == np.bool_:
@@ -102,9 +126,7 @@ def _labels(labels: np.ndarray, where: str = "labels", num_images: int | None = 
             bad = labels[~whole][:3].tolist()
             raise ConfigError(f"{where} has non-integer labels {bad}; expected integer class indices 0..C-1")
     if len(labels) and labels.min() < 0:
-        raise ConfigError(
-            f"{where} has negative labels (min {labels.min():g}); expected integer class indices 0..C-1"
-        )
+        raise ConfigError(f"{where} has negative labels (min {labels.min():g}); expected integer class indices 0..C-1")
     return labels.astype(np.int64)
 
 
@@ -226,6 +248,7 @@ def _split_arrays(arrays: dict[str, np.ndarray], path: Path, seed: int, fraction
             f"data file {str(path)!r} lacks keys {missing}; expected train_images, train_labels "
             "and optionally val_images, val_labels, test_images, test_labels"
         )
+
     def pair(split: str) -> tuple[np.ndarray, np.ndarray]:
         if f"{split}_labels" not in arrays:
             raise ConfigError(f"data file {str(path)!r} has {split}_images but no {split}_labels")
@@ -310,6 +333,106 @@ def _load_torchvision(settings: DatasetSettings, seed: int) -> ImageData:
     return ImageData(settings.name, x_tr, y_tr, x_te, y_te, names)
 
 
+def data_folder(settings: DatasetSettings) -> Path:
+    """``dataset.data-dir``; left at its default, the system package's folder of the dataset when that exists."""
+    system = SYSTEM_DATA_DIRS.get(settings.name)
+    if settings.data_dir == DEFAULT_DATA_DIR and system is not None and system.is_dir():
+        return system
+    return Path(settings.data_dir).expanduser()
+
+
+def _idx_path(folder: Path, stem: str) -> Path | None:
+    """``stem`` or ``stem.gz`` in ``folder`` or in torchvision's ``folder/FashionMNIST/raw``; None: in neither."""
+    for base in (folder, folder / TORCHVISION_RAW):
+        for name in (stem, f"{stem}.gz"):
+            if (base / name).is_file():
+                return base / name
+    return None
+
+
+def fashion_mnist_files(folder: Path) -> dict[str, Path | None]:
+    """Each of the four Fashion-MNIST files -> where it was found under ``folder`` (None: missing)."""
+    return {stem: _idx_path(folder, stem) for pair in FASHION_MNIST_FILES.values() for stem in pair}
+
+
+def _download_fashion_mnist(root: Path) -> None:
+    from torchvision.datasets import FashionMNIST  # noqa: PLC0415 - start-up cost: torchvision, only on this path
+
+    try:
+        for train in (True, False):
+            FashionMNIST(str(root), train=train, download=True)
+    except (RuntimeError, OSError) as err:  # URLError is an OSError
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(
+            f"config key 'dataset.download': Fashion-MNIST could not be downloaded into {str(root)!r} ({detail}); "
+            "without internet install it with 'apt-get install -y dataset-fashion-mnist'"
+        ) from None
+
+
+def _fashion_mnist_split(files: dict[str, Path | None], split: str) -> tuple[np.ndarray, np.ndarray]:
+    images_stem, labels_stem = FASHION_MNIST_FILES[split]
+    images_path, labels_path = files[images_stem], files[labels_stem]
+    images = _as_nhwc(read_idx(images_path, 3, "dataset.data-dir"), f"data file {str(images_path)!r}")
+    labels = read_idx(labels_path, 1, "dataset.data-dir")
+    where = f"data file {str(labels_path)!r} (labels of {images_path.name})"
+    return images, _labels(labels, where, len(images))
+
+
+def _load_fashion_mnist(settings: DatasetSettings, seed: int) -> ImageData:
+    from torchvision.datasets import FashionMNIST  # noqa: PLC0415 - start-up cost: torchvision, only on this path
+
+    folder = data_folder(settings)
+    files = fashion_mnist_files(folder)
+    if None in files.values() and settings.download:
+        folder = Path(settings.data_dir).expanduser()
+        _download_fashion_mnist(folder)
+        files = fashion_mnist_files(folder)
+    missing = [stem for stem, path in files.items() if path is None]
+    if missing:
+        raise ConfigError(
+            f"config key 'dataset.data-dir': Fashion-MNIST file {missing[0]!r} (or {missing[0]}.gz) is not in "
+            f"{str(folder)!r} nor in its {str(TORCHVISION_RAW)!r} ({len(missing)} of 4 files missing); install "
+            "them with 'apt-get install -y dataset-fashion-mnist' (into /usr/share/datasets/fashion-mnist) "
+            "or set dataset.download=true"
+        )
+    x_tr, y_tr = _fashion_mnist_split(files, "train")
+    x_te, y_te = _fashion_mnist_split(files, "test")
+    if x_te.shape[1:] != x_tr.shape[1:]:
+        raise ConfigError(
+            f"data folder {str(folder)!r}: Fashion-MNIST test images have shape {x_te.shape[1:3]}, "
+            f"training images {x_tr.shape[1:3]}"
+        )
+    names = tuple(FashionMNIST.classes)
+    check_classes(y_tr, y_te, len(names), f"data folder {str(folder)!r}")
+    return ImageData("fashion-mnist", x_tr, y_tr, x_te, y_te, names)
+
+
+def stratified_subset(
+    x: np.ndarray, y: np.ndarray, limit: int, seed: int, key: str, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``limit`` samples (0 = all), stratified by class and seeded, in their original order."""
+    if limit == 0 or limit == len(y):
+        return x, y
+    if limit > len(y):
+        raise ConfigError(
+            f"config key '{key}' has invalid value {limit}: the {what} has {len(y)} samples; "
+            f"expected 0 (all) or an int <= {len(y)}"
+        )
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415 - start-up cost: scikit-learn, only on this path
+
+    # scikit-learn stratifies only when both sides hold every class: fewer left out than classes -> a random cut
+    stratify = y if len(y) - limit >= len(np.unique(y)) else None
+    try:
+        rows, _ = train_test_split(np.arange(len(y)), train_size=limit, random_state=seed, stratify=stratify)
+    except ValueError as err:
+        raise ConfigError(
+            f"config key '{key}' has invalid value {limit}: cannot draw a stratified subset of the {what} "
+            f"({len(y)} samples, {len(np.unique(y))} classes): {str(err).splitlines()[0]}"
+        ) from None
+    rows = np.sort(rows)
+    return x[rows], y[rows]
+
+
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
     if images.shape[1] == size and images.shape[2] == size:
         return images
@@ -338,35 +461,50 @@ _LOADERS = {
     "npz": _load_npz,
     "emnist": _load_torchvision,
     "cifar10": _load_torchvision,
+    "fashion-mnist": _load_fashion_mnist,
     **{flag: _load_medmnist for flag in MEDMNIST_2D},
+}
+
+
+def _npz_source(settings: DatasetSettings) -> list[Path]:
+    path = Path(settings.npz_file).expanduser()
+    return [path if path.is_absolute() else Path(settings.data_dir).expanduser() / path]
+
+
+def _fashion_mnist_sources(settings: DatasetSettings) -> list[Path]:
+    folder = data_folder(settings)
+    files = fashion_mnist_files(folder)
+    return [folder] if None in files.values() else list(files.values())
+
+
+#: dataset name -> the files (or folder) it is read from (absent: shipped in a package, e.g. digits)
+_SOURCES = {
+    "npz": _npz_source,
+    "emnist": lambda settings: [Path(settings.data_dir).expanduser()],
+    "cifar10": lambda settings: [Path(settings.data_dir).expanduser()],
+    "fashion-mnist": _fashion_mnist_sources,
+    **{flag: lambda settings: [medmnist_file(settings)] for flag in MEDMNIST_2D},
 }
 
 
 def source_paths(settings: DatasetSettings) -> list[Path]:
     """The files (or folder) a dataset is read from; none for data shipped in a package (digits)."""
-    if settings.name in MEDMNIST_2D:
-        return [medmnist_file(settings)]
-    if settings.name == "npz":
-        path = Path(settings.npz_file).expanduser()
-        return [path if path.is_absolute() else Path(settings.data_dir).expanduser() / path]
-    if settings.name in ("emnist", "cifar10"):
-        return [Path(settings.data_dir).expanduser()]
-    return []
+    sources = _SOURCES.get(settings.name)
+    return sources(settings) if sources is not None else []
 
 
 @lru_cache(maxsize=2)
 def load_image_data(settings: DatasetSettings, seed: int) -> ImageData:
     """Load, resize and channel-convert a dataset (cached per process)."""
     raw = _LOADERS[settings.name](settings, seed)
-    shape = lambda x: _to_channels(_resize(x, settings.size), settings.channels)  # noqa: E731
-    return ImageData(
-        raw.name,
-        shape(raw.train_x),
-        raw.train_y,
-        shape(raw.test_x),
-        raw.test_y,
-        raw.class_names,
+    train_x, train_y = stratified_subset(
+        raw.train_x, raw.train_y, settings.max_train_samples, seed, "dataset.max-train-samples", "training pool"
     )
+    test_x, test_y = stratified_subset(
+        raw.test_x, raw.test_y, settings.max_test_samples, seed, "dataset.max-test-samples", "test split"
+    )
+    shape = lambda x: _to_channels(_resize(x, settings.size), settings.channels)  # noqa: E731
+    return ImageData(raw.name, shape(train_x), train_y, shape(test_x), test_y, raw.class_names)
 
 
 def dataset_info(settings: DatasetSettings, seed: int) -> DatasetInfo:
@@ -385,5 +523,6 @@ def training_pool_size(settings: DatasetSettings, seed: int) -> int | None:
     """Samples the clients' partitions are cut from (an upper bound of any client's num-examples)."""
     if settings.name in MEDMNIST_2D:
         counts = _medmnist_info(settings.name).get("n_samples", {})
-        return int(counts.get("train", 0)) + int(counts.get("val", 0)) or None
+        pool = int(counts.get("train", 0)) + int(counts.get("val", 0))
+        return (min(pool, settings.max_train_samples) if settings.max_train_samples else pool) or None
     return len(load_image_data(settings, seed).train_y)

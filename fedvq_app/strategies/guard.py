@@ -136,7 +136,8 @@ class ReplyGuard:
                 self.rejections.append((node, problem))
                 continue
             accepted.append(msg)
-        accepted = self._consistent_metric_keys(accepted)
+        if train:  # Flower's FedAvg aggregates train replies only when all name the same metrics
+            accepted = self._consistent_metric_keys(accepted)
         self.accepted_nodes = [m.metadata.src_node_id for m in accepted]
         if train:
             self.extras = {
@@ -150,7 +151,13 @@ class ReplyGuard:
         return None
 
     def _consistent_metric_keys(self, accepted: list[Message]) -> list[Message]:
-        """Keep replies whose metric names match the majority (Flower requires it)."""
+        """Train replies: keep those whose metric names match the majority (Flower's aggregate_train requires it).
+
+        Evaluate replies are not held to it: a client may legitimately report a metric
+        the others lack (fusedspace's ``test-reconstruction-unseen`` exists only on
+        clients missing some class); :meth:`aggregate_evaluate` averages each metric
+        over the clients that report it.
+        """
         if not accepted:
             return accepted
         keysets = [frozenset(m.content[METRICS].keys()) for m in accepted]
@@ -181,11 +188,18 @@ class ReplyGuard:
         return super().aggregate_train(server_round, accepted)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Screened evaluate replies, each metric averaged over the clients that report it.
+
+        Flower's ``FedAvg.aggregate_evaluate`` is not called: its only addition,
+        ``validate_message_reply_consistency``, refuses replies whose metric names
+        differ, which the screening above already replaces (one metrics record with a
+        positive ``num-examples``, finite values).
+        """
         replies = list(replies)
         accepted = self.screen(replies, train=False)
         if not accepted:
             return None
-        metrics = super().aggregate_evaluate(server_round, accepted)
+        metrics = self.evaluate_metrics_aggr_fn([m.content for m in accepted], self.weighted_by_key)
         return self._add_dissimilarity(server_round, replies, metrics)
 
     # ---------------------------------------------------------------- gradient dissimilarity

@@ -8,21 +8,21 @@ PER_CLIENT_KEYS = frozenset({"partition-id", "rotated", "domain", "label-counts"
 
 
 def aggregate_scalar_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Weighted mean of the scalar metrics; per-client ids and list metrics are skipped.
+    """Weighted mean of each scalar metric over the records that carry it; ids and lists are skipped.
 
     Flower's default would also average list values and client ids, which means
-    nothing; per-client values are kept by the tracker from the replies instead.
+    nothing; per-client values are kept by the tracker from the replies instead. A
+    metric only some clients report (e.g. an error on classes a client never saw) is
+    the mean over those clients, not diluted by the others' weights.
     """
     totals: dict[str, float] = {}
-    weight_sum = 0.0
+    weights: dict[str, float] = {}
     for record in records:
         metrics = next(iter(record.metric_records.values()))
         weight = float(metrics[weight_key])
-        weight_sum += weight
         for key, value in metrics.items():
             if key == weight_key or key in PER_CLIENT_KEYS or isinstance(value, list):
                 continue
             totals[key] = totals.get(key, 0.0) + weight * float(value)
-    if weight_sum <= 0:
-        return MetricRecord()
-    return MetricRecord({k: v / weight_sum for k, v in totals.items()})
+            weights[key] = weights.get(key, 0.0) + weight
+    return MetricRecord({k: v / weights[k] for k, v in totals.items() if weights[k] > 0})

@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -230,15 +231,19 @@ class ExperimentTracker:
             "final": final,
             "best": ({"round": best_round["round"], **_round_figures(best_round)} if best_round else {}),
             "dropped_total": sum(len(r["dropped"]) for r in self.rounds),
-            "rejected_total": sum(len(r["rejected"]) for r in self.rounds),
+            **rejection_totals(self.rounds),
             "status": "stopped_early" if self.stopped_early else "completed",
         }
         if self.stopped_early:
             summary["stopped_early"] = self.stopped_early
         self.traffic_outside_rounds()
         summary["communication"] = run_communication(self.rounds, self.outside_rounds, self.node_to_partition)
-        if self.warnings:
-            summary["warnings"] = list(self.warnings)
+        warnings = list(self.warnings)
+        rejected = rejection_warning(self.rounds)
+        if rejected is not None:
+            warnings.append(rejected)
+        if warnings:
+            summary["warnings"] = warnings
         # what fedloge_plots' head/medium/tail table reads (computed here, never re-run from a folder)
         groups = head_medium_tail(self.rounds, self.label_counts, self._group_shares())
         if groups:
@@ -274,6 +279,9 @@ class ExperimentTracker:
 
         summary = self.summary(method_report)
         write_json(self.dir / "summary.json", summary)
+        rejected = rejection_warning(self.rounds)
+        if rejected is not None:
+            log(WARNING, "[fedvq] warning %s: %s", rejected["name"], rejected["message"])
         plots.standard_plots(self.dir, self.rounds, self.label_counts, summary)
         method_plots = get_method(self.settings.method).plots
         if method_plots is not None:
@@ -286,6 +294,32 @@ class ExperimentTracker:
         )
         log(INFO, "[fedvq] %s; results in %s", headline, self.dir)
         return summary
+
+
+def rejection_totals(rounds: list[dict[str, Any]]) -> dict[str, int]:
+    """summary.json's counts of rejected replies: every phase (``rejected_total``) and evaluation alone."""
+    train = sum(len(r["rejected"]) for r in rounds)
+    evaluate = sum(len(r.get("evaluate_rejected", [])) for r in rounds)
+    return {"rejected_total": train + evaluate, "rejected_evaluate_total": evaluate}
+
+
+def rejection_warning(rounds: list[dict[str, Any]]) -> dict[str, str] | None:
+    """The ``rejected-replies`` warning of summary.json: how many replies the guard refused, and the commonest why."""
+    reasons = Counter(
+        r["reason"] for rnd in rounds for phase in ("rejected", "evaluate_rejected") for r in rnd.get(phase, [])
+    )
+    if not reasons:
+        return None
+    totals = rejection_totals(rounds)
+    train = totals["rejected_total"] - totals["rejected_evaluate_total"]
+    reason, count = reasons.most_common(1)[0]
+    return {
+        "name": "rejected-replies",
+        "message": (
+            f"{totals['rejected_total']} replies rejected ({train} train, {totals['rejected_evaluate_total']} "
+            f"evaluate) over {len(rounds)} rounds; most common reason ({count}x): {reason}"
+        ),
+    }
 
 
 def _size(num_bytes: float) -> str:
@@ -342,8 +376,9 @@ def progress_line(record: dict[str, Any], total: int, round_seconds: list[float]
     own = client_spread(record["evaluate"]["clients"], "own-test-accuracy")
     if own:
         parts.append(f"own {_percent(own['mean_accuracy'])}")
-    if record["dropped"] or record["rejected"]:
-        parts.append(f"dropped {len(record['dropped'])}, rejected {len(record['rejected'])}")
+    rejected = len(record["rejected"]) + len(record.get("evaluate_rejected") or [])
+    if record["dropped"] or rejected:
+        parts.append(f"dropped {len(record['dropped'])}, rejected {rejected}")
     traffic = record.get("communication") or {}
     if traffic.get("total_bytes"):
         parts.append(_size(traffic["total_bytes"]))

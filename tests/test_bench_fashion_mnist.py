@@ -1,0 +1,110 @@
+"""bench/fashion_mnist.py: its cells are valid run configs, and how cells become the table, verdicts and curves.
+
+One real cell runs on tiny idx files the test writes (the real Fashion-MNIST is never needed).
+"""
+
+from __future__ import annotations
+
+from bench import fashion_mnist as grid
+from fedvq_app.registry import load_settings
+from tests.test_fashion_mnist import write_fashion
+
+SETUP = {
+    "dataset": "fashion-mnist",
+    "max_train_samples": 12000,
+    "max_test_samples": 0,
+    "rounds": 10,
+    "local_epochs": 1,
+    "eval_every": 1,
+    "quick": False,
+}
+
+
+def test_every_cell_of_the_grid_is_a_valid_run_config(tmp_path):
+    cells = grid.plan_cells(list(grid.ROW_OF), None, [0, 1, 2], quick=False)
+    assert len(cells) == 3 * sum(len(row.methods) for row in grid.ROWS)
+    for method, scenario, seed, _ in grid.plan_cells(list(grid.ROW_OF), None, [2], quick=False):
+        settings = load_settings(grid.cell_config(method, scenario, seed, SETUP, str(tmp_path)))
+        assert settings.dataset.name == "fashion-mnist" and settings.dataset.max_train_samples == 12000
+        assert settings.method == method and settings.seed == seed and settings.train.num_threads == 1
+    assert {c[3] for c in cells if c[1] == "rotation-3-domains"} == {9}  # 3 domains x 3 clients
+    assert all(row.methods[0] == "fedavg" for row in grid.ROWS)  # every row has its baseline
+
+
+def test_plan_narrows_to_the_methods_asked_and_quick_uses_few_clients():
+    cells = grid.plan_cells(["dirichlet-0.5", "rotated-half"], ["cfl"], [0], quick=True)
+    assert cells == [("cfl", "rotated-half", 0, grid.QUICK_CLIENTS)]
+
+
+def _rounds(accuracies):
+    return [
+        {
+            "round": i + 1,
+            "evaluate": {
+                "clients": {"0": {"test-accuracy": a, "own-test-accuracy": a / 2}} if a is not None else {},
+                "summary": {"mean_accuracy": a} if a is not None else {},
+            },
+        }
+        for i, a in enumerate(accuracies)
+    ]
+
+
+def test_the_curve_skips_unevaluated_rounds_and_the_last_five_rounds_give_the_movement():
+    curve = grid.curve_of(_rounds([0.1, None, 0.5, 0.52, 0.51, 0.515, 0.518]))
+    assert [p["round"] for p in curve] == [1, 3, 4, 5, 6, 7] and curve[1]["own_test_accuracy"] == 0.25
+    assert abs(grid.last_rounds_move(curve) - 0.02) < 1e-12
+    assert grid.last_rounds_move(curve[:4]) is None  # fewer than 5 evaluated rounds
+
+
+def _cell(method, scenario, seed, accuracy, quick=False, **extra):
+    curve = [{"round": r, "accuracy": accuracy - 0.01 * (10 - r), "own_test_accuracy": accuracy} for r in range(1, 11)]
+    return {
+        "date": "2026-12-07 15:00:00",
+        "setup": {**SETUP, "quick": quick},
+        "method": method,
+        "scenario": scenario,
+        "seed": seed,
+        "clients": 10,
+        "accuracy": accuracy,
+        "own_test_accuracy": accuracy,
+        "curve": curve,
+        "seconds": 300.0,
+        **extra,
+    }
+
+
+def test_the_table_marks_each_target_and_fedavgs_convergence(tmp_path):
+    records = [
+        *(_cell("fedavg", "dirichlet-0.5", s, 0.84) for s in (0, 1)),
+        *(_cell("fedvq", "dirichlet-0.5", s, 0.75, codes_used=40, perplexity=20.0) for s in (0, 1)),
+        *(_cell("fedavg", "rotated-half", s, 0.78) for s in (0, 1)),
+        *(_cell("cfl", "rotated-half", s, 0.81, cluster_purity=1.0) for s in (0, 1)),
+        _cell("fedvq", "dirichlet-0.5", 2, 0.99, quick=True),  # a smoke run never enters the full table
+    ]
+    text = grid.render_markdown(records)
+    assert "| dirichlet-0.5 | 10 | fedvq | 2 | 75.00 ± 0.00 |" in text
+    assert "fedvq accuracy >= FedAvg's - 0.5 pt: 75.00 ± 0.00 % vs FedAvg 84.00 ± 0.00 % (n = 2): **MISSED**" in text
+    assert "cfl cluster purity 1.0: 1.00 ± 0.00 vs 1 (n = 2): met" in text
+    assert "cfl accuracy >= FedAvg's + 2 pts: 81.00 ± 0.00 % vs FedAvg 78.00 ± 0.00 % (n = 2): met" in text
+    assert "FedAvg's accuracy moves 4.00 ± 0.00 pt over the last 5 evaluated rounds (**not converged**" in text
+    written = grid.render_curves(records, tmp_path)
+    assert sorted(p.name for p in written) == ["fashion_mnist_dirichlet-0.5.png", "fashion_mnist_rotated-half.png"]
+
+
+def test_method_figures_read_cfl_purity_and_fedvq_usage_from_the_summary():
+    summary = {
+        "cfl": {"cluster_purity": 0.5, "clusters": [[0, 1], [2]]},
+        "fedvq": {"final_codes_used": 30, "codebook_shape": [64, 8], "final_perplexity": 12.5},
+    }
+    figures = grid.method_figures(summary)
+    assert figures["cluster_purity"] == 0.5 and figures["codes_used"] == 30 and figures["codebook_size"] == 64
+    assert grid.method_figures({})["perplexity"] is None
+
+
+def test_one_real_cell_runs_on_tiny_idx_files(tmp_path):
+    write_fashion(tmp_path / "data", n_train=60, n_test=20)
+    setup = {**SETUP, "max_train_samples": 40, "max_test_samples": 10, "rounds": 2, "quick": True}
+    cell = grid.run_cell("fedavg", "dirichlet-0.5", 0, setup, str(tmp_path / "work"), 2, str(tmp_path / "data"))
+    assert "error" not in cell, cell.get("error")
+    assert [p["round"] for p in cell["curve"]] == [1, 2] and 0.0 <= cell["accuracy"] <= 1.0
+    assert cell["rejected_total"] == 0 and cell["clients"] == 2
