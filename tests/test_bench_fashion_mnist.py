@@ -5,6 +5,10 @@ One real cell runs on tiny idx files the test writes (the real Fashion-MNIST is 
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from bench import fashion_mnist as grid
 from fedvq_app.registry import load_settings
 from tests.test_fashion_mnist import write_fashion
@@ -101,7 +105,16 @@ def test_method_figures_read_cfl_purity_and_fedvq_usage_from_the_summary():
     assert grid.method_figures({})["perplexity"] is None
 
 
-def test_one_real_cell_runs_on_tiny_idx_files(tmp_path):
+@pytest.fixture
+def flwr_log_level():
+    """run_cell quiets Flower's logger for its worker process; here it runs in the test process."""
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    yield
+    logger.setLevel(level)  # setLevel, not the attribute: it also clears the loggers' isEnabledFor cache
+
+
+def test_one_real_cell_runs_on_tiny_idx_files(tmp_path, flwr_log_level):
     write_fashion(tmp_path / "data", n_train=60, n_test=20)
     setup = {**SETUP, "max_train_samples": 40, "max_test_samples": 10, "rounds": 2, "quick": True}
     cell = grid.run_cell("fedavg", "dirichlet-0.5", 0, setup, str(tmp_path / "work"), 2, str(tmp_path / "data"))
