@@ -82,8 +82,22 @@ class KMeansOptions:
         "kmeans.silhouette-sample", 200, minimum=0, help="rows per client scored for the silhouette (0 = none)"
     )
     client_logs: bool = option(
-        "kmeans.client-logs", True, help="clients write local_means/ and client_logs/ under <log-dir>/<experiment>"
+        "kmeans.client-logs",
+        True,
+        help="clients write local_means/ and client_logs/ under <log-dir>/<experiment> "
+        "(only up to tracking.per-client-limit clients)",
     )
+    debug_server_local_means: bool = option(
+        "kmeans.debug-server-local-means",
+        False,
+        help="debug only: the server also writes every client's shared local means and counts per round "
+        "(local_means/round_XXX_server.npz); refused with secure aggregation",
+    )
+
+
+#: the secure-aggregation key (issue 27) and its values that mean "off"
+SECAGG_KEY = "secagg.mode"
+SECAGG_OFF = ("off", "none", "", False)
 
 
 def validate(settings: Settings) -> None:
@@ -96,6 +110,14 @@ def validate(settings: Settings) -> None:
         )
     if settings.resume_from:
         raise ConfigError("config key 'resume-from' is not supported by method 'kmeans' (it keeps no checkpoints)")
+    # secure aggregation (secagg.mode, issue 27) hides each site's statistics from the server: a server that
+    # writes them to disk would defeat it. The key does not exist yet; this refusal works once it does.
+    secagg = settings.raw.get(SECAGG_KEY, "off")
+    if opts.debug_server_local_means and secagg not in SECAGG_OFF:
+        raise ConfigError(
+            f"config key 'kmeans.debug-server-local-means' has invalid value True with {SECAGG_KEY}={secagg!r}: "
+            "expected false (secure aggregation keeps each site's statistics off the server)"
+        )
 
 
 def privacy_check(settings) -> str | None:

@@ -37,6 +37,8 @@ METRICS = "metrics"
 CONFIG = "config"
 TRANSFORM = "transform"
 CENTROIDS = "centroids"
+#: config entry of every k-means instruction: whether the client writes its own per-client logs
+CLIENT_LOGS_KEY = "client-logs"
 
 
 def transform_record(transform: FeatureTransform) -> tuple[ArrayRecord, dict[str, Any]]:

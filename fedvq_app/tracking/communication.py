@@ -61,22 +61,30 @@ class Traffic:
     def total(self, direction: str) -> int:
         return sum(row[direction] for row in self.nodes.values())
 
-    def report(self, node_to_partition: Mapping[int, int]) -> dict[str, Any]:
-        """The JSON block of a round: totals, per-client means, per client (partition id) and per phase."""
-        clients = {_client_key(node, node_to_partition): dict(row) for node, row in sorted(self.nodes.items())}
-        count = len(clients)
+    def report(self, node_to_partition: Mapping[int, int], per_client: bool = True) -> dict[str, Any]:
+        """The JSON block of a round: totals, per-client means, per client (partition id) and per phase.
+
+        Without ``per_client`` (more clients than tracking.per-client-limit) the ``clients``
+        block is left out; the per-client largest figures stand in for it.
+        """
+        count = len(self.nodes)
         sent, received = self.total(SENT), self.total(RECEIVED)
-        return {
+        block = {
             "sent_bytes": sent,
             "received_bytes": received,
             "total_bytes": sent + received,
             "num_clients": count,
             "per_client_mean_sent_bytes": sent / count if count else 0.0,
             "per_client_mean_received_bytes": received / count if count else 0.0,
+            "per_client_max_sent_bytes": max((row[SENT] for row in self.nodes.values()), default=0),
+            "per_client_max_received_bytes": max((row[RECEIVED] for row in self.nodes.values()), default=0),
             "messages": dict(self.messages),
             "phases": {k: dict(v) for k, v in sorted(self.phases.items())},
-            "clients": dict(sorted(clients.items(), key=lambda kv: _sort_key(kv[0]))),
         }
+        if per_client:
+            clients = {_client_key(node, node_to_partition): dict(row) for node, row in self.nodes.items()}
+            block["clients"] = dict(sorted(clients.items(), key=lambda kv: _sort_key(kv[0])))
+        return block
 
 
 def _client_key(node: int, node_to_partition: Mapping[int, int]) -> str:
@@ -147,7 +155,7 @@ def run_communication(rounds: list[dict[str, Any]], outside: Traffic, node_to_pa
     received = sum(b["received_bytes"] for b in blocks)
     clients: dict[str, dict[str, int]] = {}
     for block in blocks:
-        for key, row in block["clients"].items():
+        for key, row in block.get("clients", {}).items():
             mine = clients.setdefault(key, {SENT: 0, RECEIVED: 0})
             mine[SENT] += row[SENT]
             mine[RECEIVED] += row[RECEIVED]
@@ -173,6 +181,8 @@ def run_communication(rounds: list[dict[str, Any]], outside: Traffic, node_to_pa
         },
         "all_phases_sent_bytes": sent + outside_sent,
         "all_phases_received_bytes": received + outside_received,
+        # per client only from the rounds small enough to keep them (tracking.per-client-limit)
+        "rounds_without_per_client_blocks": sum(1 for b in blocks if "clients" not in b),
         "clients": dict(sorted(clients.items(), key=lambda kv: _sort_key(kv[0]))),
     }
 

@@ -4,7 +4,10 @@ Layout of ``<log-dir>/<experiment-name or method_dataset_timestamp>/``::
 
     config.json      resolved run config
     rounds.jsonl     one JSON object per round (per-client and aggregated metrics,
-                     sampled/replied/dropped/rejected nodes, strategy statistics)
+                     sampled/replied/dropped/rejected nodes, strategy statistics);
+                     sampled nodes as id ranges ("1-10000"), and the per-client blocks
+                     of training and traffic only up to tracking.per-client-limit
+                     clients (above it: counts and id ranges)
     summary.json     stable keys for scripts (see :meth:`ExperimentTracker.summary`)
     *.png            plots (see fedvq_app.tracking.plots)
     events.out.tfevents.*  TensorBoard scalars per round (see fedvq_app.tracking.sinks)
@@ -28,6 +31,7 @@ from flwr.common.logger import log
 from fedvq_app.config import ConfigError, Settings, resolve_log_root
 from fedvq_app.registry import get_method
 from fedvq_app.tracking.communication import Traffic, TrafficMeter, run_communication
+from fedvq_app.tracking.idsets import ranges
 from fedvq_app.tracking.sinks import SinkSet, open_sinks
 
 #: key of a method report whose entries are merged into the top level of summary.json
@@ -119,6 +123,9 @@ class ExperimentTracker:
         self.warnings: list[dict[str, str]] = []
         #: a resumed folder is written only once its checkpoint is accepted (load_state_dict)
         self.writable = new
+        #: most clients a round may have for per-client records (0 = no limit); said once when exceeded
+        self.per_client_limit = settings.tracking.per_client_limit
+        self._said_per_client_off = False
         if new:
             write_json(self.dir / "config.json", settings.to_dict())
         log(INFO, "[fedvq] experiment folder: %s", self.dir)
@@ -139,8 +146,24 @@ class ExperimentTracker:
         return cls(settings, root / name)
 
     # ------------------------------------------------------------------ rounds
+    def per_client_records(self, num_clients: int) -> bool:
+        """Whether a round of ``num_clients`` clients keeps per-client records (logs one line the first time not)."""
+        if not self.per_client_limit or num_clients <= self.per_client_limit:
+            return True
+        if not self._said_per_client_off:
+            self._said_per_client_off = True
+            log(
+                INFO,
+                "[fedvq] %s clients > tracking.per-client-limit=%d: per-client records and logs are off "
+                "(counts and id ranges only); set tracking.per-client-limit=0 to write them",
+                f"{num_clients:,}",
+                self.per_client_limit,
+            )
+        return False
+
     def record_round(self, outcome: RoundOutcome) -> dict[str, Any]:
         """Append one line to rounds.jsonl and log the headline figures."""
+        detail = self.per_client_records(len(outcome.sampled_train))
         train_clients = _client_metrics(outcome.train_replies, outcome.train_rejected)
         eval_clients = _client_metrics(outcome.evaluate_replies, outcome.evaluate_rejected)
         for pid, metrics in {**train_clients, **eval_clients}.items():
@@ -153,7 +176,8 @@ class ExperimentTracker:
         record = {
             "round": outcome.server_round,
             "wall_time_s": outcome.wall_time_s,
-            "sampled_train": sorted(outcome.sampled_train),
+            "sampled_train": ranges(outcome.sampled_train),
+            "num_sampled_train": len(set(outcome.sampled_train)),
             "dropped": dropped,
             "dropped_partitions": sorted(self.node_to_partition[n] for n in dropped if n in self.node_to_partition),
             "rejected": [{"node": n, "reason": r} for n, r in outcome.train_rejected],
@@ -162,7 +186,11 @@ class ExperimentTracker:
                 "aggregated": outcome.train_metrics,
                 "clients": {
                     pid: {k: v for k, v in m.items() if k != "label-counts"} for pid, m in sorted(train_clients.items())
-                },
+                }
+                if detail
+                else {},
+                "num_clients": len(train_clients),
+                **({} if detail else {"partitions": ranges(train_clients)}),
             },
             "evaluate": {
                 "aggregated": outcome.evaluate_metrics,
@@ -171,7 +199,7 @@ class ExperimentTracker:
             "strategy": outcome.strategy_report,
         }
         record["evaluate"]["summary"] = client_spread(eval_clients)
-        record["communication"] = self.traffic.take().report(self.node_to_partition)
+        record["communication"] = self.traffic.take().report(self.node_to_partition, per_client=detail)
         self.rounds.append(_jsonable(record))
         with (self.dir / "rounds.jsonl").open("a") as fh:
             fh.write(json.dumps(self.rounds[-1]) + "\n")
