@@ -128,7 +128,7 @@ def kmeans_once(clients: int, work: Path, code: Path, k: int) -> dict:
 
 
 def bench_kmeans(args) -> None:
-    sizes = [50] if args.quick else args.sizes
+    sizes = args.sizes or ([50] if args.quick else [1000, 10000])
     codes = {"this": ROOT, **({"baseline": Path(args.baseline).resolve()} if args.baseline else {})}
     with tempfile.TemporaryDirectory() as tmp:
         for clients in sizes:
@@ -306,7 +306,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
     km = sub.add_parser("kmeans", help="in-process federated k-means at the defaults: wall, RSS, folder, console")
-    km.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    km.add_argument("--sizes", type=int, nargs="+", help="clients (default 1000 10000; --quick: 50)")
     km.add_argument("--k", type=int, default=4, help="kmeans.k and the generator's clusters")
     km.add_argument("--baseline", default="", help="another checkout (git worktree) run side by side, e.g. main")
     km.add_argument("--quick", action="store_true")

@@ -79,10 +79,16 @@ class LloydStep(KMeansPhase):
         accepted = self.screen(replies)
         if not accepted:
             return None
-        arrays = [reply_arrays(m) for m in accepted]
-        partitions = [int(reply_metrics(m)["partition-id"]) for m in accepted]
-        sums = sum(a["sums"] for a in arrays)
-        counts = sum(a["counts"] for a in arrays)
+        # summed reply by reply: at 10,000 clients a list of every reply's decoded arrays is tens of MB
+        sums, counts, inertia = 0.0, 0, 0.0
+        partitions, withheld, local = [], 0, {}
+        for msg in accepted:
+            arrays, metrics = reply_arrays(msg), reply_metrics(msg)
+            sums, counts, inertia = sums + arrays["sums"], counts + arrays["counts"], inertia + arrays["inertia"]
+            partitions.append(int(metrics["partition-id"]))
+            withheld += int(metrics.get("withheld", 0))
+            if self.keep_local:
+                local[partitions[-1]] = (arrays["sums"], arrays["counts"])
         previous = self.centroids
         self.centroids, empty = lloyd_update(previous, sums, counts)
         self.last = StepResult(
@@ -92,14 +98,10 @@ class LloydStep(KMeansPhase):
             shifts=np.atleast_1d(centroid_shift(previous, self.centroids)),
             counts=counts,
             empty=empty,
-            inertia=sum(a["inertia"] for a in arrays),
+            inertia=inertia,
             participating=sorted(partitions),
-            withheld=int(sum(reply_metrics(m).get("withheld", 0) for m in accepted)),
-            local=(
-                {pid: (a["sums"], a["counts"]) for pid, a in zip(partitions, arrays, strict=True)}
-                if self.keep_local
-                else {}
-            ),
+            withheld=withheld,
+            local=local,
         )
         return self.last
 
