@@ -184,6 +184,7 @@ def run_lloyd(
         federation = live(federation, gone)
         messages = step.instructions(federation.nodes, config, transform, {CENTROIDS: step.centroids}, str(rnd))
         replies = exchange(grid, messages, settings.round_timeout, gone)
+        del messages  # 10,000 sent messages need not outlive the exchange (peak memory)
         result = step.aggregate(rnd, replies)
         contributed.update(step.accepted_nodes)
         metrics = {}
@@ -205,6 +206,7 @@ def run_lloyd(
                 wall_time_s=time.time() - started,
             )
         )
+        del replies  # this round's replies must not be alive while the next round's arrive (peak memory)
         if result is None:
             log(WARNING, "[kmeans] round %d: no usable reply, centroids unchanged", rnd)
             continue

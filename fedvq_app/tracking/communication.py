@@ -37,16 +37,28 @@ def phase_of(message_type: str) -> str:
 
 @dataclass
 class Traffic:
-    """Bytes per (node, direction) and per (phase, direction) over some span of the run."""
+    """Bytes per (node, direction) and per (phase, direction) over some span of the run.
+
+    Without ``per_node`` (more clients than tracking.per-client-limit) only the totals,
+    the phases and the set of nodes are kept, not a row per node.
+    """
 
     nodes: dict[int, dict[str, int]] = field(default_factory=dict)
     phases: dict[str, dict[str, int]] = field(default_factory=dict)
     messages: dict[str, int] = field(default_factory=lambda: {SENT: 0, RECEIVED: 0})
+    per_node: bool = True
+    totals: dict[str, int] = field(default_factory=lambda: {SENT: 0, RECEIVED: 0})
+    #: nodes counted without a row of their own
+    seen: set[int] = field(default_factory=set)
 
     def add(self, node: int, phase: str, direction: str, num_bytes: int) -> None:
-        for table, key in ((self.nodes, node), (self.phases, phase)):
+        tables = ((self.nodes, node), (self.phases, phase)) if self.per_node else ((self.phases, phase),)
+        for table, key in tables:
             row = table.setdefault(key, {SENT: 0, RECEIVED: 0})
             row[direction] += num_bytes
+        if not self.per_node:
+            self.seen.add(node)
+        self.totals[direction] += num_bytes
         self.messages[direction] += 1
 
     def merge(self, other: Traffic) -> None:
@@ -57,9 +69,12 @@ class Traffic:
                     mine[direction] += value
         for direction, value in other.messages.items():
             self.messages[direction] += value
+        for direction, value in other.totals.items():
+            self.totals[direction] += value
+        self.seen |= other.seen
 
     def total(self, direction: str) -> int:
-        return sum(row[direction] for row in self.nodes.values())
+        return self.totals[direction]
 
     def report(self, node_to_partition: Mapping[int, int], per_client: bool = True) -> dict[str, Any]:
         """The JSON block of a round: totals, per-client means, per client (partition id) and per phase.
@@ -67,7 +82,7 @@ class Traffic:
         Without ``per_client`` (more clients than tracking.per-client-limit) the ``clients``
         block is left out; the per-client largest figures stand in for it.
         """
-        count = len(self.nodes)
+        count = len(self.nodes.keys() | self.seen) if self.seen else len(self.nodes)
         sent, received = self.total(SENT), self.total(RECEIVED)
         block = {
             "sent_bytes": sent,
@@ -81,7 +96,7 @@ class Traffic:
             "messages": dict(self.messages),
             "phases": {k: dict(v) for k, v in sorted(self.phases.items())},
         }
-        if per_client:
+        if per_client and self.per_node:
             clients = {_client_key(node, node_to_partition): dict(row) for node, row in self.nodes.items()}
             block["clients"] = dict(sorted(clients.items(), key=lambda kv: _sort_key(kv[0])))
         return block
@@ -100,6 +115,8 @@ class TrafficMeter:
     """Counts what the server sends and receives; :meth:`take` hands out the span since the last take."""
 
     def __init__(self) -> None:
+        #: keep a row per node (off above tracking.per-client-limit clients)
+        self.per_node = True
         self.window = Traffic()
 
     def count(self, messages: Iterable[Message], direction: str) -> None:
@@ -108,7 +125,7 @@ class TrafficMeter:
             self.window.add(int(node), phase_of(msg.metadata.message_type), direction, message_bytes(msg))
 
     def take(self) -> Traffic:
-        window, self.window = self.window, Traffic()
+        window, self.window = self.window, Traffic(per_node=self.per_node)
         return window
 
 

@@ -55,14 +55,18 @@ def write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
 
 
-def _client_metrics(replies: Iterable[Message], rejected: Iterable[tuple[int, str]] = ()) -> dict[int, dict[str, Any]]:
-    """partition-id -> that client's metric record, from replies that carry one and were not rejected."""
+def _client_metrics(
+    replies: Iterable[Message], rejected: Iterable[tuple[int, str]] = (), keys: tuple[str, ...] | None = None
+) -> dict[int, dict[str, Any]]:
+    """partition-id -> that client's metric record (only ``keys`` of it when given), from replies that
+    carry one and were not rejected."""
     out: dict[int, dict[str, Any]] = {}
     rejected_nodes = {node for node, _ in rejected}
     for msg in replies:
         if msg.has_error() or "metrics" not in msg.content.metric_records or msg.metadata.src_node_id in rejected_nodes:
             continue
-        metrics = dict(msg.content["metrics"])
+        record = msg.content["metrics"]
+        metrics = dict(record) if keys is None else {k: record[k] for k in keys if k in record}
         if "partition-id" in metrics:
             metrics["node-id"] = msg.metadata.src_node_id
             out[int(metrics["partition-id"])] = metrics
@@ -150,6 +154,7 @@ class ExperimentTracker:
         """Whether a round of ``num_clients`` clients keeps per-client records (logs one line the first time not)."""
         if not self.per_client_limit or num_clients <= self.per_client_limit:
             return True
+        self.traffic.per_node = self.traffic.window.per_node = False  # totals only from now on
         if not self._said_per_client_off:
             self._said_per_client_off = True
             log(
@@ -164,7 +169,9 @@ class ExperimentTracker:
     def record_round(self, outcome: RoundOutcome) -> dict[str, Any]:
         """Append one line to rounds.jsonl and log the headline figures."""
         detail = self.per_client_records(len(outcome.sampled_train))
-        train_clients = _client_metrics(outcome.train_replies, outcome.train_rejected)
+        # above the limit only what the tracker keeps (partition of each node, label counts) is read
+        slim = None if detail else ("partition-id", "label-counts")
+        train_clients = _client_metrics(outcome.train_replies, outcome.train_rejected, slim)
         eval_clients = _client_metrics(outcome.evaluate_replies, outcome.evaluate_rejected)
         for pid, metrics in {**train_clients, **eval_clients}.items():
             self.node_to_partition[int(metrics["node-id"])] = pid
