@@ -1,11 +1,12 @@
 """How far one machine goes: many k-means clients in-process, many virtual CNN clients under ``flwr run``.
 
 ``kmeans``: federated k-means through the real ServerApp/ClientApp on the in-process
-grid (generated 2-D data, 100 rows per client), 1,000 and 10,000 clients. Each size
-runs in a fresh interpreter twice, side by side: in the default environment (no
-``OMP_NUM_THREADS``; the clients cap their own pools, ``train.num-threads``) and under
-``OMP_NUM_THREADS=1``; reported: wall seconds, seconds per Lloyd round, peak memory
-(PSS of the job's process), the ratio default / OMP=1, and that both runs agree.
+grid (generated 2-D data, 100 rows per client, k = 4), 1,000 and 10,000 clients, every
+other key at its default, ``OMP_NUM_THREADS=1``, each job in a fresh interpreter under
+``/usr/bin/time``: wall seconds, max RSS, experiment folder MB and files, rounds.jsonl and
+summary.json sizes, longest console line, rounds / inertia / ARI. ``--baseline <checkout>``
+runs another checkout (e.g. a ``git worktree`` of an older commit) on the same data just
+before, for the wall ratio and the same-result check.
 
 ``cnn``: FedAvg with the small CNN on digits (IID) through ``flwr run`` with 1,000
 virtual SuperNodes, ``fraction-train=0.1`` and ``fraction-evaluate=0.1``: peak memory
@@ -16,7 +17,7 @@ client, seconds per round, and the seconds partitioning takes at that size.
 Dirichlet with a minimum partition size (a peer framework loops forever there):
 seconds until a partition or a one-line error.
 
-    python bench/scale.py kmeans --sizes 1000 10000
+    python bench/scale.py kmeans --sizes 1000 10000 --baseline /path/to/worktree-of-old-commit
     python bench/scale.py cnn --clients 1000 --rounds 3
     python bench/scale.py partitioning
     python bench/scale.py kmeans --quick       # smoke test: 50 clients
@@ -26,15 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -44,112 +44,127 @@ from bench.common import MemorySampler, emit, rounds_of  # noqa: E402
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 KMEANS_JOB = """
-import json, sys, time
+import json, pathlib, sys, time
 from data_gen.generate_test_data import GeneratorOptions, generate, write
 from fedvq_app.client_app import app as client_app
 from fedvq_app.local_grid import full_run_config, run_local
 from fedvq_app.server_app import app as server_app
-clients, work, threads, max_rounds, n_init = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), \
-    int(sys.argv[5])
-path = f"{work}/data_{clients}"
-import pathlib
+clients, work, k, name, result = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+path = f"{work}/data_{clients}_{k}"
 if not pathlib.Path(path, f"client_{clients - 1}.npz").is_file():
-    write(generate(GeneratorOptions(num_clients=clients, samples_per_client=100, num_features=2, num_clusters=3,
+    write(generate(GeneratorOptions(num_clients=clients, samples_per_client=100, num_features=2, num_clusters=k,
                                     random_state=0)), path)
-name = f"kmeans_{clients}_{time.time_ns()}"
+# every other key at its pyproject default (client logs, n-init, max-rounds, logging at INFO)
 config = full_run_config(method="kmeans", **{"log-dir": f"{work}/logs", "experiment-name": name,
-    "kmeans.data-source": "generated", "kmeans.data-path": path, "kmeans.k": 3, "kmeans.client-logs": False,
-    "min-available-nodes": clients, "train.num-threads": threads, "kmeans.max-rounds": max_rounds,
-    "kmeans.n-init": n_init})
-import logging; logging.getLogger("flwr").setLevel(logging.WARNING)
-import resource
-started, cpu_started = time.time(), resource.getrusage(resource.RUSAGE_SELF)
+    "kmeans.data-source": "generated", "kmeans.data-path": path, "kmeans.k": k})
+started = time.time()
 run_local(server_app, client_app, clients, config)
-elapsed, cpu = time.time() - started, resource.getrusage(resource.RUSAGE_SELF)
+elapsed = time.time() - started
 summary = json.loads(pathlib.Path(work, "logs", name, "summary.json").read_text())
-print(json.dumps({"job_s": elapsed, "cpu_s": cpu.ru_utime + cpu.ru_stime - cpu_started.ru_utime - cpu_started.ru_stime,
-                  "rounds": summary["rounds"], "inertia": summary["inertia"],
-                  "num_clients": summary["num_clients"], "heavy_modules": sorted(
-                      m for m in ("torch", "flwr_datasets", "datasets") if m in sys.modules)}))
+pathlib.Path(result).write_text(json.dumps({"job_s": elapsed, "rounds": summary["rounds"],
+    "inertia": summary["inertia"], "ari": summary.get("ari"), "num_clients": summary["num_clients"]}))
 """
 
 
-def kmeans_once(clients: int, work: Path, omp_one: bool, threads: int, max_rounds: int = 100, n_init: int = 10) -> dict:
-    """One in-process k-means job in a fresh interpreter; its own peak PSS."""
-    marker = uuid.uuid4().hex
-    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
-    env.update({"PYTHONPATH": str(ROOT), "FEDVQ_BENCH_JOB": marker})
-    if omp_one:
-        env.update(dict.fromkeys(THREAD_VARIABLES, "1"))
-    started = time.time()
-    with MemorySampler(interval_s=0.25, env_marker=f"FEDVQ_BENCH_JOB={marker}") as memory:
-        done = subprocess.run(
-            [sys.executable, "-c", KMEANS_JOB, str(clients), str(work), str(threads), str(max_rounds), str(n_init)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=7200,
-        )
-    if done.returncode != 0:
-        return {"completed": False, "tail": done.stderr[-1500:]}
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+def folder_figures(folder: Path) -> dict:
+    """Size and file count of an experiment folder, and the size of its two JSON records."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+
+    def size(name: str) -> float | None:
+        path = folder / name
+        return path.stat().st_size / 1e6 if path.is_file() else None
+
     return {
-        "completed": True,
-        "process_s": time.time() - started,
-        **result,
-        "s_per_round": result["job_s"] / max(result["rounds"], 1),
-        "peak_pss_mib": memory.peak / 2**20,
+        "folder_mb": sum(p.stat().st_size for p in files) / 1e6,
+        "files": len(files),
+        "rounds_jsonl_mb": size("rounds.jsonl"),
+        "summary_json_kb": (size("summary.json") or 0) * 1e3,
     }
 
 
+def git_commit(root: Path) -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True)
+    return done.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if done.returncode == 0 else "unknown"
+
+
+def kmeans_once(clients: int, work: Path, code: Path, k: int) -> dict:
+    """One in-process k-means job of checkout ``code`` at the defaults in a fresh interpreter.
+
+    ``/usr/bin/time -f "%e %M"`` gives wall seconds and max RSS (what a user sees);
+    OMP_NUM_THREADS=1 (numpy/scikit-learn pools on tiny arrays cost 50x). The console
+    (stdout + stderr, Flower's INFO log included) is kept to find its longest line.
+    """
+    env = {k_: v for k_, v in os.environ.items() if k_ not in THREAD_VARIABLES}
+    env.update({"PYTHONPATH": str(code), **dict.fromkeys(THREAD_VARIABLES, "1")})
+    name = f"kmeans_{clients}_{time.time_ns()}"
+    result, timing = work / f"{name}.json", work / f"{name}.time"
+    cmd = ["/usr/bin/time", "-o", str(timing), "-f", "%e %M", sys.executable, "-c", KMEANS_JOB]
+    done = subprocess.run(
+        [*cmd, str(clients), str(work), str(k), name, str(result)],
+        cwd=code,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=7200,
+    )
+    console = (done.stdout + done.stderr).splitlines()
+    if done.returncode != 0 or not result.is_file():
+        return {"completed": False, "tail": done.stderr[-1500:]}
+    wall, max_rss_kib = timing.read_text().split()[-2:]
+    folder = work / "logs" / name
+    figures = {
+        "completed": True,
+        "commit": git_commit(code),
+        "process_wall_s": float(wall),
+        "max_rss_mib": int(max_rss_kib) / 1024,
+        **json.loads(result.read_text()),
+        **folder_figures(folder),
+        "console_lines": len(console),
+        "longest_console_line": max(map(len, console), default=0),
+    }
+    shutil.rmtree(folder, ignore_errors=True)  # 10,000 clients of an old checkout leave 700 MB
+    return figures
+
+
 def bench_kmeans(args) -> None:
-    sizes = [50] if args.quick else args.sizes
+    sizes = args.sizes or ([50] if args.quick else [1000, 10000])
+    codes = {"this": ROOT, **({"baseline": Path(args.baseline).resolve()} if args.baseline else {})}
     with tempfile.TemporaryDirectory() as tmp:
         for clients in sizes:
-            compare = clients <= args.compare_up_to
-            kinds = ["default", "omp1"] if compare else ["default"]
-            if args.uncapped and compare:  # no cap at all (train.num-threads=0), default environment
-                kinds.append("uncapped")
-            # side by side, same session, interleaved (default, OMP=1, default, OMP=1, ...) so that a
-            # change in the machine's load hits both; the median of each kind is compared
-            runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
-            for _ in range(args.repeats if compare else 1):
-                for kind in kinds:
-                    runs[kind].append(
-                        kmeans_once(
-                            clients,
-                            Path(tmp),
-                            omp_one=kind == "omp1",
-                            threads=0 if kind == "uncapped" else args.threads,
-                            max_rounds=args.max_rounds,
-                            n_init=args.n_init,
-                        )
-                    )
-            ok = all(r["completed"] for rs in runs.values() for r in rs)
-            median = {kind: float(np.median([r["job_s"] for r in rs])) if ok else None for kind, rs in runs.items()}
-            median_cpu = {kind: float(np.median([r["cpu_s"] for r in rs])) if ok else None for kind, rs in runs.items()}
-            inertias = {r.get("inertia") for rs in runs.values() for r in rs}
+            # side by side in one session: the baseline checkout first, then this one (same data file)
+            runs = {label: kmeans_once(clients, Path(tmp), code, args.k) for label, code in reversed(codes.items())}
+            this, base = runs["this"], runs.get("baseline")
+            both = base is not None and base["completed"] and this["completed"]
             figures = {
                 "clients": clients,
                 "rows_per_client": 100,
                 "features": 2,
-                "train_num_threads": args.threads,
+                "k": args.k,
+                "settings": "every other key at its default; OMP_NUM_THREADS=1",
                 "runs": runs,
-                "median_job_s": median,
-                "median_cpu_s": median_cpu,
-                "max_rounds": args.max_rounds,
-                "n_init": args.n_init,
-                "cpu_ratio_default_vs_omp1": median_cpu["default"] / median_cpu["omp1"] if ok and compare else None,
-                "completed": ok,
-                "ratio_default_vs_omp1": median["default"] / median["omp1"] if ok and compare else None,
-                "ratio_uncapped_vs_omp1": median["uncapped"] / median["omp1"] if ok and "uncapped" in median else None,
-                "same_result": ok and len(inertias) == 1,
-                "peak_pss_mib": max(r.get("peak_pss_mib", 0) for rs in runs.values() for r in rs),
-                "targets": {"ratio_default_vs_omp1_at_most": 1.2, "peak_pss_mib_at_most": 350},
-                "note": "machine shared with other jobs: compare only the ratio, measured side by side",
+                "completed": this["completed"],
+                "wall_ratio_vs_baseline": this["process_wall_s"] / base["process_wall_s"] if both else None,
+                "same_result_as_baseline": (
+                    all(same(this[key], base[key]) for key in ("rounds", "inertia", "ari")) if both else None
+                ),
+                "targets": {
+                    "folder_mb_at_most": 20 * clients / 10000,
+                    "files_at_most": max(200 * clients // 10000, 20),
+                    "longest_console_line_at_most": 300,
+                    "summary_json_kb_at_most": 100 * clients / 10000,
+                    "max_rss_mib_at_most": 350,
+                    "wall_ratio_vs_baseline_at_most": 0.5,
+                },
             }
             emit("scale_kmeans", figures, quick=args.quick)
+
+
+def same(a, b) -> bool:
+    """Equal up to float noise (the inertia is a sum over up to a million rows)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return a == b
 
 
 def partitioning_seconds(kind: str, clients: int, **partition) -> dict:
@@ -291,16 +306,10 @@ def bench_cnn(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    km = sub.add_parser("kmeans", help="in-process federated k-means, default environment vs OMP_NUM_THREADS=1")
-    km.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
-    km.add_argument("--threads", type=int, default=1, help="train.num-threads of the clients")
-    km.add_argument("--uncapped", action="store_true", help="also run with train.num-threads=0 (no cap)")
-    km.add_argument("--max-rounds", type=int, default=100, help="kmeans.max-rounds")
-    km.add_argument("--n-init", type=int, default=10, help="kmeans.n-init")
-    km.add_argument("--repeats", type=int, default=2, help="interleaved repeats of each compared kind")
-    km.add_argument(
-        "--compare-up-to", type=int, default=1000, help="larger federations run once, in the default environment only"
-    )
+    km = sub.add_parser("kmeans", help="in-process federated k-means at the defaults: wall, RSS, folder, console")
+    km.add_argument("--sizes", type=int, nargs="+", help="clients (default 1000 10000; --quick: 50)")
+    km.add_argument("--k", type=int, default=4, help="kmeans.k and the generator's clusters")
+    km.add_argument("--baseline", default="", help="another checkout (git worktree) run side by side, e.g. main")
     km.add_argument("--quick", action="store_true")
     cnn = sub.add_parser("cnn", help="FedAvg CNN, many virtual clients under flwr run")
     cnn.add_argument("--clients", type=int, default=1000)

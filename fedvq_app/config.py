@@ -475,6 +475,14 @@ class TrackingSettings:
     mlflow_experiment: str = option(
         "tracking.mlflow-experiment", "fedvq", help="MLflow experiment the runs are logged under"
     )
+    per_client_limit: int = option(
+        "tracking.per-client-limit",
+        100,
+        minimum=0,
+        help="per-client records (rounds.jsonl train/communication 'clients', k-means local_means/ and "
+        "client_logs/) are written only for rounds with at most this many clients; above it counts and "
+        "ranges only (0 = no limit)",
+    )
 
 
 @dataclass(frozen=True)

@@ -448,5 +448,14 @@ class KMeansOptions:
         "kmeans.silhouette-sample", 200, minimum=0, help="rows per client scored for the silhouette (0 = none)"
     )
     client_logs: bool = option(
-        "kmeans.client-logs", True, help="clients write local_means/ and client_logs/ under <log-dir>/<experiment>"
+        "kmeans.client-logs",
+        True,
+        help="clients write local_means/ and client_logs/ under <log-dir>/<experiment> "
+        "(only up to tracking.per-client-limit clients)",
+    )
+    debug_server_local_means: bool = option(
+        "kmeans.debug-server-local-means",
+        False,
+        help="debug only: the server also writes every client's shared local means and counts per round "
+        "(local_means/round_XXX_server.npz); refused with secure aggregation",
     )

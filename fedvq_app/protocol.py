@@ -60,6 +60,8 @@ PRIVACY = "privacy"
 FEDVQ_READY_KEY = "codebook-ready"
 #: FedVQ train config: 1 when this round's reply must carry the encoder
 FEDVQ_ENCODER_UP_KEY = "encoder-up"
+#: k-means instruction config: whether the client writes its own per-client logs (issue 31's limit)
+KMEANS_CLIENT_LOGS = "client-logs"
 #: FedLoGe train-reply metric: the client's per-class sample counts
 LABEL_COUNTS = "label-counts"
 #: FedLoGe: suffix of a mode's class-balanced accuracy metric

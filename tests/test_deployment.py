@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 from data_gen.generate_test_data import GeneratorOptions, generate
+from fedvq_app.tracking.idsets import parse_ranges
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("local_topology", ROOT / "scripts" / "local_topology.py")
@@ -182,7 +183,7 @@ def test_insecure_topology_runs_a_kmeans_job_on_each_sites_data_dir(insecure):
     report = json.loads((logs / "kmeans" / "experiment_summary.json").read_text())
     print(f"insecure kmeans: ARI {summary['ari']:.4f}, inertia {summary['inertia']:.2f}")
     assert summary["method"] == "kmeans" and summary["rounds"] == 2 and summary["num_clients"] == NODES
-    assert report["config"]["data_source"] == "generated" and report["config"]["partitions"] == [0, 1, 2]
+    assert report["config"]["data_source"] == "generated" and report["config"]["partitions"] == "0-2"
     assert report["total_rounds"] == 2 and report["final_means_shape"] == [3, 2]
     assert summary["ari"] > 0.5 and summary["inertia"] > 0  # three well-separated true clusters
     assert summary["kmeans"]["num_samples"] == sum(SITE_ROWS)  # each site read its own folder (own row count)
@@ -221,17 +222,17 @@ def test_a_supernode_killed_mid_round_is_recorded_and_the_run_goes_on(insecure):
     summary = json.loads((logs / "kill" / "summary.json").read_text())
     first, second = _rounds(logs / "kill")
     print(
-        f"kill test: round 1 sampled {len(first['sampled_train'])} nodes, dropped {first['dropped']} "
+        f"kill test: round 1 sampled {first['num_sampled_train']} nodes, dropped {first['dropped']} "
         f"(partitions {first['dropped_partitions']}), trained on partitions {sorted(first['train']['clients'])}; "
-        f"round 2 sampled {len(second['sampled_train'])} nodes, dropped {second['dropped']}; "
+        f"round 2 sampled {second['num_sampled_train']} nodes, dropped {second['dropped']}; "
         f"final accuracy {summary['final']['accuracy']:.4f} on partitions {summary['final']['partition_ids']}; "
         f"run finished {finished - killed_at:.0f} s after the kill"
     )
     # round 1 completed with the two replies that arrived; the dead node is recorded as dropped
-    assert len(first["sampled_train"]) == NODES and len(first["dropped"]) == 1
+    assert first["num_sampled_train"] == NODES and len(first["dropped"]) == 1
     assert sorted(first["train"]["clients"]) == ["0", "1"]
     # round 2 went on with the nodes present (2 >= min-train-nodes), without the dead one
-    assert len(second["sampled_train"]) == 2 and first["dropped"][0] not in second["sampled_train"]
+    assert second["num_sampled_train"] == 2 and first["dropped"][0] not in parse_ranges(second["sampled_train"])
     assert second["dropped"] == [] and sorted(second["train"]["clients"]) == ["0", "1"]
     assert summary["rounds"] == 2 and summary["dropped_total"] == 1 and "stopped_early" not in summary
     assert summary["final"]["partition_ids"] == [0, 1] and summary["final"]["accuracy"] > 0.3

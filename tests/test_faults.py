@@ -80,14 +80,14 @@ def test_nodes_dying_mid_run_are_recorded_and_later_rounds_go_on_without_them(tm
     folder, _ = _flaky_run(tmp_path, "die", 4, {3: 2, 4: 2}, superlink_errors={4})
     rounds = _rounds(folder)
     assert [r["round"] for r in rounds] == [1, 2, 3]
-    assert rounds[0]["dropped"] == [] and rounds[0]["sampled_train"] == [1, 2, 3, 4]
+    assert rounds[0]["dropped"] == [] and rounds[0]["sampled_train"] == "1-4" and rounds[0]["num_sampled_train"] == 4
     # round 2: both were sampled and never answered; their partitions are named
     assert rounds[1]["dropped"] == [3, 4] and rounds[1]["dropped_partitions"] == [2, 3]
     assert set(rounds[1]["train"]["clients"]) == {"0", "1"}
     # the SuperLink's error for node 4 is a dropout, not a rejected reply (of "node 1", its sender)
     assert rounds[1]["rejected"] == []
     # round 3: only the nodes present are sampled (2 >= min-available-nodes)
-    assert rounds[2]["sampled_train"] == [1, 2] and rounds[2]["dropped"] == []
+    assert rounds[2]["sampled_train"] == "1-2" and rounds[2]["dropped"] == []
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["rounds"] == 3 and summary["dropped_total"] == 2 and "stopped_early" not in summary
     assert summary["final"]["partition_ids"] == [0, 1] and summary["final"]["accuracy"] > 0.3

@@ -76,19 +76,27 @@ def test_generated_data_matches_centralized_and_writes_the_seed_layout(run_confi
     for path in (
         "global_means/round_000_global_means.npy",
         f"global_means/round_{last:03d}_metadata.json",
-        f"local_means/client_2/round_{last:03d}_local_means.npy",
-        f"local_means/client_2/round_{last:03d}_sample_counts.npy",
-        f"local_means/client_0/round_{last:03d}_metadata.json",
-        "local_means/client_1/points_2d.npy",
-        "client_logs/client_0.log",
+        f"local_means/round_{last:03d}_clients.jsonl",
+        "local_means/points_2d.jsonl",
+        "client_logs/clients.log",
         "server_logs/server.log",
         "kmeans_convergence.png",
     ):
         assert (folder / path).is_file(), path
+    # compact: one file per round for all clients, no folder or file per client
+    assert not list(folder.glob("local_means/client_*")) and not list(folder.glob("client_logs/client_*"))
+    assert not list(folder.glob("local_means/*_server.npz"))  # the server keeps no site's statistics
     meta = json.loads((folder / f"global_means/round_{last:03d}_metadata.json").read_text())
-    assert meta["convergence_change"] < 1e-4 and meta["participating_clients"] == [0, 1, 2]
-    client_meta = json.loads((folder / "local_means/client_0/round_001_metadata.json").read_text())
-    assert {"sample_counts_before_filter", "sample_counts_after_filter", "withheld_clusters"} <= set(client_meta)
+    assert meta["convergence_change"] < 1e-4 and meta["participating_clients"] == "0-2"
+    lines = (folder / "local_means/round_001_clients.jsonl").read_text().splitlines()
+    records = {r["client_id"]: r for r in map(json.loads, lines)}
+    assert sorted(records) == [0, 1, 2]
+    assert {"sample_counts_before_filter", "sample_counts_after_filter", "withheld_clusters"} <= set(records[0])
+    n_init = summary["kmeans"]["n_init"]
+    assert np.shape(records[0]["local_means"]) == (n_init, 3, 2) and np.shape(records[0]["assignments"]) == (n_init, 60)
+    assert sum(map(sum, records[0]["sample_counts"])) <= n_init * 60
+    log_lines = (folder / "client_logs/clients.log").read_text().splitlines()
+    assert {line.split(" client ")[1].split(":")[0] for line in log_lines} == {"0", "1", "2"}
     np.testing.assert_allclose(np.array(summary["kmeans"]["centroids_original_scale"]).shape, (3, 2))
 
 
@@ -156,7 +164,7 @@ def test_a_client_rejected_in_every_phase_is_not_counted(run_config, tmp_path):
     assert full["num_clients"] == 4 and full["kmeans"]["num_samples"] == 150
     assert summary["num_clients"] == 3 and summary["kmeans"]["excluded_partitions"] == [3]
     assert summary["kmeans"]["num_samples"] == sum(sizes[:3])
-    assert json.loads((folder / "experiment_summary.json").read_text())["config"]["partitions"] == [0, 1, 2]
+    assert json.loads((folder / "experiment_summary.json").read_text())["config"]["partitions"] == "0-2"
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from fedvq_app.kmeans_records import read_transform
 from fedvq_app.options import KMeansOptions
 from fedvq_app.protocol import ARRAYS, CONFIG, KMEANS_ACTIONS, METRICS
 from fedvq_app.protocol import KMEANS_CENTROIDS as CENTROIDS
+from fedvq_app.protocol import KMEANS_CLIENT_LOGS as CLIENT_LOGS_KEY
 from fedvq_app.records import to_numpy, to_record
 from fedvq_app.tracking.kmeans_logs import KMeansLogs
 from fedvq_app.training.threads import limit_native_threads
@@ -62,8 +63,15 @@ class KMeansClient:
         return Message(content=RecordDict(records), reply_to=msg)
 
     def _logs(self, msg: Message) -> KMeansLogs | None:
-        """This run's log folder on this machine (None when client logs are off)."""
-        name = str(msg.content[CONFIG].get("experiment", ""))
+        """This run's log folder on this machine (None when client logs are off).
+
+        The server turns them on per message (``client-logs``): only when ``kmeans.client-logs``
+        is on and the federation has at most ``tracking.per-client-limit`` clients.
+        """
+        config = msg.content[CONFIG]
+        name = str(config.get("experiment", ""))
+        if not bool(config.get(CLIENT_LOGS_KEY, False)):
+            return None
         if not self.options.client_logs or not name or "/" in name or "\\" in name or name in (".", ".."):
             return None
         return KMeansLogs(resolve_log_root(self.settings.log_dir) / name)
@@ -114,12 +122,13 @@ class KMeansClient:
         server_round = int(msg.content[CONFIG].get("server-round", 0))
         logs = self._logs(msg)
         if logs is not None:
-            self._log_step(logs, server_round, counts, shared_counts, withheld, labels)
+            self._log_step(logs, server_round, counts, sums, shared_counts, withheld, labels)
         arrays = {"sums": sums, "counts": shared_counts, "inertia": inertia}
         return self._reply(msg, {"withheld": int(withheld.sum())}, arrays)
 
-    def _log_step(self, logs, server_round, counts, shared_counts, withheld, labels) -> None:
-        """Counts before and after the privacy filter (per run) and the row assignments, on this disk."""
+    def _log_step(self, logs, server_round, counts, sums, shared_counts, withheld, labels) -> None:
+        """What it shared (local means and counts of every run), its counts before the privacy filter,
+        and the row assignments: one line of the round's file, on this disk."""
         metadata = {
             "num_samples": int(labels.shape[1]),
             "privacy_threshold": self.threshold,
@@ -127,7 +136,9 @@ class KMeansClient:
             "sample_counts_after_filter": shared_counts.tolist(),
             "withheld_clusters": [np.flatnonzero(w).tolist() for w in withheld],
         }
-        logs.write_client_round(self.partition_id, server_round, labels, metadata)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(shared_counts[..., None] > 0, sums / shared_counts[..., None], np.nan)
+        logs.write_client_round(self.partition_id, server_round, means, shared_counts, labels, metadata)
         logs.client_log(
             self.partition_id,
             f"round {server_round}: {int(withheld.sum())} local means withheld "

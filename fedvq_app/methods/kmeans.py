@@ -13,6 +13,10 @@ from fedvq_app.options import KMeansOptions
 from fedvq_app.registry import MethodSpec
 from fedvq_app.server.kmeans_workflow import build_phases, run_kmeans_workflow
 
+#: the secure-aggregation key (issue 27) and its values that mean "off"
+SECAGG_KEY = "secagg.mode"
+SECAGG_OFF = ("off", "none", "", False)
+
 
 def validate(settings: Settings) -> None:
     """Cross-field checks: options that would be silently ignored are errors."""
@@ -24,6 +28,14 @@ def validate(settings: Settings) -> None:
         )
     if settings.resume_from:
         raise ConfigError("config key 'resume-from' is not supported by method 'kmeans' (it keeps no checkpoints)")
+    # secure aggregation (secagg.mode, issue 27) hides each site's statistics from the server: a server that
+    # writes them to disk would defeat it. The key does not exist yet; this refusal works once it does.
+    secagg = settings.raw.get(SECAGG_KEY, "off")
+    if opts.debug_server_local_means and secagg not in SECAGG_OFF:
+        raise ConfigError(
+            f"config key 'kmeans.debug-server-local-means' has invalid value True with {SECAGG_KEY}={secagg!r}: "
+            "expected false (secure aggregation keeps each site's statistics off the server)"
+        )
 
 
 def privacy_check(settings) -> str | None:

@@ -36,9 +36,10 @@ from fedvq_app.strategies.kmeans_handshake import Federation, Handshake
 from fedvq_app.strategies.kmeans_init import SummaryInit
 from fedvq_app.strategies.kmeans_normalization import Normalization
 from fedvq_app.strategies.kmeans_pca import FederatedPCA, PCAResult
-from fedvq_app.strategies.kmeans_phase import CENTROIDS
+from fedvq_app.strategies.kmeans_phase import CENTROIDS, CLIENT_LOGS_KEY
 from fedvq_app.strategies.kmeans_step import LloydStep, StepResult
 from fedvq_app.tracking.experiment import ExperimentTracker, RoundOutcome
+from fedvq_app.tracking.idsets import count_and_named, describe, ranges
 from fedvq_app.tracking.kmeans_logs import KMeansLogs
 
 
@@ -65,7 +66,7 @@ def build_phases(settings: Settings, federation: Federation) -> KMeansPhases:
         normalization=Normalization(d),
         pca=pca,
         init=SummaryInit(opts.k, local_k, dim, opts.privacy_threshold, settings.seed, opts.n_init),
-        step=LloydStep(opts.k, dim, opts.privacy_threshold, opts.n_init),
+        step=LloydStep(opts.k, dim, opts.privacy_threshold, opts.n_init, keep_local=opts.debug_server_local_means),
         evaluation=KMeansEvaluation(opts.k, federation.num_classes, opts.silhouette_sample),
         cluster_dim=dim,
     )
@@ -88,7 +89,7 @@ def exchange(
         gone.update(unavailable)
     dropped = sorted({m.metadata.dst_node_id for m in messages} - {r.metadata.src_node_id for r in replies})
     if dropped:
-        log(WARNING, "[kmeans] %s: no reply from nodes %s", phase, dropped)
+        log(WARNING, "[kmeans] %s: no reply from %s", phase, count_and_named(dropped))
     stop_if_hopeless(replies, f"k-means phase {phase}", first=first)
     return replies
 
@@ -117,7 +118,7 @@ def _round_metadata(result: StepResult, run: int, federation: Federation) -> dic
     return {
         "convergence_change": float(result.shifts[run]),
         "max_change_all_runs": result.shift,
-        "participating_clients": result.participating,
+        "participating_clients": ranges(result.participating),
         "num_participating_clients": len(result.participating),
         "cluster_counts": result.counts[run].tolist(),
         "empty_clusters": np.flatnonzero(result.empty[run]).tolist(),
@@ -137,14 +138,21 @@ def _shared_means(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
 def write_round_logs(
     logs: KMeansLogs, initial: np.ndarray, results: list[StepResult], run: int, federation: Federation
 ) -> list[dict[str, Any]]:
-    """The seed's per-round files for the kept run; returns its convergence history."""
+    """The seed's per-round global files for the kept run; returns its convergence history.
+
+    The clients' local means reach the disk only through the clients' own logs; the server
+    writes what it received only when the step kept it (``kmeans.debug-server-local-means``).
+    """
     logs.write_global_means(0, initial[run], {"convergence_change": None, "run": run})
     history = []
     for result in results:
         meta = {**_round_metadata(result, run, federation), "run": run}
         logs.write_global_means(result.server_round, result.centroids[run], meta)
-        for pid, (sums, counts) in result.local.items():
-            logs.write_local_means(pid, result.server_round, _shared_means(sums[run], counts[run]), counts[run])
+        if result.local:
+            ids = sorted(result.local)
+            means = np.stack([_shared_means(result.local[p][0][run], result.local[p][1][run]) for p in ids])
+            counts = np.stack([result.local[p][1][run] for p in ids])
+            logs.write_server_local_means(result.server_round, ids, means, counts)
         history.append({"round": result.server_round, **meta})
     return history
 
@@ -158,11 +166,13 @@ def run_lloyd(
     tracker: ExperimentTracker,
     gone: set[int] | None = None,
     contributed: set[int] | None = None,
+    client_logs: bool = False,
 ) -> tuple[list[StepResult], bool]:
     """Lloyd rounds until no run moves more than tol; returns every round's result and convergence.
 
     ``gone`` holds the nodes that went away (never messaged again); ``contributed`` collects
-    the nodes whose step replies were accepted in any round.
+    the nodes whose step replies were accepted in any round; ``client_logs`` tells the clients
+    whether to write their own per-client logs.
     """
     opts = settings.options(KMeansOptions)
     contributed = set() if contributed is None else contributed
@@ -171,10 +181,11 @@ def run_lloyd(
     gone = set() if gone is None else gone
     for rnd in range(1, opts.max_rounds + 1):
         started = time.time()
-        config = {"server-round": rnd, "experiment": tracker.dir.name}
+        config = {"server-round": rnd, "experiment": tracker.dir.name, CLIENT_LOGS_KEY: client_logs}
         federation = live(federation, gone)
         messages = step.instructions(federation.nodes, config, transform, {CENTROIDS: step.centroids}, str(rnd))
         replies = exchange(grid, messages, settings.round_timeout, gone)
+        del messages  # 10,000 sent messages need not outlive the exchange (peak memory)
         result = step.aggregate(rnd, replies)
         contributed.update(step.accepted_nodes)
         metrics = {}
@@ -196,18 +207,19 @@ def run_lloyd(
                 wall_time_s=time.time() - started,
             )
         )
+        del replies  # this round's replies must not be alive while the next round's arrive (peak memory)
         if result is None:
             log(WARNING, "[kmeans] round %d: no usable reply, centroids unchanged", rnd)
             continue
         results.append(result)
         log(
             INFO,
-            "[kmeans] round %d: largest shift %.6f, best inertia %.4f (run %d), clients %s",
+            "[kmeans] round %d: largest shift %.6f, best inertia %.4f (run %d), %s",
             rnd,
             result.shift,
             metrics["inertia"],
             step.best_run(),
-            result.participating,
+            describe(result.participating, (c.partition_id for c in federation.clients.values())),
         )
         if result.shift < opts.tol:
             return results, True
@@ -318,7 +330,7 @@ def _experiment_summary(settings: Settings, federation: Federation, report: dict
             "split": opts.split,
             "seed": settings.seed,
             "num_clients": len(federation.clients),
-            "partitions": sorted(c.partition_id for c in federation.clients.values()),
+            "partitions": ranges(c.partition_id for c in federation.clients.values()),
         },
         "total_rounds": report["rounds"],
         "converged": report["converged"],
@@ -356,11 +368,13 @@ def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
             federation.num_classes,
         )
         phases: KMeansPhases = get_method(settings.method).build_strategy(settings, federation)
+        # per-client logs only up to tracking.per-client-limit clients (the tracker logs the one line saying so)
+        client_logs = tracker.per_client_records(len(federation.clients)) and opts.client_logs
         #: nodes with at least one accepted reply after the handshake: only these count in the summary
         contributed: set[int] = set()
 
         def run(phase, config: dict | None = None, **instruction_kwargs) -> Any:
-            config = {**(config or {}), "experiment": tracker.dir.name}
+            config = {**(config or {}), "experiment": tracker.dir.name, CLIENT_LOGS_KEY: client_logs}
             nodes = live(federation, gone).nodes
             replies = exchange(grid, phase.instructions(nodes, config, **instruction_kwargs), timeout, gone)
             try:
@@ -379,7 +393,9 @@ def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
 
         initial = run(phases.init, config=phases.init.config(), transform=transform)
         phases.step.centroids = initial
-        results, converged = run_lloyd(grid, phases.step, transform, federation, settings, tracker, gone, contributed)
+        results, converged = run_lloyd(
+            grid, phases.step, transform, federation, settings, tracker, gone, contributed, client_logs
+        )
         best = phases.step.best_run()
         history = write_round_logs(logs, initial, results, best, federation)
         centroids = phases.step.centroids[best]
@@ -390,7 +406,11 @@ def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
         used = federation.restricted_to(contributed)
         excluded = sorted(federation.partition_of(n) for n in set(federation.clients) - contributed)
         if excluded:
-            log(WARNING, "[kmeans] partitions %s were rejected in every phase: not counted in the summary", excluded)
+            log(
+                WARNING,
+                "[kmeans] %s were rejected in every phase: not counted in the summary",
+                count_and_named(excluded, "partitions"),
+            )
         report = _report(settings, used, phases, transform, pca, history, converged, evaluation)
         report["excluded_partitions"] = excluded
         report.update(

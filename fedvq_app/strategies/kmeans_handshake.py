@@ -10,6 +10,7 @@ from flwr.app import Message
 
 from fedvq_app.config import ConfigError
 from fedvq_app.strategies.kmeans_phase import HANDSHAKE, KMeansPhase, reply_metrics
+from fedvq_app.tracking.idsets import NAMED_IDS
 
 
 class HandshakeError(ConfigError):
@@ -64,8 +65,11 @@ class Federation:
         return Federation({n: c for n, c in self.clients.items() if n in keep})
 
 
-def _describe(clients: Iterable[ClientInfo]) -> str:
-    return ", ".join(c.name for c in sorted(clients, key=lambda c: c.partition_id))
+def _describe(clients: Iterable[ClientInfo], limit: int = NAMED_IDS) -> str:
+    """The first ``limit`` clients by name, then how many more (one line at any federation size)."""
+    ordered = sorted(clients, key=lambda c: c.partition_id)
+    shown = ", ".join(c.name for c in ordered[:limit])
+    return shown + (f" ... and {len(ordered) - limit:,} more" if len(ordered) > limit else "")
 
 
 def feature_mismatch(clients: list[ClientInfo]) -> str | None:
@@ -103,7 +107,9 @@ class Handshake(KMeansPhase):
         """The federation, or :class:`HandshakeError` naming the mismatching clients."""
         accepted = self.screen(replies)
         if not accepted:
-            reasons = "; ".join(f"node {n}: {r}" for n, r in self.rejections) or "no replies"
+            reasons = "; ".join(f"node {n}: {r}" for n, r in self.rejections[:3]) or "no replies"
+            if len(self.rejections) > 3:
+                reasons += f"; ... and {len(self.rejections) - 3:,} more rejected"
             raise HandshakeError(f"no client completed the k-means handshake ({reasons})")
         clients = []
         for msg in accepted:

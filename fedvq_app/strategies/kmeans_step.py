@@ -23,6 +23,7 @@ from fedvq_app.strategies.kmeans_phase import (
     reply_metrics,
     small_count_problem,
 )
+from fedvq_app.tracking.idsets import ranges
 
 
 @dataclass
@@ -38,7 +39,8 @@ class StepResult:
     inertia: np.ndarray  # (R,) at the centroids sent this round
     participating: list[int] = field(default_factory=list)
     withheld: int = 0
-    #: partition id -> (sums (R, k, d), counts (R, k)) as received, for the per-client logs
+    #: partition id -> (sums (R, k, d), counts (R, k)) as received; kept only when the server is asked
+    #: to write them (kmeans.debug-server-local-means), empty otherwise
     local: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
@@ -52,8 +54,10 @@ class LloydStep(KMeansPhase):
 
     message_type = STEP
 
-    def __init__(self, k: int, dim: int, threshold: int, runs: int = 1) -> None:
+    def __init__(self, k: int, dim: int, threshold: int, runs: int = 1, keep_local: bool = False) -> None:
         super().__init__()
+        #: keep every client's (sums, counts) in the result (debug output only; 10,000 clients x rounds of arrays)
+        self.keep_local = keep_local
         self.centroids = np.zeros((runs, k, dim))  # the workflow sets the initial centroids
         self.threshold = threshold
         self.last: StepResult | None = None
@@ -75,10 +79,16 @@ class LloydStep(KMeansPhase):
         accepted = self.screen(replies)
         if not accepted:
             return None
-        arrays = [reply_arrays(m) for m in accepted]
-        partitions = [int(reply_metrics(m)["partition-id"]) for m in accepted]
-        sums = sum(a["sums"] for a in arrays)
-        counts = sum(a["counts"] for a in arrays)
+        # summed reply by reply: at 10,000 clients a list of every reply's decoded arrays is tens of MB
+        sums, counts, inertia = 0.0, 0, 0.0
+        partitions, withheld, local = [], 0, {}
+        for msg in accepted:
+            arrays, metrics = reply_arrays(msg), reply_metrics(msg)
+            sums, counts, inertia = sums + arrays["sums"], counts + arrays["counts"], inertia + arrays["inertia"]
+            partitions.append(int(metrics["partition-id"]))
+            withheld += int(metrics.get("withheld", 0))
+            if self.keep_local:
+                local[partitions[-1]] = (arrays["sums"], arrays["counts"])
         previous = self.centroids
         self.centroids, empty = lloyd_update(previous, sums, counts)
         self.last = StepResult(
@@ -88,10 +98,10 @@ class LloydStep(KMeansPhase):
             shifts=np.atleast_1d(centroid_shift(previous, self.centroids)),
             counts=counts,
             empty=empty,
-            inertia=sum(a["inertia"] for a in arrays),
+            inertia=inertia,
             participating=sorted(partitions),
-            withheld=int(sum(reply_metrics(m).get("withheld", 0) for m in accepted)),
-            local={pid: (a["sums"], a["counts"]) for pid, a in zip(partitions, arrays, strict=True)},
+            withheld=withheld,
+            local=local,
         )
         return self.last
 
@@ -112,6 +122,6 @@ class LloydStep(KMeansPhase):
             "run_shifts": r.shifts.tolist(),
             "cluster_counts": r.counts[best].tolist(),
             "empty_clusters": np.flatnonzero(r.empty[best]).tolist(),
-            "participating_partitions": r.participating,
+            "participating_partitions": ranges(r.participating),
             "withheld_local_means": r.withheld,
         }

@@ -87,7 +87,9 @@ class Experiment:
         entry = self.logs.read_local(client, server_round)
         if entry is None:
             return None
-        means = np.asarray(entry["means"], dtype=np.float64)
+        means, counts = np.asarray(entry["means"], dtype=np.float64), np.asarray(entry["counts"])
+        if means.ndim == 3:  # the client logs every run's local means: show the kept run's
+            means, counts = means[min(self.run, len(means) - 1)], counts[min(self.run, len(counts) - 1)]
         shared = ~np.isnan(means).any(axis=1)
         view = np.full((len(means), 2), np.nan)
         if shared.any():
@@ -98,7 +100,7 @@ class Experiment:
         withheld = entry["metadata"].get("withheld_clusters", [])
         if withheld and isinstance(withheld[0], list):
             withheld = withheld[min(self.run, len(withheld) - 1)]
-        return {"means": view, "counts": entry["counts"], "assignments": assignments, "withheld": withheld}
+        return {"means": view, "counts": counts, "assignments": assignments, "withheld": withheld}
 
     def points(self, client: int) -> np.ndarray | None:
         return self.logs.read_client_points(client)
@@ -248,10 +250,15 @@ def frame_aggregate(exp: Experiment, server_round: int, limits, path: Path) -> P
     if "inertia_before_update" in meta:
         lines.append(f"inertia (before update): {meta['inertia_before_update']:.3f}")
     if "participating_clients" in meta:
-        lines.append(f"participating clients: {meta['participating_clients']}")
+        lines.append(f"participating clients: {_short(str(meta['participating_clients']))}")
     _text_box(ax, lines)
     _axes_style(ax, exp, limits, f"Round {server_round} - aggregation (diamond size ~ sample count)")
     return _save(fig, path)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """A frame's text line cut to ``limit`` characters (id ranges of thousands of clients)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def frame_final(exp: Experiment, limits, path: Path) -> Path:

@@ -37,16 +37,28 @@ def phase_of(message_type: str) -> str:
 
 @dataclass
 class Traffic:
-    """Bytes per (node, direction) and per (phase, direction) over some span of the run."""
+    """Bytes per (node, direction) and per (phase, direction) over some span of the run.
+
+    Without ``per_node`` (more clients than tracking.per-client-limit) only the totals,
+    the phases and the set of nodes are kept, not a row per node.
+    """
 
     nodes: dict[int, dict[str, int]] = field(default_factory=dict)
     phases: dict[str, dict[str, int]] = field(default_factory=dict)
     messages: dict[str, int] = field(default_factory=lambda: {SENT: 0, RECEIVED: 0})
+    per_node: bool = True
+    totals: dict[str, int] = field(default_factory=lambda: {SENT: 0, RECEIVED: 0})
+    #: nodes counted without a row of their own
+    seen: set[int] = field(default_factory=set)
 
     def add(self, node: int, phase: str, direction: str, num_bytes: int) -> None:
-        for table, key in ((self.nodes, node), (self.phases, phase)):
+        tables = ((self.nodes, node), (self.phases, phase)) if self.per_node else ((self.phases, phase),)
+        for table, key in tables:
             row = table.setdefault(key, {SENT: 0, RECEIVED: 0})
             row[direction] += num_bytes
+        if not self.per_node:
+            self.seen.add(node)
+        self.totals[direction] += num_bytes
         self.messages[direction] += 1
 
     def merge(self, other: Traffic) -> None:
@@ -57,26 +69,37 @@ class Traffic:
                     mine[direction] += value
         for direction, value in other.messages.items():
             self.messages[direction] += value
+        for direction, value in other.totals.items():
+            self.totals[direction] += value
+        self.seen |= other.seen
 
     def total(self, direction: str) -> int:
-        return sum(row[direction] for row in self.nodes.values())
+        return self.totals[direction]
 
-    def report(self, node_to_partition: Mapping[int, int]) -> dict[str, Any]:
-        """The JSON block of a round: totals, per-client means, per client (partition id) and per phase."""
-        clients = {_client_key(node, node_to_partition): dict(row) for node, row in sorted(self.nodes.items())}
-        count = len(clients)
+    def report(self, node_to_partition: Mapping[int, int], per_client: bool = True) -> dict[str, Any]:
+        """The JSON block of a round: totals, per-client means, per client (partition id) and per phase.
+
+        Without ``per_client`` (more clients than tracking.per-client-limit) the ``clients``
+        block is left out; the per-client largest figures stand in for it.
+        """
+        count = len(self.nodes.keys() | self.seen) if self.seen else len(self.nodes)
         sent, received = self.total(SENT), self.total(RECEIVED)
-        return {
+        block = {
             "sent_bytes": sent,
             "received_bytes": received,
             "total_bytes": sent + received,
             "num_clients": count,
             "per_client_mean_sent_bytes": sent / count if count else 0.0,
             "per_client_mean_received_bytes": received / count if count else 0.0,
+            "per_client_max_sent_bytes": max((row[SENT] for row in self.nodes.values()), default=0),
+            "per_client_max_received_bytes": max((row[RECEIVED] for row in self.nodes.values()), default=0),
             "messages": dict(self.messages),
             "phases": {k: dict(v) for k, v in sorted(self.phases.items())},
-            "clients": dict(sorted(clients.items(), key=lambda kv: _sort_key(kv[0]))),
         }
+        if per_client and self.per_node:
+            clients = {_client_key(node, node_to_partition): dict(row) for node, row in self.nodes.items()}
+            block["clients"] = dict(sorted(clients.items(), key=lambda kv: _sort_key(kv[0])))
+        return block
 
 
 def _client_key(node: int, node_to_partition: Mapping[int, int]) -> str:
@@ -92,6 +115,8 @@ class TrafficMeter:
     """Counts what the server sends and receives; :meth:`take` hands out the span since the last take."""
 
     def __init__(self) -> None:
+        #: keep a row per node (off above tracking.per-client-limit clients)
+        self.per_node = True
         self.window = Traffic()
 
     def count(self, messages: Iterable[Message], direction: str) -> None:
@@ -100,7 +125,7 @@ class TrafficMeter:
             self.window.add(int(node), phase_of(msg.metadata.message_type), direction, message_bytes(msg))
 
     def take(self) -> Traffic:
-        window, self.window = self.window, Traffic()
+        window, self.window = self.window, Traffic(per_node=self.per_node)
         return window
 
 
@@ -147,7 +172,7 @@ def run_communication(rounds: list[dict[str, Any]], outside: Traffic, node_to_pa
     received = sum(b["received_bytes"] for b in blocks)
     clients: dict[str, dict[str, int]] = {}
     for block in blocks:
-        for key, row in block["clients"].items():
+        for key, row in block.get("clients", {}).items():
             mine = clients.setdefault(key, {SENT: 0, RECEIVED: 0})
             mine[SENT] += row[SENT]
             mine[RECEIVED] += row[RECEIVED]
@@ -173,6 +198,8 @@ def run_communication(rounds: list[dict[str, Any]], outside: Traffic, node_to_pa
         },
         "all_phases_sent_bytes": sent + outside_sent,
         "all_phases_received_bytes": received + outside_received,
+        # per client only from the rounds small enough to keep them (tracking.per-client-limit)
+        "rounds_without_per_client_blocks": sum(1 for b in blocks if "clients" not in b),
         "clients": dict(sorted(clients.items(), key=lambda kv: _sort_key(kv[0]))),
     }
 

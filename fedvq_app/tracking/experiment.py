@@ -4,7 +4,10 @@ Layout of ``<log-dir>/<experiment-name or method_dataset_timestamp>/``::
 
     config.json      resolved run config
     rounds.jsonl     one JSON object per round (per-client and aggregated metrics,
-                     sampled/replied/dropped/rejected nodes, strategy statistics)
+                     sampled/replied/dropped/rejected nodes, strategy statistics);
+                     sampled nodes as id ranges ("1-10000"), and the per-client blocks
+                     of training and traffic only up to tracking.per-client-limit
+                     clients (above it: counts and id ranges)
     summary.json     stable keys for scripts (see :meth:`ExperimentTracker.summary`)
     *.png            plots (see fedvq_app.tracking.plots)
     events.out.tfevents.*  TensorBoard scalars per round (see fedvq_app.tracking.sinks)
@@ -32,6 +35,7 @@ from fedvq_app.registry import get_method
 from fedvq_app.tracking.communication import Traffic, TrafficMeter, run_communication
 from fedvq_app.tracking.groups import DEFAULT_SHARES, head_medium_tail
 from fedvq_app.tracking.groups import SUMMARY_KEY as GROUPS_KEY
+from fedvq_app.tracking.idsets import ranges
 from fedvq_app.tracking.sinks import SinkSet, open_sinks
 
 
@@ -52,14 +56,18 @@ def write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
 
 
-def _client_metrics(replies: Iterable[Message], rejected: Iterable[tuple[int, str]] = ()) -> dict[int, dict[str, Any]]:
-    """partition-id -> that client's metric record, from replies that carry one and were not rejected."""
+def _client_metrics(
+    replies: Iterable[Message], rejected: Iterable[tuple[int, str]] = (), keys: tuple[str, ...] | None = None
+) -> dict[int, dict[str, Any]]:
+    """partition-id -> that client's metric record (only ``keys`` of it when given), from replies that
+    carry one and were not rejected."""
     out: dict[int, dict[str, Any]] = {}
     rejected_nodes = {node for node, _ in rejected}
     for msg in replies:
         if msg.has_error() or "metrics" not in msg.content.metric_records or msg.metadata.src_node_id in rejected_nodes:
             continue
-        metrics = dict(msg.content["metrics"])
+        record = msg.content["metrics"]
+        metrics = dict(record) if keys is None else {k: record[k] for k in keys if k in record}
         if "partition-id" in metrics:
             metrics["node-id"] = msg.metadata.src_node_id
             out[int(metrics["partition-id"])] = metrics
@@ -121,6 +129,9 @@ class ExperimentTracker:
         self.warnings: list[dict[str, str]] = []
         #: a resumed folder is written only once its checkpoint is accepted (load_state_dict)
         self.writable = new
+        #: most clients a round may have for per-client records (0 = no limit); said once when exceeded
+        self.per_client_limit = settings.tracking.per_client_limit
+        self._said_per_client_off = False
         if new:
             write_json(self.dir / "config.json", settings.to_dict())
 
@@ -144,9 +155,28 @@ class ExperimentTracker:
         log(INFO, "%s", header_line(self.settings, self.dir, nodes, self.planned_rounds))
 
     # ------------------------------------------------------------------ rounds
+    def per_client_records(self, num_clients: int) -> bool:
+        """Whether a round of ``num_clients`` clients keeps per-client records (logs one line the first time not)."""
+        if not self.per_client_limit or num_clients <= self.per_client_limit:
+            return True
+        self.traffic.per_node = self.traffic.window.per_node = False  # totals only from now on
+        if not self._said_per_client_off:
+            self._said_per_client_off = True
+            log(
+                INFO,
+                "[fedvq] %s clients > tracking.per-client-limit=%d: per-client records and logs are off "
+                "(counts and id ranges only); set tracking.per-client-limit=0 to write them",
+                f"{num_clients:,}",
+                self.per_client_limit,
+            )
+        return False
+
     def record_round(self, outcome: RoundOutcome) -> dict[str, Any]:
         """Append one line to rounds.jsonl and log the headline figures."""
-        train_clients = _client_metrics(outcome.train_replies, outcome.train_rejected)
+        detail = self.per_client_records(len(outcome.sampled_train))
+        # above the limit only what the tracker keeps (partition of each node, label counts) is read
+        slim = None if detail else ("partition-id", "label-counts")
+        train_clients = _client_metrics(outcome.train_replies, outcome.train_rejected, slim)
         eval_clients = _client_metrics(outcome.evaluate_replies, outcome.evaluate_rejected)
         for pid, metrics in {**train_clients, **eval_clients}.items():
             self.node_to_partition[int(metrics["node-id"])] = pid
@@ -158,7 +188,8 @@ class ExperimentTracker:
         record = {
             "round": outcome.server_round,
             "wall_time_s": outcome.wall_time_s,
-            "sampled_train": sorted(outcome.sampled_train),
+            "sampled_train": ranges(outcome.sampled_train),
+            "num_sampled_train": len(set(outcome.sampled_train)),
             "dropped": dropped,
             "dropped_partitions": sorted(self.node_to_partition[n] for n in dropped if n in self.node_to_partition),
             "rejected": [{"node": n, "reason": r} for n, r in outcome.train_rejected],
@@ -167,7 +198,11 @@ class ExperimentTracker:
                 "aggregated": outcome.train_metrics,
                 "clients": {
                     pid: {k: v for k, v in m.items() if k != "label-counts"} for pid, m in sorted(train_clients.items())
-                },
+                }
+                if detail
+                else {},
+                "num_clients": len(train_clients),
+                **({} if detail else {"partitions": ranges(train_clients)}),
             },
             "evaluate": {
                 "aggregated": outcome.evaluate_metrics,
@@ -176,7 +211,7 @@ class ExperimentTracker:
             "strategy": outcome.strategy_report,
         }
         record["evaluate"]["summary"] = client_spread(eval_clients)
-        record["communication"] = self.traffic.take().report(self.node_to_partition)
+        record["communication"] = self.traffic.take().report(self.node_to_partition, per_client=detail)
         self.rounds.append(_jsonable(record))
         with (self.dir / "rounds.jsonl").open("a") as fh:
             fh.write(json.dumps(self.rounds[-1]) + "\n")

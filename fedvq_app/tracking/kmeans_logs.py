@@ -5,32 +5,36 @@
     <experiment>/
     ├── global_means/round_XXX_global_means.npy   centroids (k x dim, cluster space; round 000 = init)
     │                round_XXX_metadata.json      round, clusters, convergence change, clients
-    ├── local_means/client_<id>/
-    │       round_XXX_local_means.npy    local means the client shared (NaN = withheld or empty)
-    │       round_XXX_sample_counts.npy  their counts (after the client's privacy filter)
-    │       round_XXX_metadata.json      counts before and after the filter, withheld clusters
-    │       round_XXX_assignments.npy    nearest global centroid of every row (runs x rows)
-    │       points_2d.npy                the client's rows in the 2-D view (for the animation)
-    ├── client_logs/client_<id>.log
+    ├── local_means/round_XXX_clients.jsonl   one line per client: the local means and counts it
+    │                                         shared (every run; null = withheld or empty), its
+    │                                         counts before/after its filter, withheld clusters,
+    │                                         row assignments (runs x rows)
+    │   points_2d.jsonl                  one line per client: its rows in the 2-D view
+    │   round_XXX_server.npz             debug only (kmeans.debug-server-local-means): what the
+    │                                    server received (client_ids, local_means, sample_counts)
+    ├── client_logs/clients.log          every client's log lines, prefixed "client <id>:"
     ├── server_logs/server.log
     ├── transform.npz                 global mean/std, PCA components (for the 2-D view)
     ├── experiment_summary.json
     └── federated_kmeans_metrics.json
 
-Who writes what: the server writes ``global_means/``, the shared local means and
-counts it received (``*_local_means.npy``, ``*_sample_counts.npy``, for the run it
-kept), ``server_logs/`` and the summaries -- after the Lloyd loop, once the best of
-the ``n-init`` runs is known. Each client writes its own metadata, assignments,
-2-D points and ``client_logs/`` during the run, on its own disk (the same folder in
-a simulation, the SuperNode's machine in a deployment). Ids are partition ids.
-Nothing a client holds back (a mean of fewer than ``privacy-threshold`` rows) is
-written anywhere.
+Who writes what: the server writes ``global_means/``, ``server_logs/`` and the
+summaries -- after the Lloyd loop, once the best of the ``n-init`` runs is known.
+It never writes a single site's statistics unless ``kmeans.debug-server-local-means``
+asks (off by default; refused with secure aggregation). Each client writes its own
+shared local means, counts, metadata, assignments, 2-D points and log lines during
+the run, on its own disk (the same folder in a simulation, the SuperNode's machine in
+a deployment), one appended line per client in one file per round -- and only when
+the federation has at most ``tracking.per-client-limit`` clients and
+``kmeans.client-logs`` is on. Ids are partition ids. Nothing a client holds back (a
+mean of fewer than ``privacy-threshold`` rows) is written anywhere.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +54,8 @@ SERVER_LOGS = "server_logs"
 TRANSFORM_FILE = "transform.npz"
 EXPERIMENT_SUMMARY = "experiment_summary.json"
 METRICS_FILE = "federated_kmeans_metrics.json"
+CLIENT_LOG = "clients.log"
+POINTS_FILE = "points_2d.jsonl"
 _ROUND = re.compile(r"round_(\d{3,})_global_means\.npy$")
 
 
@@ -62,11 +68,33 @@ def _write_json(path: Path, payload: Any) -> None:
     write_json(path, payload)
 
 
+def append_line(path: Path, line: str) -> None:
+    """Append one line with a single ``write`` on an O_APPEND descriptor.
+
+    Clients of a simulation (threads or Ray workers) append to the same file; one
+    write per line keeps their lines whole.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (line.rstrip("\n") + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _nan_to_none(array: np.ndarray) -> Any:
+    values = np.asarray(array, dtype=np.float64)
+    return np.where(np.isnan(values), None, values).tolist()
+
+
 class KMeansLogs:
     """Reads and writes one experiment folder's k-means logs."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        #: one-line-per-client files already read (path -> client id -> record)
+        self._cache: dict[Path, dict[int, dict[str, Any]]] = {}
 
     # ---------------------------------------------------------------- server side
     def write_global_means(self, server_round: int, centroids: np.ndarray, metadata: dict[str, Any]) -> None:
@@ -103,39 +131,56 @@ class KMeansLogs:
             logger.removeHandler(handler)
             handler.close()
 
-    # ---------------------------------------------------------------- client side
-    def client_dir(self, client_id: int) -> Path:
-        return self.root / LOCAL_MEANS / f"client_{client_id}"
-
-    def write_local_means(self, client_id: int, server_round: int, means: np.ndarray, counts: np.ndarray) -> None:
-        """A client's shared local means (NaN where none was shared) and counts, as the server received them."""
-        folder = self.client_dir(client_id)
+    def write_server_local_means(
+        self, server_round: int, client_ids: list[int], means: np.ndarray, counts: np.ndarray
+    ) -> None:
+        """Debug only: every client's shared local means (NaN = none) and counts as the server received them."""
+        folder = self.root / LOCAL_MEANS
         folder.mkdir(parents=True, exist_ok=True)
-        prefix = round_prefix(server_round)
-        np.save(folder / f"{prefix}_local_means.npy", means)
-        np.save(folder / f"{prefix}_sample_counts.npy", counts)
+        np.savez_compressed(
+            folder / f"{round_prefix(server_round)}_server.npz",
+            client_ids=np.asarray(client_ids, dtype=np.int64),
+            local_means=np.asarray(means),
+            sample_counts=np.asarray(counts),
+        )
+
+    # ---------------------------------------------------------------- client side
+    def client_round_file(self, server_round: int) -> Path:
+        return self.root / LOCAL_MEANS / f"{round_prefix(server_round)}_clients.jsonl"
 
     def write_client_round(
-        self, client_id: int, server_round: int, assignments: np.ndarray, metadata: dict[str, Any]
+        self,
+        client_id: int,
+        server_round: int,
+        means: np.ndarray,
+        counts: np.ndarray,
+        assignments: np.ndarray,
+        metadata: dict[str, Any],
     ) -> None:
-        """The client's own record of a round: counts before/after its filter, row assignments."""
-        folder = self.client_dir(client_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        prefix = round_prefix(server_round)
-        np.save(folder / f"{prefix}_assignments.npy", assignments.astype(np.int32))
-        meta = {"round_number": server_round, "client_id": client_id, **metadata}
-        _write_json(folder / f"{prefix}_metadata.json", meta)
+        """The client's own record of a round, one line of the round's file.
+
+        ``means`` (runs, k, d) are the local means it shared (NaN = withheld or
+        empty), ``counts`` (runs, k) their counts after its privacy filter,
+        ``assignments`` (runs, rows) the nearest global centroid of every row.
+        """
+        record = {
+            "client_id": client_id,
+            "round_number": server_round,
+            **metadata,
+            "local_means": _nan_to_none(means),
+            "sample_counts": np.asarray(counts).tolist(),
+            "assignments": np.asarray(assignments).astype(int).tolist(),
+        }
+        append_line(self.client_round_file(server_round), json.dumps(record, separators=(",", ":")))
 
     def write_client_points(self, client_id: int, points_2d: np.ndarray) -> None:
-        folder = self.client_dir(client_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / "points_2d.npy", points_2d)
+        line = json.dumps({"client_id": client_id, "points_2d": np.asarray(points_2d).tolist()})
+        append_line(self.root / LOCAL_MEANS / POINTS_FILE, line)
 
     def client_log(self, client_id: int, line: str) -> None:
-        path = self.root / CLIENT_LOGS / f"client_{client_id}.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as fh:
-            fh.write(f"{datetime.now():%Y-%m-%d %H:%M:%S} {line}\n")
+        append_line(
+            self.root / CLIENT_LOGS / CLIENT_LOG, f"{datetime.now():%Y-%m-%d %H:%M:%S} client {client_id}: {line}"
+        )
 
     # ---------------------------------------------------------------- readers
     def global_rounds(self) -> list[int]:
@@ -149,28 +194,39 @@ class KMeansLogs:
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         return np.load(folder / f"{prefix}_global_means.npy"), meta
 
+    def _client_lines(self, path: Path) -> dict[int, dict[str, Any]]:
+        """client id -> its record in a one-line-per-client file (read once, then cached)."""
+        if path not in self._cache:
+            lines = path.read_text().splitlines() if path.is_file() else []
+            self._cache[path] = {int(r["client_id"]): r for r in (json.loads(x) for x in lines if x.strip())}
+        return self._cache[path]
+
     def client_ids(self) -> list[int]:
+        """Every client that wrote its points or a round (sorted)."""
         folder = self.root / LOCAL_MEANS
         if not folder.is_dir():
             return []
-        return sorted(int(p.name.split("_", 1)[1]) for p in folder.glob("client_*") if p.name[7:].isdigit())
+        ids = set(self._client_lines(folder / POINTS_FILE))
+        for path in folder.glob("round_*_clients.jsonl"):
+            ids.update(self._client_lines(path))
+        return sorted(ids)
 
     def read_local(self, client_id: int, server_round: int) -> dict[str, Any] | None:
-        """A client's logged round (means, counts, assignments, metadata) or None."""
-        folder, prefix = self.client_dir(client_id), round_prefix(server_round)
-        means_path = folder / f"{prefix}_local_means.npy"
-        if not means_path.is_file():
+        """A client's logged round (means and counts of every run, assignments, metadata) or None."""
+        record = self._client_lines(self.client_round_file(server_round)).get(client_id)
+        if record is None:
             return None
-        out: dict[str, Any] = {"means": np.load(means_path), "counts": np.load(folder / f"{prefix}_sample_counts.npy")}
-        assignments = folder / f"{prefix}_assignments.npy"
-        out["assignments"] = np.load(assignments) if assignments.is_file() else None
-        meta = folder / f"{prefix}_metadata.json"
-        out["metadata"] = json.loads(meta.read_text()) if meta.is_file() else {}
-        return out
+        arrays = ("local_means", "sample_counts", "assignments")
+        return {
+            "means": np.array(record["local_means"], dtype=np.float64),
+            "counts": np.asarray(record["sample_counts"]),
+            "assignments": np.asarray(record["assignments"]),
+            "metadata": {k: v for k, v in record.items() if k not in arrays},
+        }
 
     def read_client_points(self, client_id: int) -> np.ndarray | None:
-        path = self.client_dir(client_id) / "points_2d.npy"
-        return np.load(path) if path.is_file() else None
+        record = self._client_lines(self.root / LOCAL_MEANS / POINTS_FILE).get(client_id)
+        return None if record is None else np.asarray(record["points_2d"], dtype=np.float64)
 
     def read_transform(self) -> FeatureTransform | None:
         path = self.root / TRANSFORM_FILE
