@@ -9,9 +9,10 @@ import pytest
 
 from data_gen.generate_test_data import GeneratorOptions, generate, write
 from fedvq_app.client_app import app as client_app
-from fedvq_app.config import ConfigError, load_settings
+from fedvq_app.config import ConfigError
 from fedvq_app.local_grid import run_local
 from fedvq_app.protocol import KMEANS_STEP
+from fedvq_app.registry import load_settings
 from fedvq_app.server_app import app as server_app
 from fedvq_app.tracking.idsets import count_and_named, describe, named, parse_ranges, ranges
 
