@@ -522,10 +522,14 @@ def main(argv: list[str] | None = None) -> int:
         atexit.unregister(topology.down)  # keep running after this command returns
         _print_usage(topology)
         return 0
-    with topology:
-        code = topology.run(_parse_run_config(args.run_config))
-        sys.stdout.write((topology.logs / "flwr-run.log").read_text())
-        return code
+    try:
+        with topology:
+            code = topology.run(_parse_run_config(args.run_config))
+            sys.stdout.write((topology.logs / "flwr-run.log").read_text())
+            return code
+    except KeyboardInterrupt:  # Ctrl-C: `with` has stopped every process (and removed the namespaces)
+        print(f"interrupted: the topology in {topology.dir} was stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
