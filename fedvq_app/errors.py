@@ -77,15 +77,19 @@ def is_node_unavailable(reply: Message) -> bool:
 
 # ---------------------------------------------------------------------------- named warnings
 #: names of the warnings a run may raise about legal but suspicious input (docs/reliability.md)
-WARNING_NAMES = ("tiny-clients", "dominant-client", "empty-classes", "few-samples", "rejected-replies")
+WARNING_NAMES = ("tiny-clients", "dominant-client", "empty-classes", "few-samples", "rejected-replies", "site-excluded")
 
 
 def warn(collector: list | None, name: str, message: str) -> None:
-    """Log ``[fedvq] warning <name>: message`` and keep it for summary.json's ``warnings``."""
+    """Log ``[fedvq] warning <name>: message`` and keep it for summary.json's ``warnings``.
+
+    A warning repeated with the same message is kept once; the same name with another
+    message (e.g. ``site-excluded`` for a second site) is kept as another entry.
+    """
     if name not in WARNING_NAMES:
         raise ValueError(f"unknown warning name {name!r}")
     log(WARNING, "[fedvq] warning %s: %s", name, message)
-    if collector is not None and all(w["name"] != name for w in collector):
+    if collector is not None and all((w["name"], w["message"]) != (name, message) for w in collector):
         collector.append({"name": name, "message": message})
 
 

@@ -13,6 +13,11 @@ connection in config.toml, logs, certificates, PIDs) lives in one state folder.
     python scripts/local_topology.py run --supernodes 2 -- num-server-rounds=2 method=fedavg
     python scripts/local_topology.py kill-supernode 1               # a fault, for trying things out
     python scripts/local_topology.py down
+    sudo python scripts/local_topology.py up --netns --secure --uplink-mbit 10   # one network namespace per host
+
+``--netns`` (scripts/netns_topology.py) puts the SuperLink and every SuperNode on
+its own host: a network namespace each, joined by veth pairs on a private subnet,
+with TLS on the SuperLink's real address and tbf-shaped uplinks.
 
 Every process started carries ``FEDVQ_TOPOLOGY_ID=<id>`` in its environment;
 ``down`` stops exactly those (SuperNodes first, then the SuperLink and the executors
@@ -92,6 +97,8 @@ class TopologyState:
     superlink_port: int
     supernode_ports: list[int]
     pids: dict[str, int] = field(default_factory=dict)
+    #: network namespaces of a ``--netns`` topology (scripts/netns_topology.py), removed by ``down``
+    namespaces: list[str] = field(default_factory=list)
 
 
 class LocalTopology:
@@ -136,6 +143,8 @@ class LocalTopology:
         return env
 
     def _spawn(self, name: str, command: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start a process of the topology. Call it from the thread that lives as long as the topology (the
+        main thread): the parent-death signal is sent when the *thread* that started the child ends."""
         log = (self.logs / f"{name}.log").open("ab")
         process = subprocess.Popen(
             command,
@@ -237,7 +246,7 @@ class LocalTopology:
             superlink_port=free_port(taken),
             supernode_ports=[free_port(taken) for _ in range(self.num_supernodes)],
         )
-        atexit.register(self.down)
+        register_cleanup(self.down)
         if self.secure:
             self._make_certificates()
         (self.flwr_home / "config.toml").write_text(self.connection_toml())
@@ -360,6 +369,20 @@ class LocalTopology:
 
 
 # ---------------------------------------------------------------------------- stopping by marker
+def register_cleanup(down) -> None:
+    """``down`` at interpreter exit, and SIGTERM turned into a normal exit so that it runs then too
+    (Ctrl-C already unwinds as KeyboardInterrupt through ``with topology:``)."""
+    import threading  # noqa: PLC0415
+
+    atexit.register(down)
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def marked_pids(marker: str) -> list[int]:
     """PIDs of live processes whose environment carries this topology's marker."""
     needle = f"{MARKER}={marker}".encode()
@@ -395,6 +418,20 @@ def stop(state: TopologyState, grace_s: float = 10.0) -> None:
     while time.time() < deadline and marked_pids(state.marker):
         time.sleep(0.2)
     _signal(marked_pids(state.marker), signal.SIGKILL)
+    if state.namespaces:
+        netns_module().remove_namespaces(state.namespaces)
+
+
+def netns_module():
+    """scripts/netns_topology.py (the ``--netns`` topology), imported once by its path."""
+    if "netns_topology" not in sys.modules:
+        import importlib.util  # noqa: PLC0415
+
+        spec = importlib.util.spec_from_file_location("netns_topology", ROOT / "scripts" / "netns_topology.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["netns_topology"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["netns_topology"]
 
 
 def load_state(directory: Path) -> TopologyState:
@@ -420,26 +457,26 @@ def _parse_run_config(items: list[str]) -> dict:
 
 
 def _topology(args) -> LocalTopology:
-    return LocalTopology(
-        args.supernodes,
-        args.secure,
-        args.dir,
-        args.data_dir,
-        tuple(g for g in args.gpus.split(",") if g),
-        args.connection,
-        bind_to_parent=args.command != "up",
-    )
+    arguments = (args.supernodes, args.secure, args.dir, args.data_dir, tuple(g for g in args.gpus.split(",") if g))
+    options = {"connection": args.connection, "bind_to_parent": args.command != "up"}
+    if args.netns:
+        return netns_module().NetnsTopology(*arguments, uplink_mbit=args.uplink_mbit, **options)
+    if args.uplink_mbit:
+        raise SystemExit("--uplink-mbit shapes the links between namespaces: it needs --netns")
+    return LocalTopology(*arguments, **options)
 
 
 def _print_usage(topology: LocalTopology) -> None:
     mode = "secure (TLS + SuperNode authentication)" if topology.secure else "INSECURE (development only)"
-    print(
-        f"{mode} topology up: SuperLink 127.0.0.1:{topology.state.superlink_port}, "
-        f"{topology.num_supernodes} SuperNodes; logs in {topology.logs}"
-    )
+    where = f"SuperLink 127.0.0.1:{topology.state.superlink_port}"
+    run_in = ""
+    if topology.state.namespaces:
+        where = netns_module().describe(topology)
+        run_in = f"ip netns exec {topology.link_namespace} "  # the operator's CLI on the SuperLink's host
+    print(f"{mode} topology up: {where}, {topology.num_supernodes} SuperNodes; logs in {topology.logs}")
     print("submit a run with:")
     print(
-        f"  FLWR_HOME={shlex.quote(str(topology.flwr_home))} flwr run . {topology.connection} --stream "
+        f"  {run_in}env FLWR_HOME={shlex.quote(str(topology.flwr_home))} flwr run . {topology.connection} --stream "
         "--run-config 'num-server-rounds=2'"
     )
     print(f"stop it with:\n  python scripts/local_topology.py down --dir {shlex.quote(str(topology.dir))}")
@@ -457,6 +494,12 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--data-dir", default="", help="per-site data folder, '{i}' = partition id")
             p.add_argument("--gpus", default="", help="comma-separated CUDA devices assigned round-robin")
             p.add_argument("--connection", default=CONNECTION, help="SuperLink connection name in config.toml")
+            p.add_argument(
+                "--netns",
+                action="store_true",
+                help="every host in its own network namespace, joined by veth pairs on 10.231.0.0/24 (root)",
+            )
+            p.add_argument("--uplink-mbit", type=float, default=None, help="--netns: shape each site's uplink (tbf)")
         if name == "run":
             p.add_argument("run_config", nargs="*", help="key=value run-config overrides")
         if name == "kill-supernode":
@@ -479,10 +522,14 @@ def main(argv: list[str] | None = None) -> int:
         atexit.unregister(topology.down)  # keep running after this command returns
         _print_usage(topology)
         return 0
-    with topology:
-        code = topology.run(_parse_run_config(args.run_config))
-        sys.stdout.write((topology.logs / "flwr-run.log").read_text())
-        return code
+    try:
+        with topology:
+            code = topology.run(_parse_run_config(args.run_config))
+            sys.stdout.write((topology.logs / "flwr-run.log").read_text())
+            return code
+    except KeyboardInterrupt:  # Ctrl-C: `with` has stopped every process (and removed the namespaces)
+        print(f"interrupted: the topology in {topology.dir} was stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -476,6 +476,12 @@ CASES = [
         node_configs={2: {"num-partitions": 0}},
     ),
     case(
+        "partition-id-missing-on-one-node",
+        "node-config key 'partition-id' is missing",
+        outcome="rejected",
+        node_configs={2: {"partition-id": None}},
+    ),
+    case(
         "data-dir-missing",
         "node-config key 'data-dir' has invalid value '/no/such/site'",
         outcome="rejected",
@@ -613,6 +619,12 @@ def test_bad_input_ends_with_one_line(item: Case, tmp_path, finished_experiment,
         assert summary["num_clients"] == 1 and "rejected-replies" in [w["name"] for w in summary["warnings"]]
         assert summary["final"]["partition_ids"] == [0]  # the bad node's replies never count as a client
         assert item.expect[0] in text
+        if item.expect[0].startswith("node-config"):  # a misconfigured site: named, with its key and value
+            (excluded,) = summary["excluded_sites"]
+            assert item.expect[0] in excluded["reason"], excluded
+            (warning,) = [w["message"] for w in summary["warnings"] if w["name"] == "site-excluded"]
+            assert warning.startswith(f"node {excluded['node']} is left out of the run: {item.expect[0]}")
+            assert f"on 1 of 2 sites; 1 site excluded (node {excluded['node']}: {item.expect[0]}" in text
     else:
         name = item.outcome.split(":", 1)[1]
         warnings = {w["name"]: w["message"] for w in summary["warnings"]}

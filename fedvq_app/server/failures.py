@@ -46,6 +46,98 @@ def round_failure(replies: Iterable[Message], first: bool = False) -> str | None
     return None
 
 
+#: how the reply guard words a client's error reply (``ReplyGuard._problem``, the k-means phases)
+CLIENT_ERROR = "client error: "
+
+
+def exclude_misconfigured_sites(rejections: Iterable[tuple[int, str]], tracker) -> None:
+    """Sites whose replies carry a configuration error (bad node config, missing data file): excluded.
+
+    Such a site cannot take part in any round (the error is in its own set-up), while the
+    others go on; it is named with its reason in the ``site-excluded`` warning (log and
+    summary.json ``warnings``), in summary.json ``excluded_sites`` and in the final log line.
+    """
+    for node, reason in rejections:
+        line = config_error_of(reason[len(CLIENT_ERROR) :] if reason.startswith(CLIENT_ERROR) else reason)
+        if line is not None and tracker is not None:
+            tracker.exclude_site(node, line)
+
+
+#: what a client's error says when training from the global model gave NaN/inf (fedvq_app.training.loop);
+#: NaN arrays in a reply are not counted: they may as well be a broken or hostile client's
+NON_FINITE_MARKS = ("training loss became",)
+
+
+def divergence(server_round: int, arrays, replies: list[Message], rejections, train_metrics: dict, strategy, tracker):
+    """Why the global model must be taken as non-finite after this round, with its likely cause; else None.
+
+    Non-finite means: NaN/inf in the aggregated arrays, a non-finite aggregated training loss,
+    or more than half of the round's train replies failing or rejected because training from
+    the global model gave NaN/inf (the clients then train on from garbage, the run only
+    looks alive). The cause named: client-level DP noise against the clipping norm and the
+    number of clients when privacy is on, the learning rate otherwise.
+    """
+    import numpy as np  # noqa: PLC0415
+
+    from fedvq_app.records import to_numpy  # noqa: PLC0415
+
+    bad_arrays = []
+    if arrays is not None:
+        bad_arrays = [k for k, v in to_numpy(arrays).items() if not np.isfinite(v).all()]
+    failed = {r.metadata.src_node_id for r in replies if r.has_error() and _non_finite(r.error.reason)}
+    failed |= {node for node, reason in rejections if _non_finite(reason)}
+    loss = train_metrics.get("train-loss")
+    bad_loss = isinstance(loss, float) and not np.isfinite(loss)
+    if not bad_arrays and not bad_loss and not (replies and 2 * len(failed) > len(replies)):
+        return None
+    what = []
+    if failed:
+        what.append(f"{len(failed)} of {len(replies)} clients' training from it gave NaN/inf")
+    if bad_arrays:
+        what.append(f"{len(bad_arrays)} aggregated arrays hold NaN/inf (e.g. '{bad_arrays[0]}')")
+    if bad_loss:
+        what.append(f"the aggregated train loss is {loss}")
+    losses = [r["train"]["aggregated"].get("train-loss") for r in tracker.rounds[-5:]]
+    if any(v is not None for v in losses):
+        what.append("train loss of the previous rounds " + ", ".join(f"{v:.3g}" for v in losses if v is not None))
+    return (
+        f"round {server_round}: the global model diverged to NaN/inf ({'; '.join(what)}); "
+        f"likely cause: {_likely_cause(strategy, tracker.settings, arrays)}"
+    )
+
+
+def _non_finite(reason: str) -> bool:
+    return any(mark in reason for mark in NON_FINITE_MARKS)
+
+
+def _likely_cause(strategy, settings, arrays) -> str:
+    privacy = settings.privacy
+    if privacy.mode in ("client-fixed", "client-adaptive"):
+        clip = float(getattr(strategy, "round_clip_norm", privacy.clipping_norm))
+        clients = int(getattr(strategy, "num_sampled_clients", 0) or 0) or 1
+        std = privacy.noise_multiplier * clip / clients
+        size = sum(int(v.size) for v in arrays.to_numpy_ndarrays()) if arrays is not None else 0
+        scale = ""
+        if size:
+            scale = (
+                f" on each of {size:,} parameters, a noise vector of norm ~{std * size**0.5:.3g} every round "
+                f"against a clipped mean update of norm <= {clip:g}"
+            )
+        return (
+            f"the client-level DP noise: std {std:.3g} = privacy.noise-multiplier {privacy.noise_multiplier:g} "
+            f"x privacy.clipping-norm {clip:g} / {clients} clients{scale}; the noise std falls as 1 / clients: "
+            "use many more clients per round (hundreds), a smaller privacy.noise-multiplier (weaker privacy) or "
+            "a privacy.clipping-norm near the updates' median norm (rounds.jsonl strategy.privacy)"
+        )
+    if privacy.mode == "sample-dpsgd":
+        return (
+            f"the DP-SGD noise on every step (privacy.noise-multiplier {privacy.noise_multiplier:g} x "
+            f"privacy.clipping-norm {privacy.clipping_norm:g} / batch size {settings.train.batch_size}): "
+            "use larger batches or a smaller noise multiplier, or lower train.lr"
+        )
+    return f"train.lr={settings.train.lr:g} is too large for this model and data: lower it"
+
+
 def nothing_accepted(rejections: list[tuple[int, str]], replies: list[Message]) -> str | None:
     """Every reply of the run's first round rejected by the reply guard: the most common reason, else None."""
     if not replies or len({n for n, _ in rejections}) < len({r.metadata.src_node_id for r in replies}):

@@ -29,7 +29,7 @@ from fedvq_app.config import ConfigError, Settings
 from fedvq_app.errors import RunFailed
 from fedvq_app.options import KMeansOptions
 from fedvq_app.registry import get_method
-from fedvq_app.server.failures import stop_if_hopeless
+from fedvq_app.server.failures import exclude_misconfigured_sites, stop_if_hopeless
 from fedvq_app.server.loop import NodesUnavailable, PatientGrid, without_unavailable
 from fedvq_app.strategies.kmeans_evaluation import KMeansEvaluation
 from fedvq_app.strategies.kmeans_handshake import Federation, Handshake
@@ -188,6 +188,7 @@ def run_lloyd(
         del messages  # 10,000 sent messages need not outlive the exchange (peak memory)
         result = step.aggregate(rnd, replies)
         contributed.update(step.accepted_nodes)
+        exclude_misconfigured_sites(step.rejections, tracker)
         metrics = {}
         if result is not None:
             best = step.best_run()
@@ -354,6 +355,7 @@ def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
         gone: set[int] = set()
         nodes = connected_nodes(grid, settings.min_available_nodes, timeout)
         federation = handshake.aggregate(exchange(grid, handshake.instructions(nodes), timeout, gone, first=True))
+        exclude_misconfigured_sites(handshake.rejections, tracker)  # e.g. a site whose data file is missing
         if opts.k > federation.num_samples:
             raise ConfigError(
                 f"config key 'kmeans.k' has invalid value {opts.k}: the {len(federation.clients)} clients hold only "
@@ -381,6 +383,7 @@ def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
                 return phase.aggregate(replies)
             finally:
                 contributed.update(phase.accepted_nodes)
+                exclude_misconfigured_sites(phase.rejections, tracker)
 
         mean, std, _ = run(phases.normalization)
         transform = FeatureTransform(mean, std)

@@ -34,7 +34,13 @@ from flwr.serverapp import Grid
 
 from fedvq_app.errors import RunFailed, is_node_unavailable
 from fedvq_app.grid_proxy import GridProxy
-from fedvq_app.server.failures import check_client_sizes, nothing_accepted, stop_if_hopeless
+from fedvq_app.server.failures import (
+    check_client_sizes,
+    divergence,
+    exclude_misconfigured_sites,
+    nothing_accepted,
+    stop_if_hopeless,
+)
 from fedvq_app.strategies.contract import RoundStrategy
 from fedvq_app.tracking.communication import metered
 from fedvq_app.tracking.experiment import ExperimentTracker, RoundOutcome
@@ -189,6 +195,12 @@ def run_rounds(
             if hopeless is not None:
                 tracker.stopped_early = {"where": f"round {rnd} (train)", "reason": hopeless}
                 raise RunFailed(f"round {rnd} (train): {hopeless}")
+        rejections = list(strategy.rejections)
+        exclude_misconfigured_sites(rejections, tracker)
+        diverged = divergence(rnd, new_arrays, replies, rejections, _as_dict(train_metrics), strategy, tracker)
+        if diverged is not None:  # training on from NaN/inf only burns rounds and looks alive
+            tracker.stopped_early = {"where": f"round {rnd} (train)", "reason": diverged}
+            raise RunFailed(diverged)
         if new_arrays is not None:
             arrays = new_arrays
         outcome = RoundOutcome(
@@ -196,7 +208,7 @@ def run_rounds(
             sampled_train=sampled,
             train_replies=replies,
             train_metrics=_as_dict(train_metrics),
-            train_rejected=list(strategy.rejections),
+            train_rejected=rejections,
         )
         unavailable = None
         if rnd % plan.eval_every == 0 or rnd == plan.last_round:
@@ -209,6 +221,7 @@ def run_rounds(
                 stop_if_hopeless(outcome.evaluate_replies, f"round {rnd} (evaluate)", tracker)
                 outcome.evaluate_metrics = _as_dict(strategy.aggregate_evaluate(rnd, outcome.evaluate_replies))
                 outcome.evaluate_rejected = list(strategy.rejections)
+                exclude_misconfigured_sites(outcome.evaluate_rejected, tracker)
         outcome.strategy_report = strategy.round_report()
         outcome.wall_time_s = time.time() - started
         tracker.record_round(outcome)

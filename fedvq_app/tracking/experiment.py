@@ -127,6 +127,8 @@ class ExperimentTracker:
         self.stopped_early: dict[str, Any] | None = None
         #: named warnings about legal but suspicious input (fedvq_app.errors.warn)
         self.warnings: list[dict[str, str]] = []
+        #: node id -> why that site could not take part (its replies carried a configuration error)
+        self.excluded_sites: dict[int, str] = {}
         #: a resumed folder is written only once its checkpoint is accepted (load_state_dict)
         self.writable = new
         #: most clients a round may have for per-client records (0 = no limit); said once when exceeded
@@ -224,6 +226,26 @@ class ExperimentTracker:
         """File the bytes counted since the last round under 'outside the rounds' (set-up, final phases)."""
         self.outside_rounds.merge(self.traffic.take())
 
+    def exclude_site(self, node: int, reason: str) -> None:
+        """A site that cannot take part (named once, with its reason, in the log and summary.json)."""
+        from fedvq_app.errors import warn  # noqa: PLC0415 (cycle)
+
+        if node in self.excluded_sites:
+            return
+        self.excluded_sites[node] = reason
+        warn(self.warnings, "site-excluded", f"node {node} is left out of the run: {reason}")
+
+    def _excluded_text(self, num_clients: int) -> str:
+        """'on 2 of 3 sites; 1 site excluded (node 7: <reason>)' for the final log line, or ''."""
+        if not self.excluded_sites:
+            return ""
+        sites = "; ".join(f"node {node}: {reason}" for node, reason in sorted(self.excluded_sites.items()))
+        count = len(self.excluded_sites)
+        return (
+            f" on {num_clients} of {num_clients + count} sites; {count} site{'s' if count > 1 else ''} "
+            f"excluded ({sites})"
+        )
+
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps of the tracker (rounds.jsonl holds the rest)."""
@@ -283,6 +305,8 @@ class ExperimentTracker:
         groups = head_medium_tail(self.rounds, self.label_counts, self._group_shares())
         if groups:
             summary[GROUPS_KEY] = groups
+        if self.excluded_sites:
+            summary["excluded_sites"] = [{"node": n, "reason": r} for n, r in sorted(self.excluded_sites.items())]
         if method_report:
             method_report = dict(method_report)
             # a method without accuracies (k-means) names its headline figures at the top level
@@ -327,7 +351,7 @@ class ExperimentTracker:
             if summary["final"].get("accuracy") is not None
             else "finished"
         )
-        log(INFO, "[fedvq] %s; results in %s", headline, self.dir)
+        log(INFO, "[fedvq] %s%s; results in %s", headline, self._excluded_text(summary["num_clients"]), self.dir)
         return summary
 
 
