@@ -38,6 +38,7 @@ from fedvq_app.grid_proxy import GridProxy
 from fedvq_app.server.failures import check_client_sizes, nothing_accepted, stop_if_hopeless
 from fedvq_app.tracking.communication import metered
 from fedvq_app.tracking.experiment import ExperimentTracker, RoundOutcome
+from fedvq_app.tracking.idsets import count_and_named
 
 RoundHook = Callable[[int, ArrayRecord], None]
 
@@ -127,7 +128,7 @@ def _send(grid: Grid, messages, timeout: float) -> tuple[list[int], list]:
     kept, _ = without_unavailable(messages, grid.send_and_receive(messages, timeout=timeout))
     silent = sorted(set(sampled) - {r.metadata.src_node_id for r in kept})
     if silent:
-        log(WARNING, "[fedvq] no reply within the round from nodes %s", silent)
+        log(WARNING, "[fedvq] no reply within the round from %s", count_and_named(silent))
     return sampled, kept
 
 
