@@ -129,7 +129,7 @@ def bench_kmeans(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for clients in sizes:
             # side by side in one session, interleaved (baseline, this, baseline, this...) on the same data
-            # file, so that a change in the machine's load hits both; the run with the median wall is kept
+            # file, so that a change in the machine's load hits both; the run with the (lower) median wall is kept
             tries: dict[str, list[dict]] = {label: [] for label in reversed(codes)}
             for _ in range(args.repeats):
                 for label in tries:
@@ -165,7 +165,8 @@ def bench_kmeans(args) -> None:
 
 
 def median_run(runs: list[dict]) -> dict:
-    """The completed run with the median wall time (a failed one when none completed)."""
+    """The completed run with the median wall time, the lower of the two middle ones for an even count
+    (a failed run when none completed)."""
     done = sorted((r for r in runs if r["completed"]), key=lambda r: r["process_wall_s"])
     return done[(len(done) - 1) // 2] if done else runs[0]
 
