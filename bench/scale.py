@@ -310,6 +310,7 @@ def bench_cnn(args) -> None:
             "final_accuracy": summary.get("final", {}).get("accuracy"),
             **outputs,
             "longest_console_line": max(map(len, run.output.splitlines()), default=0),
+            "longest_console_line_head": max(run.output.splitlines(), key=len, default="")[:160],
             "tail": "" if done else run.output[-1500:],
             "target": "1,000 virtual clients complete 3 rounds in 24 GB",
         },
