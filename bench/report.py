@@ -469,7 +469,7 @@ SECTIONS: dict[str, tuple[str, str, Callable[[list[dict]], list[str]]]] = {
     ),
     "scale_cnn": (
         "Scale: 1,000 virtual CNN clients under flwr run",
-        "python bench/scale.py cnn --clients 1000",
+        "python bench/scale.py cnn --clients 1000 --rounds 2 (flower-superlink on PATH)",
         scale_cnn_section,
     ),
     "scale_partitioning": (
