@@ -46,8 +46,10 @@ def verdict(ok: bool) -> str:
 def machine_line(record: dict) -> str:
     m = record["machine"]
     gpu = m.get("cuda") or "no GPU"
+    commit = record.get("commit")
+    code = f"commit {commit}" if commit else "commit not recorded (measured before records named it)"
     return (
-        f"Measured {record['date']} on {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, {gpu}; "
+        f"Measured {record['date']} on {code}, {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, {gpu}; "
         f"Python {m['python']}, torch {m['torch']}, flwr {m['flwr']}."
     )
 
@@ -161,55 +163,65 @@ def scale_section(records: list[dict]) -> list[str]:
 
 
 def scale_kmeans_section(records: list[dict]) -> list[str]:
-    """Issue 17: in-process federated k-means, default environment vs OMP_NUM_THREADS=1 side by side."""
+    """Issue 31: in-process federated k-means at the defaults, beside a baseline checkout."""
+    records = [r for r in records if "targets" in r and "max_rss_mib_at_most" in r["targets"]]
+    if not records:
+        return ["Not measured yet."]
     lines = [
         machine_line(records[0]),
         "",
-        "Generated 2-D data, 100 rows per client, k = 3, n-init 10, the real "
-        "ServerApp/ClientApp on the in-process grid, each job in a fresh interpreter. Kinds run interleaved "
-        "in one session (the machine is shared: only the ratios mean something); medians.",
+        f"Generated 2-D data, 100 rows per client, k = {records[0]['k']}, {records[0]['settings']}; the real "
+        "ServerApp/ClientApp on the in-process grid, each job in a fresh interpreter under `/usr/bin/time` "
+        "(wall = elapsed seconds, RSS = max resident set). The baseline checkout ran on the same data just "
+        "before, in the same session (the machine is shared: compare within a size).",
         "",
-        "| clients | kind | job s (median) | CPU s (median) | s per Lloyd round | rounds | peak PSS MiB | "
-        "torch / flwr-datasets imported |",
-        "|---|---|---|---|---|---|---|---|",
+        "| clients | code (commit) | wall s | CPU s | max RSS MiB | folder MB | files | longest console line | "
+        "rounds.jsonl MB | summary.json KB | rounds | inertia | ARI |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
-        for kind, runs in r["runs"].items():
-            ok = [x for x in runs if x.get("completed")]
-            if not ok:
-                lines.append(f"| {r['clients']} | {kind} | failed | - | - | - | - | - |")
+        for label, x in r["runs"].items():
+            if not x.get("completed"):
+                lines.append(f"| {r['clients']} | {label} | failed | - | - | - | - | - | - | - | - | - | - |")
                 continue
-            cpu = (r.get("median_cpu_s") or {}).get(kind)
             lines.append(
-                f"| {r['clients']} | {kind} | {r['median_job_s'][kind]:.1f} | "
-                f"{'-' if cpu is None else f'{cpu:.1f}'} | "
-                f"{np.median([x['s_per_round'] for x in ok]):.2f} | {ok[0]['rounds']} | "
-                f"{max(x['peak_pss_mib'] for x in ok):.0f} | {ok[0]['heavy_modules'] or 'no'} |"
+                f"| {r['clients']:,} | {label} ({x['commit']}) | {x['process_wall_s']:.1f} | {x.get('cpu_s', 0):.1f} | "
+                f"{x['max_rss_mib']:.0f} | "
+                f"{x['folder_mb']:.2f} | {x['files']:,} | {x['longest_console_line']:,} | "
+                f"{x['rounds_jsonl_mb'] or 0:.2f} | {x['summary_json_kb']:.1f} | {x['rounds']} | "
+                f"{x['inertia']:.4f} | {x['ari']} |"
             )
-    compared = [r for r in records if r.get("ratio_default_vs_omp1") is not None]
-    for r in compared:
-        cpu = r.get("cpu_ratio_default_vs_omp1")
+    for r in records:
+        this, t = r["runs"]["this"], r["targets"]
+        if not this.get("completed"):
+            continue
+        checks = [
+            (f"folder <= {t['folder_mb_at_most']:g} MB", this["folder_mb"] <= t["folder_mb_at_most"]),
+            (f"<= {t['files_at_most']} files", this["files"] <= t["files_at_most"]),
+            (f"longest line <= {t['longest_console_line_at_most']}", this["longest_console_line"] <= 300),
+            (
+                f"summary.json <= {t['summary_json_kb_at_most']:g} KB",
+                this["summary_json_kb"] <= t["summary_json_kb_at_most"],
+            ),
+            (f"max RSS <= {t['max_rss_mib_at_most']} MiB", this["max_rss_mib"] <= t["max_rss_mib_at_most"]),
+        ]
+        if r.get("wall_ratio_vs_baseline") is not None:
+            checks.append(
+                (
+                    f"wall {r['wall_ratio_vs_baseline']:.2f}x the baseline's "
+                    f"(<= {t['wall_ratio_vs_baseline_at_most']})",
+                    r["wall_ratio_vs_baseline"] <= t["wall_ratio_vs_baseline_at_most"],
+                )
+            )
+        if r.get("same_result_as_baseline") is not None:
+            checks.append(("same rounds, inertia and ARI as the baseline", r["same_result_as_baseline"]))
+        cpu = r.get("cpu_ratio_vs_baseline")
         lines += [
             "",
-            f"{r['clients']} clients: default / OMP_NUM_THREADS=1 = {r['ratio_default_vs_omp1']:.2f} wall"
-            + (f", {cpu:.2f} CPU seconds" if cpu else "")
-            + " "
-            f"(target <= 1.2: {verdict(r['ratio_default_vs_omp1'] <= 1.2)})"
-            + (
-                f"; with no cap (train.num-threads=0) / OMP=1 = {r['ratio_uncapped_vs_omp1']:.2f}"
-                if r.get("ratio_uncapped_vs_omp1")
-                else ""
-            )
-            + f"; same result in every run: {r['same_result']}.",
+            f"{r['clients']:,} clients: "
+            + "; ".join(f"{text}: {verdict(ok)}" for text, ok in checks)
+            + (f". CPU seconds {cpu:.2f}x the baseline's." if cpu is not None else "."),
         ]
-    largest = max(records, key=lambda r: r["clients"])
-    peak = max(r["peak_pss_mib"] for r in records)
-    settings = f" (kmeans.max-rounds {largest.get('max_rounds', 100)}, n-init {largest.get('n_init', 10)})"
-    lines += [
-        "",
-        f"{largest['clients']} clients{settings} complete: {verdict(largest['completed'])}. "
-        f"Peak memory of a k-means job {peak:.0f} MiB (target <= 350 MiB: {verdict(peak <= 350)}).",
-    ]
     return lines
 
 
@@ -228,6 +240,17 @@ def scale_cnn_section(records: list[dict]) -> list[str]:
         f"| {r['clients']} | {r['completed']} | {spr} | {r['per_round_s'][0] if r['per_round_s'] else '-'} | "
         f"{r['partitioning_s']:.2f} | {r['peak_memory_gib']:.2f} | {r['memory_per_client_mib']:.2f} |",
     ]
+    if "files" in r:
+        peaks = ", ".join(
+            f"{name} x{int(p['processes'])} {p['max_rss_mib']:.0f}" for name, p in r.get("process_peaks", {}).items()
+        )
+        lines += [
+            "",
+            f"Experiment folder {r['folder_mb']:.2f} MB in {r['files']} files "
+            f"(rounds.jsonl {r['rounds_jsonl_mb'] or 0:.2f} MB, summary.json {r['summary_json_kb']:.1f} KB); "
+            f"longest console line {r['longest_console_line']:,} "
+            f"chars. Peak RSS per process (MiB, largest of each kind): {peaks or 'not sampled'}.",
+        ]
     lines += [
         "",
         f"Target: 1,000 virtual clients complete {r['rounds']} rounds in 24 GB: "
@@ -452,14 +475,12 @@ SECTIONS: dict[str, tuple[str, str, Callable[[list[dict]], list[str]]]] = {
     ),
     "scale_kmeans": (
         "Scale: federated k-means, 1,000 and 10,000 clients in-process",
-        "python bench/scale.py kmeans --sizes 1000 --repeats 1; "
-        "python bench/scale.py kmeans --sizes 10000 "
-        "--max-rounds 1 --n-init 1",
+        "git worktree add ../base <old commit>; python bench/scale.py kmeans --sizes 1000 10000 --baseline ../base",
         scale_kmeans_section,
     ),
     "scale_cnn": (
         "Scale: 1,000 virtual CNN clients under flwr run",
-        "python bench/scale.py cnn --clients 1000",
+        "python bench/scale.py cnn --clients 1000 --rounds 2 (flower-superlink on PATH)",
         scale_cnn_section,
     ),
     "scale_partitioning": (

@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import MemorySampler, emit, rounds_of  # noqa: E402
+from bench.common import MemorySampler, commit_of, emit, rounds_of  # noqa: E402
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -82,12 +82,6 @@ def folder_figures(folder: Path) -> dict:
     }
 
 
-def git_commit(root: Path) -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True)
-    return done.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if done.returncode == 0 else "unknown"
-
-
 def kmeans_once(clients: int, work: Path, code: Path, k: int) -> dict:
     """One in-process k-means job of checkout ``code`` at the defaults in a fresh interpreter.
 
@@ -98,8 +92,9 @@ def kmeans_once(clients: int, work: Path, code: Path, k: int) -> dict:
     env = {k_: v for k_, v in os.environ.items() if k_ not in THREAD_VARIABLES}
     env.update({"PYTHONPATH": str(code), **dict.fromkeys(THREAD_VARIABLES, "1")})
     name = f"kmeans_{clients}_{time.time_ns()}"
+    commit = commit_of(code)  # before the job: what it imports
     result, timing = work / f"{name}.json", work / f"{name}.time"
-    cmd = ["/usr/bin/time", "-o", str(timing), "-f", "%e %M", sys.executable, "-c", KMEANS_JOB]
+    cmd = ["/usr/bin/time", "-o", str(timing), "-f", "%e %M %U %S", sys.executable, "-c", KMEANS_JOB]
     done = subprocess.run(
         [*cmd, str(clients), str(work), str(k), name, str(result)],
         cwd=code,
@@ -111,13 +106,14 @@ def kmeans_once(clients: int, work: Path, code: Path, k: int) -> dict:
     console = (done.stdout + done.stderr).splitlines()
     if done.returncode != 0 or not result.is_file():
         return {"completed": False, "tail": done.stderr[-1500:]}
-    wall, max_rss_kib = timing.read_text().split()[-2:]
+    wall, max_rss_kib, user, system = timing.read_text().split()[-4:]
     folder = work / "logs" / name
     figures = {
         "completed": True,
-        "commit": git_commit(code),
+        "commit": commit,
         "process_wall_s": float(wall),
         "max_rss_mib": int(max_rss_kib) / 1024,
+        "cpu_s": float(user) + float(system),
         **json.loads(result.read_text()),
         **folder_figures(folder),
         "console_lines": len(console),
@@ -132,8 +128,13 @@ def bench_kmeans(args) -> None:
     codes = {"this": ROOT, **({"baseline": Path(args.baseline).resolve()} if args.baseline else {})}
     with tempfile.TemporaryDirectory() as tmp:
         for clients in sizes:
-            # side by side in one session: the baseline checkout first, then this one (same data file)
-            runs = {label: kmeans_once(clients, Path(tmp), code, args.k) for label, code in reversed(codes.items())}
+            # side by side in one session, interleaved (baseline, this, baseline, this...) on the same data
+            # file, so that a change in the machine's load hits both; the run with the (lower) median wall is kept
+            tries: dict[str, list[dict]] = {label: [] for label in reversed(codes)}
+            for _ in range(args.repeats):
+                for label in tries:
+                    tries[label].append(kmeans_once(clients, Path(tmp), codes[label], args.k))
+            runs = {label: median_run(found) for label, found in tries.items()}
             this, base = runs["this"], runs.get("baseline")
             both = base is not None and base["completed"] and this["completed"]
             figures = {
@@ -144,7 +145,10 @@ def bench_kmeans(args) -> None:
                 "settings": "every other key at its default; OMP_NUM_THREADS=1",
                 "runs": runs,
                 "completed": this["completed"],
+                "repeats": args.repeats,
+                "walls": {label: [x.get("process_wall_s") for x in found] for label, found in tries.items()},
                 "wall_ratio_vs_baseline": this["process_wall_s"] / base["process_wall_s"] if both else None,
+                "cpu_ratio_vs_baseline": this["cpu_s"] / base["cpu_s"] if both else None,
                 "same_result_as_baseline": (
                     all(same(this[key], base[key]) for key in ("rounds", "inertia", "ari")) if both else None
                 ),
@@ -158,6 +162,13 @@ def bench_kmeans(args) -> None:
                 },
             }
             emit("scale_kmeans", figures, quick=args.quick)
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The completed run with the median wall time, the lower of the two middle ones for an even count
+    (a failed run when none completed)."""
+    done = sorted((r for r in runs if r["completed"]), key=lambda r: r["process_wall_s"])
+    return done[(len(done) - 1) // 2] if done else runs[0]
 
 
 def same(a, b) -> bool:
@@ -278,6 +289,7 @@ def bench_cnn(args) -> None:
         done = (folder / "summary.json").is_file()
         per_round = [r["wall_time_s"] for r in rounds_of(folder)] if done else []
         summary = json.loads((folder / "summary.json").read_text()) if done else {}
+        outputs = folder_figures(folder) if folder.is_dir() else {}
     emit(
         "scale_cnn",
         {
@@ -294,8 +306,12 @@ def bench_cnn(args) -> None:
             "steady_per_round_s": sum(per_round[1:]) / (len(per_round) - 1) if len(per_round) > 1 else None,
             "partitioning_s": partition["seconds"],
             "peak_memory_gib": memory.peak_above_baseline_gib,
+            "process_peaks": memory.process_peaks_mib,
             "memory_per_client_mib": memory.peak_above_baseline_gib * 1024 / clients,
             "final_accuracy": summary.get("final", {}).get("accuracy"),
+            **outputs,
+            "longest_console_line": max(map(len, run.output.splitlines()), default=0),
+            "longest_console_line_head": max(run.output.splitlines(), key=len, default="")[:160],
             "tail": "" if done else run.output[-1500:],
             "target": "1,000 virtual clients complete 3 rounds in 24 GB",
         },
@@ -310,6 +326,7 @@ def main() -> None:
     km.add_argument("--sizes", type=int, nargs="+", help="clients (default 1000 10000; --quick: 50)")
     km.add_argument("--k", type=int, default=4, help="kmeans.k and the generator's clusters")
     km.add_argument("--baseline", default="", help="another checkout (git worktree) run side by side, e.g. main")
+    km.add_argument("--repeats", type=int, default=1, help="interleaved runs of each checkout; the median wall is kept")
     km.add_argument("--quick", action="store_true")
     cnn = sub.add_parser("cnn", help="FedAvg CNN, many virtual clients under flwr run")
     cnn.add_argument("--clients", type=int, default=1000)

@@ -111,7 +111,7 @@ def test_client_level_dp_noise_that_swamps_the_updates_stops_the_run_with_its_ca
 
 
 def test_divergence_names_the_learning_rate_without_privacy_and_ignores_a_healthy_round(run_config):
-    from fedvq_app.config import load_settings
+    from fedvq_app.registry import load_settings
 
     class Tracker:
         rounds = [{"train": {"aggregated": {"train-loss": 2.3}}}]

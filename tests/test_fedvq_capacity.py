@@ -304,7 +304,7 @@ def _tiny_chunk_gradient(rotation_trick: bool) -> tuple[torch.Tensor, torch.Tens
 
 
 def test_ema_quantizer_passes_the_gradient_straight_through_by_default():
-    from fedvq_app.methods.fedvq import FedVQOptions
+    from fedvq_app.options import FedVQOptions
 
     grad, w = _tiny_chunk_gradient(rotation_trick=False)
     torch.testing.assert_close(grad, w)  # d quantized / d z = identity, whatever the chunk's norm

@@ -44,6 +44,7 @@ from fedvq_app.server.failures import (
 from fedvq_app.strategies.contract import RoundStrategy
 from fedvq_app.tracking.communication import metered
 from fedvq_app.tracking.experiment import ExperimentTracker, RoundOutcome
+from fedvq_app.tracking.idsets import count_and_named
 
 RoundHook = Callable[[int, ArrayRecord], None]
 
@@ -133,7 +134,7 @@ def _send(grid: Grid, messages, timeout: float) -> tuple[list[int], list]:
     kept, _ = without_unavailable(messages, grid.send_and_receive(messages, timeout=timeout))
     silent = sorted(set(sampled) - {r.metadata.src_node_id for r in kept})
     if silent:
-        log(WARNING, "[fedvq] no reply within the round from nodes %s", silent)
+        log(WARNING, "[fedvq] no reply within the round from %s", count_and_named(silent))
     return sampled, kept
 
 

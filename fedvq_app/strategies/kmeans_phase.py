@@ -67,9 +67,10 @@ class KMeansPhase:
         records[CONFIG] = ConfigRecord(config)
         if arrays is not None:
             records[ARRAYS] = to_record(arrays)
+        content = RecordDict(records)  # one payload for every node, as Flower's own strategies send it
         return [
             Message(
-                content=RecordDict(dict(records)),
+                content=content,
                 dst_node_id=node,
                 message_type=self.message_type,
                 group_id=group or self.message_type,
