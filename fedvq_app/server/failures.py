@@ -15,9 +15,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+import numpy as np
 from flwr.app import Message
 
 from fedvq_app.errors import RunFailed, config_error_of, warn
+from fedvq_app.records import to_numpy
 
 
 def round_failure(replies: Iterable[Message], first: bool = False) -> str | None:
@@ -77,10 +79,6 @@ def divergence(server_round: int, arrays, replies: list[Message], rejections, tr
     looks alive). The cause named: client-level DP noise against the clipping norm and the
     number of clients when privacy is on, the learning rate otherwise.
     """
-    import numpy as np  # noqa: PLC0415
-
-    from fedvq_app.records import to_numpy  # noqa: PLC0415
-
     bad_arrays = []
     if arrays is not None:
         bad_arrays = [k for k, v in to_numpy(arrays).items() if not np.isfinite(v).all()]

@@ -319,7 +319,7 @@ def plot_communication(runs: list[Run], rows: dict[str, dict[str, Any]], path: P
         if points:
             curve.plot(*zip(*points, strict=True), marker="o", ms=3, color=colors[run.label], label=run.label)
     if any(v > 0 for v in values):
-        from matplotlib.ticker import FuncFormatter  # noqa: PLC0415
+        from matplotlib.ticker import FuncFormatter  # noqa: PLC0415 - start-up cost: matplotlib, only when plotting
 
         curve.set_xscale("log")
         plain = FuncFormatter(lambda v, _: f"{v:g}")  # 2, 3, 4 MB rather than 2 x 10^0
@@ -505,7 +505,7 @@ def markdown_text(value: Any) -> str:
 
 
 def _environment():
-    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape  # noqa: PLC0415
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape  # noqa: PLC0415 - report only
 
     env = Environment(
         loader=PackageLoader("fedvq_app.tracking", "templates"),
@@ -530,7 +530,7 @@ def render_markdown(model: dict[str, Any], plot_src: dict[str, str] | None = Non
 
 def render_html(model: dict[str, Any], folder: Path) -> str:
     """The same Markdown as a self-contained page: plots from ``folder`` embedded as data URIs."""
-    from markdown_it import MarkdownIt  # noqa: PLC0415
+    from markdown_it import MarkdownIt  # noqa: PLC0415 - start-up cost: only for report.html
     from markupsafe import Markup  # noqa: PLC0415 (jinja2's own dependency)
 
     sources = {p["file"]: _data_uri(folder / p["file"]) for p in model["plots"] if (folder / p["file"]).is_file()}
