@@ -65,7 +65,7 @@ def measure(topology, logs: Path, method: str, rate: float, rounds: int) -> dict
     # rounds that trained only: the last one also evaluates
     training = [r for r in steady if r["round"] < len(records)] or steady
     received = [r["communication"]["received_bytes"] for r in records]
-    sites = max(len(r["sampled_train"]) for r in records)
+    sites = max(r["num_sampled_train"] for r in records)
     per_site = sum(received) / len(received) / sites
     return {
         "method": method,

@@ -179,7 +179,7 @@ def test_supernodes_with_an_unregistered_key_or_no_key_are_refused_and_the_run_i
     assert "[code: 2001] SuperNode authentication is enabled" in lines["rogue-no-key"]
     # undisturbed: the three registered sites only, every round, nothing dropped or rejected
     assert summary["status"] == "completed" and summary["rounds"] == 2 and summary["num_clients"] == 3
-    assert all(len(r["sampled_train"]) == 3 and sorted(r["train"]["clients"]) == ["0", "1", "2"] for r in rounds)
+    assert all(r["num_sampled_train"] == 3 and sorted(r["train"]["clients"]) == ["0", "1", "2"] for r in rounds)
     assert summary["dropped_total"] == 0 and summary["rejected_total"] == 0
     assert summary["final"]["partition_ids"] == [0, 1, 2] and summary["final"]["accuracy"] > 0.3
     assert len(topology.online_nodes()) == 3
@@ -251,7 +251,7 @@ def test_a_link_down_past_the_round_timeout_and_a_restarted_supernode_drop_round
     first, second, third = rounds
     assert sorted(first["train"]["clients"]) == ["0", "1", "2"] and first["dropped"] == []
     # round 2: both faulty sites sampled, both dropped (never rejected), trained on the healthy one
-    assert len(second["sampled_train"]) == 3 and second["dropped"] == sorted([ids[cut], ids[killed]])
+    assert second["num_sampled_train"] == 3 and second["dropped"] == sorted([ids[cut], ids[killed]])
     assert second["dropped_partitions"] == [1, 2] and sorted(second["train"]["clients"]) == ["0"]
     assert second["rejected"] == []
     # the restarted SuperNode came back as the same node (same key -> same node id), after Flower refused
