@@ -14,6 +14,7 @@ sampling follows its own seed whatever its clients did.
 from __future__ import annotations
 
 import random
+import sys
 import time
 import tomllib
 from collections.abc import Callable, Iterable
@@ -21,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.config import flatten_dict
@@ -98,7 +98,8 @@ class LocalGrid(Grid):
             node = msg.metadata.dst_node_id
             if node in self.fail_nodes:
                 continue  # the node dropped out: no reply arrives
-            generators = random.getstate(), np.random.get_state(), torch.get_rng_state()
+            torch = sys.modules.get("torch")  # k-means jobs never import it: neither does the grid
+            generators = random.getstate(), np.random.get_state(), torch.get_rng_state() if torch else None
             try:
                 reply = self.client_app(msg, self.contexts[node])
             except Exception as err:  # noqa: BLE001 - a client crash becomes an error reply
@@ -106,7 +107,8 @@ class LocalGrid(Grid):
             finally:  # the server's generators are its own (a client is another process in a deployment)
                 random.setstate(generators[0])
                 np.random.set_state(generators[1])
-                torch.set_rng_state(generators[2])
+                if torch is not None and generators[2] is not None:
+                    torch.set_rng_state(generators[2])
             if self.tamper is not None:
                 reply = self.tamper(node, reply)
                 if reply is None:
