@@ -521,6 +521,12 @@ class _TopLevel:
         "min-available-nodes", 2, minimum=1, help="nodes that must be connected before a round starts"
     )
     eval_every: int = option("eval-every", 1, minimum=1, help="evaluate every k rounds (and always after the last)")
+    evaluate_with_train: bool = option(
+        "evaluate-with-train",
+        True,
+        help="one message per site per round: the next train message carries the evaluation of the model "
+        "it sends (same figures); false = a separate evaluate message every round",
+    )
 
 
 @dataclass(frozen=True)

@@ -4,17 +4,24 @@ Tests and benchmarks use it to run a whole job in one process in seconds: every
 node is a ``Context`` (with its own persistent ``state``) and a message is
 delivered by calling the ClientApp directly. Nodes can be told to drop out
 (``fail_nodes``) or have their replies rewritten (``tamper``) to test faults.
+As on separate machines, what a client does to the process-wide random generators
+(``random``, numpy's, torch's: clients seed them for their local training) does not
+reach the server: they are restored after every delivery, so the server's node
+sampling follows its own seed whatever its clients did.
 ``flwr run`` (simulation) and real SuperNodes use Flower's own grids.
 """
 
 from __future__ import annotations
 
+import random
+import sys
 import time
 import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.config import flatten_dict
@@ -91,10 +98,17 @@ class LocalGrid(Grid):
             node = msg.metadata.dst_node_id
             if node in self.fail_nodes:
                 continue  # the node dropped out: no reply arrives
+            torch = sys.modules.get("torch")  # k-means jobs never import it: neither does the grid
+            generators = random.getstate(), np.random.get_state(), torch.get_rng_state() if torch else None
             try:
                 reply = self.client_app(msg, self.contexts[node])
             except Exception as err:  # noqa: BLE001 - a client crash becomes an error reply
                 reply = Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+            finally:  # the server's generators are its own (a client is another process in a deployment)
+                random.setstate(generators[0])
+                np.random.set_state(generators[1])
+                if torch is not None and generators[2] is not None:
+                    torch.set_rng_state(generators[2])
             if self.tamper is not None:
                 reply = self.tamper(node, reply)
                 if reply is None:

@@ -54,6 +54,12 @@ KMEANS_TRANSFORM = "transform"
 KMEANS_CENTROIDS = "centroids"
 #: the privacy wrappers' record in a reply
 PRIVACY = "privacy"
+#: train-instruction ConfigRecord (one message per site per round): the config of the evaluate
+#: instruction the site would have been sent for the model it receives; its presence asks the
+#: client to evaluate that model before it trains
+EVALUATE_CONFIG = "evaluate-config"
+#: prefix of the train-reply records that carry that evaluation (``evaluation:metrics``...)
+EVALUATION_PREFIX = "evaluation:"
 
 # --------------------------------------------------------------------------- config and metric keys
 #: FedVQ train config: 1 once a global codebook exists (the ema quantizer skips its local k-means init)

@@ -17,6 +17,7 @@ models separate machines on a LAN:
   address; ``--secure`` issues the SuperLink's certificate with that IP in its
   subjectAltName and registers each site's key (SuperNode authentication);
 * ``--uplink-mbit N``: a ``tbf`` queue on every site's ``eth0`` (its uplink);
+  :meth:`NetnsTopology.shape_downlink` shapes the other direction (the bridge port);
 * faults for tests: :meth:`NetnsTopology.link_down` / ``link_up`` (the bridge port
   of a site goes down: its TCP connections stall, nothing is reset),
   ``kill_supernode`` / ``restart_supernode``, ``kill_superlink`` /
@@ -230,6 +231,22 @@ class NetnsTopology(LocalTopology):
         done = subprocess.run(self.in_namespace(self.site_namespace(index), command), capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"shaping site {index}'s uplink failed: {done.stderr.strip()}")
+
+    def shape_downlink(self, index: int, mbit: float) -> None:
+        """tbf on the bridge port ``site<i>``: what the SuperLink sends to the site arrives at ``mbit`` Mbit/s."""
+        burst = tbf_burst_bytes(mbit)
+        command = ["tc", "qdisc", "replace", "dev", f"site{index}", "root", "tbf", "rate", f"{mbit}mbit"]
+        command += ["burst", str(burst), "latency", "400ms"]
+        done = subprocess.run(self.in_namespace(self.link_namespace, command), capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"shaping site {index}'s downlink failed: {done.stderr.strip()}")
+
+    def unshape(self, index: int) -> None:
+        """Both directions of the site's link back to the kernel's default queue (no rate limit)."""
+        for namespace, device in ((self.site_namespace(index), "eth0"), (self.link_namespace, f"site{index}")):
+            subprocess.run(
+                self.in_namespace(namespace, ["tc", "qdisc", "del", "dev", device, "root"]), capture_output=True
+            )
 
     def qdisc(self, index: int) -> str:
         done = subprocess.run(

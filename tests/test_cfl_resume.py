@@ -14,7 +14,7 @@ from fedvq_app.server.checkpoint import load_checkpoint
 from fedvq_app.server_app import app as server_app
 
 CONFIG = {
-    "num-server-rounds": 3,
+    "num-server-rounds": 4,
     "train.local-epochs": 1,
     "dataset.size": 12,
     "partition.kind": "iid",
@@ -31,11 +31,14 @@ class Crash(RuntimeError):
     """The simulated server crash (distinct from any error the app itself could raise)."""
 
 
-class CrashInRound3(LocalGrid):
+class CrashInRound4(LocalGrid):
+    """Dies sending round 4's train messages: round 3's evaluation rode on them (evaluate-with-train), so the
+    last checkpoint is round 2's, the round of the split."""
+
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
-        if any(m.metadata.message_type == "train" and m.content["config"]["server-round"] == 3 for m in messages):
-            raise Crash("server killed in round 3")
+        if any(m.metadata.message_type == "train" and m.content["config"]["server-round"] == 4 for m in messages):
+            raise Crash("server killed in round 4")
         return super().send_and_receive(messages, timeout=timeout)
 
 
@@ -50,7 +53,7 @@ def test_resume_after_the_split_continues_every_cluster(tmp_path):
     config = _config(tmp_path, "resumed")
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(config))
     with pytest.raises(RunFailed, match="internal error Crash"):  # a crash ends the run as failed
-        server_app(grid=CrashInRound3(client_app, 2, config), context=context)
+        server_app(grid=CrashInRound4(client_app, 2, config), context=context)
     folder = tmp_path / "resumed"
     saved = load_checkpoint(folder)
     assert saved.server_round == 2

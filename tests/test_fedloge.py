@@ -17,7 +17,7 @@ from fedvq_app.client_app import app as client_app
 from fedvq_app.clients.fedloge import FedLoGeClient
 from fedvq_app.config import ConfigError
 from fedvq_app.data.datasets import dataset_info
-from fedvq_app.local_grid import claim_server_identity, full_run_config, run_local
+from fedvq_app.local_grid import LocalGrid, claim_server_identity, full_run_config, run_local
 from fedvq_app.models.fedloge import (
     BALANCED_MODES,
     MASKED_LOGIT,
@@ -370,10 +370,18 @@ def test_a_resumed_fedloge_run_continues_the_shared_model_exactly(runs, tmp_path
     heads restart on the clients (documented), which only the personal mode sees.
     """
     from fedvq_app.errors import RunFailed  # noqa: PLC0415
-    from tests.test_resume import CrashingGrid  # noqa: PLC0415
+    from tests.test_resume import Interrupted  # noqa: PLC0415
 
-    class CrashInRound2(CrashingGrid):
-        crash_round = 2
+    class CrashInRound2(LocalGrid):
+        """Dies sending round 2's model for evaluation: round 1 is recorded and checkpointed by then
+        (its evaluation came back with round 2's train replies, evaluate-with-train)."""
+
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            for msg in messages:
+                if msg.metadata.message_type == "evaluate" and msg.content["config"]["server-round"] == 2:
+                    raise Interrupted("server killed in round 2")
+            return super().send_and_receive(messages, timeout=timeout)
 
     config = _run_config(tmp_path, "fedloge", **{"experiment-name": "resumed"})
     with pytest.raises(RunFailed, match="internal error Interrupted"):  # a crash ends the run as failed

@@ -173,3 +173,58 @@ print(json.dumps({"before": before, "threads": sorted({p["num_threads"] for p in
     pools = _python(code, {"OMP_NUM_THREADS": "", "OPENBLAS_NUM_THREADS": "", "MKL_NUM_THREADS": ""})
     assert pools["threads"] == [1]
     assert pools["before"] != [1] or os.cpu_count() == 1  # the cap, not the environment, made it 1
+
+
+#: what a ClientApp train message must not import: server-side libraries (k-means, Hungarian matching, OT,
+#: plots) and torch.compile's machinery (1.7-2.3 s each per process in a deployment)
+SERVER_ONLY = ("sklearn", "scipy", "pandas", "matplotlib", "ot", "torch._dynamo")
+
+
+TRAIN_MESSAGE = """
+import json, sys
+from flwr.app import Context, RecordDict
+from fedvq_app.data.client_data import normalize_batch
+from fedvq_app.local_grid import full_run_config
+from fedvq_app.registry import get_method, load_settings
+from fedvq_app.training.loop import make_optimizer
+config = full_run_config(method=sys.argv[1], **{"partition.kind": "iid"})
+context = Context(run_id=1, node_id=2, node_config={"partition-id": 1, "num-partitions": 3}, state=RecordDict(),
+                  run_config=config)
+settings = load_settings(config)
+client = get_method(sys.argv[1]).client(settings, context)
+model = client.build_model()
+model.train()
+optimizer = make_optimizer(client.trainable_parameters(model), settings.train)
+loss, _ = client.batch_loss(model, normalize_batch(client.data.train_x[:16]), client.data.train_y[:16])
+loss.backward()
+optimizer.step()
+print(json.dumps({"mods": sorted(m for m in sys.argv[2].split(",") if m in sys.modules)}))
+"""
+
+
+def _train_message(method: str, cache: Path) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", TRAIN_MESSAGE, method, ",".join(SERVER_ONLY)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT), CACHE_ENV: str(cache)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])["mods"]
+
+
+@pytest.fixture(scope="module")
+def warm_cache(tmp_path_factory):
+    """A host's partition cache after its first message (which loads the dataset: scikit-learn's digits)."""
+    cache = tmp_path_factory.mktemp("partition-cache")
+    _train_message("fedavg", cache)
+    return cache
+
+
+@pytest.mark.parametrize("method", ["fedavg", "fedvq", "cfl", "fusedspace", "fedloge", "scaffold"])
+def test_a_train_message_of_every_neural_method_imports_no_server_side_library(warm_cache, method):
+    """The app's part of a train message on a host whose cache is warm: resolve the method, build the client
+    with its data, build the model, one optimizer step (FedVQ's quantizer library included, via models/vq.py)."""
+    assert _train_message(method, warm_cache) == []

@@ -13,8 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import AgglomerativeClustering
-from sklearn.metrics.pairwise import cosine_similarity
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -43,6 +41,8 @@ def update_norms(updates: np.ndarray) -> tuple[float, float]:
 
 def similarity_matrix(updates: np.ndarray) -> np.ndarray:
     """Pairwise cosine similarity of the rows (clients x params)."""
+    from sklearn.metrics.pairwise import cosine_similarity  # noqa: PLC0415 (server only: 1 s per ClientApp process)
+
     return cosine_similarity(updates)
 
 
@@ -57,6 +57,8 @@ def bipartition(similarity: np.ndarray, ids: Sequence[int]) -> tuple[list[int], 
         raise ValueError("a bipartition needs at least two clients")
     distance = np.clip(1.0 - np.asarray(similarity, np.float64), 0.0, 2.0)
     np.fill_diagonal(distance, 0.0)
+    from sklearn.cluster import AgglomerativeClustering  # noqa: PLC0415 (server only, as above)
+
     labels = AgglomerativeClustering(n_clusters=2, metric="precomputed", linkage="complete").fit(distance).labels_
     groups = [sorted(int(i) for i, lab in zip(ids, labels, strict=True) if lab == g) for g in (0, 1)]
     return tuple(sorted(groups, key=min))  # type: ignore[return-value]

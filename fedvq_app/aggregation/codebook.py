@@ -28,7 +28,6 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-from sklearn.cluster import KMeans, kmeans_plusplus
 
 from fedvq_app.aggregation.codebook_align import align_codebook, place_in_slots
 from fedvq_app.aggregation.weighted import normalized_weights
@@ -263,6 +262,8 @@ def weighted_kmeans(
     # float32 (the model's precision) halves the cost of every Lloyd step; a warm start from
     # last round's codebook converges in a few steps since clients drifted from those codes
     dtype = np.float32 if warm else np.float64
+    from sklearn.cluster import KMeans  # noqa: PLC0415 (server only; ClientApps import this module for names)
+
     model = KMeans(
         n_clusters=k,
         init=np.asarray(init, dtype=dtype) if warm else "k-means++",
@@ -441,6 +442,8 @@ def _cold_support(points: np.ndarray, k: int, rng: np.random.Generator, params: 
     uniq, _ = _distinct(points, np.ones(len(points)))
     if len(uniq) <= k:
         return _pad(uniq, k, np.empty((0, points.shape[1])), rng, params)
+    from sklearn.cluster import kmeans_plusplus  # noqa: PLC0415 (server only, as above)
+
     support, _ = kmeans_plusplus(uniq, k, random_state=_seed(rng))
     return support
 

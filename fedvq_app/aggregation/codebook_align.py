@@ -10,7 +10,6 @@ minimum-cost one-to-one matchings (Hungarian algorithm, ``scipy``).
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 
 def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -40,6 +39,8 @@ def match_slots(centers: np.ndarray, reference: np.ndarray) -> np.ndarray:
         # every center's nearest slot is its own: the sum of row minima is a lower bound of
         # any matching's cost, so this is the optimum (the usual case after a warm start)
         return nearest.astype(np.int64)
+    from scipy.optimize import linear_sum_assignment  # noqa: PLC0415 (server only: ClientApps import this module)
+
     rows, cols = linear_sum_assignment(cost)
     slots = np.empty(len(centers), dtype=np.int64)
     slots[rows] = cols

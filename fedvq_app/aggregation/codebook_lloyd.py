@@ -28,7 +28,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.cluster import KMeans
 
 from fedvq_app.aggregation.codebook import CodebookResult
 from fedvq_app.aggregation.kmeans import lloyd_update, privacy_filter, seed_from_summaries
@@ -125,6 +124,8 @@ def initial_codebook(
         return np.vstack([distinct, fill]), k - len(distinct)
     seed = int(rng.integers(2**31))
     start = seed_from_summaries(points, weight, k, runs=1, seed=seed)[0]
+    from sklearn.cluster import KMeans  # noqa: PLC0415 (server only: ClientApps import this module)
+
     km = KMeans(n_clusters=k, init=start, n_init=1, max_iter=max_iter, random_state=seed)
     return km.fit(points, sample_weight=weight).cluster_centers_, 0
 

@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import kmeans_plusplus
 
 from fedvq_app.aggregation.codebook_align import squared_distances
 
@@ -239,6 +238,8 @@ def seed_from_summaries(points: np.ndarray, weights: np.ndarray, k: int, runs: i
     seeds. Different seedings lead the federated Lloyd runs into different optima;
     the one with the lowest inertia is kept, as ``n_init`` does centrally.
     """
+    from sklearn.cluster import kmeans_plusplus  # noqa: PLC0415 (server only: FedVQ ClientApps import this module)
+
     keep = np.asarray(weights) > 0
     points, weights = np.asarray(points, dtype=np.float64)[keep], np.asarray(weights, dtype=np.float64)[keep]
     distinct = len(np.unique(points, axis=0))

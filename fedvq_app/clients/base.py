@@ -10,6 +10,7 @@ Private tensors live in ``context.state`` between rounds.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,7 +30,16 @@ from fedvq_app.data.client_data import (
 )
 from fedvq_app.data.datasets import DatasetInfo
 from fedvq_app.models.state import load_arrays, private_arrays, shared_arrays
-from fedvq_app.protocol import GRADIENT_AT_RECORD, GRADIENT_RECORD, PRIVATE_STATE
+from fedvq_app.protocol import (
+    ARRAYS,
+    CONFIG,
+    EVALUATE_CONFIG,
+    EVALUATION_PREFIX,
+    GRADIENT_AT_RECORD,
+    GRADIENT_RECORD,
+    METRICS,
+    PRIVATE_STATE,
+)
 from fedvq_app.records import to_numpy, to_record
 from fedvq_app.registry import get_method
 from fedvq_app.training.device import configure_threads, resolve_device
@@ -46,6 +56,27 @@ from fedvq_app.training.loop import (
     predict,
     train_epochs,
 )
+
+
+@dataclass(frozen=True)
+class CarriedEvaluation:
+    """The evaluate instruction a train message carries (one message per site per round).
+
+    It holds what the evaluation hooks read of a message -- its ``content``, with the
+    received arrays and the evaluate config the server would have sent in a message of
+    its own -- so :meth:`NeuralClient.evaluation_records` scores exactly the model an
+    evaluate message would have delivered.
+    """
+
+    content: RecordDict
+
+    @classmethod
+    def of(cls, msg: Message) -> CarriedEvaluation | None:
+        """The instruction ``msg`` carries, or None when the server asked for no evaluation."""
+        config = msg.content.config_records.get(EVALUATE_CONFIG)
+        if config is None:
+            return None
+        return cls(RecordDict({ARRAYS: msg.content[ARRAYS], CONFIG: config}))
 
 
 def seed_everything(*parts: int) -> torch.Generator:
@@ -89,7 +120,7 @@ class NeuralClient:
         torch.manual_seed(self.settings.seed)
         return dp_compatible(self.spec.build_model(self.settings, self.info), self.settings)
 
-    def load_model(self, msg: Message) -> nn.Module:
+    def load_model(self, msg: Message | CarriedEvaluation) -> nn.Module:
         """Fresh model + this client's private state + the server's shared arrays."""
         model = self.build_model()
         if PRIVATE_STATE in self.context.state:
@@ -155,7 +186,14 @@ class NeuralClient:
 
     # ------------------------------------------------------------------ actions
     def train(self, msg: Message) -> Message:
-        """Train on the local split and reply with the shared arrays and metrics."""
+        """Train on the local split and reply with the shared arrays and metrics.
+
+        When the message carries an evaluate instruction (``evaluate-with-train``), the
+        received model is evaluated first, exactly as an evaluate message would have it
+        evaluated, and the reply carries those records under ``evaluation:<name>``.
+        """
+        carried = CarriedEvaluation.of(msg)
+        evaluation = {} if carried is None else self.evaluation_records(carried)
         model = self.load_model(msg)
         hooks = self.train_hooks(model, msg)
         result = self.local_train(model, msg, hooks)
@@ -175,6 +213,7 @@ class NeuralClient:
                 "arrays": self.reply_arrays(model, msg),
                 "metrics": MetricRecord(metrics),
                 **self.reply_extras(model, msg, hooks),
+                **{EVALUATION_PREFIX + name: record for name, record in evaluation.items()},
             }
         )
         return Message(content=content, reply_to=msg)
@@ -213,19 +252,22 @@ class NeuralClient:
 
     def evaluate(self, msg: Message) -> Message:
         """Evaluate the client's model (shared + private) on val, global test and own-distribution test."""
+        return Message(content=RecordDict(self.evaluation_records(msg)), reply_to=msg)
+
+    def evaluation_records(self, msg: Message | CarriedEvaluation) -> dict:
+        """The records of an evaluation of the received model (the hook methods override)."""
         model = self.load_model(msg)
         metrics = dict(self.base_metrics())
         for split, result in self.evaluate_splits(model).items():
             metrics.update(result.as_metrics(split))
-        records = {"metrics": MetricRecord(metrics), **self.gradient_records(model, msg)}
-        return Message(content=RecordDict(records), reply_to=msg)
+        return {METRICS: MetricRecord(metrics), **self.gradient_records(model, msg)}
 
     # ------------------------------------------------------------------ gradient dissimilarity
-    def gradient_records(self, model: nn.Module, msg: Message) -> dict:
+    def gradient_records(self, model: nn.Module, msg: Message | CarriedEvaluation) -> dict:
         """Evaluate-reply records behind Gamma (empty unless ``metrics.gradient-dissimilarity``).
 
-        A client that overrides :meth:`evaluate` adds ``**self.gradient_records(model, msg)``
-        to its reply to take part in the measurement.
+        A client that overrides :meth:`evaluation_records` adds ``**self.gradient_records(model, msg)``
+        to its records to take part in the measurement.
         """
         if not self.settings.metrics.gradient_dissimilarity:
             return {}

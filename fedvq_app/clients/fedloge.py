@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import Message, MetricRecord
 
 from fedvq_app.aggregation.etf import class_hits
-from fedvq_app.clients.base import NeuralClient, seed_everything
+from fedvq_app.clients.base import CarriedEvaluation, NeuralClient, seed_everything
 from fedvq_app.data.client_data import eval_loader
 from fedvq_app.models.fedloge import (
     BALANCED_MODES,
@@ -40,6 +40,7 @@ from fedvq_app.models.fedloge import (
     gla_fr,
 )
 from fedvq_app.options import FedLoGeOptions
+from fedvq_app.protocol import METRICS
 from fedvq_app.training.loop import classification_metrics, make_optimizer, predict
 
 REFIT_STREAM = 5  # seeds the local-head refit's shuffles apart from the training epochs
@@ -65,7 +66,7 @@ class FedLoGeClient(NeuralClient):
         return loss, generic
 
     # ------------------------------------------------------------------ evaluation
-    def refit_local_head(self, model: FedLoGeNet, msg: Message) -> None:
+    def refit_local_head(self, model: FedLoGeNet, msg: Message | CarriedEvaluation) -> None:
         """``fedloge.local-refit-epochs`` of the local head alone on the received backbone's (detached) features
         of the train split; the backbone, SSE-C and global head do not move, nothing is saved."""
         epochs = self.options.local_refit_epochs
@@ -103,7 +104,7 @@ class FedLoGeClient(NeuralClient):
             "global-only": heads.global_only_logits(feats),
         }
 
-    def evaluate(self, msg: Message) -> Message:
+    def evaluation_records(self, msg: Message | CarriedEvaluation) -> dict:
         """val-*/test-*: global mode (val split, global test set); per mode on own data and balanced:
         ``<mode>-accuracy`` and per-class ``<mode>-class-correct`` / ``<mode>-class-total``; per mode on the
         client's own validation split (drawn from its training data): ``val-<mode>-accuracy``."""
@@ -140,5 +141,4 @@ class FedLoGeClient(NeuralClient):
             metrics[f"{name}-class-total"] = total.tolist()
         if len(rows):  # own-distribution test: FedLoGe's personalised output on the rows every method is scored on
             metrics.update(classification_metrics(logits["personal"][rows], test_y[rows], n_cls).as_metrics("own-test"))
-        records = {"metrics": MetricRecord(metrics), **self.gradient_records(model, msg)}
-        return Message(content=RecordDict(records), reply_to=msg)
+        return {METRICS: MetricRecord(metrics), **self.gradient_records(model, msg)}

@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from flwr.app import Message, MetricRecord
 from torch import nn
 
-from fedvq_app.clients.base import NeuralClient, seed_everything
+from fedvq_app.clients.base import CarriedEvaluation, NeuralClient, seed_everything
 from fedvq_app.data.client_data import eval_loader, normalize_batch, train_loader
 from fedvq_app.models.fusedspace import PRIVATE_PREFIX, FusedSpaceNet
 from fedvq_app.options import FusedSpaceOptions
-from fedvq_app.protocol import FUSEDSPACE_OPTIMIZER_STATE, FUSEDSPACE_STATS_RECORD
+from fedvq_app.protocol import FUSEDSPACE_OPTIMIZER_STATE, FUSEDSPACE_STATS_RECORD, METRICS
 from fedvq_app.records import to_numpy, to_record
 from fedvq_app.training import optim
 from fedvq_app.training.loop import TrainHook, TrainResult, make_optimizer, train_epochs
@@ -205,11 +205,11 @@ class FusedSpaceClient(NeuralClient):
         return {FUSEDSPACE_STATS_RECORD: MetricRecord(stats)}
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, msg: Message) -> Message:
+    def evaluation_records(self, msg: Message | CarriedEvaluation) -> dict:
         """The common scores, plus the autoencoder's reconstruction MSE on the global test images of the
         classes this client trained on (``test-reconstruction-seen``) and of those it never saw
         (``test-reconstruction-unseen``): how far ``D(E_i(x))`` strays where the private encoder has no data."""
-        reply = super().evaluate(msg)
+        records = super().evaluation_records(msg)
         model = self.load_model(msg)
         model.eval()
         errors = []
@@ -219,11 +219,11 @@ class FusedSpaceClient(NeuralClient):
                 errors.append((model.reconstruct(x) - x).pow(2).flatten(1).mean(1).cpu())
         per_image = torch.cat(errors) if errors else torch.empty(0)
         seen = torch.as_tensor(self.data.label_counts())[self.data.test_y] > 0
-        metrics = reply.content["metrics"]
+        metrics = records[METRICS]
         for name, rows in (("seen", seen), ("unseen", ~seen)):
             if rows.any():
                 metrics[f"test-reconstruction-{name}"] = float(per_image[rows].mean())
-        return reply
+        return records
 
     def gradient_parameters(self, model: FusedSpaceNet) -> dict[str, nn.Parameter]:
         """Gamma over the classifier (comparable with the baselines) or every shared parameter."""

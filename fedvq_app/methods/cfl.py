@@ -9,6 +9,8 @@ round loop plus a final cross-evaluation of the cached models.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from fedvq_app.aggregation.clustering import SplitRule
 from fedvq_app.clients.base import NeuralClient
 from fedvq_app.config import Settings
@@ -16,14 +18,20 @@ from fedvq_app.data.datasets import DatasetInfo
 from fedvq_app.methods.common import classifier_model
 from fedvq_app.options import CflOptions
 from fedvq_app.registry import MethodSpec
-from fedvq_app.server.cfl_workflow import run_cfl_workflow
-from fedvq_app.strategies.cfl import CFLStrategy
-from fedvq_app.strategies.fedavg import sampling_kwargs
-from fedvq_app.tracking.cfl_plots import cfl_plots
+
+if TYPE_CHECKING:
+    from fedvq_app.strategies.cfl import CFLStrategy
+
+
+# Server-only parts (strategy, workflow, plots) are imported where they are called: a deployed
+# site starts a ClientApp process per message, which loads this module and must not pay for them.
 
 
 def build_strategy(settings: Settings, info: DatasetInfo) -> CFLStrategy:
     """The CFL strategy; norms and similarities use the model's trainable parameters."""
+    from fedvq_app.strategies.cfl import CFLStrategy  # noqa: PLC0415 (server only)
+    from fedvq_app.strategies.fedavg import sampling_kwargs  # noqa: PLC0415 (server only)
+
     opts = settings.options(CflOptions)
     model = classifier_model(settings, info)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
@@ -37,6 +45,20 @@ def build_strategy(settings: Settings, info: DatasetInfo) -> CFLStrategy:
         rotation_active=rotated,
         **sampling_kwargs(settings),
     )
+
+
+def workflow(*args: Any, **kwargs: Any) -> Any:
+    """The round loop, then the cross-evaluation (:func:`~fedvq_app.server.cfl_workflow.run_cfl_workflow`)."""
+    from fedvq_app.server.cfl_workflow import run_cfl_workflow  # noqa: PLC0415 (server only)
+
+    return run_cfl_workflow(*args, **kwargs)
+
+
+def plots(*args: Any, **kwargs: Any) -> Any:
+    """CFL's figures (:func:`~fedvq_app.tracking.cfl_plots.cfl_plots`; matplotlib: server only)."""
+    from fedvq_app.tracking.cfl_plots import cfl_plots  # noqa: PLC0415 (server only)
+
+    return cfl_plots(*args, **kwargs)
 
 
 def privacy_check(settings) -> str | None:
@@ -56,7 +78,7 @@ SPEC = MethodSpec(
     build_strategy=build_strategy,
     client=NeuralClient,
     options_type=CflOptions,
-    server_workflow=run_cfl_workflow,
-    plots=cfl_plots,
+    server_workflow=workflow,
+    plots=plots,
     privacy_check=privacy_check,
 )

@@ -7,6 +7,8 @@ three inference modes (generic, global, personalized). See docs/fedloge.md.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from fedvq_app.clients.fedloge import FedLoGeClient
 from fedvq_app.config import ConfigError, Settings
 from fedvq_app.models.fedloge import (
@@ -15,9 +17,13 @@ from fedvq_app.models.fedloge import (
 )
 from fedvq_app.options import FedLoGeOptions
 from fedvq_app.registry import MethodSpec
-from fedvq_app.strategies.fedavg import sampling_kwargs
-from fedvq_app.strategies.fedloge import FedLoGeStrategy
-from fedvq_app.tracking.fedloge_plots import fedloge_plots
+
+if TYPE_CHECKING:
+    from fedvq_app.strategies.fedloge import FedLoGeStrategy
+
+
+# Server-only parts (strategy, workflow, plots) are imported where they are called: a deployed
+# site starts a ClientApp process per message, which loads this module and must not pay for them.
 
 
 def validate(settings: Settings) -> None:
@@ -31,6 +37,9 @@ def validate(settings: Settings) -> None:
 
 
 def build_strategy(settings: Settings, info) -> FedLoGeStrategy:
+    from fedvq_app.strategies.fedavg import sampling_kwargs  # noqa: PLC0415 (server only)
+    from fedvq_app.strategies.fedloge import FedLoGeStrategy  # noqa: PLC0415 (server only)
+
     opts = settings.options(FedLoGeOptions)
     return FedLoGeStrategy(
         num_classes=info.num_classes,
@@ -42,6 +51,13 @@ def build_strategy(settings: Settings, info) -> FedLoGeStrategy:
     )
 
 
+def plots(*args: Any, **kwargs: Any) -> Any:
+    """FedLoGe's figures (:func:`~fedvq_app.tracking.fedloge_plots.fedloge_plots`; matplotlib: server only)."""
+    from fedvq_app.tracking.fedloge_plots import fedloge_plots  # noqa: PLC0415 (server only)
+
+    return fedloge_plots(*args, **kwargs)
+
+
 SPEC = MethodSpec(
     name="fedloge",
     summary="backbone through a frozen sparse ETF (SSE-C), global + private local heads, GLA-FR realignment",
@@ -51,5 +67,5 @@ SPEC = MethodSpec(
     is_shared=is_shared,
     options_type=FedLoGeOptions,
     validate=validate,
-    plots=fedloge_plots,
+    plots=plots,
 )

@@ -13,6 +13,7 @@ codebook, which one of the aggregators rebuilds under an index-alignment mode
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,10 +30,13 @@ from fedvq_app.models.vq import (
 )
 from fedvq_app.options import FedVQOptions
 from fedvq_app.registry import MethodSpec
-from fedvq_app.server.workflow import run_neural_workflow
-from fedvq_app.strategies.fedavg import sampling_kwargs
-from fedvq_app.strategies.fedvq import FedVQStrategy
-from fedvq_app.tracking.fedvq_plots import fedvq_plots
+
+if TYPE_CHECKING:
+    from fedvq_app.strategies.fedvq import FedVQStrategy
+
+
+# Server-only parts (strategy, workflow, plots) are imported where they are called: a deployed
+# site starts a ClientApp process per message, which loads this module and must not pay for them.
 
 
 def validate(settings: Settings) -> None:
@@ -80,6 +84,9 @@ def initial_encoder(settings: Settings, info: DatasetInfo) -> dict:
 
 
 def build_strategy(settings: Settings, info: DatasetInfo) -> FedVQStrategy:
+    from fedvq_app.strategies.fedavg import sampling_kwargs  # noqa: PLC0415 (server only)
+    from fedvq_app.strategies.fedvq import FedVQStrategy  # noqa: PLC0415 (server only)
+
     opts = settings.options(FedVQOptions)
     params = CodebookParams(
         usage_threshold=opts.usage_threshold,
@@ -108,7 +115,16 @@ def build_strategy(settings: Settings, info: DatasetInfo) -> FedVQStrategy:
 
 def run_fedvq_workflow(grid, settings: Settings, tracker):
     """The common neural workflow, told the experiment folder so clients checkpoint beside it."""
+    from fedvq_app.server.workflow import run_neural_workflow  # noqa: PLC0415 (server only)
+
     return run_neural_workflow(grid, dataclasses.replace(settings, experiment_name=tracker.dir.name), tracker)
+
+
+def plots(*args: Any, **kwargs: Any) -> Any:
+    """FedVQ's figures (:func:`~fedvq_app.tracking.fedvq_plots.fedvq_plots`; matplotlib: server only)."""
+    from fedvq_app.tracking.fedvq_plots import fedvq_plots  # noqa: PLC0415 (server only)
+
+    return fedvq_plots(*args, **kwargs)
 
 
 def privacy_check(settings) -> str | None:
@@ -130,6 +146,6 @@ SPEC = MethodSpec(
     options_type=FedVQOptions,
     validate=validate,
     server_workflow=run_fedvq_workflow,
-    plots=fedvq_plots,
+    plots=plots,
     privacy_check=privacy_check,
 )

@@ -21,7 +21,9 @@ to that width (part of the encoder).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Protocol
+import sys
+import threading
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -120,6 +122,42 @@ class GumbelVQ(nn.Module):
         return quantized, commitment, perplexity, one_hot.argmax(1).view(n, h, w)
 
 
+#: one import of vector-quantize-pytorch at a time (simulated clients build models in threads)
+_VQ_IMPORT = threading.Lock()
+
+
+def _not_compiled(fn):
+    """``torch.compiler.allow_in_graph`` while vector-quantize-pytorch is imported: leaves ``fn`` as it is."""
+    return fn
+
+
+def vector_quantize_class() -> Any:
+    """vector-quantize-pytorch's ``VectorQuantize``, imported without importing ``torch._dynamo``.
+
+    The library imports einx, whose PyTorch backend registers every einx op with
+    ``torch.compiler.allow_in_graph`` as soon as it is imported next to torch; that call
+    imports ``torch._dynamo`` (1.7-2.3 s here). A deployed site starts a process for
+    every message, so it paid that on every FedVQ message. Nothing in this project is
+    compiled (the optimizers skip dynamo for the same reason, see training/optim.py), so
+    the registration is skipped: during the import ``allow_in_graph`` returns the op
+    unchanged, and it is restored right after. The quantizer is the library's own code;
+    ``tests/test_lean_vq_import.py`` checks its outputs are bit-identical to those of a
+    plain import and that ``torch._dynamo`` stays unimported.
+    """
+    if "vector_quantize_pytorch" not in sys.modules:
+        with _VQ_IMPORT:
+            if "vector_quantize_pytorch" not in sys.modules:
+                registered = torch.compiler.allow_in_graph
+                torch.compiler.allow_in_graph = _not_compiled
+                try:
+                    import vector_quantize_pytorch  # noqa: F401, PLC0415 (only on this path; see the docstring)
+                finally:
+                    torch.compiler.allow_in_graph = registered
+    from vector_quantize_pytorch import VectorQuantize  # noqa: PLC0415 (imported above)
+
+    return VectorQuantize
+
+
 class EMAVQ(nn.Module):
     """Nearest-neighbour VQ with an EMA codebook: vector-quantize-pytorch's ``VectorQuantize``.
 
@@ -152,7 +190,7 @@ class EMAVQ(nn.Module):
         heads: int = 1,
         rotation_trick: bool = False,
     ) -> None:
-        from vector_quantize_pytorch import VectorQuantize  # noqa: PLC0415 - start-up cost: vector-quantize-pytorch (einx, torch._dynamo), only on this path
+        VectorQuantize = vector_quantize_class()  # noqa: N806 (the library's class)
 
         super().__init__()
         if embedding_dim % heads:

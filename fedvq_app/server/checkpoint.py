@@ -10,6 +10,11 @@ saving leaves the previous checkpoint intact.
 ``resume-from=<experiment folder>`` restores all of it and the loop goes on with
 the next round; rounds.jsonl is cut back to the checkpointed round.
 
+With one message per site per round (``evaluate-with-train``) a round is checkpointed
+when its evaluation is in, i.e. once the next round's train replies arrived: a crash
+in between loses that round, and the resumed run trains it again from the previous
+checkpoint (with the RNG states of the moment its evaluation was sampled).
+
 What a checkpoint cannot hold is state that lives on the clients
 (``context.state``: SCAFFOLD's c_i, private encoders/heads). Flower keys that
 state by run, and a resumed job is a new run, so clients start it afresh even
@@ -60,6 +65,7 @@ OPERATIONAL_KEYS = frozenset(
         "min-train-nodes",
         "min-evaluate-nodes",
         "eval-every",
+        "evaluate-with-train",
     }
 )
 
@@ -228,14 +234,15 @@ class Checkpointer:
         self.tracker = tracker
         self.run_config = dict(run_config)
 
-    def __call__(self, server_round: int, arrays: ArrayRecord) -> None:
+    def __call__(self, server_round: int, arrays: ArrayRecord, rng: dict[str, Any] | None = None) -> None:
+        """Save the state after ``server_round``; ``rng``: the RNG states to keep (default: now)."""
         save_checkpoint(
             self.directory,
             Checkpoint(
                 server_round=server_round,
                 arrays=to_numpy(arrays),
                 strategy_state=strategy_state(self.strategy),
-                rng=capture_rng(),
+                rng=rng if rng is not None else capture_rng(),
                 tracker_state=self.tracker.state_dict(),
                 run_config=self.run_config,
             ),

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from logging import ERROR, INFO, WARNING
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -34,6 +34,7 @@ from flwr.serverapp import Grid
 
 from fedvq_app.errors import RunFailed, is_node_unavailable
 from fedvq_app.grid_proxy import GridProxy
+from fedvq_app.server.carried import attach_evaluation, split_evaluation
 from fedvq_app.server.failures import (
     check_client_sizes,
     divergence,
@@ -59,6 +60,8 @@ class LoopPlan:
     eval_every: int
     train_config: dict
     evaluate_config: dict
+    #: one message per site per round: an evaluation rides on the next round's train messages
+    evaluate_with_train: bool = False
 
 
 class NodesUnavailable(RuntimeError):
@@ -149,6 +152,138 @@ def _as_dict(record: MetricRecord | None) -> dict:
     return dict(record) if record is not None else {}
 
 
+@dataclass
+class PendingEvaluation:
+    """A round trained and aggregated whose evaluation rides on the next round's train messages."""
+
+    outcome: RoundOutcome
+    arrays: ArrayRecord
+    messages: list[Message]
+    #: RNG states right after the evaluate sampling (what a two-message round checkpoints)
+    rng: dict
+
+
+class RoundLoop:
+    """The rounds of one run: state shared by the steps of a round (see :func:`run_rounds`)."""
+
+    def __init__(
+        self,
+        strategy: RoundStrategy,
+        grid: Grid,
+        plan: LoopPlan,
+        tracker: ExperimentTracker,
+        after_round: RoundHook | None,
+    ) -> None:
+        from fedvq_app.server.checkpoint import Checkpointer  # noqa: PLC0415 (torch: neural loops only)
+
+        self.strategy, self.grid, self.plan, self.tracker, self.after_round = strategy, grid, plan, tracker, after_round
+        self.checkpoint = Checkpointer(tracker.dir, strategy, tracker, dict(tracker.settings.raw))
+        #: why an evaluation went out in a message of its own, said once per reason
+        self.said: set[str] = set()
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate_alone(self, outcome: RoundOutcome, messages: list[Message]) -> None:
+        """Send the evaluate messages of ``outcome``'s round on their own and aggregate the replies.
+
+        Their time is added to the round's; a round whose traffic was taken already
+        (a pending round) gets their bytes too.
+        """
+        rnd, started = outcome.server_round, time.time()
+        outcome.sampled_evaluate, outcome.evaluate_replies = _send(self.grid, messages, self.plan.timeout)
+        if outcome.traffic is not None:
+            outcome.traffic.merge(self.tracker.traffic.take())
+        outcome.wall_time_s += time.time() - started
+        stop_if_hopeless(outcome.evaluate_replies, f"round {rnd} (evaluate)", self.tracker)
+        self.aggregate_evaluation(outcome, outcome.evaluate_replies)
+
+    def aggregate_evaluation(self, outcome: RoundOutcome, replies: list[Message]) -> None:
+        outcome.evaluate_metrics = _as_dict(self.strategy.aggregate_evaluate(outcome.server_round, replies))
+        outcome.evaluate_rejected = list(self.strategy.rejections)
+        exclude_misconfigured_sites(outcome.evaluate_rejected, self.tracker)
+
+    def carry(self, pending: PendingEvaluation, messages: list[Message]) -> tuple[list[Message], bool]:
+        """The train messages with ``pending``'s evaluation on board, or sent apart first (and why, once)."""
+        carrying, reason = attach_evaluation(messages, pending.messages)
+        if reason is None:
+            return carrying, True
+        if reason not in self.said:
+            self.said.add(reason)
+            rnd = pending.outcome.server_round
+            log(INFO, "[fedvq] round %d: evaluation sent in messages of its own: %s", rnd, reason)
+        self.evaluate_alone(pending.outcome, pending.messages)
+        self.finish(pending.outcome, pending.arrays, pending.rng)
+        return messages, False
+
+    def finish(self, outcome: RoundOutcome, arrays: ArrayRecord, rng: dict | None = None) -> None:
+        """Report, record and checkpoint a round whose figures are all in."""
+        outcome.strategy_report = self.strategy.round_report()
+        self.tracker.record_round(outcome)
+        self.checkpoint(outcome.server_round, arrays, rng=rng)
+        if self.after_round is not None:
+            self.after_round(outcome.server_round, arrays)
+
+    def flush(self, pending: PendingEvaluation | None) -> None:
+        """A pending round when no train message will carry its evaluation: evaluate it on its own."""
+        if pending is None:
+            return
+        self.evaluate_alone(pending.outcome, pending.messages)
+        self.finish(pending.outcome, pending.arrays, pending.rng)
+
+    # ---------------------------------------------------------------- one round
+    def train(self, rnd: int, arrays: ArrayRecord, pending: PendingEvaluation | None):
+        """Round ``rnd``'s training; returns (outcome, new arrays); files ``pending``'s evaluation."""
+        plan, strategy, tracker = self.plan, self.strategy, self.tracker
+        first = rnd == plan.first_round
+        started = time.time()
+        messages = _configure(strategy, "train", rnd, arrays, plan.train_config, self.grid, plan.timeout)
+        carried = False
+        if pending is not None:
+            messages, carried = self.carry(pending, messages)
+        sampled, replies = _send(self.grid, messages, plan.timeout)
+        replies, evaluation = split_evaluation(replies)
+        if carried and pending is not None:
+            # the evaluate replies of the nodes that were asked, as if they had come on their own
+            outcome = pending.outcome
+            outcome.sampled_evaluate = [m.metadata.dst_node_id for m in pending.messages]
+            # in the order the evaluate messages would have gone out (the aggregates sum in that order)
+            order = {m.metadata.dst_node_id: i for i, m in enumerate(pending.messages)}
+            carried_replies = [m for m in evaluation if m.metadata.src_node_id in order]
+            outcome.evaluate_replies = sorted(carried_replies, key=lambda m: order[m.metadata.src_node_id])
+            self.aggregate_evaluation(outcome, outcome.evaluate_replies)
+            self.finish(outcome, pending.arrays, pending.rng)
+        if first and sampled and not replies:
+            reason = (
+                f"no node replied within round-timeout={plan.timeout:g} s "
+                f"({len(sampled)} sampled); raise round-timeout if the nodes are slow"
+            )
+            tracker.stopped_early = {"where": f"round {rnd} (train)", "reason": reason}
+            raise RunFailed(f"round {rnd} (train): {reason}")
+        stop_if_hopeless(replies, f"round {rnd} (train)", tracker, first=first)
+        if first:
+            check_client_sizes(replies, tracker, strategy.weighted_by_key)
+        new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+        if first:  # no reply of the first round usable: no later round will do better
+            hopeless = nothing_accepted(list(strategy.rejections), replies)
+            if hopeless is not None:
+                tracker.stopped_early = {"where": f"round {rnd} (train)", "reason": hopeless}
+                raise RunFailed(f"round {rnd} (train): {hopeless}")
+        rejections = list(strategy.rejections)
+        exclude_misconfigured_sites(rejections, tracker)
+        diverged = divergence(rnd, new_arrays, replies, rejections, _as_dict(train_metrics), strategy, tracker)
+        if diverged is not None:  # training on from NaN/inf only burns rounds and looks alive
+            tracker.stopped_early = {"where": f"round {rnd} (train)", "reason": diverged}
+            raise RunFailed(diverged)
+        outcome = RoundOutcome(
+            server_round=rnd,
+            sampled_train=sampled,
+            train_replies=replies,
+            train_metrics=_as_dict(train_metrics),
+            train_rejected=rejections,
+        )
+        outcome.wall_time_s = time.time() - started
+        return outcome, (new_arrays if new_arrays is not None else arrays)
+
+
 def run_rounds(
     strategy: RoundStrategy,
     grid: Grid,
@@ -162,55 +297,33 @@ def run_rounds(
     With ``resume-from`` set, the checkpoint replaces ``arrays`` and the strategy's
     state, and the loop starts after the checkpointed round. Each completed round
     is checkpointed into the experiment folder.
+
+    With ``plan.evaluate_with_train`` (the default) a round's evaluation rides on the
+    next round's train messages (:mod:`fedvq_app.server.carried`): one message per site
+    per round. The round is recorded and checkpointed when its evaluation is in, so
+    rounds.jsonl, summary.json and the plots file every evaluation under the round
+    whose model it measured, as with separate evaluate messages. The last round's
+    model, and any round whose evaluation cannot ride (see ``attach_evaluation``),
+    is evaluated in messages of its own.
     """
     first_round = plan.first_round
     grid = metered(grid, tracker.traffic)  # bytes to and from every client, per round
     tracker.traffic_outside_rounds()  # whatever a workflow exchanged before the first round
-    from fedvq_app.server.checkpoint import Checkpointer, resume  # noqa: PLC0415 (torch: neural loops only)
+    from fedvq_app.server.checkpoint import capture_rng, resume  # noqa: PLC0415 (torch: neural loops only)
 
     resumed = resume(tracker.settings, strategy, tracker, initial=arrays)
     if resumed is not None:
         first_round, arrays = resumed
-    checkpoint = Checkpointer(tracker.dir, strategy, tracker, dict(tracker.settings.raw))
+    loop = RoundLoop(strategy, grid, replace(plan, first_round=first_round), tracker, after_round)
+    pending: PendingEvaluation | None = None
     for rnd in range(first_round, plan.last_round + 1):
-        started = time.time()
         try:
-            messages = _configure(strategy, "train", rnd, arrays, plan.train_config, grid, plan.timeout)
+            outcome, arrays = loop.train(rnd, arrays, pending)
         except NodesUnavailable as err:
+            loop.flush(pending)
             _stop(tracker, rnd, err)
             break
-        sampled, replies = _send(grid, messages, plan.timeout)
-        if rnd == first_round and sampled and not replies:
-            reason = (
-                f"no node replied within round-timeout={plan.timeout:g} s "
-                f"({len(sampled)} sampled); raise round-timeout if the nodes are slow"
-            )
-            tracker.stopped_early = {"where": f"round {rnd} (train)", "reason": reason}
-            raise RunFailed(f"round {rnd} (train): {reason}")
-        stop_if_hopeless(replies, f"round {rnd} (train)", tracker, first=rnd == first_round)
-        if rnd == first_round:
-            check_client_sizes(replies, tracker, strategy.weighted_by_key)
-        new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
-        if rnd == first_round:  # no reply of the first round usable: no later round will do better
-            hopeless = nothing_accepted(list(strategy.rejections), replies)
-            if hopeless is not None:
-                tracker.stopped_early = {"where": f"round {rnd} (train)", "reason": hopeless}
-                raise RunFailed(f"round {rnd} (train): {hopeless}")
-        rejections = list(strategy.rejections)
-        exclude_misconfigured_sites(rejections, tracker)
-        diverged = divergence(rnd, new_arrays, replies, rejections, _as_dict(train_metrics), strategy, tracker)
-        if diverged is not None:  # training on from NaN/inf only burns rounds and looks alive
-            tracker.stopped_early = {"where": f"round {rnd} (train)", "reason": diverged}
-            raise RunFailed(diverged)
-        if new_arrays is not None:
-            arrays = new_arrays
-        outcome = RoundOutcome(
-            server_round=rnd,
-            sampled_train=sampled,
-            train_replies=replies,
-            train_metrics=_as_dict(train_metrics),
-            train_rejected=rejections,
-        )
+        pending = None
         unavailable = None
         if rnd % plan.eval_every == 0 or rnd == plan.last_round:
             try:
@@ -218,17 +331,12 @@ def run_rounds(
             except NodesUnavailable as err:
                 unavailable = err
             else:
-                outcome.sampled_evaluate, outcome.evaluate_replies = _send(grid, eval_messages, plan.timeout)
-                stop_if_hopeless(outcome.evaluate_replies, f"round {rnd} (evaluate)", tracker)
-                outcome.evaluate_metrics = _as_dict(strategy.aggregate_evaluate(rnd, outcome.evaluate_replies))
-                outcome.evaluate_rejected = list(strategy.rejections)
-                exclude_misconfigured_sites(outcome.evaluate_rejected, tracker)
-        outcome.strategy_report = strategy.round_report()
-        outcome.wall_time_s = time.time() - started
-        tracker.record_round(outcome)
-        checkpoint(rnd, arrays)
-        if after_round is not None:
-            after_round(rnd, arrays)
+                if plan.evaluate_with_train and rnd < plan.last_round:
+                    outcome.traffic = tracker.traffic.take()
+                    pending = PendingEvaluation(outcome, arrays, eval_messages, capture_rng())
+                    continue
+                loop.evaluate_alone(outcome, eval_messages)
+        loop.finish(outcome, arrays)
         if unavailable is not None:
             _stop(tracker, rnd + 1, unavailable)
             break

@@ -65,6 +65,7 @@ def run_training(grid: Grid, settings: Settings, tracker: ExperimentTracker):
         eval_every=settings.eval_every,
         train_config=train_config(settings),
         evaluate_config={},
+        evaluate_with_train=settings.evaluate_with_train,
     )
     run_rounds(strategy, grid, arrays, plan, tracker)
     return strategy

@@ -89,6 +89,9 @@ class RoundOutcome:
     evaluate_rejected: list[tuple[int, str]] = field(default_factory=list)
     strategy_report: dict[str, Any] = field(default_factory=dict)
     wall_time_s: float = 0.0
+    #: the round's traffic when taken before it is recorded (a round whose evaluation came with
+    #: the next round's messages); None = whatever the meter counted since the last round
+    traffic: Traffic | None = None
 
 
 class ExperimentTracker:
@@ -213,7 +216,8 @@ class ExperimentTracker:
             "strategy": outcome.strategy_report,
         }
         record["evaluate"]["summary"] = client_spread(eval_clients)
-        record["communication"] = self.traffic.take().report(self.node_to_partition, per_client=detail)
+        traffic = outcome.traffic if outcome.traffic is not None else self.traffic.take()
+        record["communication"] = traffic.report(self.node_to_partition, per_client=detail)
         self.rounds.append(_jsonable(record))
         with (self.dir / "rounds.jsonl").open("a") as fh:
             fh.write(json.dumps(self.rounds[-1]) + "\n")

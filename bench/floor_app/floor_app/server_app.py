@@ -2,6 +2,7 @@
 
 Both messages carry ``payload-floats`` float32 values (the FedAvg model's size) down, the
 train reply carries them back (as FedAvg's do); wall seconds per round go to ``result-file`` as JSON.
+``messages-per-round = 1``: the train message only (the pattern of ``evaluate-with-train``).
 """
 
 import json
@@ -15,9 +16,9 @@ from flwr.serverapp import Grid, ServerApp
 app = ServerApp()
 
 
-def _round(grid: Grid, nodes: list[int], arrays: ArrayRecord, server_round: int) -> None:
+def _round(grid: Grid, nodes: list[int], arrays: ArrayRecord, server_round: int, messages: int) -> None:
     config = ConfigRecord({"server-round": server_round})
-    for kind in ("train", "evaluate"):
+    for kind in ("train", "evaluate")[:messages]:
         content = RecordDict({"arrays": arrays, "config": config})
         messages = [Message(content=content, dst_node_id=node, message_type=kind) for node in nodes]
         replies = list(grid.send_and_receive(messages, timeout=600))
@@ -35,7 +36,7 @@ def main(grid: Grid, context: Context) -> None:
     per_round = []
     for server_round in range(1, rounds + 1):
         started = time.time()
-        _round(grid, nodes, arrays, server_round)
+        _round(grid, nodes, arrays, server_round, int(context.run_config["messages-per-round"]))
         per_round.append(time.time() - started)
     target = str(context.run_config["result-file"])
     if target:
