@@ -128,6 +128,13 @@ def without_unavailable(messages: list[Message], replies: Iterable[Message]) -> 
     return kept, unavailable
 
 
+def by_node(replies: Iterable[Message]) -> list[Message]:
+    """Replies in node-id order: the strategies' weighted sums then add them in the same order whatever
+    order they arrived in (a deployment's replies arrive as the sites finish), so a run's figures do not
+    depend on which site was faster."""
+    return sorted(replies, key=lambda m: m.metadata.src_node_id)
+
+
 def _send(grid: Grid, messages, timeout: float) -> tuple[list[int], list]:
     """Send and wait at most ``timeout``; errors the SuperLink returns for absent nodes are no replies."""
     messages = list(messages)
@@ -135,6 +142,7 @@ def _send(grid: Grid, messages, timeout: float) -> tuple[list[int], list]:
         return [], []
     sampled = [m.metadata.dst_node_id for m in messages]
     kept, _ = without_unavailable(messages, grid.send_and_receive(messages, timeout=timeout))
+    kept = by_node(kept)
     silent = sorted(set(sampled) - {r.metadata.src_node_id for r in kept})
     if silent:
         log(WARNING, "[fedvq] no reply within the round from %s", count_and_named(silent))
@@ -245,10 +253,8 @@ class RoundLoop:
             # the evaluate replies of the nodes that were asked, as if they had come on their own
             outcome = pending.outcome
             outcome.sampled_evaluate = [m.metadata.dst_node_id for m in pending.messages]
-            # in the order the evaluate messages would have gone out (the aggregates sum in that order)
-            order = {m.metadata.dst_node_id: i for i, m in enumerate(pending.messages)}
-            carried_replies = [m for m in evaluation if m.metadata.src_node_id in order]
-            outcome.evaluate_replies = sorted(carried_replies, key=lambda m: order[m.metadata.src_node_id])
+            asked = set(outcome.sampled_evaluate)
+            outcome.evaluate_replies = by_node(m for m in evaluation if m.metadata.src_node_id in asked)
             self.aggregate_evaluation(outcome, outcome.evaluate_replies)
             self.finish(outcome, pending.arrays, pending.rng)
         if first and sampled and not replies:
