@@ -117,3 +117,26 @@ def test_the_cpu_counter_counts_clientapp_processes_of_the_supernodes_groups_onl
     assert all(0.3 <= s <= 0.6 for s in figures["clientapp_cpu_s"]), figures
     assert figures["cpu_per_message_s"] == sum(figures["clientapp_cpu_s"]) / 2
     assert figures["steady_cpu_per_message_s"] == figures["clientapp_cpu_s"][1] and os.sysconf("SC_CLK_TCK") > 0
+
+
+def test_one_message_bench_takes_the_steady_rounds_and_the_transfer_at_the_link_rate():
+    from bench.one_message import job_figures, steady_rounds, table  # noqa: PLC0415
+
+    def record(rnd, wall, sent, received, messages):
+        traffic = {"sent_bytes": sent, "received_bytes": received, "messages": {"sent": messages, "received": messages}}
+        return {"round": rnd, "wall_time_s": wall, "communication": traffic}
+
+    # round 1: start-up; round 4: the last, with its evaluate-only message; rounds 2-3 are steady
+    records = [record(1, 90.0, 6e6, 3e6, 3), record(2, 20.0, 6e6, 3e6, 3), record(3, 22.0, 6e6, 3e6, 3)]
+    records.append(record(4, 40.0, 12e6, 3e6, 6))
+    assert [r["round"] for r in steady_rounds(records)] == [2, 3]
+    assert [r["round"] for r in steady_rounds(records[:2])] == [2]  # two rounds: all but the first
+    figures = job_figures(records, rate=2.0, sites=3)
+    assert figures["round_s_steady"] == 21.0 and figures["messages_sent_per_round"] == 3
+    # 9 MB per round over 3 sites = 3 MB each, down and up, at 2 Mbit/s = 12 s
+    assert figures["transfer_s_per_site"] == 12.0
+    assert job_figures(records, rate=0.0, sites=3)["transfer_s_per_site"] == 0.0
+    row = {"method": "fedavg", "checkout": "/x/after", "commit": "abc", "link_mbit": 2.0, **figures}
+    row.update(floor_s=9.0, app_and_compute_s=0.0)
+    text = table([row])
+    assert "| fedavg | after (abc) | 21.0 |" in text and "9.0 + 0.0 + 12.0" in text
