@@ -15,10 +15,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.config import flatten_dict
 from flwr.serverapp import Grid, ServerApp
+
+from fedvq_app.records import record_bytes
 
 
 def claim_server_identity(run_id: int = 1) -> None:
@@ -91,6 +93,14 @@ class LocalGrid(Grid):
             node = msg.metadata.dst_node_id
             if node in self.fail_nodes:
                 continue  # the node dropped out: no reply arrives
+            # each node gets its own records, as over a wire (Flower's SecAgg+ mod edits its config record);
+            # arrays stay shared, read-only
+            msg.content = RecordDict(
+                {
+                    name: ConfigRecord(dict(record)) if isinstance(record, ConfigRecord) else record
+                    for name, record in msg.content.items()
+                }
+            )
             try:
                 reply = self.client_app(msg, self.contexts[node])
             except Exception as err:  # noqa: BLE001 - a client crash becomes an error reply
@@ -100,7 +110,7 @@ class LocalGrid(Grid):
                 if reply is None:
                     continue
             if not reply.has_error():
-                self.reply_bytes[node] += sum(record.count_bytes() for record in reply.content.values())
+                self.reply_bytes[node] += sum(record_bytes(record) for record in reply.content.values())
             replies.append(reply)
         return replies
 

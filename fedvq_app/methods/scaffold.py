@@ -16,6 +16,14 @@ def privacy_check(settings) -> str | None:
     )
 
 
+def secagg_check(settings) -> str | None:
+    """The control variates are summable, but their exchange is not wired to SecAgg+ (docs/privacy.md)."""
+    return (
+        "its control-variate change (scaffold-dc) is averaged over the clients in a second record that the "
+        "secure exchange does not carry yet; use fedavg or fedprox"
+    )
+
+
 SPEC = MethodSpec(
     name="scaffold",
     summary="FedAvg + server/client control variates correcting local gradients",
@@ -26,4 +34,5 @@ SPEC = MethodSpec(
     client=ScaffoldClient,
     options_type=ScaffoldOptions,
     privacy_check=privacy_check,
+    secagg_check=secagg_check,
 )

@@ -41,6 +41,7 @@ from fedvq_app.server.failures import (
     nothing_accepted,
     stop_if_hopeless,
 )
+from fedvq_app.server.secure_sum import train_exchange
 from fedvq_app.strategies.contract import RoundStrategy
 from fedvq_app.tracking.communication import metered
 from fedvq_app.tracking.experiment import ExperimentTracker, RoundOutcome
@@ -172,6 +173,7 @@ def run_rounds(
     if resumed is not None:
         first_round, arrays = resumed
     checkpoint = Checkpointer(tracker.dir, strategy, tracker, dict(tracker.settings.raw))
+    send_train = train_exchange(tracker.settings, strategy) or _send  # secagg.mode: the sum through SecAgg+
     for rnd in range(first_round, plan.last_round + 1):
         started = time.time()
         try:
@@ -179,7 +181,7 @@ def run_rounds(
         except NodesUnavailable as err:
             _stop(tracker, rnd, err)
             break
-        sampled, replies = _send(grid, messages, plan.timeout)
+        sampled, replies = send_train(grid, messages, plan.timeout)
         if rnd == first_round and sampled and not replies:
             reason = (
                 f"no node replied within round-timeout={plan.timeout:g} s "
