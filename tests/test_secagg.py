@@ -72,7 +72,9 @@ def test_no_reply_carries_a_clients_vector_and_the_sum_is_exact_within_the_bound
             assert set(record) <= {"num_examples"} and all(v == 1 for v in record.values())
         if _is_masked_vector_reply(reply):
             masked += 1
-            sent = [bytes_to_ndarray(b) for b in reply.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]]
+            sent = [
+                bytes_to_ndarray(b) for b in reply.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]
+            ]
             true = vectors[node]
             # Flower's layout: [weight factor, vector..., tail (1 / scale)]; the vector part is masked
             body = sent[1]
@@ -127,7 +129,11 @@ def test_a_client_refuses_to_answer_a_summed_exchange_in_the_clear():
     vectors = toy_vectors(3)
     grid = toy_grid(vectors)
     replies = list(grid.send_and_receive(_messages([1])))
-    assert replies[0].has_error() and "secagg.mode" in replies[0].error.reason and "in the clear" in replies[0].error.reason
+    assert (
+        replies[0].has_error()
+        and "secagg.mode" in replies[0].error.reason
+        and "in the clear" in replies[0].error.reason
+    )
     assert grid.seen == []  # the handler never ran
 
 
@@ -137,7 +143,10 @@ def test_a_client_refuses_to_answer_a_summed_exchange_in_the_clear():
         ({"secagg.mode": "on"}, r"'secagg.mode' has invalid value 'on': expected one of 'off', 'secaggplus'"),
         ({"secagg.num-shares": 2.0}, r"'secagg.num-shares' has invalid value 2.0"),
         ({"secagg.num-shares": 4.5}, r"'secagg.num-shares' has invalid value 4.5"),
-        ({"secagg.num-shares": 5, "secagg.reconstruction-threshold": 5}, r"'secagg.reconstruction-threshold'.*< secagg"),
+        (
+            {"secagg.num-shares": 5, "secagg.reconstruction-threshold": 5},
+            r"'secagg.reconstruction-threshold'.*< secagg",
+        ),
         ({"secagg.quantization-range": 2**31}, r"'secagg.quantization-range' has invalid value"),
         ({"secagg.clipping-range": 0.0}, r"'secagg.clipping-range' has invalid value 0.0"),
     ],

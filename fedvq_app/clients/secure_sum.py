@@ -76,12 +76,17 @@ def weighted(reply: Message, config: ConfigRecord) -> Vector:
 
 
 def plain_sum(reply: Message, config: ConfigRecord) -> Vector:
-    """Every array / scale, then the metrics the server named / scale."""
+    """Every array and the metrics the server named / (scale x that entry's bound, when the server gave one),
+    after [1 / scale] (the server's check of how many clients are in the sum)."""
     scale = float(config["scale"])
+    bounds = dict(zip(config.get("bound-names", []), config.get("bound-values", []), strict=True))
     names, arrays = _arrays(reply)
     metrics = _numeric_metrics(reply, [str(n) for n in config.get("metric-names", [])])
-    tail = np.array([1.0 / scale, *(v / scale for v in metrics.values())])
-    return [a / scale for a in arrays] + [tail], {"names": names, "metric-names": list(metrics)}
+    tail = np.array([1.0 / scale, *(v / (scale * float(bounds.get(k, 1.0))) for k, v in metrics.items())])
+    scaled = [
+        a / (scale * float(bounds.get(name.split("/", 1)[1], 1.0))) for name, a in zip(names, arrays, strict=True)
+    ]
+    return scaled + [tail], {"names": names, "metric-names": list(metrics)}
 
 
 def _moments(reply: Message) -> tuple[float, np.ndarray, np.ndarray]:
@@ -90,11 +95,17 @@ def _moments(reply: Message) -> tuple[float, np.ndarray, np.ndarray]:
     return count, arrays["mean"], arrays["m2"]
 
 
+def _center(config: ConfigRecord, size: int) -> np.ndarray:
+    return np.asarray(config.get("center", [0.0] * size), dtype=np.float64)
+
+
 def kmeans_magnitudes(reply: Message, config: ConfigRecord) -> Vector:
-    """Per feature, a one-hot power-of-two bucket of this site's bound on |x| (|mean| + sqrt(M2) >= |x|)."""
+    """Per feature, a one-hot power-of-two bucket of this site's bound on |x - center|
+    (|mean - center| + sqrt(M2) bounds every row: M2 >= (x - mean)^2)."""
     count, mean, m2 = _moments(reply)
     low, buckets = int(config["low"]), int(config["buckets"])
-    bound = np.abs(mean) + np.sqrt(np.maximum(m2, 0.0)) if count > 0 else np.zeros_like(mean)
+    center = _center(config, len(mean))
+    bound = np.abs(mean - center) + np.sqrt(np.maximum(m2, 0.0)) if count > 0 else np.zeros_like(mean)
     exponent = np.ceil(np.log2(np.maximum(bound, 2.0**low)))
     index = np.clip(exponent.astype(int) - low, 0, buckets - 1)
     onehot = np.zeros((len(mean), buckets))
@@ -103,11 +114,13 @@ def kmeans_magnitudes(reply: Message, config: ConfigRecord) -> Vector:
 
 
 def kmeans_moments(reply: Message, config: ConfigRecord) -> Vector:
-    """(count, sum x / s, sum x^2 / s^2) / scale, with the server's per-feature powers of two s (|x / s| <= 1)."""
+    """(count, sum (x - c) / s, sum (x - c)^2 / s^2) / scale: the server's center c and per-feature bounds
+    s >= |x - c| (so every term is within [-1, 1]); computed from the centred moments, no cancellation."""
     count, mean, m2 = _moments(reply)
     s, scale = np.asarray(config["feature-scales"], dtype=np.float64), float(config["scale"])
-    first = count * mean / s
-    second = (m2 + count * mean**2) / s**2
+    offset = mean - _center(config, len(mean))
+    first = count * offset / s
+    second = (m2 + count * offset**2) / s**2
     return [np.array([count / scale]), first / scale, second / scale], {
         "names": ["count", "sum", "sum-of-squares"],
         "metric-names": [],
@@ -115,12 +128,13 @@ def kmeans_moments(reply: Message, config: ConfigRecord) -> Vector:
 
 
 def kmeans_scatter(reply: Message, config: ConfigRecord) -> Vector:
-    """(count, sum z, sum z z^T) / scale of the standardized rows."""
+    """(count, sum z / b, sum z z^T / b^2) / scale of the standardized rows (b >= |z|, from the server)."""
     arrays = to_numpy(reply.content[protocol.ARRAYS])
     count = float(_numeric_metrics(reply, ["num-examples"])["num-examples"])
     mean, scatter, scale = arrays["mean"], arrays["scatter"], float(config["scale"])
+    bound = float(config.get("bound", 1.0))
     second = scatter + count * np.outer(mean, mean)
-    return [np.array([count / scale]), count * mean / scale, second / scale], {
+    return [np.array([count / scale]), count * mean / (scale * bound), second / (scale * bound**2)], {
         "names": ["count", "sum", "outer"],
         "metric-names": [],
     }
