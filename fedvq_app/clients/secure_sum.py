@@ -66,13 +66,25 @@ def _arrays(reply: Message) -> tuple[list[str], list[np.ndarray]]:
 
 
 def weighted(reply: Message, config: ConfigRecord) -> Vector:
-    """FedAvg's example-weighted sum: every array and metric x weight / scale, then weight / scale."""
+    """FedAvg's example-weighted sum: every array and metric x weight / scale, then weight / scale.
+
+    Arrays of the records the server lists in ``summed-records`` (a method's statistics, e.g. FedVQ's
+    per-code counts and sums) are summed instead: / (scale x the bound the server gives their key).
+    """
     key = str(config["weight-key"])
+    scale = float(config["scale"])
+    summed = set(config.get("summed-records", []))
+    bounds = dict(zip(config.get("bound-names", []), config.get("bound-values", []), strict=True))
     metrics = _numeric_metrics(reply)
-    factor = metrics.pop(key) / float(config["scale"])
+    factor = metrics.pop(key) / scale
     names, arrays = _arrays(reply)
+    vector = []
+    for name, array in zip(names, arrays, strict=True):
+        record, array_key = name.split("/", 1)
+        bound = float(bounds.get(f"{record}/{array_key}", 1.0))
+        vector.append(array / (scale * bound) if record in summed else array * factor)
     tail = np.array([factor, *(factor * v for v in metrics.values())])
-    return [a * factor for a in arrays] + [tail], {"names": names, "metric-names": list(metrics)}
+    return vector + [tail], {"names": names, "metric-names": list(metrics)}
 
 
 def plain_sum(reply: Message, config: ConfigRecord) -> Vector:

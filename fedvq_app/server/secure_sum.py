@@ -38,6 +38,7 @@ from fedvq_app import protocol
 from fedvq_app.config import ConfigError, SecAggSettings, Settings
 from fedvq_app.records import to_numpy, to_record
 from fedvq_app.server.secaggplus_legacy import run_stages
+from fedvq_app.strategies.contract import innermost
 from fedvq_app.tracking.idsets import count_and_named
 
 #: Flower's SecAgg+ sums integers modulo 2**32 (its default modulus)
@@ -166,14 +167,30 @@ def secure_sum(
     )
 
 
-def weighted_mean_reply(result: SecureSum, sent: Message, weight_key: str) -> Message:
-    """The federation's weighted mean as one reply to ``sent`` (arrays cast to what was sent)."""
+def weighted_mean_reply(
+    result: SecureSum,
+    sent: Message,
+    weight_key: str,
+    scale: float = 1.0,
+    summed: Mapping[str, Mapping[str, float]] | None = None,
+) -> Message:
+    """The federation's weighted mean as one reply to ``sent`` (arrays cast to what was sent).
+
+    Records in ``summed`` (record -> array key -> bound) come back as sums instead: counts rounded,
+    "used" masks as "any client", squares clipped at 0 (quantization noise), through
+    :func:`pooled_statistic`.
+    """
+    summed = summed or {}
     *arrays, tail = result.total
     total_weight_scaled = float(tail[0])
     sent_arrays = to_numpy(sent.content[protocol.ARRAYS]) if protocol.ARRAYS in sent.content.array_records else {}
     records: dict[str, dict[str, np.ndarray]] = {}
     for name, total in zip(result.names, arrays, strict=True):
         record, key = name.split("/", 1)
+        if record in summed:
+            bound = float(summed[record].get(key, 1.0))
+            records.setdefault(record, {})[key] = pooled_statistic(key, total * scale * bound)
+            continue
         mean = total / total_weight_scaled
         like = sent_arrays.get(key) if record == protocol.ARRAYS else None
         if like is not None:
@@ -185,6 +202,17 @@ def weighted_mean_reply(result: SecureSum, sent: Message, weight_key: str) -> Me
     content[protocol.METRICS] = MetricRecord({**metrics, weight_key: total_weight_scaled})
     content[protocol.SECAGG_CONTRIBUTORS] = ConfigRecord({"nodes": list(result.contributors)})
     return Message(content, reply_to=sent)
+
+
+def pooled_statistic(key: str, total: np.ndarray) -> np.ndarray:
+    """A summed statistic in its usual type: counts whole, masks 0/1, squares >= 0."""
+    if key == "counts":
+        return np.maximum(np.rint(total), 0).astype(np.int64)
+    if key == "used":
+        return (total > 0.5).astype(np.uint8)
+    if key == "squares":
+        return np.maximum(total, 0.0)
+    return total
 
 
 def train_exchange(settings: Settings, strategy) -> Exchange | None:
@@ -204,6 +232,9 @@ def train_exchange(settings: Settings, strategy) -> Exchange | None:
         if not messages:
             return [], []
         scale = float(strategy.max_num_examples or 1)
+        # a method's statistics summed, not averaged: record -> array key -> bound (see clients/secure_sum.py)
+        summed = getattr(innermost(strategy), "secure_summed_records", lambda _scale: {})(scale)
+        bounds = {f"{record}/{key}": float(b) for record, keys in summed.items() for key, b in keys.items()}
         config = messages[0].content.config_records.get(protocol.CONFIG)
         server_round = int(config.get("server-round", 0)) if config is not None else 0
         result = secure_sum(
@@ -215,12 +246,18 @@ def train_exchange(settings: Settings, strategy) -> Exchange | None:
             server_round=server_round,
             timeout=timeout,
             clipping_range=secagg.clipping_range,
-            extra={"scale": scale, "weight-key": strategy.weighted_by_key},
+            extra={
+                "scale": scale,
+                "weight-key": strategy.weighted_by_key,
+                # (no empty lists: Flower cannot type an empty list in a ConfigRecord)
+                **({"summed-records": list(summed)} if summed else {}),
+                **({"bound-names": list(bounds), "bound-values": list(bounds.values())} if bounds else {}),
+            },
         )
         if result is None:
             return sampled, []
         sent = next(m for m in messages if m.metadata.dst_node_id == result.contributors[0])
-        reply = weighted_mean_reply(result, sent, strategy.weighted_by_key)
+        reply = weighted_mean_reply(result, sent, strategy.weighted_by_key, scale, summed)
         # the weight travelled divided by S: back to examples
         weight = float(reply.content[protocol.METRICS][strategy.weighted_by_key]) * scale
         reply.content[protocol.METRICS][strategy.weighted_by_key] = int(round(weight))
