@@ -78,13 +78,16 @@ class SecureKMeans:
         self.exchanges = 0
 
     # ------------------------------------------------------------------ plumbing
-    def _sum(
-        self,
-        messages: list[Message],
-        summand: str,
-        extra: dict[str, Any],
-        server_round: int = 0,
-        required: bool = True,
+    def _sum(self, messages: list[Message], summand: str, extra: dict[str, Any]) -> SecureSum:
+        """A secure sum the job cannot do without (set-up phases, evaluation): none stops the run."""
+        result = self._try_sum(messages, summand, extra)
+        if result is None:
+            phase = messages[0].metadata.message_type if messages else ""
+            raise RunFailed(f"[kmeans] {phase}: secure aggregation failed (see the warning above)")
+        return result
+
+    def _try_sum(
+        self, messages: list[Message], summand: str, extra: dict[str, Any], server_round: int = 0
     ) -> SecureSum | None:
         phase = messages[0].metadata.message_type if messages else ""
         self.exchanges += 1
@@ -99,8 +102,6 @@ class SecureKMeans:
             clipping_range=CLIP,
             extra={"scale": self.scale, **extra},
         )
-        if result is None and required:
-            raise RunFailed(f"[kmeans] {phase}: secure aggregation failed (see the warning above)")
         return result
 
     def _parts(self, result: SecureSum) -> dict[str, np.ndarray]:
@@ -180,12 +181,11 @@ class SecureKMeans:
     ) -> tuple[StepResult | None, list[Message]]:
         """One Lloyd step from the secure sum; also the reply that stands for it (for the round's record)."""
         bounds = self._sum_bounds(step.centroids)
-        result = self._sum(
+        result = self._try_sum(
             messages,
             protocol.SUMMAND_SUM,
             {"metric-names": ["withheld"], "bound-names": list(bounds), "bound-values": list(bounds.values())},
             server_round=server_round,
-            required=False,
         )
         step.rejections = []
         if result is None:
