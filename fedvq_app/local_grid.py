@@ -93,18 +93,21 @@ class LocalGrid(Grid):
             node = msg.metadata.dst_node_id
             if node in self.fail_nodes:
                 continue  # the node dropped out: no reply arrives
-            # each node gets its own records, as over a wire (Flower's SecAgg+ mod edits its config record);
-            # arrays stay shared, read-only
+            # each node gets its own config records, as over a wire (Flower's SecAgg+ mod edits its config
+            # record in place); arrays stay shared, read-only; the server's message keeps its content
+            sent = msg.content
             msg.content = RecordDict(
                 {
                     name: ConfigRecord(dict(record)) if isinstance(record, ConfigRecord) else record
-                    for name, record in msg.content.items()
+                    for name, record in sent.items()
                 }
             )
             try:
                 reply = self.client_app(msg, self.contexts[node])
             except Exception as err:  # noqa: BLE001 - a client crash becomes an error reply
                 reply = Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+            finally:
+                msg.content = sent
             if self.tamper is not None:
                 reply = self.tamper(node, reply)
                 if reply is None:
