@@ -229,3 +229,25 @@ def test_fedvq_lloyd_pools_the_exact_code_statistics_through_secagg(tmp_path):
     assert strategy["secaggplus"]["perplexity"] == pytest.approx(strategy["off"]["perplexity"], rel=1e-9)
     # the server saw one pooled row, not the three sites' own usage
     assert len(strategy["off"]["clients"]) == 3 and len(strategy["secaggplus"]["clients"]) == 1
+
+
+def test_a_site_lost_before_its_masked_upload_is_recorded_as_dropped_and_fedavg_goes_on(tmp_path):
+    from fedvq_app.client_app import app as client_app
+    from fedvq_app.local_grid import full_run_config, run_local
+    from fedvq_app.server_app import app as server_app
+
+    def lose_node_3_in_round_1(node, reply):
+        if node == 3 and _is_masked_vector_reply(reply) and not getattr(lose_node_3_in_round_1, "done", False):
+            lose_node_3_in_round_1.done = True
+            return None
+        return reply
+
+    config = full_run_config(
+        method="fedavg",
+        **{"num-server-rounds": 2, "log-dir": str(tmp_path), "experiment-name": "drop", "secagg.mode": "secaggplus"},
+    )
+    run_local(server_app, client_app, 5, config, tamper=lose_node_3_in_round_1)
+    rounds = [json.loads(x) for x in (tmp_path / "drop" / "rounds.jsonl").read_text().splitlines()]
+    assert rounds[0]["dropped"] == [3] and rounds[0]["secure_aggregation"]["contributors"] == "1-2,4-5"
+    assert rounds[1]["dropped"] == [] and rounds[1]["secure_aggregation"]["num_contributors"] == 5
+    assert json.loads((tmp_path / "drop" / "summary.json").read_text())["status"] == "completed"
