@@ -495,20 +495,29 @@ class SecAggSettings:
     )
     quantization_range: int = option(
         "secagg.quantization-range",
-        4194304,
-        minimum=256,
+        0,
+        minimum=0,
         maximum=2**30,
-        help="integer levels of the quantization (the sum's error is below clients x 2 x clipping-range / levels "
-        "per entry); clients x levels must stay below 2**32",
+        help="integer levels of the quantization: 0 = auto, the most Flower's 2**32 modulus allows for the "
+        "clients of each sum (2**29 for 5, 2**26 for 50, 2**22 for 1,000), else >= 256 with clients x levels "
+        "< 2**32; each summed entry is within clients x 2 x clipping-range / levels of the exact sum",
     )
 
     @property
     def enabled(self) -> bool:
         return self.mode != "off"
 
-    def sum_error_bound(self, clients: int, clipping_range: float | None = None) -> float:
-        """Largest error of one summed entry (stochastic rounding: under one level per client)."""
-        return clients * 2.0 * (clipping_range or self.clipping_range) / self.quantization_range
+    def levels(self, clients: int) -> int:
+        """Quantization levels of a sum over ``clients`` (auto: the largest power of two whose sum fits 2**32)."""
+        if self.quantization_range:
+            return self.quantization_range
+        return min(2**30, 1 << (((2**32 - 1) // max(clients, 1)).bit_length() - 1))
+
+    def sum_error_bound(self, clients: int, clipping_range: float | None = None, sampled: int | None = None) -> float:
+        """Largest error of one summed entry over ``clients`` contributors of ``sampled`` (default: the same)
+        (stochastic rounding: under one level per client)."""
+        levels = self.levels(sampled or clients)
+        return clients * 2.0 * (clipping_range or self.clipping_range) / levels
 
 
 @dataclass(frozen=True)
@@ -714,6 +723,11 @@ def _check_secagg(secagg: SecAggSettings) -> SecAggSettings:
             "expected a fraction <= 1 or a whole number > 2"
         )
     _whole("secagg.reconstruction-threshold", threshold, "a whole number < secagg.num-shares")
+    if 0 < secagg.quantization_range < 256:
+        raise ConfigError(
+            f"config key 'secagg.quantization-range' has invalid value {secagg.quantization_range}: "
+            "expected 0 (auto) or an int >= 256 and <= 1073741824"
+        )
     if threshold > 1 and shares > 1 and threshold >= shares:
         raise ConfigError(
             f"config key 'secagg.reconstruction-threshold' has invalid value {threshold!r}: expected a whole number "

@@ -148,6 +148,7 @@ def test_a_client_refuses_to_answer_a_summed_exchange_in_the_clear():
             r"'secagg.reconstruction-threshold'.*< secagg",
         ),
         ({"secagg.quantization-range": 2**31}, r"'secagg.quantization-range' has invalid value"),
+        ({"secagg.quantization-range": 100}, r"'secagg.quantization-range' has invalid value 100: expected 0 \(auto\)"),
         ({"secagg.clipping-range": 0.0}, r"'secagg.clipping-range' has invalid value 0.0"),
     ],
 )
@@ -178,7 +179,9 @@ def test_what_cannot_be_summed_refuses_secagg_naming_why(run_config, overrides, 
 def test_fedavg_and_fedprox_accept_secagg(run_config):
     for method in ("fedavg", "fedprox"):
         settings = load_settings(run_config(method=method, **{"secagg.mode": "secaggplus"}))
-        assert settings.secagg.enabled and settings.secagg.quantization_range == 2**22
+        assert settings.secagg.enabled and settings.secagg.quantization_range == 0  # auto
+        assert [settings.secagg.levels(n) for n in (3, 5, 50, 1000)] == [2**30, 2**29, 2**26, 2**22]
+        assert all(n * settings.secagg.levels(n) < 2**32 for n in range(1, 2000))
 
 
 def test_fedavg_with_secagg_matches_the_plain_run_and_the_server_never_holds_a_model_in_the_clear(tmp_path):

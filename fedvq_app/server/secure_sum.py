@@ -6,9 +6,9 @@ the sum of the clients' vectors -- never one client's vector. Each message names
 client handler and the summand kind (:data:`~fedvq_app.protocol.SECAGG_RECORD`);
 the client encodes its reply (fedvq_app/clients/secure_sum.py) and Flower's mod masks it.
 
-Error of the sum: Flower quantizes each entry of [-c, c] to ``quantization-range``
-levels with stochastic rounding, under one level per client, so each summed entry is
-within ``contributors x 2c / quantization-range`` of the exact sum
+Error of the sum: Flower quantizes each entry of [-c, c] to ``L`` levels (``quantization-range``;
+0 = auto: the largest power of two with ``sampled x L < 2**32``) with stochastic rounding,
+under one level per client, so each summed entry is within ``contributors x 2c / L`` of the exact sum
 (:meth:`~fedvq_app.config.SecAggSettings.sum_error_bound`); entries beyond c are clipped
 (the client logs a warning).
 
@@ -60,7 +60,7 @@ class SecureSum:
     error_bound: float = 0.0
 
 
-def flower_params(secagg: SecAggSettings, clipping_range: float) -> dict[str, Any]:
+def flower_params(secagg: SecAggSettings, clipping_range: float, clients: int) -> dict[str, Any]:
     """``SecAggPlusWorkflow``'s arguments (Flower: an int > 2 is a count, a float a fraction)."""
 
     def count_or_fraction(value: float) -> int | float:
@@ -70,13 +70,13 @@ def flower_params(secagg: SecAggSettings, clipping_range: float) -> dict[str, An
         "num_shares": count_or_fraction(secagg.num_shares),
         "reconstruction_threshold": count_or_fraction(secagg.reconstruction_threshold),
         "clipping_range": float(clipping_range),
-        "quantization_range": int(secagg.quantization_range),
+        "quantization_range": int(secagg.levels(clients)),
     }
 
 
 def check_capacity(secagg: SecAggSettings, clients: int) -> None:
     """The integers of the sum must not wrap: clients x quantization-range < 2**32."""
-    if clients * secagg.quantization_range >= MODULUS:
+    if clients * secagg.levels(clients) >= MODULUS:
         raise ConfigError(
             f"config key 'secagg.quantization-range' has invalid value {secagg.quantization_range}: with "
             f"{clients} clients the sum would wrap modulo 2**32; expected < {MODULUS // clients}"
@@ -111,7 +111,7 @@ def secure_sum(
         records = dict(msg.content.items())
         records[protocol.SECAGG_RECORD] = instructions
         contents[msg.metadata.dst_node_id] = RecordDict(records)
-    outcome = run_stages(grid, contents, server_round, flower_params(secagg, clipping_range), timeout)
+    outcome = run_stages(grid, contents, server_round, flower_params(secagg, clipping_range, len(sampled)), timeout)
     if outcome.total is None:
         lost = sorted(set(sampled) - set(outcome.keyed)) if outcome.halted_at != "setup" else []
         log(
@@ -163,7 +163,7 @@ def secure_sum(
         sampled=sampled,
         names=list(names.pop()),
         metric_names=list(metric_names.pop()),
-        error_bound=secagg.sum_error_bound(len(outcome.contributors), clipping_range),
+        error_bound=secagg.sum_error_bound(len(outcome.contributors), clipping_range, len(sampled)),
     )
 
 
