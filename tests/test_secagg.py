@@ -123,6 +123,7 @@ def test_more_losses_than_the_threshold_drop_the_exchange_with_a_warning(caplog)
         result = _sum(toy_grid(vectors, tamper=lose_three), list(vectors))
     assert result is None
     assert "secure aggregation dropped" in caplog.text and "collect masked vectors" in caplog.text
+    assert "lost after the key exchange: 3 nodes: 1, 2, 3" in caplog.text
 
 
 def test_a_client_refuses_to_answer_a_summed_exchange_in_the_clear():

@@ -139,6 +139,7 @@ def run_stages(
             state.nid_to_fitins = {node: contents[node] for node in state.nid_to_fitins}
         if not proceed:
             outcome.halted_at = stage.removesuffix("_stage").replace("_", " ")
+            outcome.contributors = sorted(recorder.masked)  # who sent a masked vector before the halt
             return outcome
     if collector.mean is None:
         outcome.halted_at = "unmask"

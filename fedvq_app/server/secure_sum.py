@@ -113,18 +113,20 @@ def secure_sum(
         contents[msg.metadata.dst_node_id] = RecordDict(records)
     outcome = run_stages(grid, contents, server_round, flower_params(secagg, clipping_range, len(sampled)), timeout)
     if outcome.total is None:
-        lost = sorted(set(sampled) - set(outcome.keyed)) if outcome.halted_at != "setup" else []
+        silent = sorted(set(sampled) - set(outcome.keyed))
+        after_keys = sorted(set(outcome.keyed) - set(outcome.contributors)) if outcome.contributors else []
         log(
             WARNING,
             "[fedvq] secure aggregation dropped (round %s, %s): halted at the %s stage; %d of %d sampled nodes "
-            "sent keys, each node needs %d answering neighbours (secagg.reconstruction-threshold)%s",
+            "sent keys, each node needs %d answering neighbours (secagg.reconstruction-threshold)%s%s",
             server_round,
             handler,
             outcome.halted_at,
             len(outcome.keyed),
             len(sampled),
             outcome.threshold,
-            f"; lost: {count_and_named(lost)}" if lost else "",
+            f"; no keys from {count_and_named(silent)}" if silent else "",
+            f"; lost after the key exchange: {count_and_named(after_keys)}" if after_keys else "",
         )
         return None
     layouts = {
