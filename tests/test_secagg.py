@@ -163,7 +163,6 @@ def test_bad_values_are_one_line_errors(run_config, overrides, match):
     ("overrides", "why"),
     [
         ({"method": "cfl"}, "pairwise cosine similarities"),
-        ({"method": "scaffold"}, "control-variate"),
         ({"method": "fusedspace"}, "per-client values"),
         ({"method": "fedavg", "privacy.mode": "client-fixed"}, "per-client norms"),
         ({"method": "fedavg", "metrics.gradient-dissimilarity": True}, "raw gradient"),
@@ -177,8 +176,8 @@ def test_what_cannot_be_summed_refuses_secagg_naming_why(run_config, overrides, 
     load_settings(run_config(**overrides))  # the same run without secure aggregation is fine
 
 
-def test_fedavg_and_fedprox_accept_secagg(run_config):
-    for method in ("fedavg", "fedprox"):
+def test_fedavg_fedprox_and_scaffold_accept_secagg(run_config):
+    for method in ("fedavg", "fedprox", "scaffold"):
         settings = load_settings(run_config(method=method, **{"secagg.mode": "secaggplus"}))
         assert settings.secagg.enabled and settings.secagg.quantization_range == 0  # auto
         assert [settings.secagg.levels(n) for n in (3, 5, 50, 1000)] == [2**30, 2**29, 2**26, 2**22]
@@ -255,3 +254,26 @@ def test_a_site_lost_before_its_masked_upload_is_recorded_as_dropped_and_fedavg_
     assert rounds[0]["dropped"] == [3] and rounds[0]["secure_aggregation"]["contributors"] == "1-2,4-5"
     assert rounds[1]["dropped"] == [] and rounds[1]["secure_aggregation"]["num_contributors"] == 5
     assert json.loads((tmp_path / "drop" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_scaffold_sums_its_control_variate_changes_through_secagg(tmp_path):
+    from fedvq_app.client_app import app as client_app
+    from fedvq_app.local_grid import full_run_config, run_local
+    from fedvq_app.server_app import app as server_app
+
+    finals, controls = {}, {}
+    for mode in ("off", "secaggplus"):
+        config = full_run_config(
+            method="scaffold",
+            **{"num-server-rounds": 2, "log-dir": str(tmp_path), "experiment-name": mode, "secagg.mode": mode},
+        )
+        run_local(server_app, client_app, 3, config)
+        finals[mode] = json.loads((tmp_path / mode / "summary.json").read_text())["final"]["accuracy"]
+        with np.load(tmp_path / mode / "checkpoint.npz") as npz:
+            controls[mode] = {k: npz[k] for k in npz.files if "control/" in k}
+    assert controls["off"] and set(controls["off"]) == set(controls["secaggplus"])
+    # the server's control variate: the mean change of the 3 sites either way (quantization and the model's
+    # round-1 perturbation aside)
+    for key, plain in controls["off"].items():
+        np.testing.assert_allclose(controls["secaggplus"][key], plain, atol=1e-3 + 0.05 * np.abs(plain).max())
+    assert abs(finals["secaggplus"] - finals["off"]) <= 0.02
