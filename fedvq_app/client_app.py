@@ -20,11 +20,13 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
+from fedvq_app.clients.secure_sum import secure_handler, secure_sum_mod
 from fedvq_app.config import ConfigError, check_node_config
 from fedvq_app.errors import config_error_reply
 from fedvq_app.registry import custom_actions, get_method, load_settings
 
-app = ClientApp()
+# secure aggregation (secagg.mode): Flower's SecAgg+ mod for secure exchanges, no summed reply in the clear
+app = ClientApp(mods=[secure_sum_mod])
 
 
 @lru_cache(maxsize=16)
@@ -50,8 +52,12 @@ def _run(handler_name: str, msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Local training of the method's shared parameters."""
-    return _run("train", msg, context)
+    """Local training of the method's shared parameters.
+
+    Every SecAgg+ stage arrives as a ``train`` message: the server names the handler of a secure exchange
+    (e.g. a k-means Lloyd step) in the message, see fedvq_app/clients/secure_sum.py.
+    """
+    return _run(secure_handler(msg) or "train", msg, context)
 
 
 @app.evaluate()

@@ -457,6 +457,69 @@ class PrivacySettings:
         return self.mode != "none"
 
 
+SECAGG_MODES = ("off", "secaggplus")
+
+
+@dataclass(frozen=True)
+class SecAggSettings:
+    """Secure aggregation (docs/privacy.md): the server learns only sums over the clients (Flower's SecAgg+)."""
+
+    mode: str = option(
+        "secagg.mode",
+        "off",
+        choices=SECAGG_MODES,
+        help="off | secaggplus (every exchange the server only sums goes through Flower's SecAgg+: the server "
+        "sees masked vectors and the sum; methods that need one client's values refuse it)",
+    )
+    num_shares: float = option(
+        "secagg.num-shares",
+        1.0,
+        minimum=0.0,
+        exclusive_minimum=True,
+        help="shares of each client's secrets: <= 1 = that fraction of the sampled clients, else a whole number > 2",
+    )
+    reconstruction_threshold: float = option(
+        "secagg.reconstruction-threshold",
+        0.6,
+        minimum=0.0,
+        exclusive_minimum=True,
+        help="shares that rebuild a secret: <= 1 = that fraction of num-shares (at least 2), else a whole number "
+        "< num-shares; more clients lost after the key exchange than the shares allow drop the round",
+    )
+    clipping_range: float = option(
+        "secagg.clipping-range",
+        8.0,
+        minimum=0.0,
+        exclusive_minimum=True,
+        help="model exchanges: every weighted array entry is clipped to [-range, range] before quantization",
+    )
+    quantization_range: int = option(
+        "secagg.quantization-range",
+        0,
+        minimum=0,
+        maximum=2**30,
+        help="integer levels of the quantization: 0 = auto, the most Flower's 2**32 modulus allows for the "
+        "clients of each sum (2**29 for 5, 2**26 for 50, 2**22 for 1,000), else >= 256 with clients x levels "
+        "< 2**32; each summed entry is within clients x 2 x clipping-range / levels of the exact sum",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    def levels(self, clients: int) -> int:
+        """Quantization levels of a sum over ``clients`` (auto: the largest power of two whose sum fits 2**32)."""
+        if self.quantization_range:
+            return self.quantization_range
+        return min(2**30, 1 << (((2**32 - 1) // max(clients, 1)).bit_length() - 1))
+
+    def sum_error_bound(self, clients: int, clipping_range: float | None = None, sampled: int | None = None) -> float:
+        """Largest error of one summed entry over ``clients`` contributors of ``sampled`` (default: the same)
+        (stochastic rounding: under one level per client)."""
+        levels = self.levels(sampled or clients)
+        return clients * 2.0 * (clipping_range or self.clipping_range) / levels
+
+
 @dataclass(frozen=True)
 class TrackingSettings:
     """Where a run's figures go besides its experiment folder's JSON files."""
@@ -542,6 +605,7 @@ class Settings(_TopLevel):
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    secagg: SecAggSettings = field(default_factory=SecAggSettings)
     #: the method's options dataclass (its ``MethodSpec.options_type``), None when it has none
     method_options: object | None = None
     raw: Mapping[str, ConfigValue] = field(default_factory=dict, compare=False)
@@ -569,6 +633,7 @@ COMMON_SECTIONS: tuple[type, ...] = (
     MetricsSettings,
     TrackingSettings,
     PrivacySettings,
+    SecAggSettings,
 )
 
 
@@ -621,6 +686,7 @@ def load_common_settings(
         metrics=parse_section(MetricsSettings, run_config),
         tracking=parse_section(TrackingSettings, run_config),
         privacy=parse_section(PrivacySettings, run_config),
+        secagg=_check_secagg(parse_section(SecAggSettings, run_config)),
         raw=dict(run_config),
     )
 
@@ -645,6 +711,60 @@ def check_privacy(settings: Settings, method_refusal: str | None) -> None:
     if refusal is not None:
         raise ConfigError(
             f"config key 'privacy.mode' has invalid value {privacy.mode!r} for method {settings.method!r}: {refusal}"
+        )
+
+
+def _whole(key: str, value: float, bound: str) -> None:
+    if value > 1 and value != int(value):
+        raise ConfigError(f"config key '{key}' has invalid value {value!r}: expected a fraction <= 1 or {bound}")
+
+
+def _check_secagg(secagg: SecAggSettings) -> SecAggSettings:
+    """Flower's own rules for the share counts, checked here once (one line) instead of inside a round."""
+    shares, threshold = secagg.num_shares, secagg.reconstruction_threshold
+    _whole("secagg.num-shares", shares, "a whole number > 2")
+    if 1 < shares <= 2:
+        raise ConfigError(
+            f"config key 'secagg.num-shares' has invalid value {shares!r}: "
+            "expected a fraction <= 1 or a whole number > 2"
+        )
+    _whole("secagg.reconstruction-threshold", threshold, "a whole number < secagg.num-shares")
+    if 0 < secagg.quantization_range < 256:
+        raise ConfigError(
+            f"config key 'secagg.quantization-range' has invalid value {secagg.quantization_range}: "
+            "expected 0 (auto) or an int >= 256 and <= 1073741824"
+        )
+    if threshold > 1 and shares > 1 and threshold >= shares:
+        raise ConfigError(
+            f"config key 'secagg.reconstruction-threshold' has invalid value {threshold!r}: expected a whole number "
+            f"< secagg.num-shares ({shares:g}) or a fraction <= 1"
+        )
+    return secagg
+
+
+#: why a client-level privacy mode cannot run under secure aggregation
+SECAGG_DP_REFUSAL = (
+    "the server clips each client's update by its own norm, which secure aggregation hides; use "
+    "privacy.mode='sample-dpsgd' (clipping and noise on the client) with secure aggregation"
+)
+
+
+def check_secagg(settings: Settings, method_refusal: str | None) -> None:
+    """Refuse ``secagg.mode`` where the server must see one client's values (docs/privacy.md).
+
+    ``method_refusal`` is the method's own reason (its ``MethodSpec.secagg_check``), if any.
+    """
+    if not settings.secagg.enabled:
+        return
+    refusal = method_refusal
+    if refusal is None and settings.privacy.client_level:
+        refusal = f"privacy.mode={settings.privacy.mode!r} needs per-client norms: {SECAGG_DP_REFUSAL}"
+    if refusal is None and settings.metrics.gradient_dissimilarity:
+        refusal = "metrics.gradient-dissimilarity sends each client's raw gradient, which the server must see"
+    if refusal is not None:
+        raise ConfigError(
+            f"config key 'secagg.mode' has invalid value {settings.secagg.mode!r} for method {settings.method!r}: "
+            f"{refusal}"
         )
 
 

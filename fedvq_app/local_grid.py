@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.config import flatten_dict
 from flwr.serverapp import Grid, ServerApp
+
+from fedvq_app.records import record_bytes
 
 
 def claim_server_identity(run_id: int = 1) -> None:
@@ -100,11 +102,21 @@ class LocalGrid(Grid):
                 continue  # the node dropped out: no reply arrives
             torch = sys.modules.get("torch")  # k-means jobs never import it: neither does the grid
             generators = random.getstate(), np.random.get_state(), torch.get_rng_state() if torch else None
+            # each node gets its own config records, as over a wire (Flower's SecAgg+ mod edits its config
+            # record in place); arrays stay shared, read-only; the server's message keeps its content
+            sent = msg.content
+            msg.content = RecordDict(
+                {
+                    name: ConfigRecord(dict(record)) if isinstance(record, ConfigRecord) else record
+                    for name, record in sent.items()
+                }
+            )
             try:
                 reply = self.client_app(msg, self.contexts[node])
             except Exception as err:  # noqa: BLE001 - a client crash becomes an error reply
                 reply = Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
             finally:  # the server's generators are its own (a client is another process in a deployment)
+                msg.content = sent
                 random.setstate(generators[0])
                 np.random.set_state(generators[1])
                 if torch is not None and generators[2] is not None:
@@ -114,7 +126,7 @@ class LocalGrid(Grid):
                 if reply is None:
                     continue
             if not reply.has_error():
-                self.reply_bytes[node] += sum(record.count_bytes() for record in reply.content.values())
+                self.reply_bytes[node] += sum(record_bytes(record) for record in reply.content.values())
             replies.append(reply)
         return replies
 

@@ -435,6 +435,14 @@ class KMeansOptions:
         minimum=1,
         help="clients never share a local mean built from fewer rows (a node-config privacy-threshold may raise it)",
     )
+    init: str = option(
+        "kmeans.init",
+        "local-means",
+        choices=("local-means", "random"),
+        help="initial centroids: local-means (k-means++ over the clients' privacy-filtered local cluster means) "
+        "or random (Gaussian draws from the federated normalization/PCA statistics; the one with secure "
+        "aggregation, since local means cannot be summed)",
+    )
     local_k: int = option(
         "kmeans.local-k", 0, minimum=0, help="clusters of each client's local k-means for the initialisation (0 = 2k)"
     )

@@ -91,3 +91,20 @@ FUSEDSPACE_OPTIMIZER_STATE = "fusedspace-ae-optimizer"
 # --------------------------------------------------------------------------- reports
 #: key of a method report whose entries are merged into the top level of summary.json
 TOP_LEVEL_KEY = "top_level"
+
+# --- secure aggregation (secagg.mode, docs/privacy.md) -------------------------
+#: server -> client, in a message of a secure exchange: which handler answers and how its reply becomes
+#: the vector Flower's SecAgg+ masks ("handler", "summand", "scale", ...)
+SECAGG_RECORD = "fedvq.secagg"
+#: client -> server, next to the masked vector: the names of what the vector holds (no values)
+SECAGG_LAYOUT = "fedvq.secagg-layout"
+#: server-side only: the nodes a secure sum covers, on the one reply that stands for their sum
+SECAGG_CONTRIBUTORS = "fedvq.secagg-contributors"
+#: summand kinds (fedvq_app/clients/secure_sum.py encodes them, the server decodes them)
+SUMMAND_WEIGHTED = "weighted"  # every array and metric x weight / scale, then [weight / scale]
+SUMMAND_SUM = "sum"  # every array / scale, then the named metrics / scale
+SUMMAND_KMEANS_MAGNITUDES = "kmeans-magnitudes"  # per feature: one-hot power-of-two bucket of the site's bound
+SUMMAND_KMEANS_MOMENTS = "kmeans-moments"  # count, sum x / s, sum x^2 / s^2 (per-feature scales s) / scale
+SUMMAND_KMEANS_SCATTER = "kmeans-scatter"  # count, sum z, sum z z^T, all / scale
+#: message types whose replies are only summed: with secagg on, a client answers them only through SecAgg+
+SUMMED_MESSAGE_TYPES = ("train", KMEANS_NORMALIZATION, KMEANS_PCA, KMEANS_STEP)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -44,3 +44,15 @@ def array_numpy(array: Array) -> np.ndarray:
 def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     """ArrayRecord -> numpy dict (order kept)."""
     return {k: array_numpy(v) for k, v in record.items()}
+
+
+def record_bytes(record: ArrayRecord | ConfigRecord | MetricRecord) -> int:
+    """Flower's ``count_bytes``, except that an empty list in a ConfigRecord counts its key only.
+
+    (Flower 1.41's ``ConfigRecord.count_bytes`` reads ``v[0]`` and fails on an empty list, which its own
+    SecAgg+ workflow sends: the dead-node list of a round in which nobody dropped out.)
+    """
+    if isinstance(record, ConfigRecord) and any(isinstance(v, list) and not v for v in record.values()):
+        kept = ConfigRecord({k: v for k, v in record.items() if not (isinstance(v, list) and not v)})
+        return kept.count_bytes() + sum(len(k) for k, v in record.items() if isinstance(v, list) and not v)
+    return record.count_bytes()

@@ -25,6 +25,7 @@ from fedvq_app.config import (
     ConfigValue,
     Settings,
     check_privacy,
+    check_secagg,
     common_option_keys,
     load_common_settings,
     option_keys,
@@ -85,6 +86,12 @@ class MethodSpec:
     data_name: Callable[[Settings], str] | None = None
     #: ``privacy_check(settings)`` -> why ``privacy.mode`` would give a false guarantee (None = fine)
     privacy_check: Callable[[Settings], str | None] | None = None
+    #: ``secagg_check(settings)`` -> why ``secagg.mode`` cannot run (None = every sum goes through SecAgg+);
+    #: a method without one cannot run under secure aggregation
+    secagg_check: Callable[[Settings], str | None] = lambda settings: (
+        "its server reads per-client values; secure aggregation covers fedavg, fedprox, fedvq "
+        "(codebook.aggregation='lloyd') and kmeans"
+    )
 
 
 def method_names() -> tuple[str, ...]:
@@ -132,6 +139,7 @@ def load_settings(
     if spec.validate is not None:
         spec.validate(settings)
     check_privacy(settings, spec.privacy_check(settings) if spec.privacy_check is not None else None)
+    check_secagg(settings, spec.secagg_check(settings))
     return settings
 
 

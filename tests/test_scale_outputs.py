@@ -154,7 +154,10 @@ def test_the_server_writes_a_sites_statistics_only_when_the_debug_key_asks(run_c
 
 
 def test_the_debug_key_is_refused_with_secure_aggregation(run_config):
-    config = {**run_config(method="kmeans", **{"kmeans.debug-server-local-means": True}), "secagg.mode": "secagg+"}
-    with pytest.raises(ConfigError, match="kmeans.debug-server-local-means.*secagg.mode='secagg\\+'"):
+    config = run_config(
+        method="kmeans",
+        **{"kmeans.debug-server-local-means": True, "kmeans.init": "random", "secagg.mode": "secaggplus"},
+    )
+    with pytest.raises(ConfigError, match="kmeans.debug-server-local-means.*secagg.mode='secaggplus'"):
         load_settings(config)
     load_settings({**config, "secagg.mode": "off"})  # no secure aggregation: allowed

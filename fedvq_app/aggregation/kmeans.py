@@ -252,6 +252,13 @@ def seed_from_summaries(points: np.ndarray, weights: np.ndarray, k: int, runs: i
     return np.stack([kmeans_plusplus(points, k, sample_weight=weights, random_state=int(s))[0] for s in seeds])
 
 
+def random_seedings(spread: np.ndarray, k: int, runs: int, seed: int) -> np.ndarray:
+    """``runs`` sets of k centroids (R, k, d) drawn from N(0, diag(spread^2)): the federation's own
+    distribution in the clustering space (standardized: spread 1; PCA: sqrt of the explained variance)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 27]))
+    return rng.normal(size=(runs, k, len(spread))) * np.asarray(spread, dtype=np.float64)
+
+
 # ----------------------------------------------------------------------------
 # Evaluation from returned statistics
 # ----------------------------------------------------------------------------

@@ -71,6 +71,11 @@ def privacy_check(settings) -> str | None:
     return None
 
 
+def secagg_check(settings) -> str | None:
+    """CFL needs every client's own update (docs/privacy.md)."""
+    return "CFL splits clusters on the pairwise cosine similarities of each client's own update"
+
+
 SPEC = MethodSpec(
     name="cfl",
     summary="clustered FL: per-cluster models, bipartition by update cosine similarity when norms say so",
@@ -81,4 +86,5 @@ SPEC = MethodSpec(
     server_workflow=workflow,
     plots=plots,
     privacy_check=privacy_check,
+    secagg_check=secagg_check,
 )

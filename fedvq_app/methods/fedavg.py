@@ -11,4 +11,5 @@ SPEC = MethodSpec(
     build_model=classifier_model,
     build_strategy=lambda settings, info: FedAvgStrategy(**sampling_kwargs(settings)),
     client=NeuralClient,
+    secagg_check=lambda settings: None,  # the example-weighted sum goes through SecAgg+
 )

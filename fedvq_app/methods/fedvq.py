@@ -135,6 +135,17 @@ def privacy_check(settings) -> str | None:
     )
 
 
+def secagg_check(settings) -> str | None:
+    """Only the lloyd codebook aggregation is a sum over clients (docs/privacy.md)."""
+    aggregation = settings.options(FedVQOptions).aggregation
+    if aggregation != LLOYD:
+        return (
+            f"codebook.aggregation={aggregation!r} aligns or clusters each client's own codebook; only 'lloyd' "
+            "(per-code counts and sums) is a sum over clients"
+        )
+    return None
+
+
 SPEC = MethodSpec(
     name="fedvq",
     summary="encoder (private/shared/warmup) + VQ (gumbel/straight-through/ema); codebook by Lloyd step from "
@@ -148,4 +159,5 @@ SPEC = MethodSpec(
     server_workflow=run_fedvq_workflow,
     plots=plots,
     privacy_check=privacy_check,
+    secagg_check=secagg_check,
 )

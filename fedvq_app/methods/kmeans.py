@@ -13,10 +13,6 @@ from fedvq_app.options import KMeansOptions
 from fedvq_app.registry import MethodSpec
 from fedvq_app.server.kmeans_workflow import build_phases, run_kmeans_workflow
 
-#: the secure-aggregation key (issue 27) and its values that mean "off"
-SECAGG_KEY = "secagg.mode"
-SECAGG_OFF = ("off", "none", "", False)
-
 
 def validate(settings: Settings) -> None:
     """Cross-field checks: options that would be silently ignored are errors."""
@@ -28,14 +24,24 @@ def validate(settings: Settings) -> None:
         )
     if settings.resume_from:
         raise ConfigError("config key 'resume-from' is not supported by method 'kmeans' (it keeps no checkpoints)")
-    # secure aggregation (secagg.mode, issue 27) hides each site's statistics from the server: a server that
-    # writes them to disk would defeat it. The key does not exist yet; this refusal works once it does.
-    secagg = settings.raw.get(SECAGG_KEY, "off")
-    if opts.debug_server_local_means and secagg not in SECAGG_OFF:
+    # secure aggregation hides each site's statistics from the server: a server that writes them to disk
+    # would defeat it
+    if opts.debug_server_local_means and settings.secagg.enabled:
         raise ConfigError(
-            f"config key 'kmeans.debug-server-local-means' has invalid value True with {SECAGG_KEY}={secagg!r}: "
-            "expected false (secure aggregation keeps each site's statistics off the server)"
+            "config key 'kmeans.debug-server-local-means' has invalid value True with "
+            f"secagg.mode={settings.secagg.mode!r}: expected false (secure aggregation keeps each site's "
+            "statistics off the server)"
         )
+
+
+def secagg_check(settings) -> str | None:
+    """Everything but the cold start is a sum (docs/privacy.md); the local-means seeding is not."""
+    if settings.options(KMeansOptions).init == "local-means":
+        return (
+            "kmeans.init='local-means' sends each site's own local cluster means (the cold-start candidates), "
+            "which cannot be summed; set kmeans.init='random'"
+        )
+    return None
 
 
 def privacy_check(settings) -> str | None:
@@ -61,4 +67,5 @@ SPEC = MethodSpec(
     plots=kmeans_plots,
     data_name=lambda settings: settings.options(KMeansOptions).data_source,
     privacy_check=privacy_check,
+    secagg_check=secagg_check,
 )

@@ -26,4 +26,6 @@ SPEC = MethodSpec(
     client=ScaffoldClient,
     options_type=ScaffoldOptions,
     privacy_check=privacy_check,
+    # the weighted model and the control-variate changes (a plain sum) both go through SecAgg+
+    secagg_check=lambda settings: None,
 )

@@ -24,12 +24,13 @@ from flwr.app import Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from fedvq_app.aggregation.kmeans import FeatureTransform
+from fedvq_app.aggregation.kmeans import FeatureTransform, random_seedings
 from fedvq_app.config import ConfigError, Settings
 from fedvq_app.errors import RunFailed
 from fedvq_app.options import KMeansOptions
 from fedvq_app.registry import get_method
 from fedvq_app.server.failures import exclude_misconfigured_sites, stop_if_hopeless
+from fedvq_app.server.kmeans_secure import SecureKMeans
 from fedvq_app.server.loop import NodesUnavailable, PatientGrid, without_unavailable
 from fedvq_app.strategies.kmeans_evaluation import KMeansEvaluation
 from fedvq_app.strategies.kmeans_handshake import Federation, Handshake
@@ -167,12 +168,13 @@ def run_lloyd(
     gone: set[int] | None = None,
     contributed: set[int] | None = None,
     client_logs: bool = False,
+    secure: SecureKMeans | None = None,
 ) -> tuple[list[StepResult], bool]:
     """Lloyd rounds until no run moves more than tol; returns every round's result and convergence.
 
     ``gone`` holds the nodes that went away (never messaged again); ``contributed`` collects
     the nodes whose step replies were accepted in any round; ``client_logs`` tells the clients
-    whether to write their own per-client logs.
+    whether to write their own per-client logs; ``secure`` (secagg.mode) sums every step through SecAgg+.
     """
     opts = settings.options(KMeansOptions)
     contributed = set() if contributed is None else contributed
@@ -184,9 +186,12 @@ def run_lloyd(
         config = {"server-round": rnd, "experiment": tracker.dir.name, CLIENT_LOGS_KEY: client_logs}
         federation = live(federation, gone)
         messages = step.instructions(federation.nodes, config, transform, {CENTROIDS: step.centroids}, str(rnd))
-        replies = exchange(grid, messages, settings.round_timeout, gone)
+        if secure is not None:
+            result, replies = secure.step(step, rnd, messages, federation)
+        else:
+            replies = exchange(grid, messages, settings.round_timeout, gone)
+            result = step.aggregate(rnd, replies)
         del messages  # 10,000 sent messages need not outlive the exchange (peak memory)
-        result = step.aggregate(rnd, replies)
         contributed.update(step.accepted_nodes)
         exclude_misconfigured_sites(step.rejections, tracker)
         metrics = {}
@@ -385,26 +390,45 @@ def run_kmeans_workflow(grid: Grid, settings: Settings, tracker: ExperimentTrack
                 contributed.update(phase.accepted_nodes)
                 exclude_misconfigured_sites(phase.rejections, tracker)
 
-        mean, std, _ = run(phases.normalization)
+        secure = SecureKMeans(grid, settings, federation, timeout) if settings.secagg.enabled else None
+        context = {"experiment": tracker.dir.name, CLIENT_LOGS_KEY: client_logs}
+        if secure is not None:
+            normalized = secure.normalize(phases.normalization, live(federation, gone).nodes, context)
+            mean, std = normalized.mean, normalized.std
+        else:
+            mean, std, _ = run(phases.normalization)
         transform = FeatureTransform(mean, std)
         pca = None
         if phases.pca is not None:
-            pca = run(phases.pca, transform=transform)
+            if secure is not None:
+                pca = secure.pca(phases.pca, live(federation, gone).nodes, context, transform)
+            else:
+                pca = run(phases.pca, transform=transform)
             transform = FeatureTransform(mean, std, pca.components, opts.cluster_space == "pca")
             log(INFO, "[kmeans] PCA: explained variance ratio %s", np.round(pca.explained_variance_ratio, 4).tolist())
         logs.write_transform(transform)
 
-        initial = run(phases.init, config=phases.init.config(), transform=transform)
+        if opts.init == "random":  # no message: drawn from the federation's (summed) statistics
+            projected = transform.projects and pca is not None
+            spread = np.sqrt(pca.explained_variance) if projected else np.ones(phases.cluster_dim)
+            initial = random_seedings(spread, opts.k, opts.n_init, settings.seed)
+        else:
+            initial = run(phases.init, config=phases.init.config(), transform=transform)
         phases.step.centroids = initial
         results, converged = run_lloyd(
-            grid, phases.step, transform, federation, settings, tracker, gone, contributed, client_logs
+            grid, phases.step, transform, federation, settings, tracker, gone, contributed, client_logs, secure
         )
         best = phases.step.best_run()
         history = write_round_logs(logs, initial, results, best, federation)
         centroids = phases.step.centroids[best]
-        evaluation = run(
-            phases.evaluation, config=phases.evaluation.config(), transform=transform, arrays={CENTROIDS: centroids}
-        )
+        if secure is not None:
+            config = {**phases.evaluation.config(), **context}
+            evaluation = secure.evaluate(phases.evaluation, live(federation, gone), config, transform, centroids)
+            contributed.update(phases.evaluation.accepted_nodes)
+        else:
+            evaluation = run(
+                phases.evaluation, config=phases.evaluation.config(), transform=transform, arrays={CENTROIDS: centroids}
+            )
         federation = live(federation, gone)  # a node that went away is in no count of the summary
         used = federation.restricted_to(contributed)
         excluded = sorted(federation.partition_of(n) for n in set(federation.clients) - contributed)

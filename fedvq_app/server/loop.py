@@ -42,6 +42,7 @@ from fedvq_app.server.failures import (
     nothing_accepted,
     stop_if_hopeless,
 )
+from fedvq_app.server.secure_sum import train_exchange
 from fedvq_app.strategies.contract import RoundStrategy
 from fedvq_app.tracking.communication import metered
 from fedvq_app.tracking.experiment import ExperimentTracker, RoundOutcome
@@ -181,10 +182,13 @@ class RoundLoop:
         plan: LoopPlan,
         tracker: ExperimentTracker,
         after_round: RoundHook | None,
+        send_train: Callable | None = None,
     ) -> None:
         from fedvq_app.server.checkpoint import Checkpointer  # noqa: PLC0415 (torch: neural loops only)
 
         self.strategy, self.grid, self.plan, self.tracker, self.after_round = strategy, grid, plan, tracker, after_round
+        #: how train messages go out and come back: plainly, or as one secure sum (secagg.mode)
+        self.send_train = send_train or _send
         self.checkpoint = Checkpointer(tracker.dir, strategy, tracker, dict(tracker.settings.raw))
         #: why an evaluation went out in a message of its own, said once per reason
         self.said: set[str] = set()
@@ -247,7 +251,7 @@ class RoundLoop:
         carried = False
         if pending is not None:
             messages, carried = self.carry(pending, messages)
-        sampled, replies = _send(self.grid, messages, plan.timeout)
+        sampled, replies = self.send_train(self.grid, messages, plan.timeout)
         replies, evaluation = split_evaluation(replies)
         if carried and pending is not None:
             # the evaluate replies of the nodes that were asked, as if they had come on their own
@@ -320,7 +324,11 @@ def run_rounds(
     resumed = resume(tracker.settings, strategy, tracker, initial=arrays)
     if resumed is not None:
         first_round, arrays = resumed
-    loop = RoundLoop(strategy, grid, replace(plan, first_round=first_round), tracker, after_round)
+    send_train = train_exchange(tracker.settings, strategy)  # secagg.mode: the sum through SecAgg+
+    if send_train is not None and plan.evaluate_with_train:
+        log(INFO, "[fedvq] secagg.mode: evaluation in messages of its own (a masked train reply cannot carry it)")
+        plan = replace(plan, evaluate_with_train=False)
+    loop = RoundLoop(strategy, grid, replace(plan, first_round=first_round), tracker, after_round, send_train)
     pending: PendingEvaluation | None = None
     for rnd in range(first_round, plan.last_round + 1):
         try:

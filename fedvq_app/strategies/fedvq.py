@@ -142,6 +142,14 @@ class FedVQStrategy(FedAvgStrategy):
             self.expected[node] = {k: v for k, v in schema.items() if self._comes_back(k)}
         return messages
 
+    def secure_summed_records(self, scale: float) -> dict[str, dict[str, float]]:
+        """Under secure aggregation (fedvq_app/server/secure_sum.py): the lloyd statistics are summed, not
+        averaged; each array key's bound (entries / (scale x bound) should lie in the clipping range)."""
+        if self.aggregation != LLOYD:
+            return {}
+        dim = float(self.codebook_shape[1])
+        return {USAGE_RECORD: {"counts": 1.0, "used": 1.0 / scale, "sums": 1.0, "squares": dim}}
+
     def _comes_back(self, name: str) -> bool:
         if is_encoder(name):
             return self._encoder_up

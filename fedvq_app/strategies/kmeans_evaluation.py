@@ -58,6 +58,11 @@ class KMeansEvaluation(KMeansPhase):
             if self.num_classes:
                 table = table + a["contingency"]
             partitions.append(int(m["partition-id"]))
+        return self.from_sums(inertia, sil_sum, sil_count, num_samples, sizes, table, partitions)
+
+    def from_sums(self, inertia, silhouette_sum, silhouette_count, num_samples, sizes, table, partitions) -> dict:
+        """The report from the federation's sums (also a secure sum's)."""
+        inertia, sil_sum, sil_count = inertia, silhouette_sum, silhouette_count
         result = {
             "inertia": float(inertia),
             "silhouette": float(sil_sum) / sil_count if sil_count and self.k > 1 else None,

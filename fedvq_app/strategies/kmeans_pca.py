@@ -53,6 +53,10 @@ class FederatedPCA(KMeansPhase):
             arrays = reply_arrays(msg)
             parts.append((int(reply_metrics(msg)["num-examples"]), arrays["mean"], arrays["scatter"]))
         count, _, scatter = merge_scatter(parts)
+        return self.result(count, scatter)
+
+    def result(self, count: int, scatter: np.ndarray) -> PCAResult:
+        """Components of the pooled scatter (also what a secure sum gives, fedvq_app/server/kmeans_secure.py)."""
         cov = covariance(count, scatter)
         components, variance = principal_components(cov, self.num_components)
         total = float(np.trace(cov))

@@ -89,6 +89,19 @@ class LloydStep(KMeansPhase):
             withheld += int(metrics.get("withheld", 0))
             if self.keep_local:
                 local[partitions[-1]] = (arrays["sums"], arrays["counts"])
+        return self.from_sums(server_round, sums, counts, inertia, withheld, partitions, local)
+
+    def from_sums(
+        self,
+        server_round: int,
+        sums: np.ndarray,
+        counts: np.ndarray,
+        inertia: np.ndarray,
+        withheld: int,
+        partitions: list[int],
+        local: dict | None = None,
+    ) -> StepResult:
+        """The step from the federation's summed (sums, counts, inertia) (also a secure sum's)."""
         previous = self.centroids
         self.centroids, empty = lloyd_update(previous, sums, counts)
         self.last = StepResult(
@@ -101,7 +114,7 @@ class LloydStep(KMeansPhase):
             inertia=inertia,
             participating=sorted(partitions),
             withheld=withheld,
-            local=local,
+            local=local or {},
         )
         return self.last
 

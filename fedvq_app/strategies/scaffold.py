@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from fedvq_app.aggregation.scaffold import control_update, server_step
 from fedvq_app.protocol import SCAFFOLD_CONTROL as CONTROL
 from fedvq_app.protocol import SCAFFOLD_CONTROL_DELTA as CONTROL_DELTA
+from fedvq_app.protocol import SECAGG_CONTRIBUTORS
 from fedvq_app.records import to_numpy, to_record
 from fedvq_app.strategies.fedavg import FedAvgStrategy
 
@@ -40,6 +41,24 @@ class ScaffoldStrategy(FedAvgStrategy):
             msg.content[CONTROL] = to_record(self.control)
         return messages
 
+    def secure_summed_records(self, scale: float) -> dict[str, dict[str, float]]:
+        """Under secure aggregation (fedvq_app/server/secure_sum.py) the control-variate changes are summed
+        unweighted (bound 1 / scale: each entry travels as is, within secagg.clipping-range)."""
+        return {CONTROL_DELTA: {name: 1.0 / scale for name in self.control or {}}}
+
+    def _deltas(self) -> list[dict[str, np.ndarray]]:
+        """Every accepted client's control change; a secure sum stands for its contributors' mean, once each."""
+        deltas = []
+        for node in self.accepted_nodes:
+            delta = to_numpy(self.extras[node][CONTROL_DELTA])
+            pooled = self.extras[node].config_records.get(SECAGG_CONTRIBUTORS)
+            if pooled is None:
+                deltas.append(delta)
+                continue
+            count = len(pooled["nodes"])
+            deltas += [{k: v / count for k, v in delta.items()}] * count
+        return deltas
+
     def method_problem(self, msg) -> str | None:
         delta = msg.content.array_records.get(CONTROL_DELTA)
         if delta is None or set(delta.keys()) != set(self.control or {}):
@@ -54,7 +73,7 @@ class ScaffoldStrategy(FedAvgStrategy):
         averaged, metrics = super().aggregate_train(server_round, replies)
         if averaged is None:
             return None, metrics
-        deltas = [to_numpy(self.extras[n][CONTROL_DELTA]) for n in self.accepted_nodes]
+        deltas = self._deltas()
         participation = len(deltas) / max(self.num_nodes, len(deltas))
         self.control = control_update(self.control, deltas, participation)
         stepped = server_step(self.global_arrays, to_numpy(averaged), self.server_lr)

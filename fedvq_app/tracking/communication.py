@@ -19,6 +19,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedvq_app.grid_proxy import GridProxy
+from fedvq_app.records import record_bytes
 
 SENT, RECEIVED = "sent", "received"
 
@@ -27,7 +28,7 @@ def message_bytes(message: Message) -> int:
     """Bytes of all records a message carries (0 for an error reply without content)."""
     if not message.has_content():
         return 0
-    return sum(record.count_bytes() for record in message.content.values())
+    return sum(record_bytes(record) for record in message.content.values())
 
 
 def phase_of(message_type: str) -> str:

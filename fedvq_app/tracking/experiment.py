@@ -30,7 +30,7 @@ from flwr.app import Message
 from flwr.common.logger import log
 
 from fedvq_app.config import ConfigError, Settings, resolve_log_root
-from fedvq_app.protocol import TOP_LEVEL_KEY
+from fedvq_app.protocol import SECAGG_CONTRIBUTORS, TOP_LEVEL_KEY
 from fedvq_app.registry import get_method
 from fedvq_app.tracking.communication import Traffic, TrafficMeter, run_communication
 from fedvq_app.tracking.groups import DEFAULT_SHARES, head_medium_tail
@@ -72,6 +72,15 @@ def _client_metrics(
             metrics["node-id"] = msg.metadata.src_node_id
             out[int(metrics["partition-id"])] = metrics
     return out
+
+
+def secure_contributors(replies: Iterable[Message]) -> list[int]:
+    """Nodes whose vectors are in a secure sum that one of ``replies`` carries (secagg.mode; else none)."""
+    nodes: list[int] = []
+    for msg in replies:
+        if not msg.has_error() and SECAGG_CONTRIBUTORS in msg.content.config_records:
+            nodes += [int(n) for n in msg.content.config_records[SECAGG_CONTRIBUTORS]["nodes"]]
+    return sorted(nodes)
 
 
 @dataclass
@@ -189,6 +198,8 @@ class ExperimentTracker:
             if "label-counts" in metrics:
                 self.label_counts[pid] = list(metrics["label-counts"])
         replied = {m.metadata.src_node_id for m in outcome.train_replies if not m.has_error()}
+        summed = secure_contributors(outcome.train_replies)  # secagg.mode: one reply stands for the sum
+        replied |= set(summed)
         dropped = sorted(set(outcome.sampled_train) - replied)
         record = {
             "round": outcome.server_round,
@@ -215,6 +226,8 @@ class ExperimentTracker:
             },
             "strategy": outcome.strategy_report,
         }
+        if summed:
+            record["secure_aggregation"] = {"contributors": ranges(summed), "num_contributors": len(summed)}
         record["evaluate"]["summary"] = client_spread(eval_clients)
         traffic = outcome.traffic if outcome.traffic is not None else self.traffic.take()
         record["communication"] = traffic.report(self.node_to_partition, per_client=detail)
