@@ -131,7 +131,7 @@ def measure_all(checkouts: list[Path], args, work: Path) -> None:
 
 def table(records: list[dict]) -> str:
     """Markdown: one row per (method, checkout); round seconds per rate, MB and messages per steady round."""
-    rates = sorted({r["link_mbit"] for r in records}, key=lambda r: (r == 0, -r))
+    rates = sorted({r["link_mbit"] for r in records}, key=lambda r: (r != 0, -r))  # unshaped, then fastest first
     latest = {(r["method"], r["checkout"], r["link_mbit"]): r for r in records}
     checkouts = list(dict.fromkeys(r["checkout"] for r in records))
     rate_name = lambda r: "unshaped" if r == 0 else f"{r:g} Mbit/s"  # noqa: E731
@@ -153,7 +153,7 @@ def table(records: list[dict]) -> str:
                 split = " {:.1f} + {:.1f} + {:.1f} |".format(*parts)
             lines.append(
                 f"| {method} | {Path(checkout).name} ({first.get('commit', '?')}) |{cells}"
-                f" {first['sent_mb_per_round']:.2f} / {first['received_mb_per_round']:.2f} |"
+                f" {first['sent_mb_per_round']:.3f} / {first['received_mb_per_round']:.3f} |"
                 f" {first['messages_sent_per_round']:.0f} / {first['messages_received_per_round']:.0f} |{split}"
             )
     return "\n".join(lines)
