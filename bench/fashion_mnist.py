@@ -178,6 +178,7 @@ def method_figures(summary: dict) -> dict:
     return {
         "cluster_purity": cfl.get("cluster_purity"),
         "clusters": cfl.get("clusters"),
+        "split_rounds": cfl.get("split_rounds"),
         "codes_used": fedvq.get("final_codes_used"),
         "codebook_size": shape[0] if shape else None,
         "perplexity": fedvq.get("final_perplexity"),

@@ -17,6 +17,7 @@ perplexity; rows go to ``bench/results/fedvq_fashion_probes.jsonl``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -175,9 +176,37 @@ def run_probe(method: str, name: str, overrides: dict, args: argparse.Namespace,
     }
 
 
+def plot(out: Path) -> Path:
+    """Pooled validation accuracy per round of every recorded Fashion-MNIST Dirichlet 0.5 probe (newest per name)."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    from bench.common import RESULTS  # noqa: PLC0415
+
+    records = [json.loads(x) for x in (RESULTS / f"{NAME}.jsonl").read_text().splitlines() if x.strip()]
+    newest = {r["probe"]: r for r in records if r["dataset"] == "fashion-mnist" and r["scenario"] == "dirichlet-0.5"}
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, record in newest.items():
+        points = [(c["round"], c["pooled_val_accuracy"]) for c in record["curve"] if c["pooled_val_accuracy"]]
+        style = {"lw": 2.5, "color": "k"} if name == "fedavg" else {}
+        ax.plot(*zip(*points, strict=True), marker="o", ms=3, label=f"{record['method']}: {name}", **style)
+    ax.set_xlabel("round")
+    ax.set_ylabel("pooled validation accuracy")
+    ax.set_title("Fashion-MNIST, Dirichlet 0.5, 10 clients, 12k pool, seed 0", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--probe", action="append", required=True, help="NAME[=key=value,...]")
+    parser.add_argument("--plot", type=Path, help="only draw the Dirichlet 0.5 probes' curves to this PNG")
+    parser.add_argument("--probe", action="append", default=[], help="NAME[=key=value,...]")
     parser.add_argument("--method", default="fedvq")
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--size", type=int, default=28)
@@ -189,6 +218,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-train-samples", type=int, default=12000)
     parser.add_argument("--max-test-samples", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.plot:
+        print(f"wrote {plot(args.plot)}")
+        return
+    if not args.probe:
+        parser.error("--probe is required (or --plot)")
     for text in args.probe:
         name, overrides = parse_probe(text)
         work = tempfile.mkdtemp(prefix="fedvq_probe_")
