@@ -67,7 +67,7 @@ class CflOptions:
     )
     eps2: float = option(
         "cfl.eps2",
-        0.55,
+        0.6,
         minimum=0.0,
         help="... and the largest member update norm is above this (some member still pulls away); relative: a "
         "fraction of the same peak",
