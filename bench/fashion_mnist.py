@@ -2,7 +2,8 @@
 
 Rows (each method at its defaults, FedAvg in the same grid at the same budget):
 
-* ``dirichlet-0.5``: fedavg, fedvq, fusedspace (10 clients, Dirichlet 0.5)
+* ``dirichlet-0.5``: fedavg, fedvq, fusedspace, and fedprox / scaffold beside FedAvg for NIID-Bench's row
+  (10 clients, Dirichlet 0.5)
 * ``rotation-3-domains``: fedavg, fedvq (9 clients, IID labels, images rotated 0 / -50 / 120 degrees; UEFL's setting)
 * ``rotated-half``: fedavg, cfl (Dirichlet 1.0, the last half of the clients rotated 180 degrees)
 * ``long-tail-0.01``: fedavg, fedloge (imbalance factor 0.01)
@@ -66,7 +67,12 @@ class Row:
 
 
 ROWS = (
-    Row("dirichlet-0.5", ("fedavg", "fedvq", "fusedspace"), 10, DIGITS_SCENARIOS["dirichlet-0.5"]),
+    Row(
+        "dirichlet-0.5",
+        ("fedavg", "fedvq", "fusedspace", "fedprox", "scaffold"),
+        10,
+        DIGITS_SCENARIOS["dirichlet-0.5"],
+    ),
     Row("rotation-3-domains", ("fedavg", "fedvq"), 9, {"partition.kind": "iid", "shift.domains": "0,-50,120"}),
     Row("rotated-half", ("fedavg", "cfl"), 10, DIGITS_SCENARIOS["rotated-half"]),
     Row("long-tail-0.01", ("fedavg", "fedloge"), 10, DIGITS_SCENARIOS["long-tail-0.01"]),
@@ -172,6 +178,7 @@ def method_figures(summary: dict) -> dict:
     return {
         "cluster_purity": cfl.get("cluster_purity"),
         "clusters": cfl.get("clusters"),
+        "split_rounds": cfl.get("split_rounds"),
         "codes_used": fedvq.get("final_codes_used"),
         "codebook_size": shape[0] if shape else None,
         "perplexity": fedvq.get("final_perplexity"),

@@ -22,6 +22,8 @@ CODEBOOK_ALIGN_MODES = ("none", "warm-start", "hungarian")
 #: environment variable naming the folder of generated k-means client files (tests, data_gen/)
 DATA_PATH_ENV = "TEST_DATA_PATH"
 WEIGHTINGS = ("uniform", "num-examples")
+#: how the CFL split thresholds are read (fedvq_app/aggregation/clustering.py keeps the same tuple)
+THRESHOLD_SCALES = ("relative", "absolute")
 ENCODER_SCHEDULES = ("private", "shared", "warmup")
 QUANTIZERS = ("gumbel", "straight-through", "ema")
 DECODER_NORMS = ("batch", "group")
@@ -57,22 +59,40 @@ class ScaffoldOptions:
 class CflOptions:
     eps1: float = option(
         "cfl.eps1",
-        0.4,
+        0.25,
         minimum=0.0,
         exclusive_minimum=True,
-        help="split only when the norm of a cluster's mean update is below this (joint convergence)",
+        help="split only when the norm of a cluster's mean update is below this (joint convergence); with "
+        "cfl.threshold-scale = relative a fraction of the run's peak mean client update norm",
     )
     eps2: float = option(
         "cfl.eps2",
-        1.4,
+        0.6,
         minimum=0.0,
-        help="... and the largest member update norm is above this (some member still pulls away)",
+        help="... and the largest member update norm is above this (some member still pulls away); relative: a "
+        "fraction of the same peak",
     )
     min_cluster_size: int = option(
         "cfl.min-cluster-size",
         2,
         minimum=1,
         help="a cluster splits only with >= 2x this many participants, and only if both halves get this many",
+    )
+    threshold_scale: str = option(
+        "cfl.threshold-scale",
+        "relative",
+        choices=THRESHOLD_SCALES,
+        help="relative: eps1 and eps2 are fractions of the run's reference update norm (the largest mean client "
+        "update norm of any round so far); absolute: plain norms (the reference code's constants, tied to one "
+        "model, optimiser, local-step count and dataset)",
+    )
+    max_cross_similarity: float = option(
+        "cfl.max-cross-similarity",
+        0.0,
+        minimum=-1.0,
+        maximum=1.0,
+        help="split only when the mean cosine similarity between the two halves' updates is below this (the halves "
+        "pull apart); 1 = no such check (the reference code)",
     )
     warmup_rounds: int = option(
         "cfl.warmup-rounds", 5, minimum=1, help="no split before this round (norms are large while training starts)"

@@ -7,7 +7,7 @@ split rounds, clusters and cluster purity of CFL, and the mean client accuracy o
 (last round and mean of the last 5 rounds; own-domain test set and own validation split).
 
     python scripts/cfl_digits_rotated.py                          # both runs, 10 clients
-    python scripts/cfl_digits_rotated.py --only cfl -- cfl.eps2=1.2
+    python scripts/cfl_digits_rotated.py --only cfl -- cfl.eps2=0.5
     python scripts/cfl_digits_rotated.py --conf conf/cfl_digits_label_shift.toml --only cfl
     python scripts/cfl_digits_rotated.py --table logs/cfl_rotated/fedavg logs/cfl_rotated/cfl
 

@@ -118,3 +118,64 @@ def test_cluster_purity():
     assert cluster_purity([list(range(10))], rotated) == 0.5
     assert cluster_purity([[0, 1, 2, 5], [3, 4, 6, 7, 8, 9]], rotated) == pytest.approx((3 + 4) / 10)
     assert cluster_purity([[0, 1]], {}) is None
+
+
+RELATIVE = SplitRule(eps1=0.5, eps2=2.0, min_cluster_size=2, warmup_rounds=5, scale="relative")
+
+
+@pytest.mark.parametrize(
+    ("mean", "max_", "expected"),
+    [
+        (0.999, 4.001, True),  # just inside both thresholds (reference 2: eps1 -> 1.0, eps2 -> 4.0)
+        (1.0, 4.001, False),  # mean exactly at eps1 x reference: not below
+        (0.999, 4.0, False),  # max exactly at eps2 x reference: not above
+        (1.001, 10.0, False),
+    ],
+)
+def test_relative_split_rule_at_the_boundary(mean, max_, expected):
+    decision, reason = RELATIVE.decide(5, mean, max_, 4, reference=2.0)
+    assert decision is expected
+    assert ("x reference 2.000" in reason) is not expected
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 37.0, 1e4])
+def test_relative_split_rule_is_invariant_to_the_scale_of_the_updates(scale):
+    """The same run with every update scaled (more local steps, another lr or dataset) decides the same;
+    the absolute rule does not."""
+    cases = [(0.8, 5.0), (1.2, 5.0), (0.8, 3.0)]
+    expected = [True, False, False]
+    assert [RELATIVE.decide(6, scale * a, scale * b, 10, reference=scale * 2.0)[0] for a, b in cases] == expected
+    absolute = SplitRule(eps1=1.0, eps2=4.0, min_cluster_size=2, warmup_rounds=5)
+    assert [absolute.decide(6, a, b, 10)[0] for a, b in cases] == expected
+    if scale >= 37.0:  # digits-tuned constants never see a converged cluster at a larger update scale
+        assert not any(absolute.decide(6, scale * a, scale * b, 10)[0] for a, b in cases)
+
+
+@pytest.mark.parametrize("reference", [None, 0.0, float("nan")])
+def test_relative_split_rule_without_a_reference_never_splits(reference):
+    decision, reason = RELATIVE.decide(9, 0.0, 1e9, 10, reference=reference)
+    assert not decision and "not converged" in reason
+
+
+def test_threshold_scales_match_the_option_choices():
+    from fedvq_app.aggregation.clustering import THRESHOLD_SCALES
+    from fedvq_app.options import THRESHOLD_SCALES as OPTION_CHOICES
+
+    assert THRESHOLD_SCALES == OPTION_CHOICES
+    with pytest.raises(ValueError, match="scale must be one of"):
+        SplitRule(eps1=0.4, eps2=1.4, min_cluster_size=2, warmup_rounds=5, scale="percent")
+
+
+def test_cross_similarity_is_the_mean_between_halves_by_id():
+    from fedvq_app.aggregation.clustering import cross_similarity
+
+    ids = [7, 3, 5]
+    sim = np.array([[1.0, 0.2, -0.4], [0.2, 1.0, -0.6], [-0.4, -0.6, 1.0]])
+    assert cross_similarity(sim, ids, ([3, 7], [5])) == pytest.approx((-0.4 - 0.6) / 2)
+    assert cross_similarity(sim, ids, ([5], [7])) == pytest.approx(-0.4)
+
+
+@pytest.mark.parametrize(("cross", "bound", "apart"), [(-0.001, 0.0, True), (0.0, 0.0, False), (0.3, None, True)])
+def test_halves_must_pull_apart_at_the_boundary(cross, bound, apart):
+    rule = SplitRule(eps1=0.25, eps2=0.55, min_cluster_size=2, warmup_rounds=5, max_cross_similarity=bound)
+    assert rule.halves_apart(cross) is apart

@@ -22,6 +22,7 @@ CONFIG = {
     # split as soon as the warm-up allows (round 2): the crash comes after it
     "cfl.eps1": 1e6,
     "cfl.eps2": 0.0,
+    "cfl.max-cross-similarity": 1.0,  # no check of the halves' directions either
     "cfl.warmup-rounds": 2,
     "cfl.min-cluster-size": 1,
 }

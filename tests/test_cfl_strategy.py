@@ -250,3 +250,55 @@ def test_evaluate_replies_without_a_usable_partition_id_are_rejected_and_ignored
     assert aggregated is not None and aggregated["val-accuracy"] == pytest.approx(0.5)
     # the rejected nodes are still unknown: they are sent the largest cluster's model
     assert strategy.cluster_of_node(11) == strategy.default_cluster()
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 100.0])
+def test_relative_rule_splits_the_same_whatever_the_update_scale(scale):
+    """The reference is the largest mean client update norm seen (here round 1's); a later round with a
+    converged mean and a member pulling away splits at any scale of the updates; it survives a resume."""
+    strategy = CFLStrategy(
+        rule=SplitRule(eps1=0.5, eps2=0.4, min_cluster_size=2, warmup_rounds=2, scale="relative"),
+        min_available_nodes=1,
+        min_train_nodes=1,
+        min_evaluate_nodes=1,
+        rotation_active=True,
+    )
+    _train(strategy, 1, PARTITION, lambda pid: UP, scale=scale)  # everyone agrees: the run's unit
+    expected = float(
+        np.mean(
+            [np.linalg.norm(scale * (UP + 0.05 * np.random.default_rng(100 + p).normal(size=DIM))) for p in range(10)]
+        )
+    )
+    assert strategy.reference == pytest.approx(expected, rel=1e-4)
+    assert strategy.round_report()["reference_norm"] == strategy.reference
+    restored = CFLStrategy(rule=strategy.rule, min_available_nodes=1, min_train_nodes=1, min_evaluate_nodes=1)
+    restored.load_state_dict(strategy.state_dict())
+    assert restored.reference == strategy.reference
+    _train(strategy, 2, PARTITION, lambda pid: 0.5 * _rotation(pid), scale=scale)  # mean small, members 0.5 |UP|
+    report = strategy.round_report()
+    assert strategy.reference == pytest.approx(expected, rel=1e-4)  # round 2's smaller updates keep the peak
+    assert report["split"] and strategy.purity() == 1.0
+    assert report["eps1"] == pytest.approx(0.5 * strategy.reference)
+    assert report["threshold_scale"] == "relative" and report["eps1_option"] == 0.5
+
+
+def test_no_split_when_the_halves_do_not_pull_apart():
+    """Label skew without a covariate shift: the mean update is small next to the members' (norm rule passes)
+    but the updates share a direction, so the halves complete linkage cuts do not point apart (positive
+    mean cross similarity): no split. Opposed groups (the rotation) split under the same rule."""
+    rule = SplitRule(eps1=1.0, eps2=1.0, min_cluster_size=2, warmup_rounds=1, max_cross_similarity=0.0)
+    rng = np.random.default_rng(3)
+    own = {p: v / np.linalg.norm(v) for p, v in ((p, rng.normal(size=DIM)) for p in range(10))}
+    common = 0.45 * UP / np.linalg.norm(UP)
+    skewed = _strategy()
+    skewed.rule = rule
+    _train(skewed, 1, PARTITION, lambda pid: common + own[pid])
+    stats = skewed.round_report()["cluster_stats"][0]
+    assert stats["mean_norm"] < 1.0 < stats["max_norm"]  # the norm test alone would split
+    assert not stats["split"] and stats["cross_similarity"] > 0 and "pull apart" in stats["reason"]
+    assert skewed.clusters() == {0: list(range(10))}
+    rotated = _strategy()
+    rotated.rule = rule
+    _train(rotated, 1, PARTITION, lambda pid: 0.3 * _rotation(pid))
+    stats = rotated.round_report()["cluster_stats"][0]
+    assert stats["split"] and stats["cross_similarity"] < 0 and rotated.purity() == 1.0

@@ -80,30 +80,81 @@ def apply_update(model: Arrays, update: Arrays) -> dict[str, np.ndarray]:
     return out
 
 
+#: how eps1 / eps2 are read: multiples of the run's reference update norm, or absolute norms
+THRESHOLD_SCALES = ("relative", "absolute")
+
+
 @dataclass(frozen=True)
 class SplitRule:
-    """When a cluster is split (the issue's criterion, reference defaults in docs/cfl.md)."""
+    """When a cluster is split (Sattler et al.'s criterion, defaults in docs/cfl.md).
+
+    ``scale = "absolute"``: split when ``||mean dW|| < eps1`` and ``max ||dW|| > eps2`` (the reference code's
+    constants, which hold for one model, optimiser, number of local steps and dataset only).
+    ``scale = "relative"``: the same test with both thresholds multiplied by ``reference``, the size of a
+    typical client update at the run's most active round (the largest mean client update norm,
+    ``reference_norm``, seen so far): "the cluster's mean update has shrunk below eps1 of the run's peak
+    client update while some member still moves more than eps2 of one". Model, optimiser, local steps
+    and data scale every norm of a run alike, so relative thresholds carry over where constants do not.
+    """
 
     eps1: float
     eps2: float
     min_cluster_size: int
     warmup_rounds: int
+    scale: str = "absolute"
+    #: split only when the two halves' updates point apart: mean cross-half cosine similarity below this
+    #: (None: no such check, the reference code)
+    max_cross_similarity: float | None = None
 
-    def decide(self, server_round: int, mean_norm: float, max_norm: float, size: int) -> tuple[bool, str]:
+    def __post_init__(self) -> None:
+        if self.scale not in THRESHOLD_SCALES:
+            raise ValueError(f"scale must be one of {THRESHOLD_SCALES}, got {self.scale!r}")
+
+    def thresholds(self, reference: float | None) -> tuple[float, float]:
+        """(eps1, eps2) as norms: scaled by ``reference`` when relative (None: no reference yet -> no split)."""
+        if self.scale == "absolute":
+            return self.eps1, self.eps2
+        if reference is None or not np.isfinite(reference) or reference <= 0:
+            return 0.0, float("inf")
+        return self.eps1 * reference, self.eps2 * reference
+
+    def decide(
+        self, server_round: int, mean_norm: float, max_norm: float, size: int, reference: float | None = None
+    ) -> tuple[bool, str]:
         """(split?, why) for a cluster with ``size`` participating members this round."""
         if server_round < self.warmup_rounds:
             return False, f"warm-up (round < {self.warmup_rounds})"
         if size < 2 * self.min_cluster_size:
             return False, f"too few participants ({size} < {2 * self.min_cluster_size})"
-        if mean_norm >= self.eps1:
-            return False, f"not converged (mean norm {mean_norm:.3f} >= eps1 {self.eps1})"
-        if max_norm <= self.eps2:
-            return False, f"members agree (max norm {max_norm:.3f} <= eps2 {self.eps2})"
-        return True, "mean norm < eps1 and max norm > eps2"
+        eps1, eps2 = self.thresholds(reference)
+        unit = "" if self.scale == "absolute" else f" = {self.eps1:g} x reference {reference or 0.0:.3f}"
+        if not mean_norm < eps1:
+            return False, f"not converged (mean norm {mean_norm:.3f} >= eps1 {eps1:.3f}{unit})"
+        if not max_norm > eps2:
+            unit = "" if self.scale == "absolute" else f" = {self.eps2:g} x reference {reference or 0.0:.3f}"
+            return False, f"members agree (max norm {max_norm:.3f} <= eps2 {eps2:.3f}{unit})"
+        return True, f"mean norm < eps1 {eps1:.3f} and max norm > eps2 {eps2:.3f}"
+
+    def halves_apart(self, cross: float) -> bool:
+        """The bipartition separates updates that disagree (mean cross-half similarity below the bound)."""
+        return self.max_cross_similarity is None or cross < self.max_cross_similarity
 
     def children_ok(self, groups: Sequence[Sequence[int]]) -> bool:
         """Both halves keep at least ``min_cluster_size`` participating members."""
         return all(len(g) >= self.min_cluster_size for g in groups)
+
+
+def cross_similarity(similarity: np.ndarray, ids: Sequence[int], halves: Sequence[Sequence[int]]) -> float:
+    """Mean cosine similarity between members of the two halves (``similarity`` ordered as ``ids``)."""
+    position = {int(p): i for i, p in enumerate(ids)}
+    first = [position[int(p)] for p in halves[0]]
+    second = [position[int(p)] for p in halves[1]]
+    return float(np.asarray(similarity, np.float64)[np.ix_(first, second)].mean())
+
+
+def reference_norm(updates: np.ndarray) -> float:
+    """Mean client update norm of ``updates`` (clients x params); its running maximum is the relative rule's unit."""
+    return float(np.linalg.norm(updates, axis=1).mean())
 
 
 def cluster_purity(clusters: Sequence[Sequence[int]], groups: Mapping[int, object]) -> float | None:

@@ -35,7 +35,14 @@ def build_strategy(settings: Settings, info: DatasetInfo) -> CFLStrategy:
     opts = settings.options(CflOptions)
     model = classifier_model(settings, info)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-    rule = SplitRule(opts.eps1, opts.eps2, opts.min_cluster_size, opts.warmup_rounds)
+    rule = SplitRule(
+        opts.eps1,
+        opts.eps2,
+        opts.min_cluster_size,
+        opts.warmup_rounds,
+        opts.threshold_scale,
+        None if opts.max_cross_similarity >= 1.0 else opts.max_cross_similarity,
+    )
     shift = settings.shift
     rotated = any(a % 360 for a in shift.angles) or (shift.rotate_fraction > 0 and shift.rotate_degrees % 360 != 0)
     return CFLStrategy(

@@ -35,8 +35,10 @@ from fedvq_app.aggregation.clustering import (
     apply_update,
     bipartition,
     cluster_purity,
+    cross_similarity,
     flatten,
     mean_update,
+    reference_norm,
     similarity_matrix,
     update_norms,
     weight_update,
@@ -98,6 +100,8 @@ class CFLStrategy(FedAvgStrategy):
         self.pre_split_models: dict[int, Arrays] = {}
         self.sent: dict[int, int] = {}
         self._round: dict[str, Any] = {}
+        #: the relative split rule's unit: the largest mean client update norm any cluster has shown so far
+        self.reference: float | None = None
 
     # ---------------------------------------------------------------- clusters
     def members(self, cluster: int) -> list[int]:
@@ -217,13 +221,19 @@ class CFLStrategy(FedAvgStrategy):
         ids = [u.partition for u in updates]
         vectors = self._vectors(updates)
         mean_norm, max_norm = update_norms(vectors)
+        self.reference = max(self.reference or 0.0, reference_norm(vectors))
         similarity = similarity_matrix(vectors)
-        split, reason = self.rule.decide(server_round, mean_norm, max_norm, len(ids))
+        split, reason = self.rule.decide(server_round, mean_norm, max_norm, len(ids), self.reference)
         halves: tuple[list[int], list[int]] | None = None
+        cross: float | None = None
         if split:
             halves = bipartition(similarity, ids)
+            cross = cross_similarity(similarity, ids, halves)
             if not self.rule.children_ok(halves):
                 split, reason = False, f"unbalanced split {[len(h) for h in halves]} (min {self.rule.min_cluster_size})"
+            elif not self.rule.halves_apart(cross):
+                bound = self.rule.max_cross_similarity
+                split, reason = False, f"halves do not pull apart (mean cross similarity {cross:.3f} >= {bound:g})"
         log(
             INFO,
             "[cfl] round %s, cluster %s (%d of %d members): ||mean dW|| %.3f, max ||dW|| %.3f -> %s",
@@ -243,6 +253,8 @@ class CFLStrategy(FedAvgStrategy):
             "client_norms": dict(zip(ids, np.linalg.norm(vectors, axis=1).tolist(), strict=True)),
             "split": split,
             "reason": reason,
+            "reference_norm": self.reference,
+            "cross_similarity": cross,
             "similarity": _rounded(similarity),
         }
         if split and halves is not None:
@@ -319,8 +331,22 @@ class CFLStrategy(FedAvgStrategy):
             "num_clusters": len(self.models),
             "split": any(s["split"] for s in stats.values()),
             "cluster_stats": stats,
-            "eps1": self.rule.eps1,
-            "eps2": self.rule.eps2,
+            **self._thresholds(),
+        }
+
+    def _thresholds(self) -> dict[str, Any]:
+        """eps1 / eps2 as norms (None while a relative rule has no reference yet), the options as set,
+        the scale and the reference norm."""
+        known = self.rule.scale == "absolute" or self.reference is not None
+        eps1, eps2 = self.rule.thresholds(self.reference) if known else (None, None)
+        return {
+            "eps1": eps1,
+            "eps2": eps2,
+            "threshold_scale": self.rule.scale,
+            "eps1_option": self.rule.eps1,
+            "eps2_option": self.rule.eps2,
+            "reference_norm": self.reference,
+            "max_cross_similarity": self.rule.max_cross_similarity,
         }
 
     def purity(self) -> float | None:
@@ -333,8 +359,7 @@ class CFLStrategy(FedAvgStrategy):
             "cluster_ids": sorted(self.models),
             "split_rounds": [h["round"] for h in self.history],
             "splits": self.history,
-            "eps1": self.rule.eps1,
-            "eps2": self.rule.eps2,
+            **self._thresholds(),
         }
         if self.rotation_active:
             report["cluster_purity"] = self.purity()
@@ -365,6 +390,7 @@ class CFLStrategy(FedAvgStrategy):
             "groups": sorted(self.groups.items()),
             "next_cluster_id": self.next_cluster_id,
             "history": self.history,
+            "reference": self.reference,
         }
         return state
 
@@ -382,3 +408,5 @@ class CFLStrategy(FedAvgStrategy):
         self.groups = {int(p): int(g) for p, g in meta["groups"]}
         self.next_cluster_id = int(meta["next_cluster_id"])
         self.history = list(meta["history"])
+        reference = meta.get("reference")
+        self.reference = None if reference is None else float(reference)

@@ -47,8 +47,11 @@ def training_stats(path: Path, rounds: list[dict[str, Any]], cfl: dict[str, Any]
         ax_norm.plot(
             entry["x"], entry["max"], color=f"C{i}", ls="--", marker="x", ms=3, label=f"cluster {cid}: max ||dW||"
         )
-    ax_norm.axhline(cfl["eps1"], color="k", lw=0.8, ls=":", label=f"eps1 = {cfl['eps1']:g}")
-    ax_norm.axhline(cfl["eps2"], color="k", lw=0.8, ls="-.", label=f"eps2 = {cfl['eps2']:g}")
+    relative = cfl.get("threshold_scale") == "relative"
+    for key, style in (("eps1", ":"), ("eps2", "-.")):
+        if cfl.get(key) is not None:
+            option = f" ({cfl[key + '_option']:g} x reference {cfl['reference_norm']:.3g})" if relative else ""
+            ax_norm.axhline(cfl[key], color="k", lw=0.8, ls=style, label=f"{key} = {cfl[key]:.3g}{option}")
     for ax in (ax_acc, ax_norm):
         for k, split_round in enumerate(cfl.get("split_rounds", [])):
             ax.axvline(split_round, color="red", ls="--", lw=1, label="split" if k == 0 else None)
