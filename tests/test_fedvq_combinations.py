@@ -83,6 +83,7 @@ def _run_tiny(tmp_path, monkeypatch, quantizer, encoder, aggregation, extra=None
     """A 2-client, 2-round job without plots: its summary, its rounds and each node's code counts
     in its latest train reply."""
     # MethodSpec is frozen: replace the registry entry's plots through object.__setattr__
+    original_plots = fedvq_method.SPEC.plots
     object.__setattr__(fedvq_method.SPEC, "plots", None)
     monkeypatch.setattr(plots, "standard_plots", lambda *a, **k: [])
     last_counts: dict[int, np.ndarray] = {}
@@ -106,7 +107,7 @@ def _run_tiny(tmp_path, monkeypatch, quantizer, encoder, aggregation, extra=None
         )
         run_local(server_app, client_app, 2, config, tamper=record)
     finally:
-        object.__setattr__(fedvq_method.SPEC, "plots", fedvq_method.fedvq_plots)
+        object.__setattr__(fedvq_method.SPEC, "plots", original_plots)
     out = tmp_path / "c"
     summary = json.loads((out / "summary.json").read_text())
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
