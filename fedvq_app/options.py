@@ -294,10 +294,10 @@ class FedVQOptions:
     )
     head: str = option(
         "fedvq.head",
-        "pool",
+        "flatten",
         choices=HEADS,
         help="classifier on the decoded map: pool (seed: global average pooling + linear), flatten (the plain "
-        "CNN's head: flatten + dense 128 + ReLU + linear, keeps the spatial layout)",
+        "CNN's head: the map scaled by 1/sqrt(positions), flattened, dense 128 + ReLU + linear; keeps the spatial layout)",
     )
     decoder_norm: str = option(
         "fedvq.decoder-norm",

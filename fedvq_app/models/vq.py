@@ -309,7 +309,15 @@ FLATTEN_HIDDEN = 128
 
 class VQClassifier(nn.Module):
     """encoder -> VQ -> decoder -> head: global average pooling + linear (``pool``, the seed), or
-    flatten + dense + ReLU + linear (``flatten``: the plain CNN's head, which keeps the spatial layout)."""
+    flatten + dense + ReLU + linear (``flatten``: the plain CNN's head, which keeps the spatial layout).
+
+    The ``flatten`` head divides the decoded map by sqrt(H * W) before flattening it. The decoder
+    ends in BatchNorm + ReLU, so every one of the map's ``D * H * W`` inputs is of unit scale, and a
+    plain SGD step moves the dense layer's output in proportion to the squared norm of its input:
+    unscaled, a 7x7x64 Fashion-MNIST map has ~49x the squared norm of the pooled 64-vector and
+    training diverged at lr 0.05 (accuracy 0.10, docs/fedvq.md); scaled, the flattened input has
+    the squared norm of a pooled one while keeping the spatial layout.
+    """
 
     def __init__(
         self,
@@ -339,7 +347,10 @@ class VQClassifier(nn.Module):
         features = self.encoder(x)
         quantized, commitment, perplexity, codes = self.vq(features)
         decoded = self.decoder(quantized)
-        pooled = decoded if self.head == "flatten" else torch.flatten(F.adaptive_avg_pool2d(decoded, 1), 1)
+        if self.head == "flatten":
+            pooled = decoded / math.sqrt(decoded.shape[-2] * decoded.shape[-1])
+        else:
+            pooled = torch.flatten(F.adaptive_avg_pool2d(decoded, 1), 1)
         logits = self.classifier(pooled)
         return VQOutput(logits, commitment, decoded, features, perplexity, codes)
 
