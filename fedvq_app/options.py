@@ -297,7 +297,8 @@ class FedVQOptions:
         "flatten",
         choices=HEADS,
         help="classifier on the decoded map: pool (seed: global average pooling + linear), flatten (the plain "
-        "CNN's head: the map scaled by 1/sqrt(positions), flattened, dense 128 + ReLU + linear; keeps the spatial layout)",
+        "CNN's head: the map scaled by 1/sqrt(positions), flattened, dense 128 + ReLU + linear; keeps the "
+        "spatial layout)",
     )
     decoder_norm: str = option(
         "fedvq.decoder-norm",

@@ -200,7 +200,7 @@ def test_flatten_head_input_has_the_squared_norm_of_the_pooled_vector_at_any_map
     for size, positions in ((16, 16), (28, 49)):
         model = _ema(heads=1, head="flatten", size=size)
         seen = []
-        model.classifier.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        model.classifier.register_forward_pre_hook(lambda _m, args, seen=seen: seen.append(args[0]))
         per_channel = torch.arange(1.0, 9.0).view(1, 8, 1, 1)
         side = int(positions**0.5)
         decoded = per_channel.expand(2, 8, side, side).contiguous()
