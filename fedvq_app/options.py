@@ -279,7 +279,7 @@ class FedVQOptions:
     )
     heads: int = option(
         "fedvq.heads",
-        8,
+        16,
         minimum=1,
         help="ema: multi-head VQ (vector-quantize-pytorch heads, one K-code codebook per head): each feature "
         "vector is split into this many chunks of D/heads, each quantized on its own; needs "

@@ -148,8 +148,8 @@ def test_default_ema_lloyd_run_and_a_lloyd_reply_with_bad_statistics_is_rejected
     assert rounds[0]["strategy"]["initialised"] is True and rounds[1]["strategy"]["initialised"] is False
     last = rounds[-1]["strategy"]
     assert (report["final_codes_used"], report["final_perplexity"]) == (last["codes_used"], last["perplexity"])
-    # the default 8 heads of 16 codes: 128 codes federation-wide
-    assert report["heads"] == 8 and last["codebook_size"] == 8 * 16
+    # the default 16 heads of 16 codes: 256 codes federation-wide
+    assert report["heads"] == 16 and last["codebook_size"] == 16 * 16
     # federation-wide usage = the pooled counts of the replies the guard accepted in the last round
     pooled = np.sum(list(accepted.values()), axis=0)
     freq = pooled[pooled > 0] / pooled.sum()
