@@ -126,7 +126,8 @@ def test_default_ema_lloyd_run_and_a_lloyd_reply_with_bad_statistics_is_rejected
                 del accepted[node]  # rejected: its counts are not pooled
         return reply
 
-    small = {k: v for k, v in SMALL.items() if not k.startswith("fedvq.")}
+    # every fedvq key at its default; the default 16 heads need a codebook width they divide
+    small = {k: v for k, v in SMALL.items() if not k.startswith("fedvq.")} | {"codebook.embedding-dim": 16}
     config = full_run_config(
         **small,
         **{
