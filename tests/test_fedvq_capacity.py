@@ -197,19 +197,18 @@ def test_flatten_head_input_has_the_squared_norm_of_the_pooled_vector_at_any_map
     """The flatten head divides the decoded map by sqrt(H * W): for a map that is constant over its
     positions the dense layer's input has exactly the pooled vector's norm, at 4x4 (16x16 images) as at
     7x7 (28x28); unscaled it would be H * W times larger in square (the cause of the divergence at lr 0.05)."""
-    for size, positions in ((16, 16), (28, 49)):
+    for size, side in ((16, 4), (28, 7)):
         model = _ema(heads=1, head="flatten", size=size)
         seen = []
         model.classifier.register_forward_pre_hook(lambda _m, args, seen=seen: seen.append(args[0]))
         per_channel = torch.arange(1.0, 9.0).view(1, 8, 1, 1)
-        side = int(positions**0.5)
         decoded = per_channel.expand(2, 8, side, side).contiguous()
         model.decoder.forward = lambda _q, d=decoded: d  # the head alone, on a known decoded map
         model.eval()
         model(torch.randn(2, 1, size, size))
         flat = seen[0].flatten(1)
         torch.testing.assert_close(flat.square().sum(1), per_channel.flatten().square().sum().expand(2))
-        assert flat.shape[1] == 8 * positions
+        assert flat.shape[1] == 8 * side * side
 
 
 # ---------------------------------------------------------------------------- decoder normalisation

@@ -347,11 +347,11 @@ class VQClassifier(nn.Module):
         features = self.encoder(x)
         quantized, commitment, perplexity, codes = self.vq(features)
         decoded = self.decoder(quantized)
-        if self.head == "flatten":
-            pooled = decoded / math.sqrt(decoded.shape[-2] * decoded.shape[-1])
+        if self.head == "flatten":  # the classifier flattens; scaled as the class docstring says
+            head_input = decoded / math.sqrt(decoded.shape[-2] * decoded.shape[-1])
         else:
-            pooled = torch.flatten(F.adaptive_avg_pool2d(decoded, 1), 1)
-        logits = self.classifier(pooled)
+            head_input = torch.flatten(F.adaptive_avg_pool2d(decoded, 1), 1)
+        logits = self.classifier(head_input)
         return VQOutput(logits, commitment, decoded, features, perplexity, codes)
 
 
