@@ -60,11 +60,14 @@ def test_the_curve_skips_unevaluated_rounds_and_the_last_five_rounds_give_the_mo
     assert grid.last_rounds_move(curve[:4]) is None  # fewer than 5 evaluated rounds
 
 
-def _cell(method, scenario, seed, accuracy, quick=False, **extra):
-    curve = [{"round": r, "accuracy": accuracy - 0.01 * (10 - r), "own_test_accuracy": accuracy} for r in range(1, 11)]
+def _cell(method, scenario, seed, accuracy, quick=False, rounds=10, step=0.01, **extra):
+    curve = [
+        {"round": r, "accuracy": accuracy - step * (rounds - r), "own_test_accuracy": accuracy}
+        for r in range(1, rounds + 1)
+    ]
     return {
         "date": "2026-12-07 15:00:00",
-        "setup": {**SETUP, "quick": quick},
+        "setup": {**SETUP, "quick": quick, "rounds": rounds},
         "method": method,
         "scenario": scenario,
         "seed": seed,
@@ -86,13 +89,35 @@ def test_the_table_marks_each_target_and_fedavgs_convergence(tmp_path):
         _cell("fedvq", "dirichlet-0.5", 2, 0.99, quick=True),  # a smoke run never enters the full table
     ]
     text = grid.render_markdown(records)
-    assert "| dirichlet-0.5 | 10 | fedvq | 2 | 75.00 ± 0.00 |" in text
+    assert "| dirichlet-0.5 | 10x1, 12k | 10 | fedvq | 2 | 75.00 ± 0.00 |" in text
     assert "fedvq accuracy >= FedAvg's - 0.5 pt: 75.00 ± 0.00 % vs FedAvg 84.00 ± 0.00 % (n = 2): **MISSED**" in text
+    assert "| 2 | 99.00" not in text
     assert "cfl cluster purity 1.0: 1.00 ± 0.00 vs 1 (n = 2): met" in text
     assert "cfl accuracy >= FedAvg's + 2 pts: 81.00 ± 0.00 % vs FedAvg 78.00 ± 0.00 % (n = 2): met" in text
     assert "FedAvg's accuracy moves 4.00 ± 0.00 pt over the last 5 evaluated rounds (**not converged**" in text
     written = grid.render_curves(records, tmp_path)
     assert sorted(p.name for p in written) == ["fashion_mnist_dirichlet-0.5.png", "fashion_mnist_rotated-half.png"]
+
+
+def test_a_row_measured_at_a_larger_budget_gets_its_own_block_verdicts_and_curve(tmp_path):
+    records = [
+        *(_cell("fedavg", "rotated-half", s, 0.78) for s in (0, 1)),
+        *(_cell("cfl", "rotated-half", s, 0.79, cluster_purity=1.0) for s in (0, 1)),
+        # 30 rounds: FedAvg moves 4 x 0.001 over its last 5 rounds (converged), cfl now 2 points ahead
+        *(_cell("fedavg", "rotated-half", s, 0.80, rounds=30, step=0.001) for s in (0, 1)),
+        *(_cell("cfl", "rotated-half", s, 0.82, rounds=30, step=0.001, cluster_purity=1.0) for s in (0, 1)),
+    ]
+    text = grid.render_markdown(records)
+    rows = [line for line in text.splitlines() if line.startswith("| rotated-half |")]
+    assert [r.split(" | ")[1] for r in rows] == ["10x1, 12k", "10x1, 12k", "30x1, 12k", "30x1, 12k"]
+    assert "- at 10x1, 12k: rotated-half: cfl accuracy >= FedAvg's + 2 pts: 79.00" in text
+    assert "+ 2 pts: 79.00 ± 0.00 % vs FedAvg 78.00 ± 0.00 % (n = 2): **MISSED**" in text
+    assert "+ 2 pts: 82.00 ± 0.00 % vs FedAvg 80.00 ± 0.00 % (n = 2): met" in text  # exactly on the threshold
+    assert "rotated-half at 30x1, 12k: FedAvg's accuracy moves 0.40 ± 0.00 pt" in text and "(converged;" in text
+    assert "rotated-half at 10x1, 12k: FedAvg's accuracy moves 4.00" in text
+    (path,) = grid.render_curves(records, tmp_path)
+    assert path.name == "fashion_mnist_rotated-half.png"
+    assert [s["rounds"] for s, _ in grid.budget_groups(records)] == [10, 30]
 
 
 def test_method_figures_read_cfl_purity_and_fedvq_usage_from_the_summary():
