@@ -94,7 +94,8 @@ def test_the_table_marks_each_target_and_fedavgs_convergence(tmp_path):
     assert "| 2 | 99.00" not in text
     assert "cfl cluster purity 1.0: 1.00 ± 0.00 vs 1 (n = 2): met" in text
     assert "cfl accuracy >= FedAvg's + 2 pts: 81.00 ± 0.00 % vs FedAvg 78.00 ± 0.00 % (n = 2): met" in text
-    assert "FedAvg's accuracy moves 4.00 ± 0.00 pt over the last 5 evaluated rounds (**not converged**" in text
+    moves = "FedAvg's accuracy moves 4.00 ± 0.00 pt over the last 5 evaluated rounds, per seed; "
+    assert moves + "the seeds' mean curve moves 4.00 (**not converged**" in text
     written = grid.render_curves(records, tmp_path)
     assert sorted(p.name for p in written) == ["fashion_mnist_dirichlet-0.5.png", "fashion_mnist_rotated-half.png"]
 
@@ -114,10 +115,21 @@ def test_a_row_measured_at_a_larger_budget_gets_its_own_block_verdicts_and_curve
     assert "+ 2 pts: 79.00 ± 0.00 % vs FedAvg 78.00 ± 0.00 % (n = 2): **MISSED**" in text
     assert "+ 2 pts: 82.00 ± 0.00 % vs FedAvg 80.00 ± 0.00 % (n = 2): met" in text  # exactly on the threshold
     assert "rotated-half at 30x1, 12k: FedAvg's accuracy moves 0.40 ± 0.00 pt" in text and "(converged;" in text
+    assert "per seed; the seeds' mean curve moves 0.40 (converged" in text
     assert "rotated-half at 10x1, 12k: FedAvg's accuracy moves 4.00" in text
     (path,) = grid.render_curves(records, tmp_path)
     assert path.name == "fashion_mnist_rotated-half.png"
     assert [s["rounds"] for s, _ in grid.budget_groups(records)] == [10, 30]
+
+
+def test_the_seeds_mean_curve_averages_the_rounds_every_seed_evaluated():
+    a = [{"round": r, "accuracy": v} for r, v in zip(range(1, 7), [0.1, 0.5, 0.6, 0.6, 0.7, 0.8], strict=True)]
+    b = [{"round": r, "accuracy": v} for r, v in zip(range(1, 7), [0.3, 0.7, None, 0.8, 0.7, 0.6], strict=True)]
+    curve = grid.mean_curve([a, b])
+    assert [p["round"] for p in curve] == [1, 2, 4, 5, 6]  # round 3: seed b has no figure
+    assert [round(p["accuracy"], 6) for p in curve] == [0.2, 0.6, 0.7, 0.7, 0.7]
+    assert grid.last_rounds_move(curve) == pytest.approx(0.5)
+    assert grid.mean_curve([]) == []
 
 
 def test_method_figures_read_cfl_purity_and_fedvq_usage_from_the_summary():
