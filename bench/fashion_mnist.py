@@ -19,7 +19,7 @@ purity, FedVQ's codebook usage and perplexity), its curve and its seconds in
 learning-curve PNG per scenario (``fashion_mnist_<scenario>.png``) are rebuilt from the newest
 cell of each (method, scenario, seed) at each budget measured (rounds x local epochs and training
 pool): a row measured again at a larger budget, to meet the issue's budget rule, gets a block per
-budget in the table, and its curve shows the largest.
+budget in the table, and its curve shows the largest budget at which all of the row's methods were measured.
 
 Data: ``apt-get install -y dataset-fashion-mnist`` (or ``--data-dir`` with the four idx files).
 
@@ -313,10 +313,10 @@ def render_markdown(records: list[dict]) -> str:
     stats = {budget_label(setup): aggregate(cells) for setup, cells in groups}
     dates = sorted(c["date"] for _, cells in groups for c in cells.values())
     tests = sorted({s["max_test_samples"] for s, _ in groups})
-    test = " / ".join(f"a stratified {n:,}" if n else "all 10,000" for n in tests)
+    test = " / ".join(f"a stratified {n:,}-image test subset" if n else "all 10,000 test images" for n in tests)
     quick = all(s["quick"] for s, _ in groups)
     lines = [
-        f"Fashion-MNIST 28x28, {test} test images; budget = rounds x local epochs and the stratified training "
+        f"Fashion-MNIST 28x28, {test}; budget = rounds x local epochs and the stratified training "
         f"pool (60k: all of it); every method at its defaults and FedAvg at the same budget; final round, mean "
         f"over clients, then mean ± sample standard deviation over the seeds (n). Own-distribution: each "
         f"client's model on test rows drawn to its own label mix, in its own rotation domain. Measured "
@@ -382,7 +382,8 @@ def render_curves(records: list[dict], folder: Path) -> list[Path]:
         measured = [(setup, cells) for setup, cells in groups if any(s == row.scenario for _, s, _ in cells)]
         if not measured:
             continue
-        setup, cells = measured[-1]  # the largest budget measured for this row
+        complete = [(st, cs) for st, cs in measured if {m for m, sc, _ in cs if sc == row.scenario} >= set(row.methods)]
+        setup, cells = (complete or measured)[-1]  # the largest budget with every method of the row measured
         series = {}
         for method in row.methods:
             curves = [

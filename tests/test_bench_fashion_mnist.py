@@ -100,7 +100,24 @@ def test_the_table_marks_each_target_and_fedavgs_convergence(tmp_path):
     assert sorted(p.name for p in written) == ["fashion_mnist_dirichlet-0.5.png", "fashion_mnist_rotated-half.png"]
 
 
-def test_a_row_measured_at_a_larger_budget_gets_its_own_block_verdicts_and_curve(tmp_path):
+def _lines_of(records, folder, monkeypatch):
+    """The curves render_curves draws (savefig patched to keep each figure's lines)."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    drawn = []
+    original = plt.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        drawn.extend(fig.axes[0].get_lines())
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    grid.render_curves(records, folder)
+    monkeypatch.undo()
+    return drawn
+
+
+def test_a_row_measured_at_a_larger_budget_gets_its_own_block_verdicts_and_curve(tmp_path, monkeypatch):
     records = [
         *(_cell("fedavg", "rotated-half", s, 0.78) for s in (0, 1)),
         *(_cell("cfl", "rotated-half", s, 0.79, cluster_purity=1.0) for s in (0, 1)),
@@ -119,6 +136,9 @@ def test_a_row_measured_at_a_larger_budget_gets_its_own_block_verdicts_and_curve
     assert "rotated-half at 10x1, 12k: FedAvg's accuracy moves 4.00" in text
     (path,) = grid.render_curves(records, tmp_path)
     assert path.name == "fashion_mnist_rotated-half.png"
+    assert [line.get_xdata()[-1] for line in _lines_of(records, tmp_path, monkeypatch)] == [30, 30]
+    # 30 rounds without FedAvg's cells: the curve stays at the largest budget with both methods
+    assert [line.get_xdata()[-1] for line in _lines_of(records[:4] + records[6:], tmp_path, monkeypatch)] == [10, 10]
     assert [s["rounds"] for s, _ in grid.budget_groups(records)] == [10, 30]
 
 
