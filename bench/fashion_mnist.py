@@ -238,10 +238,20 @@ def load_cells() -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
 
 
-def budget_label(setup: dict) -> str:
-    """``rounds x local epochs`` and the training pool, the budget column of the table."""
+def budget_label(setup: dict, detailed: bool = False) -> str:
+    """``rounds x local epochs`` and the training pool, the budget column of the table; ``detailed`` adds the test
+    subset and the evaluation cadence (for setups that differ only there)."""
     pool = f"{setup['max_train_samples'] // 1000}k" if setup["max_train_samples"] else "60k"
-    return f"{setup['rounds']}x{setup['local_epochs']}, {pool}"
+    label = f"{setup['rounds']}x{setup['local_epochs']}, {pool}"
+    if detailed:
+        label += f", test {setup['max_test_samples'] or 10000}, eval every {setup['eval_every']}"
+    return label
+
+
+def budget_labels(setups: list[dict]) -> list[str]:
+    """One distinct label per setup: the short one unless two setups would share it."""
+    short = [budget_label(s) for s in setups]
+    return short if len(set(short)) == len(short) else [budget_label(s, detailed=True) for s in setups]
 
 
 def budget_groups(records: list[dict]) -> list[tuple[dict, dict[tuple[str, str, int], dict]]]:
@@ -310,7 +320,8 @@ def render_markdown(records: list[dict]) -> str:
     groups = budget_groups(records)
     if not groups:
         return "No cells measured yet.\n"
-    stats = {budget_label(setup): aggregate(cells) for setup, cells in groups}
+    labels = budget_labels([setup for setup, _ in groups])
+    stats = {label: aggregate(cells) for label, (_, cells) in zip(labels, groups, strict=True)}
     dates = sorted(c["date"] for _, cells in groups for c in cells.values())
     tests = sorted({s["max_test_samples"] for s, _ in groups})
     test = " / ".join(f"a stratified {n:,}-image test subset" if n else "all 10,000 test images" for n in tests)
@@ -326,8 +337,7 @@ def render_markdown(records: list[dict]) -> str:
         "|---|---|---|---|---|" + "---|" * (len(FIGURES) + 1),
     ]
     for row in ROWS:
-        for setup, cells in groups:
-            budget = budget_label(setup)
+        for budget, (_, cells) in zip(labels, groups, strict=True):
             for method in row.methods:
                 entry = stats[budget].get((method, row.scenario))
                 if entry is None:

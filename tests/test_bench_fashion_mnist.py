@@ -142,6 +142,15 @@ def test_a_row_measured_at_a_larger_budget_gets_its_own_block_verdicts_and_curve
     assert [s["rounds"] for s, _ in grid.budget_groups(records)] == [10, 30]
 
 
+def test_budgets_that_differ_only_in_the_test_subset_get_distinct_labels():
+    records = [_cell("fedavg", "rotated-half", 0, 0.78), _cell("cfl", "rotated-half", 0, 0.80)]
+    records[1]["setup"] = {**records[1]["setup"], "max_test_samples": 2000}
+    text = grid.render_markdown(records)
+    assert "| rotated-half | 10x1, 12k, test 10000, eval every 1 | 10 | fedavg | 1 |" in text
+    assert "| rotated-half | 10x1, 12k, test 2000, eval every 1 | 10 | cfl | 1 |" in text
+    assert "cfl accuracy >= FedAvg's + 2 pts" not in text  # no FedAvg at cfl's budget: no verdict
+
+
 def test_the_seeds_mean_curve_averages_the_rounds_every_seed_evaluated():
     a = [{"round": r, "accuracy": v} for r, v in zip(range(1, 7), [0.1, 0.5, 0.6, 0.6, 0.7, 0.8], strict=True)]
     b = [{"round": r, "accuracy": v} for r, v in zip(range(1, 7), [0.3, 0.7, None, 0.8, 0.7, 0.6], strict=True)]
