@@ -241,7 +241,8 @@ def load_cells() -> list[dict]:
 def budget_label(setup: dict, detailed: bool = False) -> str:
     """``rounds x local epochs`` and the training pool, the budget column of the table; ``detailed`` adds the test
     subset and the evaluation cadence (for setups that differ only there)."""
-    pool = f"{setup['max_train_samples'] // 1000}k" if setup["max_train_samples"] else "60k"
+    size = setup["max_train_samples"] or 60000
+    pool = f"{size // 1000}k" if size % 1000 == 0 else f"{size:,}"
     label = f"{setup['rounds']}x{setup['local_epochs']}, {pool}"
     if detailed:
         label += f", test {setup['max_test_samples'] or 10000}, eval every {setup['eval_every']}"

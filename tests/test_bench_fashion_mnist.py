@@ -149,6 +149,8 @@ def test_budgets_that_differ_only_in_the_test_subset_get_distinct_labels():
     assert "| rotated-half | 10x1, 12k, test 10000, eval every 1 | 10 | fedavg | 1 |" in text
     assert "| rotated-half | 10x1, 12k, test 2000, eval every 1 | 10 | cfl | 1 |" in text
     assert "cfl accuracy >= FedAvg's + 2 pts" not in text  # no FedAvg at cfl's budget: no verdict
+    assert grid.budget_label({**SETUP, "max_train_samples": 300, "rounds": 2}) == "2x1, 300"
+    assert grid.budget_label({**SETUP, "max_train_samples": 0}) == "10x1, 60k"
 
 
 def test_the_seeds_mean_curve_averages_the_rounds_every_seed_evaluated():
